@@ -1,0 +1,43 @@
+#pragma once
+// The compress job behind `dalr-gpu compress`: model + activations in, a compressed
+// model (and optionally statistics and a JSON report) out.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dalr {
+
+// Default relative ridge: lambda = kDefaultLambdaRel * trace(C) / n (see README).
+inline constexpr double kDefaultLambdaRel = 1e-2;
+
+struct CompressOptions {
+  std::string model;       // safetensors (*.bin or *.safetensors)
+  std::string layer;       // NAME of NAME.weight (m x n) / NAME.bias (m)
+  std::string acts;        // .npy (p, n) layer inputs; may be empty when `stats_in` is given
+  std::string acts_test;   // optional held-out activations for the error report
+  std::string stats_in;    // optional statistics file to start from (resume)
+  std::string save_stats;  // optional: write the accumulated statistics here
+  std::string out;         // compressed model
+  std::string report;      // optional JSON report
+  std::string method = "dalr";
+  std::string next_layer;          // pruning: shrink NEXT.weight's input columns
+  std::string precision = "fp64";  // fp64 | fp32
+  std::string device = "cpu";
+  int64_t rank = 0;              // k (or 0 when `keep` is used)
+  double keep = 0.0;             // fraction of the layer's weights to keep
+  std::optional<double> lambda;  // absolute ridge
+  double lambda_rel = kDefaultLambdaRel;
+  int64_t batch = 512;  // samples per streamed chunk
+};
+
+struct CompressResult {
+  std::string report_json;            // the whole report
+  std::string summary;                // a few human-readable lines
+  std::vector<std::string> warnings;  // also inside the report
+};
+
+// Throws dalr::Error with a message a user can act on. Never leaves a partial output.
+CompressResult compress(const CompressOptions& opt);
+
+}  // namespace dalr

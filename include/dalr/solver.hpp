@@ -1,0 +1,59 @@
+#pragma once
+// The six compression methods of DESIGN.md section 1, one solver for all.
+// A layer y = W x + b (W: m x n) becomes y ~= A (B x) + bias with A: m x k, B: k x n.
+// Pruning methods keep `rank` output units instead: B = W[kept, :], bias = b[kept].
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dalr/matrix.hpp"
+#include "dalr/stats.hpp"
+
+namespace dalr {
+
+enum class Method { Dalr, DalrExact, Svd, SvdBc, PruneMean, PruneMax };
+
+Method method_from_name(const std::string& name);  // throws dalr::Error listing the valid ones
+const char* method_name(Method m);
+const std::vector<std::string>& method_names();
+bool is_pruning(Method m);
+bool needs_gram(Method m);  // dalr, dalr-exact: the solve uses C
+
+struct SolveOptions {
+  Method method = Method::Dalr;
+  int64_t rank = 0;     // k for factorisations; the number of kept units for pruning
+  double lambda = 0.0;  // absolute ridge added to C (dalr, dalr-exact)
+};
+
+template <typename T>
+struct Factors {
+  Method method = Method::Dalr;
+  int64_t rank = 0;
+  Matrix<T> a;                      // m x k (empty for pruning)
+  Matrix<T> b;                      // k x n
+  std::vector<T> bias;              // m (k for pruning)
+  std::vector<int64_t> kept_units;  // pruning: indices into the m outputs, ascending
+  double lambda = 0.0;
+  std::vector<double> spectrum;  // what the method ranks by, descending
+  double energy_kept = 0.0;      // sum of the top `rank` of spectrum / sum of all
+};
+
+// Checks shapes and the rank (1 <= rank <= min(m, n), or <= m for pruning), then
+// solves. `stats` must have n == W.cols (and m == W.rows for pruning).
+template <typename T>
+Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                 const LayerStats<T>& stats);
+
+// The scale-aware default ridge: rel * trace(C) / n.
+template <typename T>
+double default_lambda(const LayerStats<T>& stats, double rel);
+
+// Rank for a kept fraction of the layer's parameters: floor(f * m * n / (m + n)) (at
+// least 1); for pruning the number of kept units floor(f * m).
+int64_t rank_for_keep(Method method, int64_t m, int64_t n, double keep);
+// Units a pruning method keeps at the parameter budget of rank k: floor(k (m + n) / n).
+int64_t units_for_rank(int64_t m, int64_t n, int64_t k);
+// Parameters of the replaced layer (weights + bias).
+int64_t params_after(Method method, int64_t m, int64_t n, int64_t rank);
+
+}  // namespace dalr

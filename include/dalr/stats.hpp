@@ -1,0 +1,59 @@
+#pragma once
+// Streaming statistics of one fc layer's input activations x (n) and, when the
+// layer's weight is given, of its output relu(W x + b) (m): everything the solvers
+// need, in memory independent of the number of samples.
+//   gram   C = sum_j x_j x_j^T          (n x n; accumulated in T with SYRK)
+//   sum_x, max_x                         per input unit (double)
+//   sum_y, max_y                         per output unit of relu(W x + b) (double)
+//   count  number of samples p
+// Statistics can be saved, loaded, merged and resumed with more data.
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "dalr/matrix.hpp"
+
+namespace dalr {
+
+template <typename T>
+class LayerStats {
+ public:
+  LayerStats() = default;
+  // n: input width; m: output width (0 = do not keep output statistics).
+  LayerStats(int64_t n, int64_t m);
+
+  // Adds a batch: x is n x cols, column-major with leading dimension ldx (one sample
+  // per column). w (m x n) and b (m) are needed when m > 0. Throws dalr::Error on
+  // NaN/Inf, naming the sample (first_index + column) and the unit.
+  void add(const T* x, int64_t cols, int64_t ldx, const Matrix<T>* w, const T* b,
+           int64_t first_index = 0);
+  void merge(const LayerStats& other);  // same n and m, else throws
+
+  int64_t n() const { return n_; }
+  int64_t m() const { return m_; }
+  int64_t count() const { return count_; }
+  const Matrix<T>& gram() const;  // full symmetric C
+  const std::vector<double>& sum_x() const { return sum_x_; }
+  const std::vector<double>& max_x() const { return max_x_; }
+  const std::vector<double>& sum_y() const { return sum_y_; }
+  const std::vector<double>& max_y() const { return max_y_; }
+  std::vector<double> mean_x() const;
+  std::vector<double> mean_y() const;
+  double gram_trace() const;
+
+  // safetensors file: tensors gram, sum_x, max_x (+ sum_y, max_y), metadata
+  // dalr.kind=stats, dalr.count, dalr.precision and what `extra` adds.
+  void save(const std::string& path, const std::map<std::string, std::string>& extra = {}) const;
+  static LayerStats load(const std::string& path,
+                         std::map<std::string, std::string>* meta = nullptr);
+
+ private:
+  int64_t n_ = 0, m_ = 0, count_ = 0;
+  mutable Matrix<T> gram_;  // SYRK keeps the lower triangle; upper filled on demand
+  mutable bool symmetric_ = true;
+  std::vector<double> sum_x_, max_x_, sum_y_, max_y_;
+  std::vector<T> y_scratch_;
+};
+
+}  // namespace dalr

@@ -1,0 +1,88 @@
+#include "cli/commands.hpp"
+
+#include <iostream>
+
+#include "cli/inspect.hpp"
+#include "dalr/error.hpp"
+#include "dalr/solver.hpp"
+
+namespace dalr::cli {
+
+const char* version() {
+  return "0.1.0";
+}
+
+Commands::Commands(CLI::App& app) {
+  app.option_defaults()->always_capture_default();
+  compress_ = app.add_subcommand(
+      "compress",
+      "Replace one fc layer NAME (NAME.weight m x n, NAME.bias m) by NAME.0 (k x n, no bias)\n"
+      "followed by NAME.1 (m x k, bias), fitted to the layer's input activations.\n"
+      "Example: dalr-gpu compress --model M.safetensors --layer ip1 --acts acts.npy \\\n"
+      "           --method dalr --rank 16 --out small.safetensors --report report.json");
+  auto* c = compress_;
+  c->add_option("--model", copt_.model, "Model file (safetensors; *.bin or *.safetensors)")
+      ->required();
+  c->add_option("--layer", copt_.layer, "Layer to compress: the NAME of NAME.weight")->required();
+  c->add_option("--acts", copt_.acts,
+                "The layer's input activations, .npy of shape (p, n), one sample per row "
+                "(float32/float64/float16, C or Fortran order)");
+  c->add_option("--acts-test", copt_.acts_test,
+                "Held-out activations: the report adds the reconstruction error on them");
+  c->add_option("--out", copt_.out, "Compressed model to write (safetensors)")->required();
+  c->add_option("--report", copt_.report, "Write the JSON report here");
+  std::string methods;
+  for (const auto& m : method_names()) methods += (methods.empty() ? "" : "|") + m;
+  c->add_option("--method", copt_.method, "Compression method: " + methods);
+  c->add_option("--rank", copt_.rank,
+                "Rank k of the factorisation (pruning: keep the units that fit the parameter "
+                "budget of rank k)");
+  c->add_option("--keep", copt_.keep,
+                "Instead of --rank: fraction of the layer's weights to keep, in (0, 1]");
+  c->add_option("--lambda", lambda_, "Ridge lambda, absolute (dalr, dalr-exact)");
+  c->add_option("--lambda-rel", copt_.lambda_rel,
+                "Ridge relative to trace(C)/n when --lambda is not given");
+  c->add_option("--next-layer", copt_.next_layer,
+                "Pruning only: also drop the matching input columns of NEXT.weight");
+  c->add_option("--stats", copt_.stats_in,
+                "Start from saved statistics (with --acts: add more data to them)");
+  c->add_option("--save-stats", copt_.save_stats,
+                "Save the accumulated statistics (C, means, maxima, count) to resume later");
+  c->add_option("--precision", copt_.precision, "Accumulation and solve precision: fp64|fp32");
+  c->add_option("--device", copt_.device, "cpu (the CUDA backend comes in a later version)");
+  c->add_option("--batch", copt_.batch, "Samples per streamed chunk");
+  c->add_flag("--quiet,-q", quiet_, "Print nothing but errors");
+
+  inspect_ = app.add_subcommand(
+      "inspect", "List a model's tensors (name, dtype, shape, parameters), metadata and fc layers");
+  inspect_->add_option("--model", inspect_model_, "Model or statistics file (safetensors)")
+      ->required();
+  inspect_->add_flag("--json", inspect_json_, "Print JSON instead of a table");
+}
+
+int Commands::run() {
+  if (compress_->parsed()) return run_compress();
+  if (inspect_->parsed()) return run_inspect();
+  return 2;
+}
+
+int Commands::run_compress() {
+  if (compress_->count("--rank") && copt_.rank < 1)
+    throw Error("rank " + std::to_string(copt_.rank) + " is out of range: it must be at least 1");
+  if (compress_->count("--rank") && compress_->count("--keep"))
+    throw Error("give --rank or --keep, not both");
+  if (!compress_->count("--rank") && !compress_->count("--keep"))
+    throw Error("give --rank K or --keep FRACTION");
+  if (compress_->count("--lambda")) copt_.lambda = lambda_;
+  CompressResult r = compress(copt_);
+  for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << w << "\n";
+  if (!quiet_) std::cout << r.summary;
+  return 0;
+}
+
+int Commands::run_inspect() {
+  std::cout << inspect_text(inspect_model_, inspect_json_);
+  return 0;
+}
+
+}  // namespace dalr::cli

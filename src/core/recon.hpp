@@ -1,0 +1,25 @@
+#pragma once
+// Reconstruction error of Eq. 13, eps = ||Y - Yhat||_F with Y = W X + b 1^T and
+// Yhat the compressed layer's output (pre-activation), streamed over an activation
+// file in chunks so that memory does not grow with the number of samples. For
+// pruning, the dropped units' outputs count as zero.
+#include <cstdint>
+
+#include "dalr/matrix.hpp"
+#include "dalr/npy.hpp"
+#include "dalr/solver.hpp"
+
+namespace dalr {
+
+struct ReconError {
+  double abs = 0;  // ||Y - Yhat||_F
+  double ref = 0;  // ||Y||_F
+  double rel = 0;  // abs / ref
+  int64_t samples = 0;
+};
+
+template <typename T>
+ReconError reconstruction_error(NpyReader& acts, const Matrix<T>& w, const std::vector<T>& b,
+                                const Factors<T>& f, int64_t batch);
+
+}  // namespace dalr

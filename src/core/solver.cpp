@@ -1,0 +1,289 @@
+#include "dalr/solver.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "cpu/lapack.hpp"
+#include "dalr/error.hpp"
+
+namespace dalr {
+
+namespace {
+
+const std::vector<std::string> kMethodNames = {"dalr",   "dalr-exact", "svd",
+                                               "svd-bc", "prune-mean", "prune-max"};
+
+template <typename T>
+Matrix<T> transpose(const Matrix<T>& x) {
+  Matrix<T> t(x.cols, x.rows);
+  for (int64_t j = 0; j < x.cols; ++j)
+    for (int64_t i = 0; i < x.rows; ++i) t(j, i) = x(i, j);
+  return t;
+}
+
+// C = op(A) op(B) for column-major matrices.
+template <typename T>
+Matrix<T> matmul(const Matrix<T>& a, bool ta, const Matrix<T>& b, bool tb) {
+  const int64_t m = ta ? a.cols : a.rows, k = ta ? a.rows : a.cols;
+  const int64_t n = tb ? b.rows : b.cols;
+  Matrix<T> c(m, n);
+  if (m > 0 && n > 0)
+    cpu::gemm(ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, T(1),
+              a.ptr(), a.ld(), b.ptr(), b.ld(), T(0), c.ptr(), c.ld());
+  return c;
+}
+
+double energy_fraction(const std::vector<double>& spectrum, int64_t k) {
+  double top = 0, all = 0;
+  for (size_t i = 0; i < spectrum.size(); ++i) {
+    const double v = std::max(spectrum[i], 0.0);
+    all += v;
+    if (static_cast<int64_t>(i) < k) top += v;
+  }
+  return all > 0 ? top / all : 0.0;
+}
+
+// Top-k eigenvectors of a symmetric matrix (only its lower triangle is read), and
+// all eigenvalues in descending order.
+template <typename T>
+Matrix<T> top_eigenvectors(Matrix<T> s, int64_t k, std::vector<double>* spectrum) {
+  const int64_t m = s.rows;
+  std::vector<T> w(static_cast<size_t>(m));
+  cpu::syevd('V', 'L', m, s.ptr(), s.ld(), w.data());
+  Matrix<T> u(m, k);
+  for (int64_t j = 0; j < k; ++j)
+    std::copy_n(&s(0, m - 1 - j), m, &u(0, j));  // syevd sorts ascending
+  spectrum->assign(w.rbegin(), w.rend());
+  return u;
+}
+
+// Applies (C + lambda I)^-1 by Cholesky when lambda > 0, and the pseudo-inverse C^+
+// (through the eigendecomposition, dropping eigenvalues below n * eps * max) when
+// lambda == 0, so a rank-deficient C still gives the minimum-norm answer. Never
+// forms an inverse.
+template <typename T>
+class RidgeSolve {
+ public:
+  RidgeSolve(const Matrix<T>& c, double lambda) : lambda_(lambda), f_(c) {
+    if (!(lambda >= 0) || !std::isfinite(lambda))
+      throw Error("lambda must be a finite number >= 0 (got " + std::to_string(lambda) + ")");
+    const int64_t n = c.rows;
+    if (lambda > 0) {
+      for (int64_t i = 0; i < n; ++i) f_(i, i) += static_cast<T>(lambda);
+      cpu::potrf('L', n, f_.ptr(), f_.ld());
+      return;
+    }
+    std::vector<T> w(static_cast<size_t>(n));
+    cpu::syevd('V', 'L', n, f_.ptr(), f_.ld(), w.data());
+    const double wmax = std::max<double>(w.empty() ? 0 : w.back(), 0.0);
+    const double tol = wmax * static_cast<double>(n) * std::numeric_limits<T>::epsilon();
+    int64_t first = 0;  // eigenvalues ascending: keep [first, n)
+    while (first < n && !(static_cast<double>(w[first]) > tol)) ++first;
+    inv_w_.clear();
+    for (int64_t i = first; i < n; ++i) inv_w_.push_back(T(1) / w[i]);
+    first_ = first;
+  }
+
+  // rhs (n x q) <- (C + lambda I)^-1 rhs, or C^+ rhs when lambda == 0.
+  void apply(Matrix<T>& rhs) const {
+    const int64_t n = f_.rows, q = rhs.cols;
+    if (lambda_ > 0) {
+      cpu::potrs('L', n, q, f_.ptr(), f_.ld(), rhs.ptr(), rhs.ld());
+      return;
+    }
+    const int64_t r = n - first_;
+    const T* vr = f_.ptr() + first_ * f_.ld();
+    Matrix<T> tmp(r, q);
+    if (r > 0)
+      cpu::gemm(CblasTrans, CblasNoTrans, r, q, n, T(1), vr, f_.ld(), rhs.ptr(), rhs.ld(), T(0),
+                tmp.ptr(), tmp.ld());
+    for (int64_t j = 0; j < q; ++j)
+      for (int64_t i = 0; i < r; ++i) tmp(i, j) *= inv_w_[static_cast<size_t>(i)];
+    if (r > 0)
+      cpu::gemm(CblasNoTrans, CblasNoTrans, n, q, r, T(1), vr, f_.ld(), tmp.ptr(), tmp.ld(), T(0),
+                rhs.ptr(), rhs.ld());
+    else
+      std::fill(rhs.data.begin(), rhs.data.end(), T(0));
+  }
+
+ private:
+  double lambda_;
+  Matrix<T> f_;  // Cholesky factor, or eigenvectors
+  std::vector<T> inv_w_;
+  int64_t first_ = 0;
+};
+
+template <typename T>
+void solve_dalr(const Matrix<T>& w, const LayerStats<T>& st, int64_t k, double lambda, bool exact,
+                Factors<T>& f) {
+  const Matrix<T>& c = st.gram();
+  const int64_t m = w.rows, n = w.cols;
+  Matrix<T> wc(m, n);  // W C
+  cpu::symm(CblasRight, CblasLower, m, n, T(1), c.ptr(), c.ld(), w.ptr(), w.ld(), T(0), wc.ptr(),
+            wc.ld());
+  RidgeSolve<T> ridge(c, lambda);
+  if (!exact) {
+    // Eq. 11: U_k from G = W C W^T; B = U_k^T W C (C + lambda I)^-1.
+    Matrix<T> g = matmul(wc, false, w, true);
+    f.a = top_eigenvectors(std::move(g), k, &f.spectrum);
+    Matrix<T> bt = matmul(wc, true, f.a, false);  // n x k: C W^T U_k
+    ridge.apply(bt);
+    f.b = transpose(bt);
+  } else {
+    // W_r = W C (C + lambda I)^-1; U_k from W_r (C + lambda I) W_r^T = W C W_r^T.
+    Matrix<T> wrt = transpose(wc);  // n x m, becomes W_r^T
+    ridge.apply(wrt);
+    Matrix<T> h = matmul(wc, false, wrt, false);
+    f.a = top_eigenvectors(std::move(h), k, &f.spectrum);
+    f.b = transpose(matmul(wrt, false, f.a, false));
+  }
+}
+
+template <typename T>
+void solve_svd(const Matrix<T>& w, int64_t k, Factors<T>& f) {
+  const int64_t m = w.rows, n = w.cols, r = std::min(m, n);
+  Matrix<T> a = w, u(m, r), vt(r, n);
+  std::vector<T> s(static_cast<size_t>(r));
+  cpu::gesdd(m, n, a.ptr(), a.ld(), s.data(), u.ptr(), u.ld(), vt.ptr(), vt.ld());
+  f.a = Matrix<T>(m, k);
+  std::copy_n(u.ptr(), m * k, f.a.ptr());
+  f.b = Matrix<T>(k, n);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < k; ++i) f.b(i, j) = s[static_cast<size_t>(i)] * vt(i, j);
+  f.spectrum.resize(s.size());
+  for (size_t i = 0; i < s.size(); ++i) f.spectrum[i] = double(s[i]) * double(s[i]);
+}
+
+// bias + (W - A B) xbar: the mean residual of the low-rank layer, added back.
+template <typename T>
+void compensate_bias(const Matrix<T>& w, const LayerStats<T>& st, Factors<T>& f) {
+  const std::vector<double> xbar = st.mean_x();
+  const int64_t m = w.rows, n = w.cols, k = f.b.rows;
+  std::vector<double> bx(static_cast<size_t>(k), 0.0);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < k; ++i) bx[i] += double(f.b(i, j)) * xbar[j];
+  for (int64_t i = 0; i < m; ++i) {
+    double r = 0;
+    for (int64_t j = 0; j < n; ++j) r += double(w(i, j)) * xbar[j];
+    for (int64_t l = 0; l < k; ++l) r -= double(f.a(i, l)) * bx[l];
+    f.bias[i] = static_cast<T>(double(f.bias[i]) + r);
+  }
+}
+
+template <typename T>
+void solve_prune(const Matrix<T>& w, const std::vector<T>& b, const LayerStats<T>& st,
+                 int64_t units, bool by_max, Factors<T>& f) {
+  const std::vector<double> score = by_max ? st.max_y() : st.mean_y();
+  std::vector<int64_t> order(score.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t x, int64_t y) { return score[x] > score[y]; });
+  f.kept_units.assign(order.begin(), order.begin() + units);
+  std::sort(f.kept_units.begin(), f.kept_units.end());
+  f.b = Matrix<T>(units, w.cols);
+  f.bias.resize(static_cast<size_t>(units));
+  for (int64_t r = 0; r < units; ++r) {
+    const int64_t src = f.kept_units[static_cast<size_t>(r)];
+    for (int64_t j = 0; j < w.cols; ++j) f.b(r, j) = w(src, j);
+    f.bias[static_cast<size_t>(r)] = b[static_cast<size_t>(src)];
+  }
+  for (int64_t i : order) f.spectrum.push_back(score[static_cast<size_t>(i)]);
+}
+
+}  // namespace
+
+Method method_from_name(const std::string& name) {
+  for (size_t i = 0; i < kMethodNames.size(); ++i)
+    if (kMethodNames[i] == name) return static_cast<Method>(i);
+  std::string all;
+  for (const auto& s : kMethodNames) all += (all.empty() ? "" : ", ") + s;
+  throw Error("unknown method '" + name + "' (valid: " + all + ")");
+}
+
+const char* method_name(Method m) {
+  return kMethodNames[static_cast<size_t>(m)].c_str();
+}
+const std::vector<std::string>& method_names() {
+  return kMethodNames;
+}
+bool is_pruning(Method m) {
+  return m == Method::PruneMean || m == Method::PruneMax;
+}
+bool needs_gram(Method m) {
+  return m == Method::Dalr || m == Method::DalrExact;
+}
+
+int64_t rank_for_keep(Method method, int64_t m, int64_t n, double keep) {
+  if (!(keep > 0 && keep <= 1)) throw Error("--keep must be a fraction in (0, 1]");
+  const double r =
+      is_pruning(method) ? keep * double(m) : keep * double(m) * double(n) / double(m + n);
+  return std::max<int64_t>(1, static_cast<int64_t>(std::floor(r)));
+}
+
+int64_t units_for_rank(int64_t m, int64_t n, int64_t k) {
+  return std::clamp<int64_t>(k * (m + n) / n, 1, m);
+}
+
+int64_t params_after(Method method, int64_t m, int64_t n, int64_t rank) {
+  return is_pruning(method) ? rank * n + rank : rank * n + m * rank + m;
+}
+
+template <typename T>
+double default_lambda(const LayerStats<T>& stats, double rel) {
+  return rel * stats.gram_trace() / static_cast<double>(stats.n());
+}
+
+template <typename T>
+Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                 const LayerStats<T>& stats) {
+  const int64_t m = w.rows, n = w.cols, k = opt.rank;
+  if (static_cast<int64_t>(b.size()) != m)
+    throw Error("bias has " + std::to_string(b.size()) + " values, the weight has " +
+                std::to_string(m) + " rows");
+  if (stats.n() != n)
+    throw Error("activations have " + std::to_string(stats.n()) + " features, the layer takes " +
+                std::to_string(n));
+  const int64_t max_rank = is_pruning(opt.method) ? m : std::min(m, n);
+  if (k < 1 || k > max_rank)
+    throw Error(std::string(is_pruning(opt.method) ? "kept units " : "rank ") + std::to_string(k) +
+                " is out of range: it must be between 1 and " + std::to_string(max_rank) +
+                " for a " + std::to_string(m) + " x " + std::to_string(n) + " layer");
+  if (opt.method != Method::Svd && stats.count() == 0)
+    throw Error(std::string("method ") + method_name(opt.method) + " needs activations (got none)");
+  if (is_pruning(opt.method) && stats.m() != m)
+    throw Error("pruning needs the statistics of the layer's outputs");
+
+  Factors<T> f;
+  f.method = opt.method;
+  f.rank = k;
+  f.lambda = needs_gram(opt.method) ? opt.lambda : 0.0;
+  f.bias = b;
+  switch (opt.method) {
+    case Method::Dalr:
+    case Method::DalrExact:
+      solve_dalr(w, stats, k, opt.lambda, opt.method == Method::DalrExact, f);
+      break;
+    case Method::Svd:
+    case Method::SvdBc:
+      solve_svd(w, k, f);
+      if (opt.method == Method::SvdBc) compensate_bias(w, stats, f);
+      break;
+    case Method::PruneMean:
+    case Method::PruneMax:
+      solve_prune(w, b, stats, k, opt.method == Method::PruneMax, f);
+      break;
+  }
+  f.energy_kept = energy_fraction(f.spectrum, k);
+  return f;
+}
+
+template Factors<float> solve(const SolveOptions&, const Matrix<float>&, const std::vector<float>&,
+                              const LayerStats<float>&);
+template Factors<double> solve(const SolveOptions&, const Matrix<double>&,
+                               const std::vector<double>&, const LayerStats<double>&);
+template double default_lambda(const LayerStats<float>&, double);
+template double default_lambda(const LayerStats<double>&, double);
+
+}  // namespace dalr

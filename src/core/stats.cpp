@@ -1,0 +1,173 @@
+#include "dalr/stats.hpp"
+
+#include <cmath>
+#include <limits>
+
+#include "core/finite.hpp"
+#include "cpu/lapack.hpp"
+#include "cpu/row_stats.hpp"
+#include "dalr/error.hpp"
+#include "dalr/safetensors.hpp"
+
+namespace dalr {
+
+namespace {
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+template <typename T>
+const char* precision_name() {
+  return sizeof(T) == 8 ? "fp64" : "fp32";
+}
+
+}  // namespace
+
+template <typename T>
+LayerStats<T>::LayerStats(int64_t n, int64_t m)
+    : n_(n),
+      m_(m),
+      gram_(n, n),
+      sum_x_(static_cast<size_t>(n), 0.0),
+      max_x_(static_cast<size_t>(n), kNegInf),
+      sum_y_(static_cast<size_t>(m), 0.0),
+      max_y_(static_cast<size_t>(m), kNegInf) {
+  if (n <= 0 || m < 0) throw Error("statistics need a positive input width");
+}
+
+template <typename T>
+void LayerStats<T>::add(const T* x, int64_t cols, int64_t ldx, const Matrix<T>* w, const T* b,
+                        int64_t first_index) {
+  if (cols <= 0) return;
+  if (ldx < n_) throw Error("activation batch: leading dimension smaller than the width");
+  check_finite(x, n_, cols, ldx, first_index);
+  // C += X X^T, lower triangle (the same call as cublas<t>syrk on the GPU).
+  cpu::syrk(CblasLower, CblasNoTrans, n_, cols, T(1), x, ldx, T(1), gram_.ptr(), gram_.ld());
+  symmetric_ = false;
+  cpu::row_sum_max(x, n_, cols, ldx, static_cast<const T*>(nullptr), false, sum_x_.data(),
+                   max_x_.data());
+  if (m_ > 0) {
+    if (!w || !b || w->rows != m_ || w->cols != n_)
+      throw Error("output statistics need the layer's weight (m x n) and bias");
+    y_scratch_.resize(static_cast<size_t>(m_ * cols));
+    cpu::gemm(CblasNoTrans, CblasNoTrans, m_, cols, n_, T(1), w->ptr(), w->ld(), x, ldx, T(0),
+              y_scratch_.data(), m_);
+    cpu::row_sum_max(y_scratch_.data(), m_, cols, m_, b, true, sum_y_.data(), max_y_.data());
+  }
+  count_ += cols;
+}
+
+template <typename T>
+void LayerStats<T>::merge(const LayerStats& o) {
+  if (o.n_ != n_ || o.m_ != m_)
+    throw Error("cannot merge statistics of different shapes (n " + std::to_string(n_) + " vs " +
+                std::to_string(o.n_) + ", m " + std::to_string(m_) + " vs " + std::to_string(o.m_) +
+                ")");
+  const Matrix<T>& og = o.gram();
+  for (int64_t j = 0; j < n_; ++j)
+    for (int64_t i = j; i < n_; ++i) gram_(i, j) += og(i, j);
+  symmetric_ = false;
+  for (size_t i = 0; i < sum_x_.size(); ++i) {
+    sum_x_[i] += o.sum_x_[i];
+    max_x_[i] = std::max(max_x_[i], o.max_x_[i]);
+  }
+  for (size_t i = 0; i < sum_y_.size(); ++i) {
+    sum_y_[i] += o.sum_y_[i];
+    max_y_[i] = std::max(max_y_[i], o.max_y_[i]);
+  }
+  count_ += o.count_;
+}
+
+template <typename T>
+const Matrix<T>& LayerStats<T>::gram() const {
+  if (!symmetric_) {
+    for (int64_t j = 0; j < n_; ++j)
+      for (int64_t i = j + 1; i < n_; ++i) gram_(j, i) = gram_(i, j);
+    symmetric_ = true;
+  }
+  return gram_;
+}
+
+template <typename T>
+std::vector<double> LayerStats<T>::mean_x() const {
+  std::vector<double> out(sum_x_);
+  for (auto& v : out) v /= static_cast<double>(count_ > 0 ? count_ : 1);
+  return out;
+}
+
+template <typename T>
+std::vector<double> LayerStats<T>::mean_y() const {
+  std::vector<double> out(sum_y_);
+  for (auto& v : out) v /= static_cast<double>(count_ > 0 ? count_ : 1);
+  return out;
+}
+
+template <typename T>
+double LayerStats<T>::gram_trace() const {
+  double t = 0;
+  for (int64_t i = 0; i < n_; ++i) t += static_cast<double>(gram_(i, i));
+  return t;
+}
+
+template <typename T>
+void LayerStats<T>::save(const std::string& path,
+                         const std::map<std::string, std::string>& extra) const {
+  std::map<std::string, std::string> meta = extra;
+  meta["dalr.kind"] = "stats";
+  meta["dalr.count"] = std::to_string(count_);
+  meta["dalr.precision"] = precision_name<T>();
+  const Matrix<T>& g = gram();  // symmetric, so its storage order does not matter
+  std::vector<TensorOut> ts;
+  ts.push_back(
+      TensorOut::convert("gram", {n_, n_}, g.data, sizeof(T) == 8 ? DType::F64 : DType::F32));
+  ts.push_back(TensorOut::f64("sum_x", {n_}, sum_x_));
+  ts.push_back(TensorOut::f64("max_x", {n_}, max_x_));
+  if (m_ > 0) {
+    ts.push_back(TensorOut::f64("sum_y", {m_}, sum_y_));
+    ts.push_back(TensorOut::f64("max_y", {m_}, max_y_));
+  }
+  write_safetensors(path, ts, meta);
+}
+
+template <typename T>
+LayerStats<T> LayerStats<T>::load(const std::string& path,
+                                  std::map<std::string, std::string>* meta) {
+  SafetensorsFile f(path);
+  auto kind = f.metadata().find("dalr.kind");
+  if (kind == f.metadata().end() || kind->second != "stats")
+    throw Error(path + " is not a dalr-gpu statistics file (no dalr.kind=stats metadata)");
+  const TensorInfo& g = f.at("gram");
+  if (g.shape.size() != 2 || g.shape[0] != g.shape[1] || g.shape[0] <= 0)
+    throw Error(path + ": tensor 'gram' must be square");
+  const int64_t n = g.shape[0];
+  const TensorInfo* sy = f.find("sum_y");
+  const int64_t m = sy && !sy->shape.empty() ? sy->shape[0] : 0;
+  LayerStats s(n, m);
+  auto load_vec = [&](const char* name, int64_t len, std::vector<double>& dst) {
+    std::vector<double> v = f.read_f64(name);
+    if (static_cast<int64_t>(v.size()) != len)
+      throw Error(path + ": tensor '" + name + "' has " + std::to_string(v.size()) +
+                  " values, expected " + std::to_string(len));
+    dst = std::move(v);
+  };
+  std::vector<T> gv = f.read<T>("gram");
+  s.gram_.data = std::move(gv);
+  load_vec("sum_x", n, s.sum_x_);
+  load_vec("max_x", n, s.max_x_);
+  if (m > 0) {
+    load_vec("sum_y", m, s.sum_y_);
+    load_vec("max_y", m, s.max_y_);
+  }
+  auto c = f.metadata().find("dalr.count");
+  if (c == f.metadata().end()) throw Error(path + ": metadata dalr.count is missing");
+  try {
+    s.count_ = std::stoll(c->second);
+  } catch (const std::exception&) {
+    throw Error(path + ": metadata dalr.count is not a number");
+  }
+  if (meta) *meta = f.metadata();
+  return s;
+}
+
+template class LayerStats<float>;
+template class LayerStats<double>;
+
+}  // namespace dalr

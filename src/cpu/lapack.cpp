@@ -1,0 +1,93 @@
+#include "cpu/lapack.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include "dalr/error.hpp"
+
+namespace dalr::cpu {
+
+void throw_lapack(const char* routine, int64_t info, const char* hint) {
+  std::string msg =
+      std::string("LAPACK ") + routine + " failed (info = " + std::to_string(info) + ")";
+  if (info < 0)
+    msg += ": argument " + std::to_string(-info) + " is invalid (internal error)";
+  else if (hint)
+    msg += std::string(": ") + hint;
+  throw Error(msg);
+}
+
+namespace {
+
+template <typename T, typename Work>
+void syevd_impl(const char* name, Work work, char jobz, char uplo, int64_t n, T* a, int64_t lda,
+                T* w) {
+  T lwork_q = 0;
+  lapack_int liwork_q = 0;
+  lapack_int info = work(LAPACK_COL_MAJOR, jobz, uplo, n, a, lda, w, &lwork_q, -1, &liwork_q, -1);
+  if (info != 0) throw_lapack(name, info, "workspace query");
+  std::vector<T> wk(static_cast<size_t>(std::max<T>(lwork_q, T(1))));
+  std::vector<lapack_int> iwk(static_cast<size_t>(std::max<lapack_int>(liwork_q, 1)));
+  info = work(LAPACK_COL_MAJOR, jobz, uplo, n, a, lda, w, wk.data(),
+              static_cast<lapack_int>(wk.size()), iwk.data(), static_cast<lapack_int>(iwk.size()));
+  if (info != 0)
+    throw_lapack(name, info,
+                 "the eigensolver did not converge (input has NaN/Inf or is badly scaled)");
+}
+
+template <typename T, typename Work>
+void gesdd_impl(const char* name, Work work, int64_t m, int64_t n, T* a, int64_t lda, T* s, T* u,
+                int64_t ldu, T* vt, int64_t ldvt) {
+  const int64_t r = std::min(m, n);
+  std::vector<lapack_int> iwk(static_cast<size_t>(8 * std::max<int64_t>(r, 1)));
+  T lwork_q = 0;
+  lapack_int info =
+      work(LAPACK_COL_MAJOR, 'S', m, n, a, lda, s, u, ldu, vt, ldvt, &lwork_q, -1, iwk.data());
+  if (info != 0) throw_lapack(name, info, "workspace query");
+  std::vector<T> wk(static_cast<size_t>(std::max<T>(lwork_q, T(1))));
+  info = work(LAPACK_COL_MAJOR, 'S', m, n, a, lda, s, u, ldu, vt, ldvt, wk.data(),
+              static_cast<lapack_int>(wk.size()), iwk.data());
+  if (info != 0) throw_lapack(name, info, "the SVD did not converge (input has NaN/Inf?)");
+}
+
+const char* kNotPd =
+    "the matrix is not positive definite (C + lambda I needs lambda > 0 when C is singular)";
+
+}  // namespace
+
+void syevd(char jobz, char uplo, int64_t n, float* a, int64_t lda, float* w) {
+  syevd_impl("ssyevd", LAPACKE_ssyevd_work, jobz, uplo, n, a, lda, w);
+}
+void syevd(char jobz, char uplo, int64_t n, double* a, int64_t lda, double* w) {
+  syevd_impl("dsyevd", LAPACKE_dsyevd_work, jobz, uplo, n, a, lda, w);
+}
+
+void potrf(char uplo, int64_t n, float* a, int64_t lda) {
+  lapack_int info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, uplo, n, a, lda);
+  if (info != 0) throw_lapack("spotrf", info, kNotPd);
+}
+void potrf(char uplo, int64_t n, double* a, int64_t lda) {
+  lapack_int info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, uplo, n, a, lda);
+  if (info != 0) throw_lapack("dpotrf", info, kNotPd);
+}
+
+void potrs(char uplo, int64_t n, int64_t nrhs, const float* a, int64_t lda, float* b, int64_t ldb) {
+  lapack_int info = LAPACKE_spotrs_work(LAPACK_COL_MAJOR, uplo, n, nrhs, a, lda, b, ldb);
+  if (info != 0) throw_lapack("spotrs", info, nullptr);
+}
+void potrs(char uplo, int64_t n, int64_t nrhs, const double* a, int64_t lda, double* b,
+           int64_t ldb) {
+  lapack_int info = LAPACKE_dpotrs_work(LAPACK_COL_MAJOR, uplo, n, nrhs, a, lda, b, ldb);
+  if (info != 0) throw_lapack("dpotrs", info, nullptr);
+}
+
+void gesdd(int64_t m, int64_t n, float* a, int64_t lda, float* s, float* u, int64_t ldu, float* vt,
+           int64_t ldvt) {
+  gesdd_impl("sgesdd", LAPACKE_sgesdd_work, m, n, a, lda, s, u, ldu, vt, ldvt);
+}
+void gesdd(int64_t m, int64_t n, double* a, int64_t lda, double* s, double* u, int64_t ldu,
+           double* vt, int64_t ldvt) {
+  gesdd_impl("dgesdd", LAPACKE_dgesdd_work, m, n, a, lda, s, u, ldu, vt, ldvt);
+}
+
+}  // namespace dalr::cpu
