@@ -9,7 +9,7 @@
 namespace dalr {
 
 // Default relative ridge: lambda = kDefaultLambdaRel * trace(C) / n (see README).
-inline constexpr double kDefaultLambdaRel = 1e-2;
+inline constexpr double kDefaultLambdaRel = 1e-3;
 
 struct CompressOptions {
   std::string model;       // safetensors (*.bin or *.safetensors)

@@ -13,7 +13,8 @@ const char* version() {
 }
 
 Commands::Commands(CLI::App& app) {
-  app.option_defaults()->always_capture_default();
+  app.option_defaults()->always_capture_default()->multi_option_policy(
+      CLI::MultiOptionPolicy::TakeLast);  // a repeated option: the last one wins
   compress_ = app.add_subcommand(
       "compress",
       "Replace one fc layer NAME (NAME.weight m x n, NAME.bias m) by NAME.0 (k x n, no bias)\n"

@@ -1,0 +1,332 @@
+// The dalr-gpu command line end to end: the output contract for every method, the
+// report, resuming statistics, and one clear error (and no output left behind) for
+// every kind of bad input.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "dalr/npy.hpp"
+#include "dalr/safetensors.hpp"
+#include "oracle.hpp"
+#include "test_util.hpp"
+
+using namespace dalr;
+using test::run_cli;
+
+namespace {
+
+constexpr int64_t kM = 13, kN = 21, kNext = 5, kP = 40;
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::mt19937_64 rng(test::test_seed(31));
+    auto vec = [&](int64_t count) {
+      std::normal_distribution<double> nd;
+      std::vector<float> v(static_cast<size_t>(count));
+      for (auto& x : v) x = static_cast<float>(nd(rng));
+      return v;
+    };
+    // A PyTorch state dict: fc, a following layer, and an int64 buffer (as BatchNorm's
+    // num_batches_tracked) that must pass through untouched.
+    std::vector<int64_t> steps = {7};
+    TensorOut buf;
+    buf.name = "bn.num_batches_tracked";
+    buf.dtype = DType::I64;
+    buf.shape = {};
+    buf.owned = std::make_shared<std::vector<uint8_t>>(8);
+    std::memcpy(buf.owned->data(), steps.data(), 8);
+    buf.data = buf.owned->data();
+    buf.nbytes = 8;
+    write_safetensors(model(),
+                      {TensorOut::f32("fc.weight", {kM, kN}, vec(kM * kN)),
+                       TensorOut::f32("fc.bias", {kM}, vec(kM)), buf,
+                       TensorOut::f32("head.weight", {kNext, kM}, vec(kNext * kM)),
+                       TensorOut::f32("head.bias", {kNext}, vec(kNext))},
+                      {{"origin", "test"}});
+    acts_ = vec(kP * kN);
+    for (auto& v : acts_) v = std::abs(v);
+    write_npy(acts(), acts_.data(), kP, kN);
+    write_npy(dir_.file("half1.npy"), acts_.data(), kP / 2, kN);
+    write_npy(dir_.file("half2.npy"), acts_.data() + kP / 2 * kN, kP / 2, kN);
+  }
+  std::string model() const { return dir_.file("model.safetensors"); }
+  std::string acts() const { return dir_.file("acts.npy"); }
+  std::string out() const { return dir_.file("out.safetensors"); }
+  std::string base(const std::string& method, const std::string& rank = "--rank 4") const {
+    return "compress --model " + model() + " --layer fc --acts " + acts() + " --method " + method +
+           " " + rank + " --out " + out();
+  }
+  // Runs a command that must fail: exit code 1, the words in the message, no output.
+  void expect_failure(const std::string& args, const std::string& words) {
+    test::CommandResult r = run_cli(args);
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find(words), std::string::npos)
+        << "expected '" << words << "' in: " << r.output;
+    EXPECT_NE(r.output.find("dalr-gpu: error: "), std::string::npos) << r.output;
+    EXPECT_FALSE(test::file_exists(out())) << "a failed run left " << out();
+    for (const auto& e : std::filesystem::directory_iterator(dir_.path()))
+      EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << "left " << e.path();
+  }
+  test::TempDir dir_;
+  std::vector<float> acts_;
+};
+
+TEST_F(Cli, FactorisedOutputFollowsTheContract) {
+  for (const char* method : {"dalr", "dalr-exact", "svd", "svd-bc"}) {
+    SCOPED_TRACE(method);
+    std::filesystem::remove(out());
+    test::CommandResult r = run_cli(base(method) + " --report " + dir_.file("r.json"));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    SafetensorsFile in(model()), f(out());
+    EXPECT_EQ(f.find("fc.weight"), nullptr);
+    EXPECT_EQ(f.find("fc.bias"), nullptr);
+    EXPECT_EQ(f.at("fc.0.weight").shape, (std::vector<int64_t>{4, kN}));
+    EXPECT_EQ(f.find("fc.0.bias"), nullptr);
+    EXPECT_EQ(f.at("fc.1.weight").shape, (std::vector<int64_t>{kM, 4}));
+    EXPECT_EQ(f.at("fc.1.bias").shape, (std::vector<int64_t>{kM}));
+    for (const char* name : {"head.weight", "head.bias", "bn.num_batches_tracked"}) {
+      const TensorInfo& a = in.at(name);
+      const TensorInfo& b = f.at(name);
+      EXPECT_EQ(a.dtype, b.dtype);
+      EXPECT_EQ(a.shape, b.shape);
+      EXPECT_EQ(std::memcmp(in.raw(a), f.raw(b), a.end - a.begin), 0) << name;
+    }
+    EXPECT_EQ(f.metadata().at("dalr.method"), method);
+    EXPECT_EQ(f.metadata().at("dalr.rank"), "4");
+    EXPECT_EQ(f.metadata().at("dalr.layer"), "fc");
+    EXPECT_EQ(f.metadata().at("origin"), "test");  // the input's metadata is kept
+    EXPECT_TRUE(f.metadata().count("dalr.lambda"));
+    EXPECT_TRUE(f.metadata().count("dalr.source"));
+
+    auto rep = nlohmann::json::parse(test::read_file(dir_.file("r.json")));
+    EXPECT_EQ(rep["params"]["before"], kM * kN + kM);
+    EXPECT_EQ(rep["params"]["after"], 4 * kN + kM * 4 + kM);
+    EXPECT_GT(rep["error_train"]["abs"].get<double>(), 0);
+    EXPECT_LT(rep["error_train"]["rel"].get<double>(), 1);
+    EXPECT_EQ(rep["error_train"]["samples"], kP);
+    EXPECT_TRUE(rep["timing_s"].contains("solve"));
+    EXPECT_TRUE(rep["energy_kept"].is_number());
+    EXPECT_NE(r.output.find("reconstruction error (train)"), std::string::npos);
+  }
+}
+
+TEST_F(Cli, ReconstructionErrorInTheReportIsRight) {
+  ASSERT_EQ(run_cli(base("svd-bc") + " --acts-test " + dir_.file("half2.npy") + " --report " +
+                    dir_.file("r.json"))
+                .exit_code,
+            0);
+  SafetensorsFile in(model()), f(out());
+  auto mat = [](const SafetensorsFile& s, const std::string& name) {
+    const TensorInfo& t = s.at(name);
+    return oracle::to_double(from_row_major(s.read_f64(name).data(), t.shape[0], t.shape[1]));
+  };
+  const Matrix<double> w = mat(in, "fc.weight");
+  const Matrix<double> ab = oracle::mul(mat(f, "fc.1.weight"), mat(f, "fc.0.weight"));
+  const std::vector<double> b = in.read_f64("fc.bias"), bh = f.read_f64("fc.1.bias");
+  double err2 = 0, ref2 = 0;  // on the second half of the samples
+  for (int64_t s = kP / 2; s < kP; ++s)
+    for (int64_t i = 0; i < kM; ++i) {
+      double y = b[i], yh = bh[i];
+      for (int64_t j = 0; j < kN; ++j) {
+        y += w(i, j) * acts_[s * kN + j];
+        yh += ab(i, j) * acts_[s * kN + j];
+      }
+      err2 += (y - yh) * (y - yh);
+      ref2 += y * y;
+    }
+  auto rep = nlohmann::json::parse(test::read_file(dir_.file("r.json")));
+  EXPECT_NEAR(rep["error_test"]["abs"].get<double>(), std::sqrt(err2), 1e-5 * std::sqrt(err2));
+  EXPECT_NEAR(rep["error_test"]["rel"].get<double>(), std::sqrt(err2 / ref2), 1e-5);
+}
+
+TEST_F(Cli, PruningShrinksTheLayerAndTheNextOne) {
+  for (const char* method : {"prune-mean", "prune-max"}) {
+    std::filesystem::remove(out());
+    test::CommandResult r =
+        run_cli(base(method, "--keep 0.5") + " --next-layer head --report " + dir_.file("r.json"));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    SafetensorsFile in(model()), f(out());
+    const int64_t kept = kM / 2;
+    EXPECT_EQ(f.at("fc.weight").shape, (std::vector<int64_t>{kept, kN}));
+    EXPECT_EQ(f.at("fc.bias").shape, (std::vector<int64_t>{kept}));
+    EXPECT_EQ(f.at("head.weight").shape, (std::vector<int64_t>{kNext, kept}));
+    auto rep = nlohmann::json::parse(test::read_file(dir_.file("r.json")));
+    const auto units = rep["kept_units"].get<std::vector<int64_t>>();
+    ASSERT_EQ(static_cast<int64_t>(units.size()), kept);
+    const std::vector<float> w = in.read_f32("fc.weight"), wk = f.read_f32("fc.weight");
+    const std::vector<float> h = in.read_f32("head.weight"), hk = f.read_f32("head.weight");
+    for (int64_t r2 = 0; r2 < kept; ++r2) {
+      for (int64_t j = 0; j < kN; ++j) EXPECT_EQ(wk[r2 * kN + j], w[units[r2] * kN + j]);
+      for (int64_t i = 0; i < kNext; ++i) EXPECT_EQ(hk[i * kept + r2], h[i * kM + units[r2]]);
+    }
+  }
+}
+
+TEST_F(Cli, VerbMayBeOmittedAndKeepSetsTheRank) {
+  test::CommandResult r =
+      run_cli("--model " + model() + " --layer fc --acts " + acts() + " --keep 0.3 --out " + out() +
+              " --report " + dir_.file("r.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto rep = nlohmann::json::parse(test::read_file(dir_.file("r.json")));
+  EXPECT_EQ(rep["rank"], static_cast<int64_t>(0.3 * kM * kN / (kM + kN)));
+  EXPECT_EQ(rep["method"], "dalr");
+  EXPECT_NEAR(rep["lambda"].get<double>() / rep["lambda_rel"].get<double>(), 0, 1e9);
+}
+
+TEST_F(Cli, ResumedStatisticsEqualOnePass) {
+  const std::string s1 = dir_.file("s1.safetensors");
+  ASSERT_EQ(run_cli("compress --model " + model() + " --layer fc --acts " + dir_.file("half1.npy") +
+                    " --rank 3 --out " + dir_.file("tmp.safetensors") + " --save-stats " + s1)
+                .exit_code,
+            0);
+  const std::string common = " --model " + model() + " --layer fc --rank 3 --lambda 0.5 ";
+  ASSERT_EQ(run_cli("compress" + common + "--stats " + s1 + " --acts " + dir_.file("half2.npy") +
+                    " --out " + out())
+                .exit_code,
+            0);
+  ASSERT_EQ(
+      run_cli("compress" + common + "--acts " + acts() + " --out " + dir_.file("one.safetensors"))
+          .exit_code,
+      0);
+  SafetensorsFile a(out()), b(dir_.file("one.safetensors"));
+  auto product = [](const SafetensorsFile& f) {
+    return oracle::mul(from_row_major(f.read_f64("fc.1.weight").data(), kM, 3),
+                       from_row_major(f.read_f64("fc.0.weight").data(), 3, kN));
+  };
+  EXPECT_LT(oracle::rel_diff(product(a), product(b)), 1e-5);
+  EXPECT_EQ(a.metadata().at("dalr.samples"), std::to_string(kP));
+  // Statistics of another layer are refused.
+  std::filesystem::remove(out());
+  expect_failure(
+      "compress --model " + model() + " --layer head --stats " + s1 + " --rank 2 --out " + out(),
+      "statistics of a 13 x 21 layer");
+}
+
+TEST_F(Cli, InspectAndHelp) {
+  test::CommandResult r = run_cli("inspect --model " + model());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("fc.weight"), std::string::npos);
+  EXPECT_NE(r.output.find("I64"), std::string::npos);
+  EXPECT_NE(r.output.find("fc (13x21)"), std::string::npos);
+  EXPECT_NE(r.output.find(std::to_string(kM * kN + kM + 1 + kNext * kM + kNext)),
+            std::string::npos);
+  test::CommandResult j = run_cli("inspect --json --model " + model());
+  EXPECT_EQ(nlohmann::json::parse(j.output)["total_params"], kM * kN + kM + 1 + kNext * kM + kNext);
+  for (const char* verb : {"", "compress ", "inspect "}) {
+    test::CommandResult h = run_cli(std::string(verb) + "--help");
+    EXPECT_EQ(h.exit_code, 0) << verb;
+    EXPECT_NE(h.output.find("--"), std::string::npos);
+  }
+  EXPECT_NE(run_cli("compress --help").output.find("--lambda-rel"), std::string::npos);
+  EXPECT_EQ(run_cli("compress --model").exit_code, 2);
+}
+
+// ---- bad input: one clear message, exit code 1, nothing written ----
+
+TEST_F(Cli, MissingModel) {
+  expect_failure(base("dalr") + " --model /nonexistent.bin", "does not exist");
+}
+
+TEST_F(Cli, TruncatedModel) {
+  std::string bytes = test::read_file(model());
+  test::write_file(dir_.file("trunc.safetensors"), bytes.substr(0, bytes.size() - 9));
+  expect_failure("compress --model " + dir_.file("trunc.safetensors") + " --layer fc --acts " +
+                     acts() + " --rank 2 --out " + out(),
+                 "trunc.safetensors");
+}
+
+TEST_F(Cli, HeaderThatLiesAboutOffsets) {
+  std::string bytes = test::read_file(model());
+  const size_t pos = bytes.find("\"data_offsets\":[0,");
+  ASSERT_NE(pos, std::string::npos);
+  bytes[pos + 16] = '4';  // [0, ...] becomes [4, ...]: the range no longer fits the shape
+  test::write_file(dir_.file("lie.safetensors"), bytes);
+  expect_failure("compress --model " + dir_.file("lie.safetensors") + " --layer fc --acts " +
+                     acts() + " --rank 2 --out " + out(),
+                 "lie.safetensors");
+}
+
+TEST_F(Cli, UnknownLayerListsTheLayers) {
+  expect_failure(
+      "compress --model " + model() + " --layer fc7 --acts " + acts() + " --rank 2 --out " + out(),
+      "unknown layer 'fc7'");
+  expect_failure(
+      "compress --model " + model() + " --layer fc7 --acts " + acts() + " --rank 2 --out " + out(),
+      "fc (13x21), head (5x13)");
+}
+
+TEST_F(Cli, ActivationsOfTheWrongWidth) {
+  std::vector<float> x(6 * 20, 1.0f);
+  write_npy(dir_.file("w20.npy"), x.data(), 6, 20);
+  expect_failure(base("dalr") + " --acts " + dir_.file("w20.npy"), "takes n = 21");
+  expect_failure(base("dalr") + " --acts-test " + dir_.file("w20.npy"), "takes n = 21");
+}
+
+TEST_F(Cli, ActivationsWithNaN) {
+  std::vector<float> x(acts_);
+  x[5 * kN + 3] = NAN;
+  write_npy(dir_.file("nan.npy"), x.data(), kP, kN);
+  expect_failure(base("dalr") + " --acts " + dir_.file("nan.npy"), "sample 5, unit 3 is NaN");
+}
+
+TEST_F(Cli, ActivationsOfAWrongDtype) {
+  std::string header = "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 21), }";
+  header.resize(118, ' ');
+  header += '\n';
+  std::string bytes = std::string("\x93NUMPY\x01\x00", 8) + char(header.size()) + '\0' + header +
+                      std::string(2 * 21 * 4, '\0');
+  test::write_file(dir_.file("i4.npy"), bytes);
+  expect_failure(base("dalr") + " --acts " + dir_.file("i4.npy"), "<i4");
+}
+
+TEST_F(Cli, WeightOfANonFloatDtype) {
+  TensorOut t;
+  t.name = "fc.weight";
+  t.dtype = DType::I64;
+  t.shape = {2, 21};
+  t.owned = std::make_shared<std::vector<uint8_t>>(2 * 21 * 8, 0);
+  t.data = t.owned->data();
+  t.nbytes = t.owned->size();
+  write_safetensors(dir_.file("int.safetensors"), {t}, {});
+  expect_failure("compress --model " + dir_.file("int.safetensors") + " --layer fc --acts " +
+                     acts() + " --rank 1 --out " + out(),
+                 "I64");
+}
+
+TEST_F(Cli, RankOutOfRange) {
+  expect_failure(base("dalr", "--rank 0"), "rank 0 is out of range");
+  expect_failure(base("svd", "--rank 14"), "between 1 and 13");
+  expect_failure(base("svd", "--keep 1.5"), "--keep must be a fraction");
+  expect_failure(base("svd", "--rank 2 --keep 0.5"), "not both");
+  expect_failure("compress --model " + model() + " --layer fc --acts " + acts() + " --out " + out(),
+                 "--rank K or --keep");
+}
+
+TEST_F(Cli, RankThatSavesNothingWarns) {
+  test::CommandResult r = run_cli(base("svd", "--rank 12"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: rank 12 saves no parameters"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, OutputOverAnInputIsRefused) {
+  expect_failure(base("dalr") + " --out " + model(), "refusing to overwrite an input");
+  expect_failure(base("dalr") + " --out " + acts(), "refusing to overwrite an input");
+  expect_failure(base("dalr") + " --report " + acts(), "refusing to overwrite an input");
+  // The model is still intact.
+  EXPECT_NO_THROW(SafetensorsFile f(model()));
+}
+
+TEST_F(Cli, UnwritableOutput) {
+  expect_failure(base("dalr") + " --out " + dir_.file("no/such/dir/out.safetensors"),
+                 "cannot write");
+}
+
+TEST_F(Cli, UnknownMethodAndLambda) {
+  expect_failure(base("dlar"), "unknown method 'dlar'");
+  expect_failure(base("dalr") + " --lambda -1", "lambda must be");
+  expect_failure(base("dalr") + " --precision fp16", "--precision must be");
+}
+
+}  // namespace

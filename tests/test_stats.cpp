@@ -1,0 +1,147 @@
+// Streaming statistics: against brute force, chunking, merging, save/resume, NaN.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "dalr/error.hpp"
+#include "dalr/safetensors.hpp"
+#include "dalr/stats.hpp"
+#include "oracle.hpp"
+#include "test_util.hpp"
+
+using namespace dalr;
+
+namespace {
+
+struct Data {
+  Matrix<double> x, w;  // n x p, m x n
+  std::vector<double> b;
+};
+
+Data make_data(int64_t n, int64_t m, int64_t p, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Data d{test::random_matrix<double>(n, p, rng), test::random_matrix<double>(m, n, rng), {}};
+  for (auto& v : d.x.data) v = std::abs(v) + 0.25;  // post-ReLU-like, never all zero
+  std::normal_distribution<double> nd;
+  for (int64_t i = 0; i < m; ++i) d.b.push_back(nd(rng));
+  return d;
+}
+
+template <typename T>
+LayerStats<T> accumulate(const Data& d, int64_t chunk, int64_t from = 0, int64_t to = -1) {
+  if (to < 0) to = d.x.cols;
+  Matrix<T> x(d.x.rows, d.x.cols), w(d.w.rows, d.w.cols);
+  for (int64_t i = 0; i < x.size(); ++i) x.data[i] = static_cast<T>(d.x.data[i]);
+  for (int64_t i = 0; i < w.size(); ++i) w.data[i] = static_cast<T>(d.w.data[i]);
+  std::vector<T> b(d.b.begin(), d.b.end());
+  LayerStats<T> st(d.x.rows, d.w.rows);
+  for (int64_t j = from; j < to; j += chunk)
+    st.add(x.ptr() + j * x.ld(), std::min(chunk, to - j), x.ld(), &w, b.data(), j);
+  return st;
+}
+
+void expect_same(const LayerStats<double>& a, const LayerStats<double>& b, double tol) {
+  ASSERT_EQ(a.count(), b.count());
+  EXPECT_LT(oracle::rel_diff(a.gram(), b.gram()), tol);
+  for (int64_t i = 0; i < a.n(); ++i) {
+    EXPECT_NEAR(a.sum_x()[i], b.sum_x()[i], tol * std::abs(b.sum_x()[i]));
+    EXPECT_EQ(a.max_x()[i], b.max_x()[i]);
+  }
+  for (int64_t i = 0; i < a.m(); ++i) {
+    EXPECT_NEAR(a.sum_y()[i], b.sum_y()[i], tol * (1 + std::abs(b.sum_y()[i])));
+    EXPECT_NEAR(a.max_y()[i], b.max_y()[i], tol * (1 + std::abs(b.max_y()[i])));
+  }
+}
+
+TEST(Stats, MatchesBruteForce) {
+  const uint64_t seed = test::test_seed(42);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Data d = make_data(23, 11, 37, seed);
+  LayerStats<double> st = accumulate<double>(d, 8);
+  const Matrix<double> c = oracle::mul(d.x, d.x, false, true);
+  EXPECT_LT(oracle::rel_diff(st.gram(), c), 1e-14);
+  const Matrix<double> z = oracle::mul(d.w, d.x);
+  for (int64_t i = 0; i < 23; ++i) {
+    double s = 0, mx = -INFINITY;
+    for (int64_t j = 0; j < 37; ++j) s += d.x(i, j), mx = std::max(mx, d.x(i, j));
+    EXPECT_NEAR(st.sum_x()[i], s, 1e-12 * s);
+    EXPECT_EQ(st.max_x()[i], mx);
+    EXPECT_NEAR(st.mean_x()[i], s / 37, 1e-12 * s);
+  }
+  for (int64_t i = 0; i < 11; ++i) {
+    double s = 0, mx = 0;
+    for (int64_t j = 0; j < 37; ++j) {
+      const double y = std::max(0.0, z(i, j) + d.b[i]);
+      s += y, mx = std::max(mx, y);
+    }
+    EXPECT_NEAR(st.sum_y()[i], s, 1e-12 * (1 + s));
+    EXPECT_NEAR(st.max_y()[i], mx, 1e-12 * (1 + mx));
+  }
+  EXPECT_EQ(st.count(), 37);
+  EXPECT_NEAR(st.gram_trace(), oracle::frob2(d.x), 1e-12 * oracle::frob2(d.x));
+}
+
+TEST(Stats, ChunksEqualOnePass) {
+  Data d = make_data(19, 7, 53, test::test_seed(7));
+  LayerStats<double> one = accumulate<double>(d, 53);
+  for (int64_t chunk : {1, 2, 7, 52}) {
+    SCOPED_TRACE("chunk " + std::to_string(chunk));
+    expect_same(accumulate<double>(d, chunk), one, 1e-13);
+  }
+}
+
+TEST(Stats, MergeEqualsOnePass) {
+  Data d = make_data(13, 5, 41, test::test_seed(8));
+  LayerStats<double> a = accumulate<double>(d, 6, 0, 17), b = accumulate<double>(d, 6, 17, 41);
+  a.merge(b);
+  expect_same(a, accumulate<double>(d, 41), 1e-13);
+  LayerStats<double> wrong(12, 5);
+  EXPECT_THROW(a.merge(wrong), Error);
+}
+
+TEST(Stats, SaveAndResumeEqualsOnePass) {
+  test::TempDir dir;
+  Data d = make_data(17, 9, 29, test::test_seed(9));
+  accumulate<double>(d, 4, 0, 12).save(dir.file("s.safetensors"), {{"dalr.layer", "fc"}});
+  std::map<std::string, std::string> meta;
+  LayerStats<double> resumed = LayerStats<double>::load(dir.file("s.safetensors"), &meta);
+  EXPECT_EQ(meta["dalr.layer"], "fc");
+  EXPECT_EQ(meta["dalr.precision"], "fp64");
+  resumed.merge(accumulate<double>(d, 5, 12, 29));
+  expect_same(resumed, accumulate<double>(d, 29), 1e-13);
+
+  // fp32 statistics round-trip exactly, and agree with fp64 to fp32 accuracy.
+  LayerStats<float> f = accumulate<float>(d, 3);
+  f.save(dir.file("f.safetensors"));
+  LayerStats<float> g = LayerStats<float>::load(dir.file("f.safetensors"));
+  EXPECT_EQ(g.gram().data, f.gram().data);
+  EXPECT_EQ(g.count(), 29);
+  EXPECT_LT(oracle::rel_diff(oracle::to_double(g.gram()), accumulate<double>(d, 29).gram()), 1e-6);
+}
+
+TEST(Stats, RejectsNonFiniteActivationsNamingTheSample) {
+  Data d = make_data(6, 3, 10, 1);
+  d.x(4, 7) = NAN;
+  try {
+    accumulate<double>(d, 3);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sample 7, unit 4 is NaN"), std::string::npos) << e.what();
+  }
+  d.x(4, 7) = INFINITY;
+  EXPECT_THROW(accumulate<double>(d, 10), Error);
+}
+
+TEST(Stats, LoadRejectsOtherFiles) {
+  test::TempDir dir;
+  write_safetensors(dir.file("m.safetensors"), {TensorOut::f32("fc.weight", {2, 2}, {1, 2, 3, 4})},
+                    {});
+  try {
+    LayerStats<double>::load(dir.file("m.safetensors"));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a dalr-gpu statistics file"), std::string::npos);
+  }
+}
+
+}  // namespace
