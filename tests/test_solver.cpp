@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "cpu/lapack.hpp"
 #include "dalr/error.hpp"
 #include "dalr/solver.hpp"
 #include "oracle.hpp"
@@ -296,6 +297,30 @@ TEST(Solver, RankBudgetArithmetic) {
   EXPECT_EQ(units_for_rank(4096, 25088, 64), 74);
   EXPECT_EQ(params_after(Method::Svd, 4096, 25088, 64), 64 * 25088 + 4096 * 64 + 4096);
   EXPECT_THROW(rank_for_keep(Method::Svd, 10, 10, 1.5), Error);
+}
+
+}  // namespace
+
+namespace {
+
+// In float, LAPACK's workspace query for n >= 2897 exceeds 2^24 and rounds down below
+// the minimum; the wrapper must still size the workspace right (this failed once on a
+// 4096 x 4096 layer with info = -9).
+TEST(Lapack, FloatEigensolverWorkspaceAbove2To24) {
+  const int64_t n = 2900;
+  ASSERT_GT(1 + 6 * n + 2 * n * n, 1 << 24);
+  dalr::Matrix<float> a(n, n);
+  for (int64_t i = 0; i < n; ++i) {
+    a(i, i) = static_cast<float>(i % 7 + 1);
+    if (i + 1 < n) a(i + 1, i) = 0.5f;  // lower triangle is what syevd reads
+  }
+  std::vector<float> w(static_cast<size_t>(n));
+  dalr::cpu::syevd('V', 'L', n, a.ptr(), a.ld(), w.data());
+  double trace = 0;
+  for (int64_t i = 0; i < n; ++i) trace += i % 7 + 1;
+  double sum = 0;
+  for (float v : w) sum += v;
+  EXPECT_NEAR(sum, trace, 1e-4 * trace);  // eigenvalues sum to the trace
 }
 
 }  // namespace

@@ -37,10 +37,12 @@ Commands::Commands(CLI::App& app) {
   c->add_option("--method", copt_.method, "Compression method: " + methods);
   c->add_option("--rank", copt_.rank,
                 "Rank k of the factorisation (pruning: keep the units that fit the parameter "
-                "budget of rank k)");
+                "budget of rank k)")
+      ->default_str("");
   c->add_option("--keep", copt_.keep,
-                "Instead of --rank: fraction of the layer's weights to keep, in (0, 1]");
-  c->add_option("--lambda", lambda_, "Ridge lambda, absolute (dalr, dalr-exact)");
+                "Instead of --rank: fraction of the layer's weights to keep, in (0, 1]")
+      ->default_str("");
+  c->add_option("--lambda", lambda_, "Ridge lambda, absolute (dalr, dalr-exact)")->default_str("");
   c->add_option("--lambda-rel", copt_.lambda_rel,
                 "Ridge relative to trace(C)/n when --lambda is not given");
   c->add_option("--next-layer", copt_.next_layer,

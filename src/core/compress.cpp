@@ -298,7 +298,8 @@ CompressResult run(const CompressOptions& o) {
     << rank;
   if (needs_gram(method)) s << ", lambda " << fmt(lambda);
   s << "\nparameters " << before << " -> " << after << " (" << fmt(100.0 * after / before, 3)
-    << "% kept), energy kept " << fmt(100.0 * fac.energy_kept, 4) << "%\n";
+    << "% kept), " << (is_pruning(method) ? "activation mass kept " : "spectral energy kept ")
+    << fmt(100.0 * fac.energy_kept, 4) << "%\n";
   if (rep.contains("error_train"))
     s << "reconstruction error (train): " << fmt(rep["error_train"]["abs"].get<double>())
       << " (relative " << fmt(rep["error_train"]["rel"].get<double>()) << ")\n";

@@ -1,6 +1,8 @@
 #include "cpu/lapack.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "dalr/error.hpp"
@@ -19,6 +21,19 @@ void throw_lapack(const char* routine, int64_t info, const char* hint) {
 
 namespace {
 
+// A workspace size returned by a query in T: in float, sizes above 2^24 are rounded
+// and can come back one short of the minimum (LAPACK then fails with info = -lwork).
+// Round up, and never go below the documented minimum.
+template <typename T>
+size_t workspace(T queried, int64_t documented_min) {
+  const double q = static_cast<double>(queried) * (1.0 + 4.0 * std::numeric_limits<T>::epsilon());
+  const double need = std::max<double>({std::ceil(q), double(documented_min), 1.0});
+  if (need > double(std::numeric_limits<lapack_int>::max()))
+    throw Error("the problem is too large for this LAPACK's 32-bit workspace sizes (" +
+                std::to_string(static_cast<int64_t>(need)) + " elements needed)");
+  return static_cast<size_t>(need);
+}
+
 template <typename T, typename Work>
 void syevd_impl(const char* name, Work work, char jobz, char uplo, int64_t n, T* a, int64_t lda,
                 T* w) {
@@ -26,8 +41,10 @@ void syevd_impl(const char* name, Work work, char jobz, char uplo, int64_t n, T*
   lapack_int liwork_q = 0;
   lapack_int info = work(LAPACK_COL_MAJOR, jobz, uplo, n, a, lda, w, &lwork_q, -1, &liwork_q, -1);
   if (info != 0) throw_lapack(name, info, "workspace query");
-  std::vector<T> wk(static_cast<size_t>(std::max<T>(lwork_q, T(1))));
-  std::vector<lapack_int> iwk(static_cast<size_t>(std::max<lapack_int>(liwork_q, 1)));
+  const bool vectors = jobz == 'V' || jobz == 'v';
+  std::vector<T> wk(workspace(lwork_q, vectors ? 1 + 6 * n + 2 * n * n : 2 * n + 1));
+  std::vector<lapack_int> iwk(
+      static_cast<size_t>(std::max<int64_t>(liwork_q, vectors ? 3 + 5 * n : 1)));
   info = work(LAPACK_COL_MAJOR, jobz, uplo, n, a, lda, w, wk.data(),
               static_cast<lapack_int>(wk.size()), iwk.data(), static_cast<lapack_int>(iwk.size()));
   if (info != 0)
@@ -44,7 +61,8 @@ void gesdd_impl(const char* name, Work work, int64_t m, int64_t n, T* a, int64_t
   lapack_int info =
       work(LAPACK_COL_MAJOR, 'S', m, n, a, lda, s, u, ldu, vt, ldvt, &lwork_q, -1, iwk.data());
   if (info != 0) throw_lapack(name, info, "workspace query");
-  std::vector<T> wk(static_cast<size_t>(std::max<T>(lwork_q, T(1))));
+  const int64_t mx = std::max(m, n);
+  std::vector<T> wk(workspace(lwork_q, 3 * r * r + std::max(mx, 4 * r * r + 4 * r)));
   info = work(LAPACK_COL_MAJOR, 'S', m, n, a, lda, s, u, ldu, vt, ldvt, wk.data(),
               static_cast<lapack_int>(wk.size()), iwk.data());
   if (info != 0) throw_lapack(name, info, "the SVD did not converge (input has NaN/Inf?)");
