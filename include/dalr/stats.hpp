@@ -26,6 +26,12 @@ class LayerStats {
   // Adds a batch: x is n x cols, column-major with leading dimension ldx (one sample
   // per column). w (m x n) and b (m) are needed when m > 0. Throws dalr::Error on
   // NaN/Inf, naming the sample (first_index + column) and the unit.
+  // Statistics computed elsewhere (the GPU twin): gram must be n x n and symmetric (or
+  // hold at least its lower triangle), the vectors n, n, m, m long. Throws on bad shapes.
+  static LayerStats from_parts(int64_t count, Matrix<T> gram, std::vector<double> sum_x,
+                               std::vector<double> max_x, std::vector<double> sum_y,
+                               std::vector<double> max_y);
+
   void add(const T* x, int64_t cols, int64_t ldx, const Matrix<T>* w, const T* b,
            int64_t first_index = 0);
   void merge(const LayerStats& other);  // same n and m, else throws

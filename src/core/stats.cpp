@@ -34,6 +34,28 @@ LayerStats<T>::LayerStats(int64_t n, int64_t m)
 }
 
 template <typename T>
+LayerStats<T> LayerStats<T>::from_parts(int64_t count, Matrix<T> gram, std::vector<double> sum_x,
+                                        std::vector<double> max_x, std::vector<double> sum_y,
+                                        std::vector<double> max_y) {
+  const int64_t n = gram.rows, m = static_cast<int64_t>(sum_y.size());
+  if (gram.cols != n || static_cast<int64_t>(sum_x.size()) != n ||
+      static_cast<int64_t>(max_x.size()) != n || static_cast<int64_t>(max_y.size()) != m ||
+      count < 0)
+    throw Error("statistics parts have inconsistent shapes");
+  LayerStats s;
+  s.n_ = n;
+  s.m_ = m;
+  s.count_ = count;
+  s.gram_ = std::move(gram);
+  s.symmetric_ = false;  // re-fill the upper triangle from the lower on first use
+  s.sum_x_ = std::move(sum_x);
+  s.max_x_ = std::move(max_x);
+  s.sum_y_ = std::move(sum_y);
+  s.max_y_ = std::move(max_y);
+  return s;
+}
+
+template <typename T>
 void LayerStats<T>::add(const T* x, int64_t cols, int64_t ldx, const Matrix<T>* w, const T* b,
                         int64_t first_index) {
   if (cols <= 0) return;

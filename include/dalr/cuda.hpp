@@ -1,0 +1,66 @@
+#pragma once
+// The CUDA backend's public face: plain C++, no CUDA headers. Same semantics as the
+// CPU twins (LayerStats<T>::add, dalr::solve), which are the oracles in the tests.
+// Available only when the library was built with CUDA (DALR_HAVE_CUDA); at run time
+// `available()` says whether a device exists.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dalr/matrix.hpp"
+#include "dalr/solver.hpp"
+#include "dalr/stats.hpp"
+
+namespace dalr::cuda {
+
+// Number of usable devices; 0 without a device or driver. Never throws.
+int device_count() noexcept;
+inline bool available() noexcept { return device_count() > 0; }
+std::string device_name(int device);
+
+// Precision policy. fp32: float storage and math, cuBLAS pedantic math (no
+// reduced-precision reductions, no TF32). tf32: float storage, TF32 tensor-core math
+// for the Gram/GEMM products (only when the user asks). fp64: double throughout.
+enum class Math { Exact, Tf32 };
+
+// Streaming statistics on the GPU: the twin of LayerStats<T>. Batches arrive from the
+// host; add() copies them into one of two pinned buffers and returns, while the upload
+// (copy stream) and the SYRK/row-stats update (compute stream) proceed asynchronously,
+// ordered by events (no device-wide synchronisation inside the loop).
+template <typename T>
+class GpuStats {
+ public:
+  // w (m x n) and b (m) are needed when m > 0 (output statistics); max_batch bounds
+  // the columns of one add().
+  GpuStats(int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b, int64_t max_batch,
+           Math math = Math::Exact, int device = 0);
+  ~GpuStats();
+  GpuStats(const GpuStats&) = delete;
+  GpuStats& operator=(const GpuStats&) = delete;
+
+  // x: n x cols column-major, leading dimension ldx (host memory, reusable on return).
+  // Throws dalr::Error on NaN/Inf with the same message as LayerStats::add.
+  void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index = 0);
+  // Waits for the device and returns the statistics (C symmetric, sums, maxima, count).
+  LayerStats<T> result();
+  // Adds statistics accumulated earlier (resume) before more batches arrive.
+  void merge(const LayerStats<T>& earlier);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// dalr::solve on the GPU: uploads W and C once, and the whole solve (GEMMs, syevd,
+// Cholesky, SVD) stays on the device; devInfo is checked. Checks the device memory it
+// needs before allocating and throws naming the bytes needed and free.
+template <typename T>
+Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                 const LayerStats<T>& stats, Math math = Math::Exact, int device = 0);
+
+// Device bytes solve() needs for this shape (an upper bound, used for the check above).
+size_t solve_bytes(Method method, int64_t m, int64_t n, int64_t k, size_t elem_size);
+
+}  // namespace dalr::cuda

@@ -1,0 +1,73 @@
+#include "cuda/context.hpp"
+
+#include <string>
+
+namespace dalr::cuda {
+
+namespace {
+// Makes `device` current before any stream or handle is created on it.
+int select(int device) {
+  if (device < 0 || device >= device_count())
+    throw Error("CUDA device " + std::to_string(device) + " does not exist (" +
+                std::to_string(device_count()) + " found)");
+  DALR_CUDA_CHECK(cudaSetDevice(device));
+  return device;
+}
+}  // namespace
+
+Context::Context(int device, Math math) : device_(select(device)), info_(1) {
+  DALR_CUBLAS_CHECK(cublasCreate(&cublas_));
+  DALR_CUBLAS_CHECK(cublasSetStream(cublas_, compute_.get()));
+  // Exact: no TF32, no reduced-precision reductions. Tf32 only when the user asks.
+  DALR_CUBLAS_CHECK(cublasSetMathMode(
+      cublas_, math == Math::Tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                  : static_cast<cublasMath_t>(
+                                        CUBLAS_PEDANTIC_MATH |
+                                        CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+  DALR_CUSOLVER_CHECK(cusolverDnCreate(&cusolver_));
+  DALR_CUSOLVER_CHECK(cusolverDnSetStream(cusolver_, compute_.get()));
+  DALR_CUSOLVER_CHECK(cusolverDnCreateParams(&params_));
+}
+
+Context::~Context() {
+  if (params_) cusolverDnDestroyParams(params_);
+  if (cusolver_) cusolverDnDestroy(cusolver_);
+  if (cublas_) cublasDestroy(cublas_);
+}
+
+void* Context::workspace(size_t bytes) {
+  if (bytes > work_.size()) {
+    synchronize();
+    work_ = DeviceBuffer<unsigned char>();  // free first: the old and new need not coexist
+    work_ = DeviceBuffer<unsigned char>(bytes);
+  }
+  return work_.data();
+}
+
+void Context::check_info(const char* routine, const char* hint) {
+  int info = 0;
+  DALR_CUDA_CHECK(
+      cudaMemcpyAsync(&info, info_.data(), sizeof(int), cudaMemcpyDeviceToHost, compute_.get()));
+  synchronize();
+  if (info == 0) return;
+  std::string msg = std::string("cuSOLVER ") + routine + " failed (devInfo = " +
+                    std::to_string(info) + ")";
+  if (info < 0) msg += ": parameter " + std::to_string(-info) + " is invalid (internal error)";
+  else if (hint) msg += std::string(": ") + hint;
+  throw Error(msg);
+}
+
+void Context::memory(size_t* free_bytes, size_t* total_bytes) {
+  DALR_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+}
+
+void require_device_memory(size_t bytes, const std::string& what) {
+  size_t free_b = 0, total_b = 0;
+  Context::memory(&free_b, &total_b);
+  if (bytes > free_b)
+    throw Error("not enough GPU memory for " + what + ": needs " + std::to_string(bytes) +
+                " bytes, " + std::to_string(free_b) + " free of " + std::to_string(total_b) +
+                " (try --precision fp32, a smaller --batch, or --device cpu)");
+}
+
+}  // namespace dalr::cuda
