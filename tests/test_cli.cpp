@@ -326,7 +326,35 @@ TEST_F(Cli, UnwritableOutput) {
 TEST_F(Cli, UnknownMethodAndLambda) {
   expect_failure(base("dlar"), "unknown method 'dlar'");
   expect_failure(base("dalr") + " --lambda -1", "lambda must be");
-  expect_failure(base("dalr") + " --precision fp16", "--precision must be");
+  expect_failure(base("dalr") + " --device cpu --precision fp16", "--precision must be");
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(Cli, DeviceSelection) {
+  // auto falls back to the CPU with a one-line notice when there is no device.
+  test::CommandResult a = run_cli(base("dalr") + " --report " + dir_.file("r.json"));
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  const std::string dev =
+      nlohmann::json::parse(test::read_file(dir_.file("r.json")))["device"].get<std::string>();
+  if (dev == "cpu") EXPECT_NE(a.output.find("running on the CPU"), std::string::npos) << a.output;
+  std::filesystem::remove(out());
+  // --device cuda never falls back silently: it runs on a GPU or says why not.
+  test::CommandResult c = run_cli(base("dalr") + " --device cuda");
+  if (c.exit_code != 0) {
+    EXPECT_EQ(c.exit_code, 1);
+    EXPECT_TRUE(c.output.find("does not exist") != std::string::npos ||
+                c.output.find("built without CUDA") != std::string::npos)
+        << c.output;
+    EXPECT_FALSE(test::file_exists(out()));
+  }
+  std::filesystem::remove(out());
+  expect_failure(base("dalr") + " --device gpu", "--device must be");
+  expect_failure(base("dalr") + " --device cpu --precision tf32", "tf32 needs --device cuda");
+  test::CommandResult q = run_cli(base("dalr") + " --device cpu");
+  EXPECT_EQ(q.output.find("running on the CPU"), std::string::npos) << q.output;
 }
 
 }  // namespace

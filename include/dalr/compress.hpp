@@ -8,6 +8,8 @@
 
 namespace dalr {
 
+class Backend;
+
 // Default relative ridge: lambda = kDefaultLambdaRel * trace(C) / n (see README).
 inline constexpr double kDefaultLambdaRel = 1e-3;
 
@@ -22,11 +24,10 @@ struct CompressOptions {
   std::string report;      // optional JSON report
   std::string method = "dalr";
   std::string next_layer;          // pruning: shrink NEXT.weight's input columns
-  std::string precision = "fp64";  // fp64 | fp32
-  std::string device = "cpu";
-  int64_t rank = 0;              // k (or 0 when `keep` is used)
-  double keep = 0.0;             // fraction of the layer's weights to keep
-  std::optional<double> lambda;  // absolute ridge
+  std::string precision = "fp64";  // fp64 | fp32 | tf32 (tf32: CUDA only)
+  int64_t rank = 0;                // k (or 0 when `keep` is used)
+  double keep = 0.0;               // fraction of the layer's weights to keep
+  std::optional<double> lambda;    // absolute ridge
   double lambda_rel = kDefaultLambdaRel;
   int64_t batch = 512;  // samples per streamed chunk
 };
@@ -37,7 +38,8 @@ struct CompressResult {
   std::vector<std::string> warnings;  // also inside the report
 };
 
+// Runs the job on `backend` (make_cpu_backend() or dalr::cuda::make_backend()).
 // Throws dalr::Error with a message a user can act on. Never leaves a partial output.
-CompressResult compress(const CompressOptions& opt);
+CompressResult compress(const CompressOptions& opt, Backend& backend);
 
 }  // namespace dalr

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "dalr/backend.hpp"
 #include "dalr/matrix.hpp"
 #include "dalr/solver.hpp"
 #include "dalr/stats.hpp"
@@ -17,7 +18,9 @@ namespace dalr::cuda {
 
 // Number of usable devices; 0 without a device or driver. Never throws.
 int device_count() noexcept;
-inline bool available() noexcept { return device_count() > 0; }
+inline bool available() noexcept {
+  return device_count() > 0;
+}
 std::string device_name(int device);
 
 // Precision policy. fp32: float storage and math, cuBLAS pedantic math (no
@@ -59,6 +62,9 @@ class GpuStats {
 template <typename T>
 Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
                  const LayerStats<T>& stats, Math math = Math::Exact, int device = 0);
+
+// The CUDA implementation of dalr::Backend on one device (throws if it does not exist).
+std::unique_ptr<Backend> make_backend(int device = 0, Math math = Math::Exact);
 
 // Device bytes solve() needs for this shape (an upper bound, used for the check above).
 size_t solve_bytes(Method method, int64_t m, int64_t n, int64_t k, size_t elem_size);

@@ -3,6 +3,10 @@
 #include <iostream>
 
 #include "cli/inspect.hpp"
+#include "dalr/backend.hpp"
+#ifdef DALR_HAVE_CUDA
+#include "dalr/cuda.hpp"
+#endif
 #include "dalr/error.hpp"
 #include "dalr/solver.hpp"
 
@@ -10,6 +14,33 @@ namespace dalr::cli {
 
 const char* version() {
   return "0.1.0";
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision,
+                                      bool quiet) {
+  if (device == "cpu") return make_cpu_backend();
+  int index = 0;
+  if (device.rfind("cuda:", 0) == 0) {
+    try {
+      index = std::stoi(device.substr(5));
+    } catch (const std::exception&) {
+      throw Error("--device " + device + ": expected cuda:N with a device number N");
+    }
+  } else if (device != "cuda" && device != "auto") {
+    throw Error("--device must be auto, cuda, cuda:N or cpu (got '" + device + "')");
+  }
+#ifdef DALR_HAVE_CUDA
+  if (device != "auto" || cuda::available())
+    return cuda::make_backend(index, precision == "tf32" ? cuda::Math::Tf32 : cuda::Math::Exact);
+  if (!quiet) std::cerr << "dalr-gpu: no CUDA device found; running on the CPU\n";
+#else
+  (void)precision;
+  (void)index;
+  if (device != "auto")
+    throw Error("--device " + device + ": this dalr-gpu was built without CUDA (use --device cpu)");
+  if (!quiet) std::cerr << "dalr-gpu: built without CUDA; running on the CPU\n";
+#endif
+  return make_cpu_backend();
 }
 
 Commands::Commands(CLI::App& app) {
@@ -51,8 +82,10 @@ Commands::Commands(CLI::App& app) {
                 "Start from saved statistics (with --acts: add more data to them)");
   c->add_option("--save-stats", copt_.save_stats,
                 "Save the accumulated statistics (C, means, maxima, count) to resume later");
-  c->add_option("--precision", copt_.precision, "Accumulation and solve precision: fp64|fp32");
-  c->add_option("--device", copt_.device, "cpu (the CUDA backend comes in a later version)");
+  c->add_option("--precision", copt_.precision,
+                "fp64 | fp32 | tf32 (accumulation and solve; tf32: tensor cores, CUDA only)");
+  c->add_option("--device", device_,
+                "auto (cuda when a device is present, else cpu) | cuda | cuda:N | cpu");
   c->add_option("--batch", copt_.batch, "Samples per streamed chunk");
   c->add_flag("--quiet,-q", quiet_, "Print nothing but errors");
 
@@ -77,7 +110,8 @@ int Commands::run_compress() {
   if (!compress_->count("--rank") && !compress_->count("--keep"))
     throw Error("give --rank K or --keep FRACTION");
   if (compress_->count("--lambda")) copt_.lambda = lambda_;
-  CompressResult r = compress(copt_);
+  std::unique_ptr<Backend> backend = make_backend(device_, copt_.precision, quiet_);
+  CompressResult r = compress(copt_, *backend);
   for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << w << "\n";
   if (!quiet_) std::cout << r.summary;
   return 0;

@@ -1,12 +1,18 @@
 #pragma once
 #include <CLI/CLI.hpp>
+#include <memory>
 #include <string>
 
+#include "dalr/backend.hpp"
 #include "dalr/compress.hpp"
 
 namespace dalr::cli {
 
 const char* version();
+
+// The backend for --device (auto: cuda when a device exists, else cpu with a notice).
+std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision,
+                                      bool quiet);
 
 // Registers the verbs and their options on `app`; run() executes the parsed one.
 class Commands {
@@ -22,6 +28,7 @@ class Commands {
   CLI::App* inspect_ = nullptr;
   CompressOptions copt_;
   double lambda_ = 0;
+  std::string device_ = "auto";
   bool quiet_ = false;
   std::string inspect_model_;
   bool inspect_json_ = false;

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/recon.hpp"
+#include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/safetensors.hpp"
@@ -113,20 +114,24 @@ Layer<T> load_layer(const SafetensorsFile& f, const std::string& name) {
 }
 
 template <typename T>
-LayerStats<T> gather_stats(const CompressOptions& o, const Layer<T>& l, json& rep) {
+LayerStats<T> gather_stats(const CompressOptions& o, const Layer<T>& l, Backend& backend,
+                           json& rep) {
   const int64_t m = l.w.rows, n = l.w.cols;
-  LayerStats<T> st(n, m);
+  auto acc = backend.stats(n, m, &l.w, &l.b, o.batch);
+  int64_t first = 0;
   if (!o.stats_in.empty()) {
     std::map<std::string, std::string> meta;
-    st = LayerStats<T>::load(o.stats_in, &meta);
-    if (st.n() != n || st.m() != m)
-      throw Error(o.stats_in + " holds statistics of a " + std::to_string(st.m()) + " x " +
-                  std::to_string(st.n()) + " layer, but '" + o.layer + "' is " + std::to_string(m) +
-                  " x " + std::to_string(n));
+    LayerStats<T> earlier = LayerStats<T>::load(o.stats_in, &meta);
+    if (earlier.n() != n || earlier.m() != m)
+      throw Error(o.stats_in + " holds statistics of a " + std::to_string(earlier.m()) + " x " +
+                  std::to_string(earlier.n()) + " layer, but '" + o.layer + "' is " +
+                  std::to_string(m) + " x " + std::to_string(n));
     if (meta.count("dalr.layer") && meta["dalr.layer"] != o.layer)
       throw Error(o.stats_in + " holds statistics of layer '" + meta["dalr.layer"] + "', not '" +
                   o.layer + "'");
-    rep["stats_in"] = {{"path", o.stats_in}, {"samples", st.count()}};
+    rep["stats_in"] = {{"path", o.stats_in}, {"samples", earlier.count()}};
+    first = earlier.count();
+    acc->merge(earlier);
   }
   if (!o.acts.empty()) {
     NpyReader r(o.acts);
@@ -135,12 +140,12 @@ LayerStats<T> gather_stats(const CompressOptions& o, const Layer<T>& l, json& re
                   " features per sample, but layer '" + o.layer +
                   "' takes n = " + std::to_string(n) + " inputs");
     std::vector<T> buf(static_cast<size_t>(n * o.batch));
-    int64_t first = st.count();
     for (int64_t c; (c = r.read_rows<T>(buf.data(), o.batch)) > 0; first += c)
-      st.add(buf.data(), c, n, &l.w, l.b.data(), first);
+      acc->add(buf.data(), c, n, first);
     rep["acts"] = {
         {"path", o.acts}, {"samples", r.rows()}, {"shape", r.shape()}, {"dtype", r.descr()}};
   }
+  LayerStats<T> st = acc->result();
   if (st.count() == 0) throw Error("no activation samples: the activation file is empty");
   return st;
 }
@@ -198,7 +203,7 @@ json recon_json(const ReconError& e) {
 }
 
 template <typename T>
-CompressResult run(const CompressOptions& o) {
+CompressResult run(const CompressOptions& o, Backend& backend) {
   const auto t_all = Clock::now();
   json rep, timing;
   CompressResult res;
@@ -218,7 +223,7 @@ CompressResult run(const CompressOptions& o) {
   timing["load_model"] = seconds_since(t0);
 
   t0 = Clock::now();
-  LayerStats<T> st = gather_stats<T>(o, l, rep);
+  LayerStats<T> st = gather_stats<T>(o, l, backend, rep);
   timing["statistics"] = seconds_since(t0);
   if (!o.save_stats.empty()) {
     t0 = Clock::now();
@@ -240,7 +245,7 @@ CompressResult run(const CompressOptions& o) {
 
   const double lambda = o.lambda ? *o.lambda : default_lambda(st, o.lambda_rel);
   t0 = Clock::now();
-  Factors<T> fac = solve<T>({method, rank, lambda}, l.w, l.b, st);
+  Factors<T> fac = backend.solve({method, rank, lambda}, l.w, l.b, st);
   timing["solve"] = seconds_since(t0);
 
   t0 = Clock::now();
@@ -263,7 +268,7 @@ CompressResult run(const CompressOptions& o) {
   rep["method"] = method_name(method);
   rep["rank"] = rank;
   rep["precision"] = o.precision;
-  rep["device"] = o.device;
+  rep["device"] = backend.name();
   rep["lambda"] = needs_gram(method) ? json(lambda) : json(nullptr);
   rep["lambda_rel"] = needs_gram(method) && !o.lambda ? json(o.lambda_rel) : json(nullptr);
   rep["params"] = {
@@ -315,13 +320,14 @@ CompressResult run(const CompressOptions& o) {
 
 }  // namespace
 
-CompressResult compress(const CompressOptions& opt) {
-  if (opt.device != "cpu")
-    throw Error("--device " + opt.device +
-                ": only the CPU backend runs `compress` in this version (use --device cpu)");
-  if (opt.precision == "fp64") return run<double>(opt);
-  if (opt.precision == "fp32") return run<float>(opt);
-  throw Error("--precision must be fp64 or fp32 (got '" + opt.precision + "')");
+CompressResult compress(const CompressOptions& opt, Backend& backend) {
+  if (opt.precision == "fp64") return run<double>(opt, backend);
+  if (opt.precision == "fp32" || opt.precision == "tf32") {
+    if (opt.precision == "tf32" && backend.name() == "cpu")
+      throw Error("--precision tf32 needs --device cuda (TF32 is a tensor-core mode)");
+    return run<float>(opt, backend);
+  }
+  throw Error("--precision must be fp64, fp32 or tf32 (got '" + opt.precision + "')");
 }
 
 }  // namespace dalr

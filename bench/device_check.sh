@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# One call on a GPU machine verifies everything: configures for the GPU present, finds
+# cuDNN (the CUDA toolkit, or the nvidia-cudnn wheel inside PyTorch's Python), builds,
+# runs the whole test suite including the GPU tests, runs the benchmarks, and prints a
+# short summary table last. Full logs go to the folder given as the first argument.
+#   bench/device_check.sh LOGDIR
+# Needs: nvcc, CMake, a C++ compiler; build dependencies from the system or from
+# .devdeps/*.deb (made by bench/device_deps.sh where apt works). Budget: < 8 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOG=$(mkdir -p "${1:-device-logs}" && cd "${1:-device-logs}" && pwd)
+BUILD=${DALR_DEVICE_BUILD:-build-device}
+T0=$(date +%s)
+note() { echo "[device_check +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG/summary.log"; }
+
+# ---- the GPU ----
+command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+CC_CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
+ARCH=${DALR_CUDA_ARCH:-${CC_CAP:-90}}
+note "GPU: ${GPU:-none found}; CUDA arch ${ARCH}; nvcc $(nvcc --version | grep -o 'release [0-9.]*')"
+
+# ---- cuDNN: the toolkit, or the nvidia-cudnn wheel inside PyTorch's Python ----
+CUDNN_ROOT=""
+for d in "${CUDNN_ROOT_HINT:-}" /usr/local/cuda /usr; do
+  [ -n "$d" ] && [ -f "$d/include/cudnn.h" ] && { CUDNN_ROOT=$d; break; }
+done
+if [ -z "$CUDNN_ROOT" ]; then
+  CUDNN_ROOT=$(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))' 2>/dev/null || true)
+fi
+if [ -n "$CUDNN_ROOT" ]; then
+  export LD_LIBRARY_PATH="$CUDNN_ROOT/lib:${LD_LIBRARY_PATH:-}"
+  note "cuDNN: $CUDNN_ROOT ($(ls "$CUDNN_ROOT"/lib/libcudnn.so* 2>/dev/null | head -1))"
+else
+  note "cuDNN: not found (not needed by this version)"
+fi
+
+# ---- configure: with the system's dependencies, else with the carried .debs ----
+GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
+configure() {
+  cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
+    "$@" >>"$LOG/configure.log" 2>&1
+}
+unpack_devdeps() {
+  local P=/tmp/dalr-deps L
+  rm -rf "$P" && mkdir -p "$P"
+  for f in .devdeps/*.deb; do dpkg-deb -x "$f" "$P" || return 1; done
+  L=$P/usr/lib/x86_64-linux-gnu
+  # Debian sets these links with update-alternatives, which dpkg-deb -x does not run.
+  for lib in libopenblas.so libopenblas.so.0 libblas.so libblas.so.3 liblapack.so liblapack.so.3; do
+    [ -e "$L/openblas-pthread/$lib" ] && ln -sf "openblas-pthread/$lib" "$L/$lib"
+  done
+  export LD_LIBRARY_PATH="$L:$L/openblas-pthread:${LD_LIBRARY_PATH:-}"
+  export LIBRARY_PATH="$L:$L/openblas-pthread:${LIBRARY_PATH:-}"
+  DEPS_ARGS=("-DCMAKE_PREFIX_PATH=$P/usr;$L/cmake;$P/usr/share/cmake"
+             "-DCMAKE_INCLUDE_PATH=$P/usr/include;$P/usr/include/x86_64-linux-gnu"
+             "-DCMAKE_LIBRARY_PATH=$L;$L/openblas-pthread")
+}
+DEPS_ARGS=()
+: >"$LOG/configure.log"
+if [ -z "${DALR_FORCE_DEVDEPS:-}" ] && configure; then
+  DEPS="system"
+elif ls .devdeps/*.deb >/dev/null 2>&1 && unpack_devdeps; then
+  rm -rf "$BUILD"
+  DEPS="$(ls .devdeps/*.deb | wc -l) carried .debs"
+  configure "${DEPS_ARGS[@]}" || DEPS="$DEPS (configure failed)"
+else
+  DEPS="missing: run bench/device_deps.sh where apt works, carry .devdeps"
+fi
+note "dependencies: $DEPS"
+
+# ---- build ----
+if grep -q "Build files have been written" "$LOG/configure.log" &&
+   cmake --build "$BUILD" -j"$(nproc)" >"$LOG/build.log" 2>&1; then
+  BUILD_OK=yes
+else
+  BUILD_OK=no
+fi
+note "build: $BUILD_OK (logs: configure.log, build.log)"
+[ "$BUILD_OK" = yes ] || { tail -30 "$LOG/configure.log" "$LOG/build.log"; exit 1; }
+
+# ---- tests, GPU ones included ----
+ctest --test-dir "$BUILD" --output-on-failure -j4 --timeout 300 >"$LOG/ctest.log" 2>&1
+CTEST_RC=$?
+TOTAL=$(grep -oE 'tests failed out of [0-9]+' "$LOG/ctest.log" | grep -oE '[0-9]+$')
+FAILED=$(grep -oE '[0-9]+ tests failed' "$LOG/ctest.log" | grep -oE '^[0-9]+')
+SKIPPED=$(grep -cE '\(Skipped\)' "$LOG/ctest.log")
+PASSED=$(( ${TOTAL:-0} - ${FAILED:-0} - SKIPPED ))
+note "tests: ${PASSED} passed, ${FAILED:-?} failed, ${SKIPPED} skipped (ctest rc $CTEST_RC; ctest.log)"
+
+# ---- benchmarks ----
+BENCH_ROWS=()
+if [ -x "$BUILD/bench/bench_gpu" ]; then
+  timeout 240 "$BUILD/bench/bench_gpu" --json "$LOG/bench_gpu.json" >"$LOG/bench_gpu.log" 2>&1
+  note "bench_gpu: rc $? (bench_gpu.log, bench_gpu.json)"
+  BENCH_ROWS+=("$(python3 - "$LOG/bench_gpu.json" <<'PY' 2>/dev/null
+import json, sys
+r = json.load(open(sys.argv[1]))
+for k, v in r.get("summary", {}).items():
+    print(f"{k}: {v}")
+PY
+)")
+fi
+timeout 120 "$BUILD/bench/bench_solve" --m 1024 --n 2048 --p 1500 --k 128 --repeats 3 \
+  --json "$LOG/bench_solve_cpu.json" >"$LOG/bench_solve_cpu.log" 2>&1
+note "bench_solve (CPU, 1024 x 2048): rc $?"
+
+# ---- summary, last ----
+echo
+echo "==================== dalr-gpu device check ===================="
+printf '%-14s %s\n' "card" "${GPU:-none}" "arch" "sm_${ARCH}" "cuDNN" "${CUDNN_ROOT:-not found}" \
+  "build" "$BUILD_OK" "tests" "${PASSED} passed, ${FAILED:-?} failed, ${SKIPPED} skipped" \
+  "time" "$(( $(date +%s) - T0 )) s"
+for row in "${BENCH_ROWS[@]}"; do echo "$row"; done
+echo "logs in $LOG"
+[ "$CTEST_RC" -eq 0 ]

@@ -1,0 +1,47 @@
+#pragma once
+// One interface over the CPU and CUDA backends (CONVENTIONS.md): the job code (compress)
+// is written once against it; `make_cpu_backend()` and `dalr::cuda::make_backend()`
+// implement it with the same semantics, the CPU being the oracle.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dalr/matrix.hpp"
+#include "dalr/solver.hpp"
+#include "dalr/stats.hpp"
+
+namespace dalr {
+
+// Streaming statistics of a layer's inputs (and outputs when m > 0).
+template <typename T>
+class StatsAccumulator {
+ public:
+  virtual ~StatsAccumulator() = default;
+  // x: n x cols column-major host memory, reusable when the call returns.
+  virtual void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) = 0;
+  virtual void merge(const LayerStats<T>& earlier) = 0;  // resume from saved statistics
+  virtual LayerStats<T> result() = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;  // "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)"
+  virtual std::unique_ptr<StatsAccumulator<float>> stats(int64_t n, int64_t m,
+                                                         const Matrix<float>* w,
+                                                         const std::vector<float>* b,
+                                                         int64_t max_batch) = 0;
+  virtual std::unique_ptr<StatsAccumulator<double>> stats(int64_t n, int64_t m,
+                                                          const Matrix<double>* w,
+                                                          const std::vector<double>* b,
+                                                          int64_t max_batch) = 0;
+  virtual Factors<float> solve(const SolveOptions& opt, const Matrix<float>& w,
+                               const std::vector<float>& b, const LayerStats<float>& st) = 0;
+  virtual Factors<double> solve(const SolveOptions& opt, const Matrix<double>& w,
+                                const std::vector<double>& b, const LayerStats<double>& st) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+
+}  // namespace dalr

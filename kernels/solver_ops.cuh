@@ -1,0 +1,30 @@
+#pragma once
+// Small element-wise steps of the GPU solver (src/cuda/gpu_solver.cpp) that cuBLAS
+// has no single call for. Column-major matrices with explicit leading dimensions;
+// all pointers are device pointers; each launcher takes the stream, returns at once
+// for empty shapes, and checks the launch.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace dalr::kernels {
+
+constexpr int kSolverOpsThreads = 256;
+
+// a(i, i) += value for i < n: the ridge C + lambda I before Cholesky.
+template <typename T>
+void launch_add_diagonal(T* a, int64_t n, int64_t lda, T value, cudaStream_t stream);
+
+// dst(i, j) = scale[i] * src(i, j) for i < rows, j < cols: diag(scale) * src.
+// In place when dst == src and ldd == lds (each element is read and written by one thread).
+template <typename T>
+void launch_scale_rows(const T* src, int64_t lds, const T* scale, T* dst, int64_t ldd, int64_t rows,
+                       int64_t cols, cudaStream_t stream);
+
+// dst(:, j) = src(:, last - j) for j < cols (rows elements each): the eigenvectors of
+// an ascending eigensolver, largest first. src and dst must not overlap.
+template <typename T>
+void launch_reverse_columns(const T* src, int64_t lds, int64_t last, T* dst, int64_t ldd,
+                            int64_t rows, int64_t cols, cudaStream_t stream);
+
+}  // namespace dalr::kernels

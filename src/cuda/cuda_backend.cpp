@@ -1,0 +1,68 @@
+#include <memory>
+
+#include "dalr/cuda.hpp"
+#include "dalr/error.hpp"
+
+namespace dalr::cuda {
+
+namespace {
+
+template <typename T>
+class CudaStats final : public StatsAccumulator<T> {
+ public:
+  CudaStats(int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b, int64_t max_batch,
+            Math math, int device)
+      : gs_(n, m, w, b, max_batch, math, device) {}
+  void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) override {
+    gs_.add(x, cols, ldx, first_index);
+  }
+  void merge(const LayerStats<T>& earlier) override { gs_.merge(earlier); }
+  LayerStats<T> result() override { return gs_.result(); }
+
+ private:
+  GpuStats<T> gs_;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device, Math math)
+      : device_(device),
+        math_(math),
+        name_("cuda:" + std::to_string(device) + " (" + device_name(device) + ")") {}
+  std::string name() const override { return name_; }
+  std::unique_ptr<StatsAccumulator<float>> stats(int64_t n, int64_t m, const Matrix<float>* w,
+                                                 const std::vector<float>* b,
+                                                 int64_t max_batch) override {
+    return std::make_unique<CudaStats<float>>(n, m, w, b, max_batch, math_, device_);
+  }
+  std::unique_ptr<StatsAccumulator<double>> stats(int64_t n, int64_t m, const Matrix<double>* w,
+                                                  const std::vector<double>* b,
+                                                  int64_t max_batch) override {
+    return std::make_unique<CudaStats<double>>(n, m, w, b, max_batch, math_, device_);
+  }
+  Factors<float> solve(const SolveOptions& o, const Matrix<float>& w, const std::vector<float>& b,
+                       const LayerStats<float>& st) override {
+    return cuda::solve<float>(o, w, b, st, math_, device_);
+  }
+  Factors<double> solve(const SolveOptions& o, const Matrix<double>& w,
+                        const std::vector<double>& b, const LayerStats<double>& st) override {
+    return cuda::solve<double>(o, w, b, st, math_, device_);
+  }
+
+ private:
+  int device_;
+  Math math_;
+  std::string name_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_backend(int device, Math math) {
+  const int count = device_count();
+  if (device < 0 || device >= count)
+    throw Error("CUDA device " + std::to_string(device) + " does not exist (" +
+                std::to_string(count) + " found; use --device cpu)");
+  return std::make_unique<CudaBackend>(device, math);
+}
+
+}  // namespace dalr::cuda

@@ -1,0 +1,477 @@
+// dalr::cuda::solve: the GPU twin of dalr::solve (src/core/solver.cpp), step for step.
+// W and C are uploaded once; the products (cuBLAS), eigensolves, Cholesky and SVD
+// (cuSOLVER's 64-bit X API) stay on the device until A, B and the spectrum come back.
+// Only vectors cross the bus in between: eigenvalues of C, to decide on the host, with
+// the CPU's own rule, which of them the pseudo-inverse keeps. devInfo is checked after
+// every cuSOLVER call. The svd-bc bias and the pruning methods are host work, as on the
+// CPU (O(mn) loops over data the host already holds).
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cuda/context.hpp"
+#include "cuda/cuda_check.hpp"
+#include "cuda/device_buffer.hpp"
+#include "dalr/cuda.hpp"
+#include "dalr/error.hpp"
+#include "solver_ops.cuh"
+
+namespace dalr::cuda {
+
+namespace {
+
+namespace dk = dalr::kernels;
+
+template <typename T>
+constexpr cudaDataType kDataType = std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_64F;
+
+// ---- typed cuBLAS wrappers (64-bit integer API; alpha and beta are host pointers)
+
+cublasStatus_t blas_symm(cublasHandle_t h, cublasSideMode_t side, cublasFillMode_t uplo, int64_t m,
+                         int64_t n, const float* alpha, const float* a, int64_t lda, const float* b,
+                         int64_t ldb, const float* beta, float* c, int64_t ldc) {
+  return cublasSsymm_64(h, side, uplo, m, n, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+cublasStatus_t blas_symm(cublasHandle_t h, cublasSideMode_t side, cublasFillMode_t uplo, int64_t m,
+                         int64_t n, const double* alpha, const double* a, int64_t lda,
+                         const double* b, int64_t ldb, const double* beta, double* c, int64_t ldc) {
+  return cublasDsymm_64(h, side, uplo, m, n, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+cublasStatus_t blas_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
+                         int64_t n, int64_t k, const float* alpha, const float* a, int64_t lda,
+                         const float* b, int64_t ldb, const float* beta, float* c, int64_t ldc) {
+  return cublasSgemm_64(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+cublasStatus_t blas_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
+                         int64_t n, int64_t k, const double* alpha, const double* a, int64_t lda,
+                         const double* b, int64_t ldb, const double* beta, double* c, int64_t ldc) {
+  return cublasDgemm_64(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+cublasStatus_t blas_geam(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
+                         int64_t n, const float* alpha, const float* a, int64_t lda,
+                         const float* beta, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  return cublasSgeam_64(h, ta, tb, m, n, alpha, a, lda, beta, b, ldb, c, ldc);
+}
+cublasStatus_t blas_geam(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
+                         int64_t n, const double* alpha, const double* a, int64_t lda,
+                         const double* beta, const double* b, int64_t ldb, double* c, int64_t ldc) {
+  return cublasDgeam_64(h, ta, tb, m, n, alpha, a, lda, beta, b, ldb, c, ldc);
+}
+
+cublasOperation_t op(bool trans) {
+  return trans ? CUBLAS_OP_T : CUBLAS_OP_N;
+}
+
+template <typename T>
+DeviceBuffer<T> device_matrix(int64_t rows, int64_t cols) {
+  return DeviceBuffer<T>(static_cast<size_t>(rows) * static_cast<size_t>(cols));
+}
+
+const char* kNoConvergence =
+    "the eigensolver did not converge (input has NaN/Inf or is badly scaled)";
+const char* kNotPd =
+    "the matrix is not positive definite (C + lambda I needs lambda > 0 when C is singular)";
+
+// The BLAS/LAPACK steps of the solver on one context's stream, with the same argument
+// shapes as the cpu:: wrappers the CPU solver calls. Matrices are column-major device
+// pointers; every cuSOLVER call queries its device and host workspace first and checks
+// devInfo after (which synchronises the stream).
+template <typename T>
+class Ops {
+ public:
+  explicit Ops(Context& ctx) : ctx_(ctx) {}
+  cudaStream_t stream() const { return ctx_.stream(); }
+
+  // c (m x n) = op(a) op(b).
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+            int64_t ldb, T* c, int64_t ldc) {
+    const T one = 1, zero = 0;
+    DALR_CUBLAS_CHECK(
+        blas_gemm(ctx_.cublas(), op(ta), op(tb), m, n, k, &one, a, lda, b, ldb, &zero, c, ldc));
+  }
+
+  // c (m x n) = a s, s symmetric n x n of which only the lower triangle is read.
+  void symm_right_lower(int64_t m, int64_t n, const T* s, int64_t lds, const T* a, int64_t lda,
+                        T* c, int64_t ldc) {
+    const T one = 1, zero = 0;
+    DALR_CUBLAS_CHECK(blas_symm(ctx_.cublas(), CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_LOWER, m, n,
+                                &one, s, lds, a, lda, &zero, c, ldc));
+  }
+
+  // c (cols x rows) = a^T for a (rows x cols). geam computes 1 a^T + 0 b^T; b is a
+  // itself, a valid operand of the right shape that does not overlap c.
+  void transpose(const T* a, int64_t rows, int64_t cols, int64_t lda, T* c, int64_t ldc) {
+    const T one = 1, zero = 0;
+    DALR_CUBLAS_CHECK(blas_geam(ctx_.cublas(), CUBLAS_OP_T, CUBLAS_OP_T, cols, rows, &one, a, lda,
+                                &zero, a, lda, c, ldc));
+  }
+
+  // Eigenvectors overwrite a (n x n, lower triangle read); eigenvalues ascending in w.
+  void syevd(int64_t n, T* a, int64_t lda, T* w) {
+    constexpr cudaDataType t = kDataType<T>;
+    size_t dev_bytes = 0, host_bytes = 0;
+    DALR_CUSOLVER_CHECK(cusolverDnXsyevd_bufferSize(
+        ctx_.cusolver(), ctx_.cusolver_params(), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER,
+        n, t, a, lda, t, w, t, &dev_bytes, &host_bytes));
+    void* dev_ws = device_workspace(dev_bytes);
+    std::vector<unsigned char> host_ws(host_bytes);
+    DALR_CUSOLVER_CHECK(cusolverDnXsyevd(ctx_.cusolver(), ctx_.cusolver_params(),
+                                         CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, t, a,
+                                         lda, t, w, t, dev_ws, dev_bytes, host_bytes_ptr(host_ws),
+                                         host_bytes, ctx_.dev_info()));
+    ctx_.check_info("Xsyevd", kNoConvergence);  // host_ws lives until the stream is idle
+  }
+
+  // Cholesky factor L (lower) of a (n x n) in place.
+  void potrf(int64_t n, T* a, int64_t lda) {
+    constexpr cudaDataType t = kDataType<T>;
+    size_t dev_bytes = 0, host_bytes = 0;
+    DALR_CUSOLVER_CHECK(cusolverDnXpotrf_bufferSize(ctx_.cusolver(), ctx_.cusolver_params(),
+                                                    CUBLAS_FILL_MODE_LOWER, n, t, a, lda, t,
+                                                    &dev_bytes, &host_bytes));
+    void* dev_ws = device_workspace(dev_bytes);
+    std::vector<unsigned char> host_ws(host_bytes);
+    DALR_CUSOLVER_CHECK(cusolverDnXpotrf(ctx_.cusolver(), ctx_.cusolver_params(),
+                                         CUBLAS_FILL_MODE_LOWER, n, t, a, lda, t, dev_ws, dev_bytes,
+                                         host_bytes_ptr(host_ws), host_bytes, ctx_.dev_info()));
+    ctx_.check_info("Xpotrf", kNotPd);
+  }
+
+  // b (n x nrhs) <- (L L^T)^-1 b with the factor from potrf.
+  void potrs(int64_t n, int64_t nrhs, const T* l, int64_t ldl, T* b, int64_t ldb) {
+    constexpr cudaDataType t = kDataType<T>;
+    DALR_CUSOLVER_CHECK(cusolverDnXpotrs(ctx_.cusolver(), ctx_.cusolver_params(),
+                                         CUBLAS_FILL_MODE_LOWER, n, nrhs, t, l, ldl, t, b, ldb,
+                                         ctx_.dev_info()));
+    ctx_.check_info("Xpotrs", nullptr);
+  }
+
+  // Thin SVD of a (m x n, m >= n as cuSOLVER requires; destroyed):
+  // a = u (m x n) diag(s) vt (n x n), singular values descending.
+  void gesvd(int64_t m, int64_t n, T* a, int64_t lda, T* s, T* u, int64_t ldu, T* vt,
+             int64_t ldvt) {
+    constexpr cudaDataType t = kDataType<T>;
+    const signed char job = 'S';
+    size_t dev_bytes = 0, host_bytes = 0;
+    DALR_CUSOLVER_CHECK(cusolverDnXgesvd_bufferSize(ctx_.cusolver(), ctx_.cusolver_params(), job,
+                                                    job, m, n, t, a, lda, t, s, t, u, ldu, t, vt,
+                                                    ldvt, t, &dev_bytes, &host_bytes));
+    void* dev_ws = device_workspace(dev_bytes);
+    std::vector<unsigned char> host_ws(host_bytes);
+    DALR_CUSOLVER_CHECK(cusolverDnXgesvd(ctx_.cusolver(), ctx_.cusolver_params(), job, job, m, n, t,
+                                         a, lda, t, s, t, u, ldu, t, vt, ldvt, t, dev_ws, dev_bytes,
+                                         host_bytes_ptr(host_ws), host_bytes, ctx_.dev_info()));
+    ctx_.check_info("Xgesvd", "the SVD did not converge (input has NaN/Inf?)");
+  }
+
+  // The first `count` elements of a device buffer, on the host (waits for the stream).
+  std::vector<T> download(const DeviceBuffer<T>& d, int64_t count) {
+    std::vector<T> h(static_cast<size_t>(count));
+    d.download(h.data(), h.size(), stream());
+    ctx_.synchronize();
+    return h;
+  }
+
+ private:
+  static void* host_bytes_ptr(std::vector<unsigned char>& v) {
+    return v.empty() ? nullptr : v.data();
+  }
+  // Never a null pointer, even when cuSOLVER asks for no device workspace.
+  void* device_workspace(size_t bytes) { return ctx_.workspace(std::max<size_t>(bytes, 256)); }
+  Context& ctx_;
+};
+
+// (C + lambda I)^-1 by Cholesky when lambda > 0, the pseudo-inverse C^+ through the
+// eigendecomposition when lambda == 0 (eigenvalues <= n * eps * max dropped): the
+// CPU's RidgeSolve, on the device. lambda was validated by check_arguments.
+template <typename T>
+class RidgeSolve {
+ public:
+  // c: C (n x n, lower triangle read) on the device; becomes the factor or eigenvectors.
+  RidgeSolve(Ops<T>& ops, DeviceBuffer<T> c, int64_t n, double lambda)
+      : ops_(ops), n_(n), lambda_(lambda), f_(std::move(c)) {
+    if (lambda > 0) {
+      dk::launch_add_diagonal(f_.data(), n, n, static_cast<T>(lambda), ops.stream());
+      ops.potrf(n, f_.data(), n);
+      return;
+    }
+    DeviceBuffer<T> d_w(static_cast<size_t>(n));
+    ops.syevd(n, f_.data(), n, d_w.data());
+    const std::vector<T> w = ops.download(d_w, n);
+    const double wmax = std::max<double>(w.empty() ? 0 : w.back(), 0.0);
+    const double tol = wmax * static_cast<double>(n) * std::numeric_limits<T>::epsilon();
+    int64_t first = 0;  // eigenvalues ascending: keep [first, n)
+    while (first < n && !(static_cast<double>(w[first]) > tol)) ++first;
+    first_ = first;
+    inv_w_host_.clear();
+    for (int64_t i = first; i < n; ++i) inv_w_host_.push_back(T(1) / w[i]);
+    inv_w_ = DeviceBuffer<T>(inv_w_host_.size());
+    inv_w_.upload(inv_w_host_.data(), inv_w_host_.size(), ops.stream());
+  }
+
+  // rhs (n x q, leading dimension n) <- (C + lambda I)^-1 rhs, or C^+ rhs when lambda == 0.
+  void apply(T* rhs, int64_t q) {
+    if (lambda_ > 0) {
+      ops_.potrs(n_, q, f_.data(), n_, rhs, n_);
+      return;
+    }
+    const int64_t r = n_ - first_;
+    if (r == 0) {
+      DALR_CUDA_CHECK(cudaMemsetAsync(rhs, 0, sizeof(T) * static_cast<size_t>(n_ * q),
+                                      ops_.stream()));  // all-zero bits are 0.0
+      return;
+    }
+    const T* vr = f_.data() + first_ * n_;  // eigenvectors of the kept eigenvalues
+    tmp_ = device_matrix<T>(r, q);
+    ops_.gemm(true, false, r, q, n_, vr, n_, rhs, n_, tmp_.data(), r);  // V_r^T rhs
+    dk::launch_scale_rows(tmp_.data(), r, inv_w_.data(), tmp_.data(), r, r, q, ops_.stream());
+    ops_.gemm(false, false, n_, q, r, vr, n_, tmp_.data(), r, rhs, n_);  // V_r diag(1/w) ...
+  }
+
+ private:
+  Ops<T>& ops_;
+  int64_t n_;
+  double lambda_;
+  DeviceBuffer<T> f_;  // Cholesky factor, or eigenvectors
+  int64_t first_ = 0;
+  std::vector<T> inv_w_host_;  // the host side of inv_w_'s upload
+  DeviceBuffer<T> inv_w_, tmp_;
+};
+
+// Top-k eigenvectors of the symmetric m x m matrix s (lower triangle read; destroyed)
+// into u (m x k), and all eigenvalues, descending, into spectrum.
+template <typename T>
+void top_eigenvectors(Ops<T>& ops, DeviceBuffer<T>& s, int64_t m, int64_t k, DeviceBuffer<T>& u,
+                      std::vector<double>* spectrum) {
+  DeviceBuffer<T> d_w(static_cast<size_t>(m));
+  ops.syevd(m, s.data(), m, d_w.data());
+  // syevd sorts ascending: column m - 1 - j is the j-th largest.
+  dk::launch_reverse_columns(s.data(), m, m - 1, u.data(), m, m, k, ops.stream());
+  const std::vector<T> w = ops.download(d_w, m);
+  spectrum->assign(w.rbegin(), w.rend());
+}
+
+template <typename T>
+void solve_dalr(Ops<T>& ops, const Matrix<T>& w, const LayerStats<T>& st, int64_t k, double lambda,
+                bool exact, Factors<T>& f) {
+  const Matrix<T>& c = st.gram();
+  const int64_t m = w.rows, n = w.cols;
+  const cudaStream_t s = ops.stream();
+  DeviceBuffer<T> d_w = device_matrix<T>(m, n), d_c = device_matrix<T>(n, n);
+  d_w.upload(w.ptr(), d_w.size(), s);
+  d_c.upload(c.ptr(), d_c.size(), s);
+  DeviceBuffer<T> d_wc = device_matrix<T>(m, n);  // W C
+  ops.symm_right_lower(m, n, d_c.data(), n, d_w.data(), m, d_wc.data(), m);
+  // C is not needed after W C (stream order): the ridge factors it in place.
+  RidgeSolve<T> ridge(ops, std::move(d_c), n, lambda);
+  DeviceBuffer<T> d_u = device_matrix<T>(m, k), d_b = device_matrix<T>(k, n);
+  if (!exact) {
+    // Eq. 11: U_k from G = W C W^T; B = U_k^T W C (C + lambda I)^-1.
+    DeviceBuffer<T> d_g = device_matrix<T>(m, m);
+    ops.gemm(false, true, m, m, n, d_wc.data(), m, d_w.data(), m, d_g.data(), m);
+    top_eigenvectors(ops, d_g, m, k, d_u, &f.spectrum);
+    DeviceBuffer<T> d_bt = device_matrix<T>(n, k);  // C W^T U_k, then B^T
+    ops.gemm(true, false, n, k, m, d_wc.data(), m, d_u.data(), m, d_bt.data(), n);
+    ridge.apply(d_bt.data(), k);
+    ops.transpose(d_bt.data(), n, k, n, d_b.data(), k);
+  } else {
+    // W_r = W C (C + lambda I)^-1; U_k from W_r (C + lambda I) W_r^T = W C W_r^T.
+    DeviceBuffer<T> d_wrt = device_matrix<T>(n, m);  // (W C)^T, becomes W_r^T
+    ops.transpose(d_wc.data(), m, n, m, d_wrt.data(), n);
+    ridge.apply(d_wrt.data(), m);
+    DeviceBuffer<T> d_h = device_matrix<T>(m, m);
+    ops.gemm(false, false, m, m, n, d_wc.data(), m, d_wrt.data(), n, d_h.data(), m);
+    top_eigenvectors(ops, d_h, m, k, d_u, &f.spectrum);
+    // B = (W_r^T U_k)^T = U_k^T W_r, formed directly as op(U_k) op(W_r^T) = U_k^T (W_r^T)^T.
+    ops.gemm(true, true, k, n, m, d_u.data(), m, d_wrt.data(), n, d_b.data(), k);
+  }
+  f.a = Matrix<T>(m, k);
+  f.b = Matrix<T>(k, n);
+  d_u.download(f.a.ptr(), d_u.size(), s);
+  d_b.download(f.b.ptr(), d_b.size(), s);
+  DALR_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+template <typename T>
+void solve_svd(Ops<T>& ops, const Matrix<T>& w, int64_t k, Factors<T>& f) {
+  const int64_t m = w.rows, n = w.cols, r = std::min(m, n), big = std::max(m, n);
+  const cudaStream_t s = ops.stream();
+  // cuSOLVER's gesvd needs rows >= cols: for a wide W decompose X = W^T (n x m) instead.
+  const bool wide = m < n;
+  DeviceBuffer<T> d_w = device_matrix<T>(m, n), d_x;
+  d_w.upload(w.ptr(), d_w.size(), s);
+  if (wide) {
+    d_x = device_matrix<T>(n, m);
+    ops.transpose(d_w.data(), m, n, m, d_x.data(), n);
+  } else {
+    d_x = std::move(d_w);
+  }
+  DeviceBuffer<T> d_s(static_cast<size_t>(r)), d_u = device_matrix<T>(big, r),
+                                               d_vt = device_matrix<T>(r, r);
+  ops.gesvd(big, r, d_x.data(), big, d_s.data(), d_u.data(), big, d_vt.data(), r);  // X = U S VT
+  DeviceBuffer<T> d_a = device_matrix<T>(m, k), d_b = device_matrix<T>(k, n);
+  if (!wide) {
+    // W = U S VT: A = U(:, 0:k), B = diag(s_k) VT(0:k, :).
+    DALR_CUDA_CHECK(cudaMemcpyAsync(d_a.data(), d_u.data(), d_a.bytes(), cudaMemcpyDeviceToDevice,
+                                    s));  // leading columns of U (ldu = m) are contiguous
+    dk::launch_scale_rows(d_vt.data(), r, d_s.data(), d_b.data(), k, k, n, s);
+  } else {
+    // W = X^T = VT^T S U^T: A = VT(0:k, :)^T, B = diag(s_k) U(:, 0:k)^T.
+    ops.transpose(d_vt.data(), k, m, r, d_a.data(), m);
+    ops.transpose(d_u.data(), n, k, n, d_b.data(), k);
+    dk::launch_scale_rows(d_b.data(), k, d_s.data(), d_b.data(), k, k, n, s);
+  }
+  f.a = Matrix<T>(m, k);
+  f.b = Matrix<T>(k, n);
+  d_a.download(f.a.ptr(), d_a.size(), s);
+  d_b.download(f.b.ptr(), d_b.size(), s);
+  const std::vector<T> sv = ops.download(d_s, r);  // synchronises the stream
+  f.spectrum.resize(sv.size());
+  for (size_t i = 0; i < sv.size(); ++i) f.spectrum[i] = double(sv[i]) * double(sv[i]);
+}
+
+// ---- host parts, identical to src/core/solver.cpp
+
+// The argument checks of dalr::solve, with the same messages, so that both backends
+// reject the same calls the same way (tests/cuda/test_gpu_solver.cpp compares them).
+// lambda is checked up front here (the CPU checks it when the ridge is built, before any
+// other failure can occur), so that no device work starts on a call that must fail.
+template <typename T>
+void check_arguments(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                     const LayerStats<T>& stats) {
+  const int64_t m = w.rows, n = w.cols, k = opt.rank;
+  if (static_cast<int64_t>(b.size()) != m)
+    throw Error("bias has " + std::to_string(b.size()) + " values, the weight has " +
+                std::to_string(m) + " rows");
+  if (stats.n() != n)
+    throw Error("activations have " + std::to_string(stats.n()) + " features, the layer takes " +
+                std::to_string(n));
+  const int64_t max_rank = is_pruning(opt.method) ? m : std::min(m, n);
+  if (k < 1 || k > max_rank)
+    throw Error(std::string(is_pruning(opt.method) ? "kept units " : "rank ") + std::to_string(k) +
+                " is out of range: it must be between 1 and " + std::to_string(max_rank) +
+                " for a " + std::to_string(m) + " x " + std::to_string(n) + " layer");
+  if (opt.method != Method::Svd && stats.count() == 0)
+    throw Error(std::string("method ") + method_name(opt.method) + " needs activations (got none)");
+  if (is_pruning(opt.method) && stats.m() != m)
+    throw Error("pruning needs the statistics of the layer's outputs");
+  if (needs_gram(opt.method) && (!(opt.lambda >= 0) || !std::isfinite(opt.lambda)))
+    throw Error("lambda must be a finite number >= 0 (got " + std::to_string(opt.lambda) + ")");
+}
+
+double energy_fraction(const std::vector<double>& spectrum, int64_t k) {
+  double top = 0, all = 0;
+  for (size_t i = 0; i < spectrum.size(); ++i) {
+    const double v = std::max(spectrum[i], 0.0);
+    all += v;
+    if (static_cast<int64_t>(i) < k) top += v;
+  }
+  return all > 0 ? top / all : 0.0;
+}
+
+// bias + (W - A B) xbar: the mean residual of the low-rank layer, added back.
+template <typename T>
+void compensate_bias(const Matrix<T>& w, const LayerStats<T>& st, Factors<T>& f) {
+  const std::vector<double> xbar = st.mean_x();
+  const int64_t m = w.rows, n = w.cols, k = f.b.rows;
+  std::vector<double> bx(static_cast<size_t>(k), 0.0);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < k; ++i) bx[i] += double(f.b(i, j)) * xbar[j];
+  for (int64_t i = 0; i < m; ++i) {
+    double r = 0;
+    for (int64_t j = 0; j < n; ++j) r += double(w(i, j)) * xbar[j];
+    for (int64_t l = 0; l < k; ++l) r -= double(f.a(i, l)) * bx[l];
+    f.bias[i] = static_cast<T>(double(f.bias[i]) + r);
+  }
+}
+
+std::string job_name(Method method, int64_t m, int64_t n, int64_t k) {
+  return std::string("the ") + method_name(method) + " solve of a " + std::to_string(m) + " x " +
+         std::to_string(n) + " layer at rank " + std::to_string(k);
+}
+
+}  // namespace
+
+size_t solve_bytes(Method method, int64_t m, int64_t n, int64_t k, size_t elem_size) {
+  // Pruning sorts per-unit scores on the host (see solve): no device memory.
+  if (is_pruning(method)) return 0;
+  // Element counts in double (exact far beyond any real layer, and no overflow).
+  const double M = double(m), N = double(n), K = double(k);
+  const double R = double(std::min(m, n)), big = double(std::max(m, n));
+  // cuSOLVER's workspaces are known only from a query on a live handle; estimate them by
+  // LAPACK's documented minimum for the same routine (syevd with vectors: 1 + 6s + 2s^2;
+  // gesvd: bidiagonalisation blocks plus a copy of the factors), generously.
+  auto syevd_ws = [](double s) { return 1 + 6 * s + 2 * s * s; };
+  double elems = 0;
+  switch (method) {
+    case Method::Dalr:
+      // W, W C, C (the factor), G, eigenvalues of G and C, 1/w, U_k, B^T, ridge scratch, B
+      elems = 2 * M * N + N * N + M * M + M + 2 * N + M * K + 2 * N * K + K * N;
+      elems += std::max(syevd_ws(M), syevd_ws(N));
+      break;
+    case Method::DalrExact:
+      // W, W C, W_r^T, ridge scratch (n x m), C, H, eigenvalues, 1/w, U_k, B
+      elems = 4 * M * N + N * N + M * M + M + 2 * N + M * K + K * N;
+      elems += std::max(syevd_ws(M), syevd_ws(N));
+      break;
+    default:  // svd, svd-bc
+      // W, its transpose when wide, s, U, VT, A, B
+      elems = 2 * M * N + R + big * R + R * R + M * K + K * N;
+      elems += big * R + R * R + 64 * (big + R);
+      break;
+  }
+  // cuBLAS/cuSOLVER handles and their internal scratch: a fixed reserve.
+  const double bytes = elems * double(elem_size) + double(64u << 20);
+  return bytes >= double(std::numeric_limits<size_t>::max()) ? std::numeric_limits<size_t>::max()
+                                                             : static_cast<size_t>(bytes);
+}
+
+template <typename T>
+Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                 const LayerStats<T>& stats, Math math, int device) {
+  check_arguments(opt, w, b, stats);
+  // Pruning ranks units by their mean or max activation: a sort on the host, nothing for
+  // a GPU to do. The CPU solver is the implementation (and needs no device).
+  if (is_pruning(opt.method)) return dalr::solve(opt, w, b, stats);
+
+  const int64_t m = w.rows, n = w.cols, k = opt.rank;
+  Context ctx(device, math);  // throws dalr::Error when the device does not exist
+  require_device_memory(solve_bytes(opt.method, m, n, k, sizeof(T)), job_name(opt.method, m, n, k));
+  Ops<T> ops(ctx);
+
+  Factors<T> f;
+  f.method = opt.method;
+  f.rank = k;
+  f.lambda = needs_gram(opt.method) ? opt.lambda : 0.0;
+  f.bias = b;
+  switch (opt.method) {
+    case Method::Dalr:
+    case Method::DalrExact:
+      solve_dalr(ops, w, stats, k, opt.lambda, opt.method == Method::DalrExact, f);
+      break;
+    case Method::Svd:
+    case Method::SvdBc:
+      solve_svd(ops, w, k, f);
+      if (opt.method == Method::SvdBc) compensate_bias(w, stats, f);
+      break;
+    default:
+      break;  // pruning returned above
+  }
+  f.energy_kept = energy_fraction(f.spectrum, k);
+  return f;
+}
+
+template Factors<float> solve(const SolveOptions&, const Matrix<float>&, const std::vector<float>&,
+                              const LayerStats<float>&, Math, int);
+template Factors<double> solve(const SolveOptions&, const Matrix<double>&,
+                               const std::vector<double>&, const LayerStats<double>&, Math, int);
+
+}  // namespace dalr::cuda

@@ -1,0 +1,362 @@
+// GpuStats<T>: the GPU twin of LayerStats<T> (src/core/stats.cpp).
+//
+// Streaming with two staging slots, each a pinned host buffer, a device buffer (n x
+// max_batch) and two events:
+//   uploaded_i  (copy stream)    the H2D copy out of pinned buffer i has finished, so
+//                                the host may overwrite it;
+//   consumed_i  (compute stream) SYRK / GEMM / row kernels have finished reading device
+//                                buffer i, so the next upload may overwrite it.
+// add(): host waits on uploaded_i, checks and packs the batch into pinned i; the copy
+// stream waits on consumed_i, uploads, records uploaded_i; the compute stream waits on
+// uploaded_i, updates C (lower triangle), the per-unit sums/maxima and, when m > 0,
+// Y = W X and its relu(. + b) sums/maxima; then records consumed_i. So while the GPU
+// works on batch k, the host packs batch k+1 and the copy engine uploads it; nothing
+// inside the loop synchronises a whole stream or the device.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/finite.hpp"
+#include "cuda/context.hpp"
+#include "cuda/cuda_check.hpp"
+#include "cuda/device_buffer.hpp"
+#include "dalr/cuda.hpp"
+#include "dalr/error.hpp"
+#include "row_stats.cuh"
+
+namespace dalr::cuda {
+
+namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+// cuBLAS's own workspace and cudaMalloc's rounding are not in our byte count.
+constexpr size_t kSlackBytes = size_t(64) << 20;
+
+// Typed cuBLAS wrappers (host pointer mode: alpha and beta are read during the call).
+inline cublasStatus_t syrk_lower(cublasHandle_t h, int n, int k, const float* a, int lda,
+                                 float beta, float* c, int ldc) {
+  const float one = 1.f;
+  return cublasSsyrk(h, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, n, k, &one, a, lda, &beta, c, ldc);
+}
+inline cublasStatus_t syrk_lower(cublasHandle_t h, int n, int k, const double* a, int lda,
+                                 double beta, double* c, int ldc) {
+  const double one = 1.0;
+  return cublasDsyrk(h, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, n, k, &one, a, lda, &beta, c, ldc);
+}
+inline cublasStatus_t gemm_nn(cublasHandle_t h, int m, int n, int k, const float* a, int lda,
+                              const float* b, int ldb, float* c, int ldc) {
+  const float one = 1.f, zero = 0.f;
+  return cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc);
+}
+inline cublasStatus_t gemm_nn(cublasHandle_t h, int m, int n, int k, const double* a, int lda,
+                              const double* b, int ldb, double* c, int ldc) {
+  const double one = 1.0, zero = 0.0;
+  return cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc);
+}
+// y += x over `count` contiguous elements (64-bit count: a chunk of C can pass 2^31).
+inline cublasStatus_t add_into(cublasHandle_t h, int64_t count, const float* x, float* y) {
+  const float one = 1.f;
+  return cublasSaxpy_64(h, count, &one, x, 1, y, 1);
+}
+inline cublasStatus_t add_into(cublasHandle_t h, int64_t count, const double* x, double* y) {
+  const double one = 1.0;
+  return cublasDaxpy_64(h, count, &one, x, 1, y, 1);
+}
+
+// a * b in size_t, throwing instead of wrapping around.
+size_t mul_size(size_t a, size_t b) {
+  if (b != 0 && a > SIZE_MAX / b) throw Error("GPU statistics: size overflows size_t");
+  return a * b;
+}
+
+size_t add_size(size_t a, size_t b) {
+  if (a > SIZE_MAX - b) throw Error("GPU statistics: size overflows size_t");
+  return a + b;
+}
+
+// cuBLAS's (32-bit) dimensions.
+void check_dim(int64_t v, const char* what) {
+  if (v > INT_MAX)
+    throw Error(std::string("GPU statistics: ") + what + " = " + std::to_string(v) +
+                " exceeds the cuBLAS dimension limit " + std::to_string(INT_MAX));
+}
+
+template <typename T>
+void validate(int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b,
+              int64_t max_batch) {
+  if (n <= 0 || m < 0) throw Error("statistics need a positive input width");
+  if (max_batch <= 0)
+    throw Error("GPU statistics need a positive batch size (max_batch = " +
+                std::to_string(max_batch) + ")");
+  check_dim(n, "input width n");
+  check_dim(m, "output width m");
+  check_dim(max_batch, "max_batch");
+  if (m > 0) {
+    const bool ok = w && b && w->rows == m && w->cols == n &&
+                    static_cast<int64_t>(w->data.size()) == m * n &&
+                    static_cast<int64_t>(b->size()) == m;
+    if (!ok)
+      throw Error("output statistics need the layer's weight (m x n) and bias: expected " +
+                  std::to_string(m) + " x " + std::to_string(n) + " and " + std::to_string(m) +
+                  ", got " +
+                  (w ? std::to_string(w->rows) + " x " + std::to_string(w->cols) : "no weight") +
+                  " and " + (b ? std::to_string(b->size()) : "no bias"));
+  }
+}
+
+// Argument errors come before device errors: validates, then passes the device through
+// (so that the Context member is only created for valid arguments).
+template <typename T>
+int validated(int device, int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b,
+              int64_t max_batch) {
+  validate(n, m, w, b, max_batch);
+  return device;
+}
+
+// Device bytes the statistics hold: C, two X buffers, W, b, Y, four double vectors.
+template <typename T>
+size_t device_bytes(int64_t n, int64_t m, int64_t max_batch) {
+  const size_t un = static_cast<size_t>(n), um = static_cast<size_t>(m),
+               ub = static_cast<size_t>(max_batch);
+  size_t elems = mul_size(un, un);                         // C
+  elems = add_size(elems, mul_size(2, mul_size(un, ub)));  // X_0, X_1
+  elems = add_size(elems, mul_size(um, un));               // W
+  elems = add_size(elems, um);                             // b
+  elems = add_size(elems, mul_size(um, ub));               // Y
+  const size_t bytes = mul_size(elems, sizeof(T));
+  return add_size(bytes, mul_size(2 * (un + um), sizeof(double)));
+}
+
+}  // namespace
+
+template <typename T>
+struct GpuStats<T>::Impl {
+  // One staging slot of the double buffer.
+  struct Slot {
+    explicit Slot(size_t elems)
+        : host(elems),
+          dev(elems),
+          // The host blocks on `uploaded` (yielding its core to the decoding threads rather
+          // than spinning); nobody times these events.
+          uploaded(cudaEventDisableTiming | cudaEventBlockingSync),
+          consumed(cudaEventDisableTiming) {}
+    PinnedBuffer<T> host;
+    DeviceBuffer<T> dev;
+    Event uploaded, consumed;
+  };
+
+  Context ctx;  // first member: destroyed last, after everything allocated on it
+  int64_t n, m, max_batch;
+  int64_t count = 0;
+  DeviceBuffer<T> c, w, b, y;
+  DeviceBuffer<double> sum_x, max_x, sum_y, max_y;
+  std::vector<Slot> slots;
+  int next = 0;
+  // Statistics merged from earlier runs, kept on the host: they are tiny and are folded
+  // in by result(). (The Gram part is added on the device, into C.)
+  std::vector<double> merged_sum_x, merged_max_x, merged_sum_y, merged_max_y;
+
+  Impl(int64_t n_, int64_t m_, const Matrix<T>* w_, const std::vector<T>* b_, int64_t max_batch_,
+       Math math, int device)
+      : ctx(validated(device, n_, m_, w_, b_, max_batch_), math),
+        n(n_),
+        m(m_),
+        max_batch(max_batch_),
+        merged_sum_x(static_cast<size_t>(n_), 0.0),
+        merged_max_x(static_cast<size_t>(n_), kNegInf),
+        merged_sum_y(static_cast<size_t>(m_), 0.0),
+        merged_max_y(static_cast<size_t>(m_), kNegInf) {
+    const size_t un = static_cast<size_t>(n), um = static_cast<size_t>(m),
+                 ub = static_cast<size_t>(max_batch);
+    const size_t need = add_size(device_bytes<T>(n, m, max_batch), kSlackBytes);
+    require_device_memory(need, "GPU statistics (n = " + std::to_string(n) + ", m = " +
+                                    std::to_string(m) + ", batch " + std::to_string(max_batch) +
+                                    ", " + std::to_string(sizeof(T) * 8) + "-bit)");
+    DALR_CUBLAS_CHECK(cublasSetPointerMode(ctx.cublas(), CUBLAS_POINTER_MODE_HOST));
+
+    const cudaStream_t s = ctx.stream();
+    c = DeviceBuffer<T>(un * un);
+    DALR_CUDA_CHECK(cudaMemsetAsync(c.data(), 0, c.bytes(), s));
+    sum_x = DeviceBuffer<double>(un);
+    max_x = DeviceBuffer<double>(un);
+    DALR_CUDA_CHECK(cudaMemsetAsync(sum_x.data(), 0, sum_x.bytes(), s));  // +0.0 is all zeros
+    max_x.upload(merged_max_x.data(), un, s);                             // -inf
+    if (m > 0) {
+      sum_y = DeviceBuffer<double>(um);
+      max_y = DeviceBuffer<double>(um);
+      DALR_CUDA_CHECK(cudaMemsetAsync(sum_y.data(), 0, sum_y.bytes(), s));
+      max_y.upload(merged_max_y.data(), um, s);
+      w = DeviceBuffer<T>(um * un);
+      w.upload(w_->ptr(), um * un, s);
+      b = DeviceBuffer<T>(um);
+      b.upload(b_->data(), um, s);
+      y = DeviceBuffer<T>(um * ub);
+    }
+    slots.reserve(2);
+    slots.emplace_back(un * ub);
+    slots.emplace_back(un * ub);
+    // The uploads above read pageable host memory owned by the caller and by this object;
+    // finish them before returning.
+    ctx.synchronize();
+  }
+
+  ~Impl() {
+    // Work in flight reads the pinned and device buffers freed by the members' destructors.
+    DALR_CUDA_CHECK_NOTHROW(cudaSetDevice(ctx.device()));
+    DALR_CUDA_CHECK_NOTHROW(cudaStreamSynchronize(ctx.copy_stream()));
+    DALR_CUDA_CHECK_NOTHROW(cudaStreamSynchronize(ctx.stream()));
+  }
+
+  // Several objects may live on different devices; the runtime's current device is per thread.
+  void bind() const { DALR_CUDA_CHECK(cudaSetDevice(ctx.device())); }
+
+  // The free slot: its pinned buffer is no longer read by an upload in flight.
+  Slot& acquire() {
+    Slot& sl = slots[static_cast<size_t>(next)];
+    sl.uploaded.synchronize();
+    return sl;
+  }
+
+  // Uploads the first `elems` of the slot's pinned buffer once the compute stream has
+  // finished with its device buffer, and makes the compute stream wait for the upload.
+  void upload(Slot& sl, size_t elems) {
+    const cudaStream_t copy = ctx.copy_stream();
+    DALR_CUDA_CHECK(cudaStreamWaitEvent(copy, sl.consumed.get(), 0));
+    sl.dev.upload(sl.host.data(), elems, copy);
+    sl.uploaded.record(copy);
+    DALR_CUDA_CHECK(cudaStreamWaitEvent(ctx.stream(), sl.uploaded.get(), 0));
+  }
+
+  // Marks the slot's device buffer as read by everything queued so far; next slot.
+  void release(Slot& sl) {
+    sl.consumed.record(ctx.stream());
+    next ^= 1;
+  }
+
+  void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) {
+    if (cols <= 0) return;
+    if (!x) throw Error("activation batch: no data (null pointer)");
+    if (ldx < n) throw Error("activation batch: leading dimension smaller than the width");
+    if (cols > max_batch)
+      throw Error("activation batch of " + std::to_string(cols) +
+                  " samples exceeds the GPU batch size " + std::to_string(max_batch) +
+                  " (split the batch or raise max_batch)");
+    bind();
+    Slot& sl = acquire();
+    // Check and pack (ld n) in one pass, column by column while it is in cache. A throw
+    // leaves nothing queued on this slot and the statistics unchanged.
+    const size_t un = static_cast<size_t>(n);
+    for (int64_t j = 0; j < cols; ++j) {
+      const T* col = x + j * ldx;
+      check_finite(col, n, 1, ldx, first_index + j);
+      std::memcpy(sl.host.data() + static_cast<size_t>(j) * un, col, un * sizeof(T));
+    }
+    upload(sl, un * static_cast<size_t>(cols));
+
+    const cudaStream_t s = ctx.stream();
+    const int in = static_cast<int>(n), ic = static_cast<int>(cols), im = static_cast<int>(m);
+    // C += X X^T, lower triangle: the call LayerStats makes with cblas_<t>syrk.
+    DALR_CUBLAS_CHECK(syrk_lower(ctx.cublas(), in, ic, sl.dev.data(), in, T(1), c.data(), in));
+    kernels::launch_row_sum_max<T>(sl.dev.data(), n, cols, n, nullptr, false, sum_x.data(),
+                                   max_x.data(), s);
+    if (m > 0) {
+      // Y = W X (m x cols), then sums and maxima of relu(Y + b).
+      DALR_CUBLAS_CHECK(
+          gemm_nn(ctx.cublas(), im, ic, in, w.data(), im, sl.dev.data(), in, y.data(), im));
+      kernels::launch_row_sum_max<T>(y.data(), m, cols, m, b.data(), true, sum_y.data(),
+                                     max_y.data(), s);
+    }
+    release(sl);
+    count += cols;
+  }
+
+  void merge(const LayerStats<T>& e) {
+    if (e.n() != n || e.m() != m)
+      throw Error("cannot merge statistics of different shapes (n " + std::to_string(n) + " vs " +
+                  std::to_string(e.n()) + ", m " + std::to_string(m) + " vs " +
+                  std::to_string(e.m()) + ")");
+    bind();
+    // C += earlier C, streamed through the staging slots max_batch columns at a time, so
+    // no second n x n buffer is needed. Whole columns are added; only the lower triangle
+    // is ever read back.
+    const Matrix<T>& g = e.gram();
+    const size_t un = static_cast<size_t>(n);
+    for (int64_t j0 = 0; j0 < n; j0 += max_batch) {
+      const size_t elems = un * static_cast<size_t>(std::min(max_batch, n - j0));
+      Slot& sl = acquire();
+      std::memcpy(sl.host.data(), g.ptr() + static_cast<size_t>(j0) * un, elems * sizeof(T));
+      upload(sl, elems);
+      DALR_CUBLAS_CHECK(add_into(ctx.cublas(), static_cast<int64_t>(elems), sl.dev.data(),
+                                 c.data() + static_cast<size_t>(j0) * un));
+      release(sl);
+    }
+    fold(merged_sum_x, merged_max_x, e.sum_x(), e.max_x());
+    fold(merged_sum_y, merged_max_y, e.sum_y(), e.max_y());
+    count += e.count();
+  }
+
+  static void fold(std::vector<double>& sum, std::vector<double>& max,
+                   const std::vector<double>& osum, const std::vector<double>& omax) {
+    for (size_t i = 0; i < sum.size(); ++i) {
+      sum[i] += osum[i];
+      max[i] = std::max(max[i], omax[i]);
+    }
+  }
+
+  LayerStats<T> result() {
+    bind();
+    const cudaStream_t s = ctx.stream();
+    const size_t un = static_cast<size_t>(n), um = static_cast<size_t>(m);
+    // The compute stream waits for every upload, so queuing the downloads after it and
+    // synchronising it covers all work. Only C's lower triangle is meaningful.
+    Matrix<T> gram(n, n);
+    c.download(gram.ptr(), un * un, s);
+    std::vector<double> sx(un), mx(un), sy(um), my(um);
+    sum_x.download(sx.data(), un, s);
+    max_x.download(mx.data(), un, s);
+    if (m > 0) {
+      sum_y.download(sy.data(), um, s);
+      max_y.download(my.data(), um, s);
+    }
+    ctx.synchronize();
+    fold(sx, mx, merged_sum_x, merged_max_x);
+    fold(sy, my, merged_sum_y, merged_max_y);
+    return LayerStats<T>::from_parts(count, std::move(gram), std::move(sx), std::move(mx),
+                                     std::move(sy), std::move(my));
+  }
+};
+
+template <typename T>
+GpuStats<T>::GpuStats(int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b,
+                      int64_t max_batch, Math math, int device)
+    : impl_(std::make_unique<Impl>(n, m, w, b, max_batch, math, device)) {}
+
+template <typename T>
+GpuStats<T>::~GpuStats() = default;
+
+template <typename T>
+void GpuStats<T>::add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) {
+  impl_->add(x, cols, ldx, first_index);
+}
+
+template <typename T>
+LayerStats<T> GpuStats<T>::result() {
+  return impl_->result();
+}
+
+template <typename T>
+void GpuStats<T>::merge(const LayerStats<T>& earlier) {
+  impl_->merge(earlier);
+}
+
+template class GpuStats<float>;
+template class GpuStats<double>;
+
+}  // namespace dalr::cuda
