@@ -4,7 +4,7 @@
 // on the GPU and (optionally) the CPU; achieved TFLOP/s against the card's measured
 // fp32 GEMM peak. Warm-up, median of repeats, device events; JSON out.
 //   bench_gpu [--m 4096 --n 25088 --p 5994 --k 256 --batch 512 --repeats 3
-//              --methods dalr,dalr-exact,svd --cpu 0|1 --json out.json]
+//              --methods dalr,dalr-exact,svd --cpu --json out.json]
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.hpp"
 #include "cuda/context.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/solver.hpp"
@@ -28,58 +29,6 @@ using dalr::Matrix;
 using json = nlohmann::json;
 
 namespace {
-
-struct Args {
-  int64_t m = 4096, n = 25088, p = 5994, k = 256, batch = 512, repeats = 3;
-  std::string methods = "dalr,dalr-exact,svd";
-  bool cpu = false;
-  std::string json;
-};
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--m")
-      a.m = std::stoll(v);
-    else if (k == "--n")
-      a.n = std::stoll(v);
-    else if (k == "--p")
-      a.p = std::stoll(v);
-    else if (k == "--k")
-      a.k = std::stoll(v);
-    else if (k == "--batch")
-      a.batch = std::stoll(v);
-    else if (k == "--repeats")
-      a.repeats = std::stoll(v);
-    else if (k == "--methods")
-      a.methods = v;
-    else if (k == "--cpu")
-      a.cpu = v == "1";
-    else if (k == "--json")
-      a.json = v;
-    else
-      throw dalr::Error("unknown option " + k);
-  }
-  return a;
-}
-
-double median(std::vector<double> t) {
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-// Wall-clock seconds of f (which must synchronise), median of repeats after a warm-up.
-double wall(int64_t repeats, const std::function<void()>& f) {
-  f();
-  std::vector<double> t;
-  for (int64_t r = 0; r < repeats; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return median(t);
-}
 
 // Device seconds of work enqueued by f on `stream`, timed with events.
 double device(int64_t repeats, cudaStream_t stream, const std::function<void()>& f) {
@@ -93,13 +42,19 @@ double device(int64_t repeats, cudaStream_t stream, const std::function<void()>&
     stop.synchronize();
     t.push_back(stop.elapsed_ms_since(start) / 1e3);
   }
-  return median(t);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
 }
 
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const Args a = parse(argc, argv);
+  CLI::App app{"GPU timing of the streamed statistics, SYRK vs GEMM, and each method's solve"};
+  dalr::bench::Options a;
+  bool cpu = false;
+  dalr::bench::add_options(app, a);
+  app.add_flag("--cpu", cpu, "Also time the CPU statistics and solves (slow at fc6's shape)");
+  CLI11_PARSE(app, argc, argv);
   if (!dalr::cuda::available()) {
     std::fprintf(stderr, "bench_gpu: no CUDA device\n");
     return 2;
@@ -153,7 +108,7 @@ int main(int argc, char** argv) try {
   }
   // Streamed statistics, host batches in (the real job's shape), end to end.
   dalr::LayerStats<float> st;
-  out["gpu_statistics_s"] = wall(a.repeats, [&] {
+  out["gpu_statistics_s"] = dalr::bench::wall_median(a.repeats, [&] {
     dalr::cuda::GpuStats<float> gs(a.n, a.m, &w, &b, a.batch);
     for (int64_t done = 0; done < a.p; done += a.batch)
       gs.add(x.ptr(), std::min(a.batch, a.p - done), a.n, done);
@@ -162,19 +117,18 @@ int main(int argc, char** argv) try {
   const double stat_flops = double(a.n) * a.n * a.p + 2.0 * a.m * a.n * a.p;
   out["gpu_statistics_tflops"] = stat_flops / out["gpu_statistics_s"].get<double>() / 1e12;
   const double lambda = dalr::default_lambda(st, 1e-3);
-  std::stringstream ss(a.methods);
-  for (std::string name; std::getline(ss, name, ',');) {
+  for (const std::string& name : dalr::bench::split(a.methods)) {
     const dalr::Method method = dalr::method_from_name(name);
-    out["gpu_solve_s"][name] = wall(a.repeats, [&] {
+    out["gpu_solve_s"][name] = dalr::bench::wall_median(a.repeats, [&] {
       dalr::cuda::solve<float>({method, a.k, lambda}, w, b, st);
     });
-    if (a.cpu)
-      out["cpu_solve_s"][name] = wall(1, [&] {
+    if (cpu)
+      out["cpu_solve_s"][name] = dalr::bench::wall_median(1, [&] {
         dalr::solve<float>({method, a.k, lambda}, w, b, st);
       });
   }
-  if (a.cpu)
-    out["cpu_statistics_s"] = wall(1, [&] {
+  if (cpu)
+    out["cpu_statistics_s"] = dalr::bench::wall_median(1, [&] {
       dalr::LayerStats<float> cs(a.n, a.m);
       for (int64_t done = 0; done < a.p; done += a.batch)
         cs.add(x.ptr(), std::min(a.batch, a.p - done), a.n, &w, b.data(), done);

@@ -20,6 +20,13 @@ inline Mat to_double(const Matrix<T>& x) {
   return d;
 }
 
+template <typename T>
+inline Matrix<T> from_double(const Mat& a) {
+  Matrix<T> c(a.rows, a.cols);
+  for (int64_t i = 0; i < a.size(); ++i) c.data[i] = static_cast<T>(a.data[i]);
+  return c;
+}
+
 inline Mat mul(const Mat& a, const Mat& b, bool ta = false, bool tb = false) {
   const int64_t m = ta ? a.cols : a.rows, k = ta ? a.rows : a.cols, n = tb ? b.rows : b.cols;
   Mat c(m, n);

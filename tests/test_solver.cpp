@@ -38,15 +38,8 @@ Problem make_problem(int64_t m, int64_t n, int64_t p, uint64_t seed) {
 }
 
 template <typename T>
-Matrix<T> cast(const Mat& a) {
-  Matrix<T> c(a.rows, a.cols);
-  for (int64_t i = 0; i < a.size(); ++i) c.data[i] = static_cast<T>(a.data[i]);
-  return c;
-}
-
-template <typename T>
 LayerStats<T> stats_of(const Problem& pr, int64_t chunk) {
-  Matrix<T> x = cast<T>(pr.x), w = cast<T>(pr.w);
+  Matrix<T> x = oracle::from_double<T>(pr.x), w = oracle::from_double<T>(pr.w);
   std::vector<T> b(pr.b.begin(), pr.b.end());
   LayerStats<T> st(x.rows, w.rows);
   for (int64_t j = 0; j < x.cols; j += chunk)
@@ -57,7 +50,7 @@ LayerStats<T> stats_of(const Problem& pr, int64_t chunk) {
 template <typename T>
 Factors<T> run(const Problem& pr, Method method, int64_t k, double lambda) {
   LayerStats<T> st = stats_of<T>(pr, 5);
-  Matrix<T> w = cast<T>(pr.w);
+  Matrix<T> w = oracle::from_double<T>(pr.w);
   std::vector<T> b(pr.b.begin(), pr.b.end());
   return solve<T>({method, k, lambda}, w, b, st);
 }

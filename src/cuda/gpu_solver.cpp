@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/solver_common.hpp"
 #include "cuda/context.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/device_buffer.hpp"
@@ -191,7 +192,7 @@ class Ops {
 
 // (C + lambda I)^-1 by Cholesky when lambda > 0, the pseudo-inverse C^+ through the
 // eigendecomposition when lambda == 0 (eigenvalues <= n * eps * max dropped): the
-// CPU's RidgeSolve, on the device. lambda was validated by check_arguments.
+// CPU's RidgeSolve, on the device. lambda was validated by check_solve_arguments.
 template <typename T>
 class RidgeSolve {
  public:
@@ -338,61 +339,6 @@ void solve_svd(Ops<T>& ops, const Matrix<T>& w, int64_t k, Factors<T>& f) {
   for (size_t i = 0; i < sv.size(); ++i) f.spectrum[i] = double(sv[i]) * double(sv[i]);
 }
 
-// ---- host parts, identical to src/core/solver.cpp
-
-// The argument checks of dalr::solve, with the same messages, so that both backends
-// reject the same calls the same way (tests/cuda/test_gpu_solver.cpp compares them).
-// lambda is checked up front here (the CPU checks it when the ridge is built, before any
-// other failure can occur), so that no device work starts on a call that must fail.
-template <typename T>
-void check_arguments(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
-                     const LayerStats<T>& stats) {
-  const int64_t m = w.rows, n = w.cols, k = opt.rank;
-  if (static_cast<int64_t>(b.size()) != m)
-    throw Error("bias has " + std::to_string(b.size()) + " values, the weight has " +
-                std::to_string(m) + " rows");
-  if (stats.n() != n)
-    throw Error("activations have " + std::to_string(stats.n()) + " features, the layer takes " +
-                std::to_string(n));
-  const int64_t max_rank = is_pruning(opt.method) ? m : std::min(m, n);
-  if (k < 1 || k > max_rank)
-    throw Error(std::string(is_pruning(opt.method) ? "kept units " : "rank ") + std::to_string(k) +
-                " is out of range: it must be between 1 and " + std::to_string(max_rank) +
-                " for a " + std::to_string(m) + " x " + std::to_string(n) + " layer");
-  if (opt.method != Method::Svd && stats.count() == 0)
-    throw Error(std::string("method ") + method_name(opt.method) + " needs activations (got none)");
-  if (is_pruning(opt.method) && stats.m() != m)
-    throw Error("pruning needs the statistics of the layer's outputs");
-  if (needs_gram(opt.method) && (!(opt.lambda >= 0) || !std::isfinite(opt.lambda)))
-    throw Error("lambda must be a finite number >= 0 (got " + std::to_string(opt.lambda) + ")");
-}
-
-double energy_fraction(const std::vector<double>& spectrum, int64_t k) {
-  double top = 0, all = 0;
-  for (size_t i = 0; i < spectrum.size(); ++i) {
-    const double v = std::max(spectrum[i], 0.0);
-    all += v;
-    if (static_cast<int64_t>(i) < k) top += v;
-  }
-  return all > 0 ? top / all : 0.0;
-}
-
-// bias + (W - A B) xbar: the mean residual of the low-rank layer, added back.
-template <typename T>
-void compensate_bias(const Matrix<T>& w, const LayerStats<T>& st, Factors<T>& f) {
-  const std::vector<double> xbar = st.mean_x();
-  const int64_t m = w.rows, n = w.cols, k = f.b.rows;
-  std::vector<double> bx(static_cast<size_t>(k), 0.0);
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = 0; i < k; ++i) bx[i] += double(f.b(i, j)) * xbar[j];
-  for (int64_t i = 0; i < m; ++i) {
-    double r = 0;
-    for (int64_t j = 0; j < n; ++j) r += double(w(i, j)) * xbar[j];
-    for (int64_t l = 0; l < k; ++l) r -= double(f.a(i, l)) * bx[l];
-    f.bias[i] = static_cast<T>(double(f.bias[i]) + r);
-  }
-}
-
 std::string job_name(Method method, int64_t m, int64_t n, int64_t k) {
   return std::string("the ") + method_name(method) + " solve of a " + std::to_string(m) + " x " +
          std::to_string(n) + " layer at rank " + std::to_string(k);
@@ -437,7 +383,7 @@ size_t solve_bytes(Method method, int64_t m, int64_t n, int64_t k, size_t elem_s
 template <typename T>
 Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
                  const LayerStats<T>& stats, Math math, int device) {
-  check_arguments(opt, w, b, stats);
+  dalr::detail::check_solve_arguments(opt, w, b, stats);
   // Pruning ranks units by their mean or max activation: a sort on the host, nothing for
   // a GPU to do. The CPU solver is the implementation (and needs no device).
   if (is_pruning(opt.method)) return dalr::solve(opt, w, b, stats);
@@ -460,12 +406,12 @@ Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<
     case Method::Svd:
     case Method::SvdBc:
       solve_svd(ops, w, k, f);
-      if (opt.method == Method::SvdBc) compensate_bias(w, stats, f);
+      if (opt.method == Method::SvdBc) dalr::detail::compensate_bias(w, stats, f);
       break;
     default:
       break;  // pruning returned above
   }
-  f.energy_kept = energy_fraction(f.spectrum, k);
+  f.energy_kept = dalr::detail::energy_fraction(f.spectrum, k);
   return f;
 }
 

@@ -54,13 +54,6 @@ Problem make_problem(int64_t m, int64_t n, int64_t p, uint64_t seed) {
   return pr;
 }
 
-template <typename T>
-Matrix<T> cast(const Mat& a) {
-  Matrix<T> c(a.rows, a.cols);
-  for (int64_t i = 0; i < a.size(); ++i) c.data[i] = static_cast<T>(a.data[i]);
-  return c;
-}
-
 // The same problem in precision T: weight, bias and streamed statistics (input and
 // output), built exactly as the CPU tests build them.
 template <typename T>
@@ -72,8 +65,8 @@ struct Inputs {
 
 template <typename T>
 Inputs<T> inputs_of(const Problem& pr, int64_t chunk = 5) {
-  Inputs<T> in{cast<T>(pr.w), std::vector<T>(pr.b.begin(), pr.b.end()), {}};
-  const Matrix<T> x = cast<T>(pr.x);
+  Inputs<T> in{oracle::from_double<T>(pr.w), std::vector<T>(pr.b.begin(), pr.b.end()), {}};
+  const Matrix<T> x = oracle::from_double<T>(pr.x);
   in.stats = LayerStats<T>(x.rows, in.w.rows);
   for (int64_t j = 0; j < x.cols; j += chunk)
     in.stats.add(x.ptr() + j * x.ld(), std::min(chunk, x.cols - j), x.ld(), &in.w, in.b.data(), j);
@@ -176,7 +169,7 @@ TEST(GpuSolverArguments, SameErrorsAsTheCpu) {
   const Inputs<double> in = inputs_of<double>(pr);
   const LayerStats<double> no_samples(8, 6);
   LayerStats<double> no_outputs(8, 0);
-  const Matrix<double> x = cast<double>(pr.x);
+  const Matrix<double> x = oracle::from_double<double>(pr.x);
   no_outputs.add(x.ptr(), x.cols, x.ld(), nullptr, nullptr);
   const LayerStats<double> wrong_width(9, 6);
   const std::vector<double> short_bias(5, 0.0);

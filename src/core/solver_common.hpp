@@ -1,0 +1,23 @@
+#pragma once
+// Host parts of the solver that both backends share (src/core/solver.cpp and
+// src/cuda/gpu_solver.cpp), so that they check the same things with the same words.
+#include <cstdint>
+#include <vector>
+
+#include "dalr/solver.hpp"
+
+namespace dalr::detail {
+
+// Shapes, rank range, sample count, output statistics for pruning, lambda >= 0.
+template <typename T>
+void check_solve_arguments(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                           const LayerStats<T>& stats);
+
+// Sum of the top k of a (descending) spectrum over the sum of all, negatives as 0.
+double energy_fraction(const std::vector<double>& spectrum, int64_t k);
+
+// svd-bc: bias += (W - A B) xbar, the mean residual of the low-rank layer.
+template <typename T>
+void compensate_bias(const Matrix<T>& w, const LayerStats<T>& st, Factors<T>& f);
+
+}  // namespace dalr::detail
