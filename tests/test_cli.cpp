@@ -339,6 +339,10 @@ TEST_F(Cli, DeviceSelection) {
   ASSERT_EQ(a.exit_code, 0) << a.output;
   const std::string dev =
       nlohmann::json::parse(test::read_file(dir_.file("r.json")))["device"].get<std::string>();
+  const std::string prec =
+      nlohmann::json::parse(test::read_file(dir_.file("r.json")))["precision"].get<std::string>();
+  // The default precision follows the device.
+  EXPECT_EQ(prec, dev == "cpu" ? "fp64" : "fp32");
   if (dev == "cpu") EXPECT_NE(a.output.find("running on the CPU"), std::string::npos) << a.output;
   std::filesystem::remove(out());
   // --device cuda never falls back silently: it runs on a GPU or says why not.

@@ -25,9 +25,10 @@ struct CompressOptions {
   std::string method = "dalr";
   std::string next_layer;          // pruning: shrink NEXT.weight's input columns
   std::string precision = "fp64";  // fp64 | fp32 | tf32 (tf32: CUDA only)
-  int64_t rank = 0;                // k (or 0 when `keep` is used)
-  double keep = 0.0;               // fraction of the layer's weights to keep
-  std::optional<double> lambda;    // absolute ridge
+
+  int64_t rank = 0;              // k (or 0 when `keep` is used)
+  double keep = 0.0;             // fraction of the layer's weights to keep
+  std::optional<double> lambda;  // absolute ridge
   double lambda_rel = kDefaultLambdaRel;
   int64_t batch = 512;  // samples per streamed chunk
 };

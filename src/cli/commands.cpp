@@ -83,7 +83,8 @@ Commands::Commands(CLI::App& app) {
   c->add_option("--save-stats", copt_.save_stats,
                 "Save the accumulated statistics (C, means, maxima, count) to resume later");
   c->add_option("--precision", copt_.precision,
-                "fp64 | fp32 | tf32 (accumulation and solve; tf32: tensor cores, CUDA only)");
+                "auto (fp64 on the CPU, fp32 on the GPU) | fp64 | fp32 | tf32 (tensor cores, CUDA "
+                "only): accumulation and solve");
   c->add_option("--device", device_,
                 "auto (cuda when a device is present, else cpu) | cuda | cuda:N | cpu");
   c->add_option("--batch", copt_.batch, "Samples per streamed chunk");
@@ -111,6 +112,8 @@ int Commands::run_compress() {
     throw Error("give --rank K or --keep FRACTION");
   if (compress_->count("--lambda")) copt_.lambda = lambda_;
   std::unique_ptr<Backend> backend = make_backend(device_, copt_.precision, quiet_);
+  // The default precision follows the device: fp64 on the CPU, fp32 on the GPU.
+  if (copt_.precision == "auto") copt_.precision = backend->name() == "cpu" ? "fp64" : "fp32";
   CompressResult r = compress(copt_, *backend);
   for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << w << "\n";
   if (!quiet_) std::cout << r.summary;

@@ -15,6 +15,12 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
                                       bool quiet);
 
 // Registers the verbs and their options on `app`; run() executes the parsed one.
+inline CompressOptions default_options() {
+  CompressOptions o;
+  o.precision = "auto";  // resolved once the device is known
+  return o;
+}
+
 class Commands {
  public:
   explicit Commands(CLI::App& app);
@@ -26,7 +32,7 @@ class Commands {
 
   CLI::App* compress_ = nullptr;
   CLI::App* inspect_ = nullptr;
-  CompressOptions copt_;
+  CompressOptions copt_ = default_options();
   double lambda_ = 0;
   std::string device_ = "auto";
   bool quiet_ = false;
