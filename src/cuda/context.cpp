@@ -20,10 +20,10 @@ Context::Context(int device, Math math) : device_(select(device)), info_(1) {
   DALR_CUBLAS_CHECK(cublasSetStream(cublas_, compute_.get()));
   // Exact: no TF32, no reduced-precision reductions. Tf32 only when the user asks.
   DALR_CUBLAS_CHECK(cublasSetMathMode(
-      cublas_, math == Math::Tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                  : static_cast<cublasMath_t>(
-                                        CUBLAS_PEDANTIC_MATH |
-                                        CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+      cublas_, math == Math::Tf32
+                   ? CUBLAS_TF32_TENSOR_OP_MATH
+                   : static_cast<cublasMath_t>(CUBLAS_PEDANTIC_MATH |
+                                               CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
   DALR_CUSOLVER_CHECK(cusolverDnCreate(&cusolver_));
   DALR_CUSOLVER_CHECK(cusolverDnSetStream(cusolver_, compute_.get()));
   DALR_CUSOLVER_CHECK(cusolverDnCreateParams(&params_));
@@ -50,10 +50,12 @@ void Context::check_info(const char* routine, const char* hint) {
       cudaMemcpyAsync(&info, info_.data(), sizeof(int), cudaMemcpyDeviceToHost, compute_.get()));
   synchronize();
   if (info == 0) return;
-  std::string msg = std::string("cuSOLVER ") + routine + " failed (devInfo = " +
-                    std::to_string(info) + ")";
-  if (info < 0) msg += ": parameter " + std::to_string(-info) + " is invalid (internal error)";
-  else if (hint) msg += std::string(": ") + hint;
+  std::string msg =
+      std::string("cuSOLVER ") + routine + " failed (devInfo = " + std::to_string(info) + ")";
+  if (info < 0)
+    msg += ": parameter " + std::to_string(-info) + " is invalid (internal error)";
+  else if (hint)
+    msg += std::string(": ") + hint;
   throw Error(msg);
 }
 
