@@ -27,7 +27,17 @@ namespace dalr {
 
 class SafetensorsFile;
 
-enum class LayerType { Conv, Relu, MaxPool, AvgPool, AdaptiveAvgPool, BatchNorm, Flatten, Linear, Dropout };
+enum class LayerType {
+  Conv,
+  Relu,
+  MaxPool,
+  AvgPool,
+  AdaptiveAvgPool,
+  BatchNorm,
+  Flatten,
+  Linear,
+  Dropout
+};
 
 const char* layer_type_name(LayerType t);  // "conv", "relu", ... as in the JSON
 
@@ -39,9 +49,9 @@ struct LayerSpec {
   int64_t kernel = 0;
   int64_t stride = 1;
   int64_t pad = 0;
-  double eps = 1e-5;                  // batchnorm
-  std::array<int64_t, 2> out_hw{};    // adaptive_avgpool
-  bool bias = true;                   // conv, linear
+  double eps = 1e-5;                // batchnorm
+  std::array<int64_t, 2> out_hw{};  // adaptive_avgpool
+  bool bias = true;                 // conv, linear
 };
 
 struct InputSpec {

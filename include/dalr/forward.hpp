@@ -1,0 +1,47 @@
+#pragma once
+// The forward pass of an Arch on the CPU: the oracle the GPU pipeline is tested
+// against, and the engine for --device cpu. Images come in as a batch of NCHW tensors
+// (row-major, one image after another), already preprocessed (InputSpec's scale, mean
+// and std applied); activations leave as a column-major (features x batch) matrix,
+// one sample per column, the layout the statistics and solvers take.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dalr/arch.hpp"
+#include "dalr/matrix.hpp"
+
+namespace dalr {
+
+class SafetensorsFile;
+
+template <typename T>  // float or double
+class CpuForward {
+ public:
+  // Checks the weights against the arch (check_weights) and loads them, converted to T,
+  // once. The file may be closed afterwards.
+  CpuForward(const Arch& arch, const SafetensorsFile& weights);
+
+  const Arch& arch() const { return arch_; }
+
+  // Runs the layers in order on `batch` images of c x h x w. With stop_at_layer_input
+  // the name of a layer (typically the linear layer to compress), returns that layer's
+  // input flattened in C order (n x batch); with an empty name, the network's output
+  // (classes x batch). Shapes are checked before any work (layer_input_shapes); an
+  // unknown layer name throws dalr::Error listing the named layers.
+  Matrix<T> run(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                const std::string& stop_at_layer_input = "") const;
+
+ private:
+  struct Params {
+    std::vector<T> weight;  // conv (O, C, k, k) / linear (out, in) row-major; bn: scale
+    std::vector<T> bias;    // empty when the layer has none; bn: shift
+  };
+  Arch arch_;
+  std::vector<Params> params_;  // one per layer, empty for layers without tensors
+};
+
+extern template class CpuForward<float>;
+extern template class CpuForward<double>;
+
+}  // namespace dalr

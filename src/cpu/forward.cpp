@@ -1,0 +1,200 @@
+#include "dalr/forward.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cpu/lapack.hpp"
+#include "dalr/error.hpp"
+#include "dalr/safetensors.hpp"
+
+namespace dalr {
+namespace {
+
+// Caffe's im2col: for an image (C, H, W) writes the (C*k*k) x (Ho*Wo) row-major patch
+// matrix, which is the column-major (Ho*Wo) x (C*k*k) matrix with leading dim Ho*Wo.
+template <typename T>
+void im2col(const T* src, int64_t C, int64_t H, int64_t W, const LayerSpec& l, int64_t Ho,
+            int64_t Wo, T* col) {
+  const int64_t k = l.kernel;
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t ki = 0; ki < k; ++ki)
+      for (int64_t kj = 0; kj < k; ++kj) {
+        T* row = col + ((c * k + ki) * k + kj) * Ho * Wo;
+        for (int64_t oy = 0; oy < Ho; ++oy) {
+          const int64_t iy = oy * l.stride - l.pad + ki;
+          T* out = row + oy * Wo;
+          if (iy < 0 || iy >= H) {
+            std::fill(out, out + Wo, T(0));
+            continue;
+          }
+          const T* in = src + (c * H + iy) * W;
+          for (int64_t ox = 0; ox < Wo; ++ox) {
+            const int64_t ix = ox * l.stride - l.pad + kj;
+            out[ox] = (ix >= 0 && ix < W) ? in[ix] : T(0);
+          }
+        }
+      }
+}
+
+template <typename T>
+void conv(const std::vector<T>& x, int64_t batch, const ActShape& s, const ActShape& o,
+          const LayerSpec& l, const std::vector<T>& weight, const std::vector<T>& bias,
+          std::vector<T>& y) {
+  const int64_t in_size = s.numel(), hw = o.h * o.w, ckk = s.c * l.kernel * l.kernel;
+  const bool direct = l.kernel == 1 && l.stride == 1 && l.pad == 0;  // the image is its im2col
+  std::vector<T> col(direct ? 0 : static_cast<size_t>(ckk * hw));
+  y.assign(static_cast<size_t>(batch * o.numel()), T(0));
+  for (int64_t b = 0; b < batch; ++b) {
+    const T* src = x.data() + b * in_size;
+    T* dst = y.data() + b * o.numel();
+    if (!direct) im2col(src, s.c, s.h, s.w, l, o.h, o.w, col.data());
+    if (!bias.empty())
+      for (int64_t c = 0; c < o.c; ++c) std::fill(dst + c * hw, dst + (c + 1) * hw, bias[c]);
+    // Y (hw x O, col-major: the image's NCHW output) = Col (hw x ckk) * W (ckk x O), where
+    // the row-major (O, C, k, k) weight is the column-major ckk x O matrix.
+    cpu::gemm(CblasNoTrans, CblasNoTrans, hw, o.c, ckk, T(1), direct ? src : col.data(), hw,
+              weight.data(), ckk, bias.empty() ? T(0) : T(1), dst, hw);
+  }
+}
+
+template <typename T>
+void pool(const std::vector<T>& x, int64_t batch, const ActShape& s, const ActShape& o,
+          const LayerSpec& l, std::vector<T>& y) {
+  y.assign(static_cast<size_t>(batch * o.numel()), T(0));
+  const bool is_max = l.type == LayerType::MaxPool;
+  const bool adaptive = l.type == LayerType::AdaptiveAvgPool;
+  for (int64_t p = 0; p < batch * s.c; ++p) {  // one (image, channel) plane at a time
+    const T* in = x.data() + p * s.h * s.w;
+    T* out = y.data() + p * o.h * o.w;
+    for (int64_t oy = 0; oy < o.h; ++oy)
+      for (int64_t ox = 0; ox < o.w; ++ox) {
+        int64_t y0, y1, x0, x1;  // window [y0, y1) x [x0, x1)
+        if (adaptive) {
+          y0 = oy * s.h / o.h, y1 = ((oy + 1) * s.h + o.h - 1) / o.h;
+          x0 = ox * s.w / o.w, x1 = ((ox + 1) * s.w + o.w - 1) / o.w;
+        } else {
+          y0 = oy * l.stride, y1 = y0 + l.kernel;
+          x0 = ox * l.stride, x1 = x0 + l.kernel;
+        }
+        T acc = is_max ? -std::numeric_limits<T>::infinity() : T(0);
+        for (int64_t iy = y0; iy < y1; ++iy)
+          for (int64_t ix = x0; ix < x1; ++ix) {
+            const T v = in[iy * s.w + ix];
+            acc = is_max ? (v > acc || std::isnan(v) ? v : acc) : acc + v;
+          }
+        out[oy * o.w + ox] = is_max ? acc : acc / T((y1 - y0) * (x1 - x0));
+      }
+  }
+}
+
+template <typename T>
+void linear(const std::vector<T>& x, int64_t batch, const LayerSpec& l,
+            const std::vector<T>& weight, const std::vector<T>& bias, std::vector<T>& y) {
+  y.assign(static_cast<size_t>(batch * l.out), T(0));
+  if (!bias.empty())
+    for (int64_t b = 0; b < batch; ++b) std::copy(bias.begin(), bias.end(), y.begin() + b * l.out);
+  // Y (out x batch) = W X; the row-major (out, in) weight is the column-major in x out W^T.
+  cpu::gemm(CblasTrans, CblasNoTrans, l.out, batch, l.in, T(1), weight.data(), l.in, x.data(), l.in,
+            bias.empty() ? T(0) : T(1), y.data(), l.out);
+}
+
+}  // namespace
+
+template <typename T>
+CpuForward<T>::CpuForward(const Arch& arch, const SafetensorsFile& weights) : arch_(arch) {
+  check_weights(arch_, weights);
+  params_.resize(arch_.layers.size());
+  for (size_t i = 0; i < arch_.layers.size(); ++i) {
+    const LayerSpec& l = arch_.layers[i];
+    Params& p = params_[i];
+    if (l.type == LayerType::Conv || l.type == LayerType::Linear) {
+      p.weight = weights.read<T>(l.name + ".weight");
+      if (l.bias) p.bias = weights.read<T>(l.name + ".bias");
+    } else if (l.type == LayerType::BatchNorm) {
+      // Folded once in double: y = x * scale + shift, scale = weight / sqrt(var + eps).
+      const auto g = weights.read<double>(l.name + ".weight");
+      const auto b = weights.read<double>(l.name + ".bias");
+      const auto mean = weights.read<double>(l.name + ".running_mean");
+      const auto var = weights.read<double>(l.name + ".running_var");
+      for (size_t c = 0; c < g.size(); ++c) {
+        if (!(var[c] + l.eps > 0))
+          throw Error(weights.path() + ": " + l.name + ".running_var[" + std::to_string(c) +
+                      "] + eps is not positive");
+        const double scale = g[c] / std::sqrt(var[c] + l.eps);
+        p.weight.push_back(static_cast<T>(scale));
+        p.bias.push_back(static_cast<T>(b[c] - mean[c] * scale));
+      }
+    }
+  }
+}
+
+template <typename T>
+Matrix<T> CpuForward<T>::run(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                             const std::string& stop_at_layer_input) const {
+  size_t stop = arch_.layers.size();
+  if (!stop_at_layer_input.empty()) {
+    std::string names;
+    for (size_t i = 0; i < arch_.layers.size(); ++i) {
+      if (arch_.layers[i].name == stop_at_layer_input) stop = i;
+      if (!arch_.layers[i].name.empty())
+        names += (names.empty() ? "" : ", ") + arch_.layers[i].name;
+    }
+    if (stop == arch_.layers.size())
+      throw Error("no layer named '" + stop_at_layer_input + "' (named layers: " + names + ")");
+  }
+  if (batch < 1) throw Error("batch size must be >= 1, got " + std::to_string(batch));
+  if (!input) throw Error("CpuForward::run: input is null");
+  const std::vector<ActShape> shapes = layer_input_shapes(arch_, c, h, w);
+
+  std::vector<T> cur(input, input + batch * c * h * w), next;
+  for (size_t i = 0; i < stop; ++i) {
+    const LayerSpec& l = arch_.layers[i];
+    const ActShape &s = shapes[i], &o = shapes[i + 1];
+    const Params& p = params_[i];
+    switch (l.type) {
+      case LayerType::Conv:
+        conv(cur, batch, s, o, l, p.weight, p.bias, next);
+        cur.swap(next);
+        break;
+      case LayerType::MaxPool:
+      case LayerType::AvgPool:
+      case LayerType::AdaptiveAvgPool:
+        pool(cur, batch, s, o, l, next);
+        cur.swap(next);
+        break;
+      case LayerType::Linear:
+        linear(cur, batch, l, p.weight, p.bias, next);
+        cur.swap(next);
+        break;
+      case LayerType::Relu:
+        for (T& v : cur) v = v > T(0) ? v : (v == v ? T(0) : v);  // NaN stays NaN, as torch
+        break;
+      case LayerType::BatchNorm: {
+        if (static_cast<int64_t>(p.weight.size()) != s.c)
+          throw Error(layer_label(arch_, i) + " has " + std::to_string(p.weight.size()) +
+                      " channels, but its input has " + std::to_string(s.c));
+        const int64_t hw = s.h * s.w;
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t ch = 0; ch < s.c; ++ch) {
+            T* v = cur.data() + (b * s.c + ch) * hw;
+            for (int64_t j = 0; j < hw; ++j) v[j] = v[j] * p.weight[ch] + p.bias[ch];
+          }
+        break;
+      }
+      case LayerType::Flatten:  // NCHW is already C-order per sample
+      case LayerType::Dropout:  // identity at inference
+        break;
+    }
+  }
+  Matrix<T> out;
+  out.rows = shapes[stop].numel();
+  out.cols = batch;
+  out.data = std::move(cur);
+  return out;
+}
+
+template class CpuForward<float>;
+template class CpuForward<double>;
+
+}  // namespace dalr

@@ -1,0 +1,689 @@
+// Architecture description (dalr.arch / dalr.input, VGG presets, factoring) and the CPU
+// forward pass, against naive float64 loops written here.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <initializer_list>
+#include <map>
+#include <random>
+
+#include "dalr/arch.hpp"
+#include "dalr/error.hpp"
+#include "dalr/forward.hpp"
+#include "dalr/safetensors.hpp"
+#include "test_util.hpp"
+
+using namespace dalr;
+
+namespace {
+
+// Runs `f`, expects a dalr::Error whose message contains every word.
+void expect_error(const std::function<void()>& f, std::initializer_list<std::string> words) {
+  try {
+    f();
+    ADD_FAILURE() << "expected a dalr::Error containing '" << *words.begin() << "'";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const auto& w : words)
+      EXPECT_NE(msg.find(w), std::string::npos) << "'" << w << "' missing from: " << msg;
+  }
+}
+
+const char* kInput = R"({"channels":3,"crop":[11,13]})";
+
+// The issue's tiny network with odd sizes: 3x11x13 -> conv 3->5 k3 p1 -> relu ->
+// maxpool 2/2 (5x5x6) -> conv 5->4 k3 s2 (4x2x2) -> batchnorm -> relu ->
+// adaptive_avgpool [2,3] -> flatten (24) -> linear 24->7 -> relu -> dropout -> 7->3.
+const char* kNet1 = R"([
+  {"type":"conv","name":"c1","in":3,"out":5,"kernel":3,"stride":1,"pad":1},
+  {"type":"relu"},
+  {"type":"maxpool","kernel":2,"stride":2},
+  {"type":"conv","name":"c2","in":5,"out":4,"kernel":3,"stride":2,"pad":0},
+  {"type":"batchnorm","name":"bn","eps":0.001},
+  {"type":"relu"},
+  {"type":"adaptive_avgpool","out":[2,3]},
+  {"type":"flatten"},
+  {"type":"linear","name":"fc1","in":24,"out":7},
+  {"type":"relu"},
+  {"type":"dropout"},
+  {"type":"linear","name":"fc2","in":7,"out":3}])";
+
+// Covers the rest: a 1x1 conv (no im2col), avgpool k2 s1, adaptive 5x5 -> 3x3 (bins
+// that overlap), maxpool k3 s2 with a ragged edge, batchnorm on flat features, a
+// linear without bias.
+const char* kInput2 = R"({"channels":2,"crop":[6,6],"scale":0.5,"mean":[0.1,0.2],"std":[1,2]})";
+const char* kNet2 = R"([
+  {"type":"conv","name":"p","in":2,"out":3,"kernel":1},
+  {"type":"avgpool","kernel":2,"stride":1},
+  {"type":"adaptive_avgpool","out":[3,3]},
+  {"type":"flatten"},
+  {"type":"batchnorm","name":"bn1d"},
+  {"type":"linear","name":"head","in":27,"out":4,"bias":false}])";
+
+// ------------------------------------------------------------ naive float64 reference
+
+struct T4 {  // NCHW, row-major
+  int64_t n = 0, c = 0, h = 0, w = 0;
+  std::vector<double> v;
+  T4() = default;
+  T4(int64_t n_, int64_t c_, int64_t h_, int64_t w_)
+      : n(n_), c(c_), h(h_), w(w_), v(static_cast<size_t>(n_ * c_ * h_ * w_), 0.0) {}
+  double& at(int64_t a, int64_t b, int64_t y, int64_t x) {
+    return v[((a * c + b) * h + y) * w + x];
+  }
+  double at(int64_t a, int64_t b, int64_t y, int64_t x) const {
+    return v[((a * c + b) * h + y) * w + x];
+  }
+};
+
+using Tensors = std::map<std::string, std::vector<double>>;
+
+T4 ref_conv(const T4& x, const std::vector<double>& wt, const std::vector<double>* bias, int64_t o,
+            int64_t k, int64_t s, int64_t p) {
+  T4 y(x.n, o, (x.h + 2 * p - k) / s + 1, (x.w + 2 * p - k) / s + 1);
+  for (int64_t b = 0; b < x.n; ++b)
+    for (int64_t oc = 0; oc < o; ++oc)
+      for (int64_t oy = 0; oy < y.h; ++oy)
+        for (int64_t ox = 0; ox < y.w; ++ox) {
+          long double acc = bias ? (*bias)[oc] : 0.0;
+          for (int64_t ic = 0; ic < x.c; ++ic)
+            for (int64_t ky = 0; ky < k; ++ky)
+              for (int64_t kx = 0; kx < k; ++kx) {
+                const int64_t iy = oy * s + ky - p, ix = ox * s + kx - p;
+                if (iy < 0 || ix < 0 || iy >= x.h || ix >= x.w) continue;
+                acc += wt[((oc * x.c + ic) * k + ky) * k + kx] * x.at(b, ic, iy, ix);
+              }
+          y.at(b, oc, oy, ox) = static_cast<double>(acc);
+        }
+  return y;
+}
+
+// Pooling over explicit windows: max or mean.
+T4 ref_pool(const T4& x, int64_t oh, int64_t ow, bool is_max,
+            const std::function<void(int64_t, int64_t, int64_t*, int64_t*)>& rows,
+            const std::function<void(int64_t, int64_t, int64_t*, int64_t*)>& cols) {
+  T4 y(x.n, x.c, oh, ow);
+  for (int64_t b = 0; b < x.n; ++b)
+    for (int64_t c = 0; c < x.c; ++c)
+      for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          int64_t y0, y1, x0, x1;
+          rows(oy, oh, &y0, &y1);
+          cols(ox, ow, &x0, &x1);
+          double m = -INFINITY, sum = 0;
+          for (int64_t iy = y0; iy < y1; ++iy)
+            for (int64_t ix = x0; ix < x1; ++ix) {
+              m = std::max(m, x.at(b, c, iy, ix));
+              sum += x.at(b, c, iy, ix);
+            }
+          y.at(b, c, oy, ox) = is_max ? m : sum / double((y1 - y0) * (x1 - x0));
+        }
+  return y;
+}
+
+T4 ref_fixed_pool(const T4& x, int64_t k, int64_t s, bool is_max) {
+  auto win = [&](int64_t o, int64_t, int64_t* a, int64_t* b) { *a = o * s, *b = o * s + k; };
+  return ref_pool(x, (x.h - k) / s + 1, (x.w - k) / s + 1, is_max, win, win);
+}
+
+// PyTorch adaptive pooling, with the issue's formula in floating point.
+T4 ref_adaptive(const T4& x, int64_t oh, int64_t ow) {
+  auto bins = [](int64_t in) {
+    return [in](int64_t i, int64_t out, int64_t* a, int64_t* b) {
+      *a = static_cast<int64_t>(std::floor(double(i) * in / out));
+      *b = static_cast<int64_t>(std::ceil(double(i + 1) * in / out));
+    };
+  };
+  return ref_pool(x, oh, ow, false, bins(x.h), bins(x.w));
+}
+
+void ref_relu(T4& x) {
+  for (double& v : x.v) v = std::max(v, 0.0);
+}
+
+void ref_bn(T4& x, const Tensors& t, const std::string& name, double eps) {
+  for (int64_t b = 0; b < x.n; ++b)
+    for (int64_t c = 0; c < x.c; ++c)
+      for (int64_t i = 0; i < x.h; ++i)
+        for (int64_t j = 0; j < x.w; ++j) {
+          double& v = x.at(b, c, i, j);
+          v = (v - t.at(name + ".running_mean")[c]) /
+                  std::sqrt(t.at(name + ".running_var")[c] + eps) * t.at(name + ".weight")[c] +
+              t.at(name + ".bias")[c];
+        }
+}
+
+T4 ref_flatten(const T4& x) {
+  T4 y = x;
+  y.c = x.c * x.h * x.w, y.h = y.w = 1;
+  return y;
+}
+
+T4 ref_linear(const T4& x, const std::vector<double>& wt, const std::vector<double>* bias,
+              int64_t out) {
+  T4 y(x.n, out, 1, 1);
+  for (int64_t b = 0; b < x.n; ++b)
+    for (int64_t o = 0; o < out; ++o) {
+      long double acc = bias ? (*bias)[o] : 0.0;
+      for (int64_t i = 0; i < x.c; ++i) acc += wt[o * x.c + i] * x.v[b * x.c + i];
+      y.v[b * out + o] = static_cast<double>(acc);
+    }
+  return y;
+}
+
+// ------------------------------------------------------------ fixtures
+
+std::vector<double> randn(size_t n, std::mt19937_64& rng, double scale = 1.0) {
+  std::normal_distribution<double> nd(0.0, scale);
+  std::vector<double> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+// Random tensors of the shapes check_weights expects (running_var positive).
+Tensors random_weights(const Arch& arch, std::mt19937_64& rng) {
+  Tensors t;
+  const auto shapes =
+      layer_input_shapes(arch, arch.input.channels, arch.input.crop[0], arch.input.crop[1]);
+  for (size_t i = 0; i < arch.layers.size(); ++i) {
+    const LayerSpec& l = arch.layers[i];
+    if (l.type == LayerType::Conv || l.type == LayerType::Linear) {
+      const int64_t k2 = l.type == LayerType::Conv ? l.kernel * l.kernel : 1;
+      t[l.name + ".weight"] = randn(l.out * l.in * k2, rng, 1.0 / std::sqrt(double(l.in * k2)));
+      if (l.bias) t[l.name + ".bias"] = randn(l.out, rng, 0.5);
+    } else if (l.type == LayerType::BatchNorm) {
+      const size_t c = shapes[i].c;
+      t[l.name + ".weight"] = randn(c, rng);
+      t[l.name + ".bias"] = randn(c, rng);
+      t[l.name + ".running_mean"] = randn(c, rng, 0.3);
+      auto var = randn(c, rng);
+      for (auto& v : var) v = 0.2 + v * v;
+      t[l.name + ".running_var"] = var;
+    }
+  }
+  return t;
+}
+
+std::vector<int64_t> shape_for(const Arch& arch, const std::string& tensor,
+                               const std::vector<double>& v) {
+  for (const LayerSpec& l : arch.layers) {
+    if (tensor == l.name + ".weight" && l.type == LayerType::Conv)
+      return {l.out, l.in, l.kernel, l.kernel};
+    if (tensor == l.name + ".weight" && l.type == LayerType::Linear) return {l.out, l.in};
+  }
+  return {static_cast<int64_t>(v.size())};
+}
+
+void write_model(const std::string& path, const Arch& arch, const Tensors& t,
+                 bool metadata = true) {
+  std::vector<TensorOut> outs;
+  for (const auto& [name, v] : t) outs.push_back(TensorOut::f64(name, shape_for(arch, name, v), v));
+  write_safetensors(path, outs,
+                    metadata ? arch_metadata(arch) : std::map<std::string, std::string>{});
+}
+
+double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
+    num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+template <typename T>
+std::vector<double> as_double(const Matrix<T>& m) {
+  return std::vector<double>(m.data.begin(), m.data.end());
+}
+
+// ------------------------------------------------------------ arch JSON
+
+TEST(Arch, ParsesTheIssueExample) {
+  const Arch a = parse_arch(kNet1, kInput);
+  ASSERT_EQ(a.layers.size(), 12u);
+  EXPECT_EQ(a.layers[0].type, LayerType::Conv);
+  EXPECT_EQ(a.layers[0].name, "c1");
+  EXPECT_EQ(a.layers[3].stride, 2);
+  EXPECT_EQ(a.layers[4].eps, 0.001);
+  EXPECT_EQ(a.layers[6].out_hw, (std::array<int64_t, 2>{2, 3}));
+  EXPECT_EQ(a.layers[11].out, 3);
+  EXPECT_TRUE(a.layers[11].bias);
+  EXPECT_EQ(a.input.channels, 3);
+  EXPECT_EQ(a.input.scale, 1.0);
+  EXPECT_TRUE(a.input.mean.empty());
+  const auto shapes = layer_input_shapes(a, 3, 11, 13);
+  EXPECT_EQ(shapes[3].h, 5);
+  EXPECT_EQ(shapes[3].w, 6);
+  EXPECT_EQ(shapes[8].c, 24);
+  EXPECT_TRUE(shapes[8].flat);
+  EXPECT_EQ(shapes.back().c, 3);
+}
+
+TEST(Arch, JsonRoundTrip) {
+  for (const auto& [arch_json, input_json] :
+       {std::pair{kNet1, kInput}, std::pair{kNet2, kInput2}}) {
+    const Arch a = parse_arch(arch_json, input_json);
+    const Arch b = parse_arch(arch_to_json(a), input_to_json(a.input));
+    EXPECT_TRUE(a == b) << arch_to_json(a);
+    EXPECT_EQ(arch_to_json(a), arch_to_json(b));
+  }
+  for (const std::string& name : vgg_preset_names()) {
+    const Arch a = vgg_preset(name, 17);
+    const auto md = arch_metadata(a);
+    EXPECT_TRUE(parse_arch(md.at("dalr.arch"), md.at("dalr.input")) == a) << name;
+  }
+  // Defaults: pool stride = kernel, conv stride 1 pad 0, eps 1e-5, bias true.
+  const Arch d = parse_arch(
+      R"([{"type":"conv","name":"c","in":1,"out":2,"kernel":3},{"type":"maxpool","kernel":2},
+          {"type":"batchnorm","name":"b"}])",
+      R"({"channels":1,"crop":8})");
+  EXPECT_EQ(d.layers[0].stride, 1);
+  EXPECT_EQ(d.layers[0].pad, 0);
+  EXPECT_EQ(d.layers[1].stride, 2);
+  EXPECT_EQ(d.layers[2].eps, 1e-5);
+  EXPECT_EQ(d.input.crop, (std::array<int64_t, 2>{8, 8}));
+}
+
+TEST(Arch, BadArchErrors) {
+  const std::string in = R"({"channels":3,"crop":[8,8]})";
+  auto arch_err = [&](const std::string& a, std::initializer_list<std::string> words) {
+    SCOPED_TRACE(a);
+    expect_error([&] { parse_arch(a, in); }, words);
+  };
+  const std::string conv = R"("type":"conv","name":"c","in":3,"out":4)";
+  arch_err("[{", {"dalr.arch is not valid JSON"});
+  arch_err("{}", {"non-empty JSON array"});
+  arch_err("[]", {"non-empty JSON array"});
+  arch_err("[3]", {"layer 0", "JSON object"});
+  arch_err(R"([{"name":"x"}])", {"layer 0", "missing field 'type'"});
+  arch_err(R"([{"type":7}])", {"'type' must be a string"});
+  arch_err(R"([{"type":"relu"},{"type":"softmax"}])",
+           {"layer 1", "unknown layer type 'softmax'", "conv", "adaptive_avgpool"});
+  arch_err(R"([{"type":"conv","in":3,"out":4,"kernel":3}])", {"conv", "missing field 'name'"});
+  arch_err(R"([{"type":"linear","name":"","in":3,"out":4}])", {"non-empty string"});
+  arch_err("[{" + conv + "}]", {"conv 'c'", "missing field 'kernel'"});
+  arch_err(R"([{"type":"linear","name":"f","out":4}])", {"linear 'f'", "missing field 'in'"});
+  arch_err(R"([{"type":"maxpool"}])", {"maxpool", "missing field 'kernel'"});
+  arch_err(R"([{"type":"adaptive_avgpool"}])", {"missing field 'out'"});
+  arch_err("[{" + conv + R"(,"kernel":"3"}])", {"'kernel' must be an integer", "\"3\""});
+  arch_err("[{" + conv + R"(,"kernel":2.5}])", {"'kernel' must be an integer"});
+  arch_err("[{" + conv + R"(,"kernel":0}])", {"'kernel' must be >= 1, got 0"});
+  arch_err("[{" + conv + R"(,"kernel":3,"stride":0}])", {"'stride' must be >= 1"});
+  arch_err("[{" + conv + R"(,"kernel":3,"pad":-1}])", {"'pad' must be >= 0, got -1"});
+  arch_err("[{" + conv + R"(,"kernel":3,"bias":1}])", {"'bias' must be true or false"});
+  arch_err("[{" + conv + R"(,"kernel":3,"groups":2}])", {"unknown field 'groups'", "allowed"});
+  arch_err(R"([{"type":"relu","inplace":true}])", {"relu", "unknown field 'inplace'"});
+  arch_err(R"([{"type":"conv","name":"c","in":3,"out":0,"kernel":1}])", {"'out' must be >= 1"});
+  arch_err(R"([{"type":"batchnorm","name":"b","eps":-1}])", {"'eps' must be >= 0"});
+  arch_err(R"([{"type":"batchnorm","name":"b","eps":"x"}])", {"'eps' must be a number"});
+  arch_err(R"([{"type":"adaptive_avgpool","out":[7]}])", {"[height, width]"});
+  arch_err(R"([{"type":"adaptive_avgpool","out":[7,0]}])", {"[height, width]"});
+  arch_err("[{" + conv + R"(,"kernel":1},{"type":"conv","name":"c","in":4,"out":4,"kernel":1}])",
+           {"layer 1", "duplicate layer name 'c'"});
+  // Shapes that cannot flow for the declared 3x8x8 input.
+  arch_err(R"([{"type":"conv","name":"c","in":4,"out":4,"kernel":3}])",
+           {"declared input (3x8x8)", "conv 'c'", "expects 4 input channels", "3x8x8"});
+  arch_err("[{" + conv +
+               R"(,"kernel":3},{"type":"flatten"},{"type":"linear","name":"f","in":99,"out":2}])",
+           {"linear 'f'", "expects in = 99", "flatten before it gives 144 features (4x6x6)"});
+  arch_err("[{" + conv + R"(,"kernel":3},{"type":"linear","name":"f","in":144,"out":2}])",
+           {"linear 'f'", "needs a flat input", "add a flatten"});
+  arch_err(R"([{"type":"flatten"},{"type":"maxpool","kernel":2}])", {"maxpool", "after a flatten"});
+  arch_err(R"([{"type":"maxpool","kernel":9}])", {"kernel 9 is larger than its input 3x8x8"});
+  arch_err(R"([{"type":"flatten"},{"type":"linear","name":"a","in":192,"out":5},
+               {"type":"linear","name":"b","in":6,"out":2}])",
+           {"linear 'b'", "expects in = 6", "its input has 5 features"});
+}
+
+TEST(Arch, BadInputErrors) {
+  const std::string a = R"([{"type":"relu"}])";
+  auto in_err = [&](const std::string& in, std::initializer_list<std::string> words) {
+    SCOPED_TRACE(in);
+    expect_error([&] { parse_arch(a, in); }, words);
+  };
+  in_err("nope", {"dalr.input is not valid JSON"});
+  in_err("[1]", {"dalr.input must be a JSON object"});
+  in_err(R"({"crop":[2,2]})", {"dalr.input", "missing field 'channels'"});
+  in_err(R"({"channels":3})", {"missing field 'crop'"});
+  in_err(R"({"channels":0,"crop":[2,2]})", {"'channels' must be >= 1"});
+  in_err(R"({"channels":3,"crop":[2,2],"scale":0})", {"'scale' must be > 0"});
+  in_err(R"({"channels":3,"crop":[2,2],"resize":-5})", {"'resize' must be >= 0"});
+  in_err(R"({"channels":3,"crop":[2,2],"mean":[0.5]})", {"'mean' must be an array of 3"});
+  in_err(R"({"channels":1,"crop":[2,2],"std":[0]})", {"'std' has a bad value 0", "> 0"});
+  in_err(R"({"channels":1,"crop":[2,2],"size":3})", {"unknown field 'size'"});
+}
+
+// ------------------------------------------------------------ presets
+
+std::vector<std::string> names_of(const Arch& a, LayerType t) {
+  std::vector<std::string> n;
+  for (const auto& l : a.layers)
+    if (l.type == t) n.push_back(l.name);
+  return n;
+}
+
+TEST(Arch, Vgg16Preset) {
+  const Arch a = vgg_preset("vgg16", 1000);
+  const std::vector<std::string> convs = {
+      "features.0",  "features.2",  "features.5",  "features.7",  "features.10",
+      "features.12", "features.14", "features.17", "features.19", "features.21",
+      "features.24", "features.26", "features.28"};
+  EXPECT_EQ(names_of(a, LayerType::Conv), convs);
+  EXPECT_EQ(names_of(a, LayerType::Linear),
+            (std::vector<std::string>{"classifier.0", "classifier.3", "classifier.6"}));
+  EXPECT_EQ(names_of(a, LayerType::MaxPool).size(), 5u);
+  EXPECT_TRUE(names_of(a, LayerType::BatchNorm).empty());
+  for (const auto& l : a.layers)
+    if (l.type == LayerType::Conv) {
+      EXPECT_EQ(l.kernel, 3);
+      EXPECT_EQ(l.pad, 1);
+      EXPECT_EQ(l.stride, 1);
+    }
+  EXPECT_EQ(a.layers[0].in, 3);
+  const auto shapes = layer_input_shapes(a, 3, 224, 224);
+  size_t fc6 = 0;
+  while (a.layers[fc6].name != "classifier.0") ++fc6;
+  EXPECT_EQ(a.layers[fc6 - 1].type, LayerType::Flatten);
+  EXPECT_EQ(a.layers[fc6 - 2].type, LayerType::AdaptiveAvgPool);
+  EXPECT_EQ(shapes[fc6 - 2].h, 7);  // the features end at 512x7x7 for 224x224
+  EXPECT_EQ(shapes[fc6].c, 25088);
+  EXPECT_EQ(a.layers[fc6].out, 4096);
+  EXPECT_EQ(a.layers[fc6 + 1].type, LayerType::Relu);
+  EXPECT_EQ(a.layers[fc6 + 2].type, LayerType::Dropout);
+  EXPECT_EQ(a.layers.back().name, "classifier.6");
+  EXPECT_EQ(a.layers.back().out, 1000);
+  EXPECT_EQ(shapes.back().c, 1000);
+  // Adaptive pooling lets other input sizes through.
+  EXPECT_EQ(layer_input_shapes(a, 3, 64, 96)[fc6].c, 25088);
+  EXPECT_EQ(a.input.crop, (std::array<int64_t, 2>{224, 224}));
+  EXPECT_EQ(a.input.resize, 256);
+  EXPECT_NEAR(a.input.scale, 1.0 / 255, 1e-15);
+  EXPECT_EQ(a.input.std, (std::vector<double>{0.229, 0.224, 0.225}));
+
+  EXPECT_EQ(names_of(vgg_preset("vgg19", 5), LayerType::Conv).size(), 16u);
+  EXPECT_EQ(names_of(vgg_preset("vgg19", 5), LayerType::Conv).back(), "features.34");
+  EXPECT_EQ(names_of(vgg_preset("vgg13", 5), LayerType::Conv).back(), "features.22");
+  EXPECT_EQ(vgg_preset("vgg19", 5).layers.back().out, 5);
+}
+
+TEST(Arch, Vgg11BnPreset) {
+  const Arch a = vgg_preset("vgg11_bn", 10);
+  EXPECT_EQ(names_of(a, LayerType::Conv),
+            (std::vector<std::string>{"features.0", "features.4", "features.8", "features.11",
+                                      "features.15", "features.18", "features.22", "features.25"}));
+  EXPECT_EQ(names_of(a, LayerType::BatchNorm),
+            (std::vector<std::string>{"features.1", "features.5", "features.9", "features.12",
+                                      "features.16", "features.19", "features.23", "features.26"}));
+  // conv, bn, relu, pool: torchvision's module order.
+  EXPECT_EQ(a.layers[1].type, LayerType::BatchNorm);
+  EXPECT_EQ(a.layers[2].type, LayerType::Relu);
+  EXPECT_EQ(a.layers[3].type, LayerType::MaxPool);
+  EXPECT_EQ(a.layers[3].kernel, 2);
+  EXPECT_EQ(a.layers[3].stride, 2);
+  EXPECT_EQ(names_of(vgg_preset("vgg16_bn", 3), LayerType::Conv).back(), "features.40");
+}
+
+TEST(Arch, PresetErrors) {
+  expect_error([] { vgg_preset("vgg17", 10); },
+               {"unknown architecture preset 'vgg17'", "vgg11", "vgg19_bn"});
+  expect_error([] { vgg_preset("vgg16", 0); }, {"classes must be >= 1"});
+}
+
+// ------------------------------------------------------------ loading, weights, factoring
+
+TEST(Arch, LoadAndCheckWeights) {
+  test::TempDir dir;
+  std::mt19937_64 rng(7);
+  const Arch a = parse_arch(kNet1, kInput);
+  Tensors t = random_weights(a, rng);
+
+  write_model(dir.file("meta.safetensors"), a, t);
+  EXPECT_TRUE(load_arch(SafetensorsFile(dir.file("meta.safetensors")), "") == a);
+  EXPECT_TRUE(load_arch(SafetensorsFile(dir.file("meta.safetensors")), "vgg16") == a);
+
+  write_model(dir.file("plain.safetensors"), a, t, false);
+  SafetensorsFile plain(dir.file("plain.safetensors"));
+  expect_error([&] { load_arch(plain, ""); },
+               {"plain.safetensors", "no architecture", "--arch", "vgg16_bn"});
+  expect_error([&] { load_arch(plain, "vggx"); }, {"unknown architecture preset 'vggx'"});
+  expect_error([&] { load_arch(plain, "vgg16"); }, {"needs tensor 'classifier.6.weight'"});
+
+  // A preset takes its classes from classifier.6.weight, then checks every tensor.
+  write_safetensors(dir.file("head.safetensors"),
+                    {TensorOut::f32("classifier.6.weight", {10, 4096}, std::vector<float>(40960))},
+                    {});
+  expect_error([&] { load_arch(SafetensorsFile(dir.file("head.safetensors")), "vgg11"); },
+               {"conv 'features.0'", "'features.0.weight' of shape [64, 3, 3, 3]", "missing"});
+
+  // Metadata without dalr.input; metadata that does not parse.
+  write_safetensors(dir.file("half.safetensors"), {}, {{"dalr.arch", kNet1}});
+  expect_error([&] { load_arch(SafetensorsFile(dir.file("half.safetensors")), ""); },
+               {"no 'dalr.input'"});
+  write_safetensors(dir.file("bad.safetensors"), {},
+                    {{"dalr.arch", R"([{"type":"gelu"}])"}, {"dalr.input", kInput}});
+  expect_error([&] { load_arch(SafetensorsFile(dir.file("bad.safetensors")), ""); },
+               {"bad.safetensors", "unknown layer type 'gelu'"});
+
+  // check_weights: missing, wrong shape, batchnorm length.
+  auto broken = [&](const std::function<void(Tensors&)>& edit) {
+    Tensors u = t;
+    edit(u);
+    write_model(dir.file("w.safetensors"), a, u);
+    return dir.file("w.safetensors");
+  };
+  std::string p = broken([](Tensors& u) { u.erase("fc1.bias"); });
+  expect_error([&] { check_weights(a, SafetensorsFile(p)); },
+               {"linear 'fc1'", "'fc1.bias' of shape [7]", "missing"});
+  p = broken([](Tensors& u) { u["fc2.bias"].push_back(1); });
+  expect_error([&] { check_weights(a, SafetensorsFile(p)); },
+               {"'fc2.bias' has shape [4]", "expects [3]"});
+  p = broken([](Tensors& u) { u["bn.running_var"].pop_back(); });
+  expect_error([&] { CpuForward<double>(a, SafetensorsFile(p)); },
+               {"'bn.running_var' has shape [3]", "batchnorm 'bn'", "expects [4]"});
+  Arch wrong = a;
+  wrong.layers[0].kernel = 5;  // the file holds 3x3 kernels
+  expect_error([&] { check_weights(wrong, SafetensorsFile(dir.file("meta.safetensors"))); },
+               {"'c1.weight' has shape [5, 3, 3, 3]", "expects [5, 3, 5, 5]"});
+}
+
+TEST(Arch, ReplaceLinearWithFactors) {
+  const Arch a = parse_arch(kNet1, kInput);
+  const Arch f = replace_linear_with_factors(a, "fc1", 2);
+  ASSERT_EQ(f.layers.size(), a.layers.size() + 1);
+  const LayerSpec &f0 = f.layers[8], &f1 = f.layers[9];
+  EXPECT_EQ(f0.name, "fc1.0");
+  EXPECT_EQ(f0.in, 24);
+  EXPECT_EQ(f0.out, 2);
+  EXPECT_FALSE(f0.bias);
+  EXPECT_EQ(f1.name, "fc1.1");
+  EXPECT_EQ(f1.in, 2);
+  EXPECT_EQ(f1.out, 7);
+  EXPECT_TRUE(f1.bias);
+  EXPECT_EQ(f.layers[10].type, LayerType::Relu);
+  EXPECT_NE(arch_to_json(f).find(R"("name":"fc1.0","in":24,"out":2,"bias":false)"),
+            std::string::npos)
+      << arch_to_json(f);
+  EXPECT_TRUE(parse_arch(arch_to_json(f), input_to_json(f.input)) == f);
+  EXPECT_TRUE(a == parse_arch(kNet1, kInput));  // the input arch is unchanged
+
+  expect_error([&] { replace_linear_with_factors(a, "fc9", 2); },
+               {"no linear layer named 'fc9'", "fc1, fc2"});
+  expect_error([&] { replace_linear_with_factors(a, "c1", 2); }, {"no linear layer named 'c1'"});
+  expect_error([&] { replace_linear_with_factors(a, "fc1", 0); }, {"rank", ">= 1"});
+  EXPECT_NO_THROW(replace_linear_with_factors(f, "fc1.1", 1));  // fc1.1.0, fc1.1.1: no clash
+  // A layer already named NAME.0 blocks factoring NAME.
+  Arch clash = a;
+  clash.layers[11].name = "fc1.0";
+  expect_error([&] { replace_linear_with_factors(clash, "fc1", 2); },
+               {"cannot factor 'fc1'", "'fc1.0' already exists"});
+}
+
+// ------------------------------------------------------------ forward vs naive loops
+
+T4 random_input(int64_t n, int64_t c, int64_t h, int64_t w, std::mt19937_64& rng) {
+  T4 x(n, c, h, w);
+  x.v = randn(x.v.size(), rng);
+  return x;
+}
+
+// Net 1 by hand; `fc1_input` receives the input of fc1.
+T4 ref_net1(const T4& x, const Tensors& t, T4* fc1_input) {
+  T4 y = ref_conv(x, t.at("c1.weight"), &t.at("c1.bias"), 5, 3, 1, 1);
+  ref_relu(y);
+  y = ref_fixed_pool(y, 2, 2, true);
+  y = ref_conv(y, t.at("c2.weight"), &t.at("c2.bias"), 4, 3, 2, 0);
+  ref_bn(y, t, "bn", 0.001);
+  ref_relu(y);
+  y = ref_adaptive(y, 2, 3);
+  *fc1_input = y = ref_flatten(y);
+  y = ref_linear(y, t.at("fc1.weight"), &t.at("fc1.bias"), 7);
+  ref_relu(y);
+  return ref_linear(y, t.at("fc2.weight"), &t.at("fc2.bias"), 3);
+}
+
+template <typename T>
+Matrix<T> run_as(const CpuForward<T>& f, const T4& x, const std::string& stop) {
+  std::vector<T> in(x.v.begin(), x.v.end());
+  return f.run(in.data(), x.n, x.c, x.h, x.w, stop);
+}
+
+TEST(Forward, TinyNetMatchesNaiveLoops) {
+  const uint64_t seed = test::test_seed(1234);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  test::TempDir dir;
+  const Arch a = parse_arch(kNet1, kInput);
+  const Tensors t = random_weights(a, rng);
+  write_model(dir.file("net1.safetensors"), a, t);
+  SafetensorsFile file(dir.file("net1.safetensors"));
+  const CpuForward<double> fwd(a, file);
+  const CpuForward<float> fwd32(a, file);
+
+  const T4 x = random_input(3, 3, 11, 13, rng);
+  T4 fc1_in;
+  const T4 out = ref_net1(x, t, &fc1_in);
+  ASSERT_EQ(fc1_in.v.size(), 3u * 24);
+
+  // fp64: the only differences are summation orders, so 1e-10 relative (Frobenius).
+  const Matrix<double> acts = run_as(fwd, x, "fc1");
+  EXPECT_EQ(acts.rows, 24);
+  EXPECT_EQ(acts.cols, 3);
+  EXPECT_LT(rel_diff(acts.data, fc1_in.v), 1e-10);
+  const Matrix<double> logits = run_as(fwd, x, "");
+  EXPECT_EQ(logits.rows, 3);
+  EXPECT_EQ(logits.cols, 3);
+  EXPECT_LT(rel_diff(logits.data, out.v), 1e-10);
+  // Stopping at the last layer gives its input (the 7 post-ReLU features).
+  EXPECT_EQ(run_as(fwd, x, "fc2").rows, 7);
+  // Each sample alone gives the same column as in the batch.
+  for (int64_t b = 0; b < x.n; ++b) {
+    T4 one(1, x.c, x.h, x.w);
+    std::copy_n(x.v.begin() + b * one.v.size(), one.v.size(), one.v.begin());
+    const Matrix<double> col = run_as(fwd, one, "");
+    for (int64_t i = 0; i < 3; ++i) EXPECT_NEAR(col(i, 0), logits(i, b), 1e-12);
+  }
+  // fp32: 1e-5 relative.
+  EXPECT_LT(rel_diff(as_double(run_as(fwd32, x, "fc1")), fc1_in.v), 1e-5);
+  EXPECT_LT(rel_diff(as_double(run_as(fwd32, x, "")), out.v), 1e-5);
+
+  // Another input size flows through the adaptive pool to the same 24 features.
+  const T4 x2 = random_input(2, 3, 9, 16, rng);
+  T4 fc1_in2;
+  const T4 out2 = ref_net1(x2, t, &fc1_in2);
+  EXPECT_LT(rel_diff(run_as(fwd, x2, "fc1").data, fc1_in2.v), 1e-10);
+  EXPECT_LT(rel_diff(run_as(fwd, x2, "").data, out2.v), 1e-10);
+}
+
+TEST(Forward, PoolsOneByOneConvFlatBatchnormNoBias) {
+  const uint64_t seed = test::test_seed(99);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  test::TempDir dir;
+  const Arch a = parse_arch(kNet2, kInput2);
+  const Tensors t = random_weights(a, rng);
+  ASSERT_EQ(t.count("head.bias"), 0u);
+  write_model(dir.file("net2.safetensors"), a, t);
+  const CpuForward<double> fwd(a, SafetensorsFile(dir.file("net2.safetensors")));
+
+  const T4 x = random_input(4, 2, 6, 6, rng);
+  T4 y = ref_conv(x, t.at("p.weight"), &t.at("p.bias"), 3, 1, 1, 0);
+  y = ref_fixed_pool(y, 2, 1, false);
+  ASSERT_EQ(y.h, 5);
+  y = ref_adaptive(y, 3, 3);  // 5 -> 3: bins [0,2) [1,4) [3,5) overlap
+  y = ref_flatten(y);
+  const T4 head_in = y;
+  ref_bn(y, t, "bn1d", 1e-5);
+  const T4 bn_in = head_in;
+  y = ref_linear(y, t.at("head.weight"), nullptr, 4);
+  EXPECT_LT(rel_diff(run_as(fwd, x, "bn1d").data, bn_in.v), 1e-10);
+  EXPECT_LT(rel_diff(run_as(fwd, x, "").data, y.v), 1e-10);
+
+  // maxpool k3 s2 on 7 columns / 6 rows: floor mode drops the ragged edge.
+  const Arch m = parse_arch(R"([{"type":"maxpool","kernel":3,"stride":2},{"type":"flatten"}])",
+                            R"({"channels":2,"crop":[6,7]})");
+  write_model(dir.file("m.safetensors"), m, {});
+  const CpuForward<double> mp(m, SafetensorsFile(dir.file("m.safetensors")));
+  const T4 z = random_input(2, 2, 6, 7, rng);
+  const T4 zr = ref_fixed_pool(z, 3, 2, true);
+  ASSERT_EQ(zr.h * zr.w, 2 * 3);
+  EXPECT_EQ(run_as(mp, z, "").data, zr.v);  // max is exact
+}
+
+TEST(Forward, FactoredLinearMatchesProduct) {
+  // With W = A B exactly, the factored net computes what the dense one does.
+  std::mt19937_64 rng(5);
+  test::TempDir dir;
+  const Arch a = parse_arch(kNet1, kInput);
+  Tensors t = random_weights(a, rng);
+  const int64_t k = 2, m = 7, n = 24;
+  const auto A = randn(m * k, rng), B = randn(k * n, rng);
+  std::vector<double> W(m * n, 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t l = 0; l < k; ++l) W[i * n + j] += A[i * k + l] * B[l * n + j];
+  t["fc1.weight"] = W;
+  write_model(dir.file("dense.safetensors"), a, t);
+  const Arch f = replace_linear_with_factors(a, "fc1", k);
+  Tensors tf = t;
+  tf.erase("fc1.weight");
+  tf["fc1.1.bias"] = t["fc1.bias"];
+  tf.erase("fc1.bias");
+  tf["fc1.0.weight"] = B;
+  tf["fc1.1.weight"] = A;
+  write_model(dir.file("fact.safetensors"), f, tf);
+  const CpuForward<double> dense(a, SafetensorsFile(dir.file("dense.safetensors")));
+  const CpuForward<double> fact(load_arch(SafetensorsFile(dir.file("fact.safetensors")), ""),
+                                SafetensorsFile(dir.file("fact.safetensors")));
+  const T4 x = random_input(2, 3, 11, 13, rng);
+  EXPECT_LT(rel_diff(run_as(fact, x, "").data, run_as(dense, x, "").data), 1e-12);
+  EXPECT_LT(rel_diff(run_as(fact, x, "fc1.0").data, run_as(dense, x, "fc1").data), 1e-15);
+  EXPECT_EQ(run_as(fact, x, "fc1.1").rows, k);
+}
+
+TEST(Forward, ShapeErrors) {
+  std::mt19937_64 rng(3);
+  test::TempDir dir;
+  const Arch a = parse_arch(kNet1, kInput);
+  write_model(dir.file("n.safetensors"), a, random_weights(a, rng));
+  const CpuForward<double> fwd(a, SafetensorsFile(dir.file("n.safetensors")));
+  const T4 x = random_input(1, 3, 11, 13, rng);
+  expect_error([&] { run_as(fwd, x, "fc7"); }, {"no layer named 'fc7'", "c1, c2, bn, fc1, fc2"});
+  expect_error([&] { run_as(fwd, random_input(1, 2, 11, 13, rng), ""); },
+               {"conv 'c1'", "expects 3 input channels", "2x11x13"});
+  expect_error([&] { run_as(fwd, random_input(1, 3, 2, 13, rng), ""); },
+               {"conv 'c2'", "kernel 3 is larger than its input 5x1x6"});
+  expect_error([&] { fwd.run(x.v.data(), 0, 3, 11, 13, ""); }, {"batch size must be >= 1"});
+
+  // Without an adaptive pool, another image size reaches the linear layer wrongly sized.
+  const Arch b = parse_arch(
+      R"([{"type":"conv","name":"c","in":1,"out":2,"kernel":3},{"type":"flatten"},
+          {"type":"linear","name":"ip","in":18,"out":2}])",
+      R"({"channels":1,"crop":[5,5]})");
+  write_model(dir.file("b.safetensors"), b, random_weights(b, rng));
+  const CpuForward<double> fb(b, SafetensorsFile(dir.file("b.safetensors")));
+  EXPECT_EQ(run_as(fb, random_input(2, 1, 5, 5, rng), "ip").rows, 18);
+  expect_error([&] { run_as(fb, random_input(2, 1, 6, 6, rng), ""); },
+               {"linear 'ip'", "expects in = 18", "flatten before it gives 32 features (2x4x4)"});
+}
+
+}  // namespace
