@@ -586,6 +586,18 @@ TEST(Forward, TinyNetMatchesNaiveLoops) {
   EXPECT_LT(rel_diff(as_double(run_as(fwd32, x, "fc1")), fc1_in.v), 1e-5);
   EXPECT_LT(rel_diff(as_double(run_as(fwd32, x, "")), out.v), 1e-5);
 
+  // One pass with taps hands over each requested layer's input, as run() stops there.
+  std::vector<double> in(x.v.begin(), x.v.end());
+  std::map<std::string, std::vector<double>> got;
+  fwd.run_taps(in.data(), x.n, x.c, x.h, x.w, {"fc2", "fc1"},
+               [&](const std::string& name, const double* v, int64_t n, int64_t batch) {
+                 got[name].assign(v, v + n * batch);
+               });
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got["fc1"], run_as(fwd, x, "fc1").data);
+  EXPECT_EQ(got["fc2"], run_as(fwd, x, "fc2").data);
+  EXPECT_THROW(fwd.run_taps(in.data(), x.n, x.c, x.h, x.w, {"fc9"}, {}), Error);
+
   // Another input size flows through the adaptive pool to the same 24 features.
   const T4 x2 = random_input(2, 3, 9, 16, rng);
   T4 fc1_in2;

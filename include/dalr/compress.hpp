@@ -16,7 +16,8 @@ inline constexpr double kDefaultLambdaRel = 1e-3;
 struct CompressOptions {
   std::string model;       // safetensors (*.bin or *.safetensors)
   std::string layer;       // NAME of NAME.weight (m x n) / NAME.bias (m)
-  std::string acts;        // .npy (p, n) layer inputs; may be empty when `stats_in` is given
+  std::string acts;        // .npy (p, n) layer inputs, or "stream" (run the network on `data`);
+                           // may be empty when `stats_in` is given
   std::string acts_test;   // optional held-out activations for the error report
   std::string stats_in;    // optional statistics file to start from (resume)
   std::string save_stats;  // optional: write the accumulated statistics here
@@ -30,7 +31,15 @@ struct CompressOptions {
   double keep = 0.0;             // fraction of the layer's weights to keep
   std::optional<double> lambda;  // absolute ridge
   double lambda_rel = kDefaultLambdaRel;
-  int64_t batch = 512;  // samples per streamed chunk
+  int64_t batch = 512;  // samples per streamed chunk (images per forward batch when streaming)
+  // --acts stream: the network runs on these images up to each layer's input.
+  std::string data;    // image folder (class subfolders) or .npy (N, C, H, W)
+  std::string arch;    // preset for a state dict without dalr.arch (vgg11 ... vgg19_bn)
+  int workers = 2;     // image decoding threads
+  int64_t limit = 0;   // use at most this many images (0: all)
+  bool shuffle = false;
+  uint64_t seed = 0;
+  bool quiet = false;  // no progress lines
 };
 
 struct CompressResult {

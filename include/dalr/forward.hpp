@@ -5,6 +5,7 @@
 // and std applied); activations leave as a column-major (features x batch) matrix,
 // one sample per column, the layout the statistics and solvers take.
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,18 @@ class CpuForward {
   Matrix<T> run(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
                 const std::string& stop_at_layer_input = "") const;
 
+  // One pass that hands the input of each named layer in `taps` to `tap` (as an
+  // n x batch column-major block, valid during the call), stopping after the last one:
+  // several layers' statistics from one forward pass.
+  using Tap = std::function<void(const std::string& layer, const T* x, int64_t n, int64_t batch)>;
+  void run_taps(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                const std::vector<std::string>& taps, const Tap& tap) const;
+
  private:
+  size_t index_of(const std::string& name) const;  // throws listing the named layers
+  Matrix<T> walk(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w, size_t stop,
+                 const std::vector<size_t>& taps, const Tap* tap) const;
+
   struct Params {
     std::vector<T> weight;  // conv (O, C, k, k) / linear (out, in) row-major; bn: scale
     std::vector<T> bias;    // empty when the layer has none; bn: shift

@@ -55,10 +55,14 @@ Commands::Commands(CLI::App& app) {
   auto* c = compress_;
   c->add_option("--model", copt_.model, "Model file (safetensors; *.bin or *.safetensors)")
       ->required();
-  c->add_option("--layer", copt_.layer, "Layer to compress: the NAME of NAME.weight")->required();
+  c->add_option("--layer", copt_.layer,
+                "Layer to compress: the NAME of NAME.weight; with --acts stream, several "
+                "separated by commas, collected in one pass")
+      ->required();
   c->add_option("--acts", copt_.acts,
                 "The layer's input activations, .npy of shape (p, n), one sample per row "
-                "(float32/float64/float16, C or Fortran order)");
+                "(float32/float64/float16, C or Fortran order); or `stream`: run the network "
+                "on --data up to the layer and keep only the statistics");
   c->add_option("--acts-test", copt_.acts_test,
                 "Held-out activations: the report adds the reconstruction error on them");
   c->add_option("--out", copt_.out, "Compressed model to write (safetensors)")->required();
@@ -88,7 +92,38 @@ Commands::Commands(CLI::App& app) {
   c->add_option("--device", device_,
                 "auto (cuda when a device is present, else cpu) | cuda | cuda:N | cpu");
   c->add_option("--batch", copt_.batch, "Samples per streamed chunk");
+  c->add_option("--data", copt_.data,
+                "With --acts stream: an image folder (one subfolder per class; JPEG/PNG) or a "
+                ".npy of shape (N, C, H, W) already preprocessed");
+  c->add_option("--arch", copt_.arch,
+                "Architecture preset for a state dict without dalr.arch metadata: vgg11, vgg13, "
+                "vgg16, vgg19 (and _bn)");
+  c->add_option("--workers", copt_.workers, "Image decoding threads");
+  c->add_option("--limit", copt_.limit, "Use at most this many images (0: all)");
+  c->add_flag("--shuffle", copt_.shuffle, "Shuffle the images (with --seed) before --limit");
+  c->add_option("--seed", copt_.seed, "Seed of --shuffle");
   c->add_flag("--quiet,-q", quiet_, "Print nothing but errors");
+
+  evaluate_ = app.add_subcommand(
+      "evaluate",
+      "Top-1 and top-5 accuracy of a model (compressed or not) on an image folder, and with\n"
+      "--compare the agreement of its predictions with another model's (CPU forward).\n"
+      "Example: dalr-gpu evaluate --model small.bin --data test/ --compare vgg19.bin");
+  auto* e = evaluate_;
+  e->add_option("--model", eopt_.model, "Model with dalr.arch metadata (or --arch)")->required();
+  e->add_option("--data", eopt_.data,
+                "Image folder (one subfolder per class) or .npy (N, C, H, W) without labels")
+      ->required();
+  e->add_option("--compare", eopt_.compare, "Another model: report the top-1 agreement");
+  e->add_option("--arch", eopt_.arch, "Preset for a state dict without dalr.arch metadata");
+  e->add_option("--report", eopt_.report, "Write the JSON result here");
+  e->add_option("--precision", eopt_.precision, "fp32 | fp64");
+  e->add_option("--batch", eopt_.batch, "Images per forward batch");
+  e->add_option("--workers", eopt_.workers, "Image decoding threads");
+  e->add_option("--limit", eopt_.limit, "Use at most this many images (0: all)");
+  e->add_flag("--shuffle", eopt_.shuffle, "Shuffle the images (with --seed) before --limit");
+  e->add_option("--seed", eopt_.seed, "Seed of --shuffle");
+  e->add_flag("--quiet,-q", eopt_.quiet, "No progress lines");
 
   inspect_ = app.add_subcommand(
       "inspect", "List a model's tensors (name, dtype, shape, parameters), metadata and fc layers");
@@ -100,6 +135,7 @@ Commands::Commands(CLI::App& app) {
 int Commands::run() {
   if (compress_->parsed()) return run_compress();
   if (inspect_->parsed()) return run_inspect();
+  if (evaluate_->parsed()) return run_evaluate();
   return 2;
 }
 
@@ -111,12 +147,19 @@ int Commands::run_compress() {
   if (!compress_->count("--rank") && !compress_->count("--keep"))
     throw Error("give --rank K or --keep FRACTION");
   if (compress_->count("--lambda")) copt_.lambda = lambda_;
+  copt_.quiet = quiet_;
   std::unique_ptr<Backend> backend = make_backend(device_, copt_.precision, quiet_);
   // The default precision follows the device: fp64 on the CPU, fp32 on the GPU.
   if (copt_.precision == "auto") copt_.precision = backend->name() == "cpu" ? "fp64" : "fp32";
   CompressResult r = compress(copt_, *backend);
   for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << w << "\n";
   if (!quiet_) std::cout << r.summary;
+  return 0;
+}
+
+int Commands::run_evaluate() {
+  const EvaluateResult r = evaluate(eopt_);
+  std::cout << r.summary;
   return 0;
 }
 

@@ -5,6 +5,7 @@
 
 #include "dalr/backend.hpp"
 #include "dalr/compress.hpp"
+#include "dalr/evaluate.hpp"
 
 namespace dalr::cli {
 
@@ -29,9 +30,12 @@ class Commands {
  private:
   int run_compress();
   int run_inspect();
+  int run_evaluate();
 
   CLI::App* compress_ = nullptr;
   CLI::App* inspect_ = nullptr;
+  CLI::App* evaluate_ = nullptr;
+  EvaluateOptions eopt_;
   CompressOptions copt_ = default_options();
   double lambda_ = 0;
   std::string device_ = "auto";

@@ -9,8 +9,11 @@
 #include <sstream>
 
 #include "core/recon.hpp"
+#include "core/stream.hpp"
+#include "dalr/arch.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
+#include "dalr/forward.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/safetensors.hpp"
 #include "dalr/solver.hpp"
@@ -41,11 +44,15 @@ void check_paths(const CompressOptions& o) {
   if (o.layer.empty()) throw Error("--layer is required (e.g. --layer classifier.0)");
   if (o.out.empty()) throw Error("--out is required");
   if (o.acts.empty() && o.stats_in.empty())
-    throw Error("--acts FILE.npy (or --stats FILE) is required: the layer's input activations");
-  const std::vector<std::pair<const char*, std::string>> inputs = {{"--model", o.model},
-                                                                   {"--acts", o.acts},
-                                                                   {"--acts-test", o.acts_test},
-                                                                   {"--stats", o.stats_in}};
+    throw Error(
+        "--acts FILE.npy, --acts stream --data DIR, or --stats FILE is required: the layer's "
+        "input activations");
+  const std::vector<std::pair<const char*, std::string>> inputs = {
+      {"--model", o.model},
+      {"--acts", o.acts == "stream" ? std::string() : o.acts},
+      {"--acts-test", o.acts_test},
+      {"--stats", o.stats_in},
+      {"--data", o.data}};
   const std::vector<std::pair<const char*, std::string>> outputs = {
       {"--out", o.out}, {"--report", o.report}, {"--save-stats", o.save_stats}};
   for (const auto& [iname, ipath] : inputs) {
@@ -151,43 +158,64 @@ LayerStats<T> gather_stats(const CompressOptions& o, const Layer<T>& l, Backend&
 }
 
 template <typename T>
+struct LayerJob {
+  std::string name;
+  Layer<T> l;
+  LayerStats<T> st;
+  Factors<T> fac;
+  int64_t rank = 0;
+  double lambda = 0;
+  json rep;
+};
+
+template <typename T>
 std::vector<TensorOut> output_tensors(const SafetensorsFile& f, const CompressOptions& o,
-                                      const Layer<T>& l, const Factors<T>& fac, json& rep) {
-  const std::string wname = o.layer + ".weight", bname = o.layer + ".bias";
-  const int64_t m = l.w.rows, n = l.w.cols, k = fac.rank;
-  std::vector<TensorOut> out;
+                                      const std::vector<LayerJob<T>>& jobs, json& rep) {
   const TensorInfo* next = nullptr;
+  const LayerJob<T>& first = jobs.front();
   if (!o.next_layer.empty()) {
-    if (!is_pruning(fac.method))
+    if (!is_pruning(first.fac.method))
       throw Error("--next-layer only applies to the pruning methods (prune-mean, prune-max)");
+    if (jobs.size() > 1) throw Error("--next-layer needs a single --layer");
     next = f.find(o.next_layer + ".weight");
     if (!next)
       throw Error("unknown --next-layer '" + o.next_layer + "': no tensor '" + o.next_layer +
                   ".weight' (fully connected layers found: " + list_layers(f) + ")");
-    if (next->shape.size() != 2 || next->shape[1] != m)
-      throw Error("--next-layer '" + o.next_layer + "' does not take layer '" + o.layer +
-                  "' output: its weight is not (*, " + std::to_string(m) + ")");
+    if (next->shape.size() != 2 || next->shape[1] != first.l.w.rows)
+      throw Error("--next-layer '" + o.next_layer + "' does not take layer '" + first.name +
+                  "' output: its weight is not (*, " + std::to_string(first.l.w.rows) + ")");
   }
+  std::vector<TensorOut> out;
   for (const TensorInfo& t : f.tensors()) {
-    if (t.name == bname) continue;
-    if (t.name == wname) {
+    const LayerJob<T>* job = nullptr;
+    bool is_bias = false;
+    for (const auto& j : jobs) {
+      if (t.name == j.name + ".weight") job = &j;
+      if (t.name == j.name + ".bias") is_bias = true;
+    }
+    if (is_bias) continue;
+    if (job) {
+      const std::string& name = job->name;
+      const Factors<T>& fac = job->fac;
+      const int64_t m = job->l.w.rows, n = job->l.w.cols, k = fac.rank;
       if (is_pruning(fac.method)) {
-        out.push_back(TensorOut::convert(wname, {k, n}, to_row_major(fac.b), DType::F32));
-        out.push_back(TensorOut::convert(bname, {k}, fac.bias, DType::F32));
+        out.push_back(
+            TensorOut::convert(name + ".weight", {k, n}, to_row_major(fac.b), DType::F32));
+        out.push_back(TensorOut::convert(name + ".bias", {k}, fac.bias, DType::F32));
       } else {
         out.push_back(
-            TensorOut::convert(o.layer + ".0.weight", {k, n}, to_row_major(fac.b), DType::F32));
+            TensorOut::convert(name + ".0.weight", {k, n}, to_row_major(fac.b), DType::F32));
         out.push_back(
-            TensorOut::convert(o.layer + ".1.weight", {m, k}, to_row_major(fac.a), DType::F32));
-        out.push_back(TensorOut::convert(o.layer + ".1.bias", {m}, fac.bias, DType::F32));
+            TensorOut::convert(name + ".1.weight", {m, k}, to_row_major(fac.a), DType::F32));
+        out.push_back(TensorOut::convert(name + ".1.bias", {m}, fac.bias, DType::F32));
       }
       continue;
     }
     if (next && t.name == next->name) {
-      const int64_t rows = next->shape[0];
+      const int64_t rows = next->shape[0], m = first.l.w.rows, k = first.fac.rank;
       std::vector<float> src = f.read_f32(t.name), dst(static_cast<size_t>(rows * k));
       for (int64_t i = 0; i < rows; ++i)
-        for (int64_t r = 0; r < k; ++r) dst[i * k + r] = src[i * m + fac.kept_units[r]];
+        for (int64_t r = 0; r < k; ++r) dst[i * k + r] = src[i * m + first.fac.kept_units[r]];
       out.push_back(TensorOut::f32(t.name, {rows, k}, dst));
       rep["next_layer"] = {
           {"name", o.next_layer}, {"shape_before", next->shape}, {"shape_after", {rows, k}}};
@@ -198,8 +226,86 @@ std::vector<TensorOut> output_tensors(const SafetensorsFile& f, const CompressOp
   return out;
 }
 
+// The architecture after the replacement, so that a compressed model runs (and
+// compresses) again; nullopt-like empty Arch when the model carries none.
+template <typename T>
+void update_arch(Arch& arch, const CompressOptions& o, const std::vector<LayerJob<T>>& jobs,
+                 std::vector<std::string>& warnings) {
+  for (const auto& j : jobs) {
+    if (!is_pruning(j.fac.method)) {
+      arch = replace_linear_with_factors(arch, j.name, j.rank);
+      continue;
+    }
+    bool next_fixed = false;
+    for (size_t i = 0; i < arch.layers.size(); ++i) {
+      LayerSpec& l = arch.layers[i];
+      if (l.name == j.name) l.out = j.rank;
+      if (!o.next_layer.empty() && l.name == o.next_layer) {
+        l.in = j.rank;
+        next_fixed = true;
+      }
+    }
+    if (!next_fixed)
+      warnings.push_back("pruned layer '" + j.name +
+                         "' without --next-layer: the following layer still expects " +
+                         std::to_string(j.l.w.rows) + " inputs, so the model no longer runs");
+  }
+}
+
+std::vector<std::string> split_layers(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s + ",") {
+    if (c != ',') {
+      cur += c;
+    } else if (!cur.empty()) {
+      out.push_back(cur);
+      cur.clear();
+    }
+  }
+  if (out.empty()) throw Error("--layer is required (e.g. --layer classifier.0)");
+  for (size_t i = 0; i < out.size(); ++i)
+    for (size_t j = i + 1; j < out.size(); ++j)
+      if (out[i] == out[j]) throw Error("--layer names '" + out[i] + "' twice");
+  return out;
+}
+
+std::string stats_path(const std::string& path, const std::string& layer, size_t count) {
+  if (count == 1) return path;
+  std::filesystem::path p(path);
+  return (p.parent_path() / (p.stem().string() + "." + layer + p.extension().string())).string();
+}
+
 json recon_json(const ReconError& e) {
   return {{"abs", e.abs}, {"rel", e.rel}, {"ref_norm", e.ref}, {"samples", e.samples}};
+}
+
+template <typename T>
+void stream_all(const CompressOptions& o, const SafetensorsFile& model, const Arch& arch,
+                std::vector<LayerJob<T>>& jobs, Backend& backend, json& rep) {
+  if (!o.stats_in.empty()) throw Error("--stats cannot be combined with --acts stream yet");
+  CpuForward<T> fwd(arch, model);
+  std::vector<std::unique_ptr<StatsAccumulator<T>>> accs;
+  std::vector<StatsAccumulator<T>*> raw;
+  std::vector<std::string> names;
+  for (auto& j : jobs) {
+    bool linear = false;
+    for (const auto& l : arch.layers) linear |= l.name == j.name && l.type == LayerType::Linear;
+    if (!linear) throw Error("layer '" + j.name + "' is not a linear layer of the architecture");
+    accs.push_back(backend.stats(j.l.w.cols, j.l.w.rows, &j.l.w, &j.l.b, o.batch));
+    raw.push_back(accs.back().get());
+    names.push_back(j.name);
+  }
+  DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
+  std::unique_ptr<BatchSource> src = open_data(d, arch.input);
+  stream_statistics(fwd, *src, names, raw, d);
+  for (size_t i = 0; i < jobs.size(); ++i) jobs[i].st = accs[i]->result();
+  rep["data"] = {{"path", o.data},
+                 {"images", src->size()},
+                 {"shuffle", o.shuffle},
+                 {"seed", o.seed},
+                 {"limit", o.limit}};
+  if (jobs.front().st.count() == 0) throw Error("no images in " + o.data);
 }
 
 template <typename T>
@@ -215,102 +321,155 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
   if ((o.rank > 0) == (o.keep > 0))
     throw Error(o.rank < 0 ? "--rank must be at least 1"
                            : "give exactly one of --rank K or --keep FRACTION");
+  const bool stream = o.acts == "stream";
+  const std::vector<std::string> names = split_layers(o.layer);
+  if (names.size() > 1 && !stream)
+    throw Error("several layers (--layer " + o.layer +
+                ") need --acts stream: an activation file holds one layer's inputs");
+  if (!stream && !o.data.empty()) throw Error("--data is used with --acts stream");
 
   auto t0 = Clock::now();
   SafetensorsFile model(o.model);
-  Layer<T> l = load_layer<T>(model, o.layer);
-  const int64_t m = l.w.rows, n = l.w.cols;
+  std::vector<LayerJob<T>> jobs;
+  for (const auto& name : names) {
+    jobs.emplace_back();
+    jobs.back().name = name;
+    jobs.back().l = load_layer<T>(model, name);
+  }
+  // The architecture: the model's own, a preset, or none (then only --acts FILE works).
+  Arch arch;
+  bool have_arch = model.metadata().count("dalr.arch") || !o.arch.empty();
+  if (have_arch) arch = load_arch(model, o.arch);
+  if (stream && !have_arch)
+    throw Error(o.model + " has no dalr.arch metadata: pass --arch (" + [] {
+      std::string v;
+      for (const auto& n : vgg_preset_names()) v += (v.empty() ? "" : ", ") + n;
+      return v;
+    }() + ") for a plain torchvision state dict");
   timing["load_model"] = seconds_since(t0);
 
   t0 = Clock::now();
-  LayerStats<T> st = gather_stats<T>(o, l, backend, rep);
+  if (stream) {
+    stream_all(o, model, arch, jobs, backend, rep);
+  } else {
+    jobs.front().st = gather_stats<T>(o, jobs.front().l, backend, rep);
+  }
   timing["statistics"] = seconds_since(t0);
   if (!o.save_stats.empty()) {
     t0 = Clock::now();
-    st.save(o.save_stats, {{"dalr.layer", o.layer}, {"dalr.model", o.model}});
+    for (const auto& j : jobs)
+      j.st.save(stats_path(o.save_stats, j.name, jobs.size()),
+                {{"dalr.layer", j.name}, {"dalr.model", o.model}});
     timing["save_stats"] = seconds_since(t0);
   }
 
-  int64_t rank = o.rank;
-  if (o.keep > 0)
-    rank = rank_for_keep(method, m, n, o.keep);
-  else if (is_pruning(method))
-    rank = units_for_rank(m, n, o.rank);
-  if (!is_pruning(method) && rank >= 1 && rank * (m + n) >= m * n)
-    warn("rank " + std::to_string(rank) + " saves no parameters: k (m + n) = " +
-         std::to_string(rank * (m + n)) + " >= m n = " + std::to_string(m * n));
-  if (needs_gram(method) && rank > st.count())
-    warn("rank " + std::to_string(rank) + " exceeds the " + std::to_string(st.count()) +
-         " activation samples: directions beyond the data are arbitrary");
+  double t_solve = 0, t_error = 0;
+  for (auto& j : jobs) {
+    const int64_t m = j.l.w.rows, n = j.l.w.cols;
+    j.rank = o.rank;
+    if (o.keep > 0)
+      j.rank = rank_for_keep(method, m, n, o.keep);
+    else if (is_pruning(method))
+      j.rank = units_for_rank(m, n, o.rank);
+    if (!is_pruning(method) && j.rank >= 1 && j.rank * (m + n) >= m * n)
+      warn("rank " + std::to_string(j.rank) + " saves no parameters: k (m + n) = " +
+           std::to_string(j.rank * (m + n)) + " >= m n = " + std::to_string(m * n));
+    if (needs_gram(method) && j.rank > j.st.count())
+      warn("rank " + std::to_string(j.rank) + " exceeds the " + std::to_string(j.st.count()) +
+           " activation samples: directions beyond the data are arbitrary");
+    j.lambda = o.lambda ? *o.lambda : default_lambda(j.st, o.lambda_rel);
+    t0 = Clock::now();
+    j.fac = backend.solve({method, j.rank, j.lambda}, j.l.w, j.l.b, j.st);
+    t_solve += seconds_since(t0);
 
-  const double lambda = o.lambda ? *o.lambda : default_lambda(st, o.lambda_rel);
-  t0 = Clock::now();
-  Factors<T> fac = backend.solve({method, rank, lambda}, l.w, l.b, st);
-  timing["solve"] = seconds_since(t0);
+    t0 = Clock::now();
+    if (!o.acts.empty() && !stream) {
+      NpyReader r(o.acts);
+      j.rep["error_train"] = recon_json(reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
+    } else {
+      j.rep["error_train"] = recon_json(reconstruction_error(j.st, j.l.w, j.l.b, j.fac));
+    }
+    if (!o.acts_test.empty()) {
+      if (jobs.size() > 1) throw Error("--acts-test needs a single --layer");
+      NpyReader r(o.acts_test);
+      if (r.cols() != n)
+        throw Error(o.acts_test + " has " + std::to_string(r.cols()) +
+                    " features per sample, but layer '" + j.name +
+                    "' takes n = " + std::to_string(n) + " inputs");
+      j.rep["error_test"] = recon_json(reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
+    }
+    t_error += seconds_since(t0);
 
-  t0 = Clock::now();
-  if (!o.acts.empty()) {
-    NpyReader r(o.acts);
-    rep["error_train"] = recon_json(reconstruction_error(r, l.w, l.b, fac, o.batch));
+    const int64_t before = m * n + m, after = params_after(method, m, n, j.rank);
+    j.rep["layer"] = {{"name", j.name}, {"m", m}, {"n", n}, {"had_bias", j.l.had_bias}};
+    j.rep["method"] = method_name(method);
+    j.rep["rank"] = j.rank;
+    j.rep["lambda"] = needs_gram(method) ? json(j.lambda) : json(nullptr);
+    j.rep["lambda_rel"] = needs_gram(method) && !o.lambda ? json(o.lambda_rel) : json(nullptr);
+    j.rep["params"] = {
+        {"before", before},
+        {"after", after},
+        {"kept_fraction", double(after) / double(before)},
+        {"kept_fraction_weights", is_pruning(method) ? double(j.rank) / double(m)
+                                                     : double(j.rank * (m + n)) / double(m * n)}};
+    j.rep["energy_kept"] = j.fac.energy_kept;
+    j.rep["samples"] = j.st.count();
+    if (is_pruning(method)) j.rep["kept_units"] = j.fac.kept_units;
   }
-  if (!o.acts_test.empty()) {
-    NpyReader r(o.acts_test);
-    if (r.cols() != n)
-      throw Error(o.acts_test + " has " + std::to_string(r.cols()) +
-                  " features per sample, but layer '" + o.layer +
-                  "' takes n = " + std::to_string(n) + " inputs");
-    rep["error_test"] = recon_json(reconstruction_error(r, l.w, l.b, fac, o.batch));
-  }
-  timing["error"] = seconds_since(t0);
-
-  const int64_t before = m * n + m, after = params_after(method, m, n, rank);
-  rep["layer"] = {{"name", o.layer}, {"m", m}, {"n", n}, {"had_bias", l.had_bias}};
-  rep["method"] = method_name(method);
-  rep["rank"] = rank;
-  rep["precision"] = o.precision;
-  rep["device"] = backend.name();
-  rep["lambda"] = needs_gram(method) ? json(lambda) : json(nullptr);
-  rep["lambda_rel"] = needs_gram(method) && !o.lambda ? json(o.lambda_rel) : json(nullptr);
-  rep["params"] = {
-      {"before", before},
-      {"after", after},
-      {"kept_fraction", double(after) / double(before)},
-      {"kept_fraction_weights",
-       is_pruning(method) ? double(rank) / double(m) : double(rank * (m + n)) / double(m * n)}};
-  rep["energy_kept"] = fac.energy_kept;
-  rep["samples"] = st.count();
-  if (is_pruning(method)) rep["kept_units"] = fac.kept_units;
+  timing["solve"] = t_solve;
+  timing["error"] = t_error;
 
   t0 = Clock::now();
   std::map<std::string, std::string> meta = model.metadata();
+  if (have_arch) {
+    update_arch(arch, o, jobs, res.warnings);
+    for (const auto& [k, v] : arch_metadata(arch)) meta[k] = v;
+  }
+  std::string ranks;
+  for (const auto& j : jobs) ranks += (ranks.empty() ? "" : ",") + std::to_string(j.rank);
   meta["dalr.method"] = method_name(method);
   meta["dalr.layer"] = o.layer;
-  meta["dalr.rank"] = std::to_string(rank);
-  meta["dalr.lambda"] = needs_gram(method) ? fmt(lambda, 17) : "0";
+  meta["dalr.rank"] = ranks;
+  meta["dalr.lambda"] = needs_gram(method) ? fmt(jobs.front().lambda, 17) : "0";
   meta["dalr.source"] = std::filesystem::path(o.model).filename().string();
-  meta["dalr.acts"] = o.acts.empty() ? o.stats_in : o.acts;
-  meta["dalr.samples"] = std::to_string(st.count());
-  write_safetensors(o.out, output_tensors(model, o, l, fac, rep), meta);
+  meta["dalr.acts"] = stream ? "stream:" + o.data : (o.acts.empty() ? o.stats_in : o.acts);
+  meta["dalr.samples"] = std::to_string(jobs.front().st.count());
+  write_safetensors(o.out, output_tensors(model, o, jobs, rep), meta);
   timing["write"] = seconds_since(t0);
   timing["total"] = seconds_since(t_all);
+
+  // One layer: its fields at the top level; several: a "layers" array as well.
+  for (auto& [k, v] : jobs.front().rep.items()) rep[k] = v;
+  if (jobs.size() > 1) {
+    rep["layers"] = json::array();
+    for (const auto& j : jobs) rep["layers"].push_back(j.rep);
+  }
+  rep["precision"] = o.precision;
+  rep["device"] = backend.name();
   rep["timing_s"] = timing;
   rep["warnings"] = res.warnings;
   rep["out"] = o.out;
 
   std::ostringstream s;
-  s << "layer " << o.layer << " (" << m << " x " << n << "), " << st.count() << " samples\n"
-    << "method " << method_name(method) << ", " << (is_pruning(method) ? "kept units " : "rank ")
-    << rank;
-  if (needs_gram(method)) s << ", lambda " << fmt(lambda);
-  s << "\nparameters " << before << " -> " << after << " (" << fmt(100.0 * after / before, 3)
-    << "% kept), " << (is_pruning(method) ? "activation mass kept " : "spectral energy kept ")
-    << fmt(100.0 * fac.energy_kept, 4) << "%\n";
-  if (rep.contains("error_train"))
-    s << "reconstruction error (train): " << fmt(rep["error_train"]["abs"].get<double>())
-      << " (relative " << fmt(rep["error_train"]["rel"].get<double>()) << ")\n";
-  if (rep.contains("error_test"))
-    s << "reconstruction error (test):  " << fmt(rep["error_test"]["abs"].get<double>())
-      << " (relative " << fmt(rep["error_test"]["rel"].get<double>()) << ")\n";
+  for (const auto& j : jobs) {
+    const json& r = j.rep;
+    s << "layer " << j.name << " (" << j.l.w.rows << " x " << j.l.w.cols << "), " << j.st.count()
+      << " samples\n"
+      << "method " << method_name(method) << ", " << (is_pruning(method) ? "kept units " : "rank ")
+      << j.rank;
+    if (needs_gram(method)) s << ", lambda " << fmt(j.lambda);
+    const double before = r["params"]["before"].get<double>(),
+                 after = r["params"]["after"].get<double>();
+    s << "\nparameters " << r["params"]["before"] << " -> " << r["params"]["after"] << " ("
+      << fmt(100.0 * after / before, 3) << "% kept), "
+      << (is_pruning(method) ? "activation mass kept " : "spectral energy kept ")
+      << fmt(100.0 * j.fac.energy_kept, 4) << "%\n";
+    s << "reconstruction error (train): " << fmt(r["error_train"]["abs"].get<double>())
+      << " (relative " << fmt(r["error_train"]["rel"].get<double>()) << ")\n";
+    if (r.contains("error_test"))
+      s << "reconstruction error (test):  " << fmt(r["error_test"]["abs"].get<double>())
+        << " (relative " << fmt(r["error_test"]["rel"].get<double>()) << ")\n";
+  }
   s << "wrote " << o.out << " in " << fmt(timing["total"].get<double>(), 3) << " s\n";
   res.summary = s.str();
   res.report_json = rep.dump(2);

@@ -48,6 +48,58 @@ ReconError reconstruction_error(NpyReader& acts, const Matrix<T>& w, const std::
   return r;
 }
 
+namespace {
+
+// ||E X + e 1^T||^2 from C and s: <E C, E> + 2 e.(E s) + p |e|^2, accumulated in double.
+template <typename T>
+double residual2(const LayerStats<T>& st, const Matrix<T>& e, const std::vector<double>& ev) {
+  const Matrix<T>& c = st.gram();
+  const int64_t m = e.rows, n = e.cols;
+  Matrix<T> ec(m, n);
+  cpu::symm(CblasRight, CblasLower, m, n, T(1), c.ptr(), c.ld(), e.ptr(), e.ld(), T(0), ec.ptr(),
+            ec.ld());
+  long double quad = 0, lin = 0, cst = 0;
+  for (int64_t i = 0; i < e.size(); ++i) quad += static_cast<long double>(ec.data[i]) * e.data[i];
+  for (int64_t i = 0; i < m; ++i) {
+    long double es = 0;
+    for (int64_t j = 0; j < n; ++j) es += static_cast<long double>(e(i, j)) * st.sum_x()[j];
+    lin += ev[i] * es;
+    cst += static_cast<long double>(ev[i]) * ev[i];
+  }
+  return static_cast<double>(quad + 2 * lin + static_cast<long double>(st.count()) * cst);
+}
+
+}  // namespace
+
+template <typename T>
+ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
+                                const std::vector<T>& b, const Factors<T>& f) {
+  const int64_t m = w.rows, n = w.cols, k = f.b.rows;
+  Matrix<T> d = w;  // W - A B (pruning: the dropped rows of W remain)
+  std::vector<double> dv(b.begin(), b.end()), bv(b.begin(), b.end());
+  if (is_pruning(f.method)) {
+    for (int64_t r = 0; r < k; ++r) {
+      const int64_t i = f.kept_units[static_cast<size_t>(r)];
+      for (int64_t j = 0; j < n; ++j) d(i, j) -= f.b(r, j);
+      dv[i] -= static_cast<double>(f.bias[static_cast<size_t>(r)]);
+    }
+  } else {
+    cpu::gemm(CblasNoTrans, CblasNoTrans, m, n, k, T(-1), f.a.ptr(), f.a.ld(), f.b.ptr(), f.b.ld(),
+              T(1), d.ptr(), d.ld());
+    for (int64_t i = 0; i < m; ++i) dv[i] -= static_cast<double>(f.bias[static_cast<size_t>(i)]);
+  }
+  ReconError r;
+  r.samples = st.count();
+  r.abs = std::sqrt(std::max(residual2(st, d, dv), 0.0));
+  r.ref = std::sqrt(std::max(residual2(st, w, bv), 0.0));
+  r.rel = r.ref > 0 ? r.abs / r.ref : 0.0;
+  return r;
+}
+
+template ReconError reconstruction_error(const LayerStats<float>&, const Matrix<float>&,
+                                         const std::vector<float>&, const Factors<float>&);
+template ReconError reconstruction_error(const LayerStats<double>&, const Matrix<double>&,
+                                         const std::vector<double>&, const Factors<double>&);
 template ReconError reconstruction_error(NpyReader&, const Matrix<float>&,
                                          const std::vector<float>&, const Factors<float>&, int64_t);
 template ReconError reconstruction_error(NpyReader&, const Matrix<double>&,

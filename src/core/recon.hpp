@@ -8,6 +8,7 @@
 #include "dalr/matrix.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/solver.hpp"
+#include "dalr/stats.hpp"
 
 namespace dalr {
 
@@ -21,5 +22,12 @@ struct ReconError {
 template <typename T>
 ReconError reconstruction_error(NpyReader& acts, const Matrix<T>& w, const std::vector<T>& b,
                                 const Factors<T>& f, int64_t batch);
+
+// The same error from the statistics alone (when the samples are not kept, as when
+// they stream from images): ||D X + d 1^T||^2 = <D C, D> + 2 d.(D s) + p |d|^2 with
+// D = W - A B, d = b - bias, C = X X^T, s = X 1. Costs two m x n x n products.
+template <typename T>
+ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
+                                const std::vector<T>& b, const Factors<T>& f);
 
 }  // namespace dalr

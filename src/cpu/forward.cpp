@@ -130,25 +130,43 @@ CpuForward<T>::CpuForward(const Arch& arch, const SafetensorsFile& weights) : ar
 }
 
 template <typename T>
+size_t CpuForward<T>::index_of(const std::string& name) const {
+  std::string names;
+  for (size_t i = 0; i < arch_.layers.size(); ++i) {
+    if (arch_.layers[i].name == name) return i;
+    if (!arch_.layers[i].name.empty()) names += (names.empty() ? "" : ", ") + arch_.layers[i].name;
+  }
+  throw Error("no layer named '" + name + "' (named layers: " + names + ")");
+}
+
+template <typename T>
 Matrix<T> CpuForward<T>::run(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
                              const std::string& stop_at_layer_input) const {
-  size_t stop = arch_.layers.size();
-  if (!stop_at_layer_input.empty()) {
-    std::string names;
-    for (size_t i = 0; i < arch_.layers.size(); ++i) {
-      if (arch_.layers[i].name == stop_at_layer_input) stop = i;
-      if (!arch_.layers[i].name.empty())
-        names += (names.empty() ? "" : ", ") + arch_.layers[i].name;
-    }
-    if (stop == arch_.layers.size())
-      throw Error("no layer named '" + stop_at_layer_input + "' (named layers: " + names + ")");
-  }
+  const size_t stop =
+      stop_at_layer_input.empty() ? arch_.layers.size() : index_of(stop_at_layer_input);
+  return walk(input, batch, c, h, w, stop, {}, nullptr);
+}
+
+template <typename T>
+void CpuForward<T>::run_taps(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                             const std::vector<std::string>& taps, const Tap& tap) const {
+  std::vector<size_t> at;
+  for (const std::string& name : taps) at.push_back(index_of(name));
+  if (at.empty()) return;
+  walk(input, batch, c, h, w, *std::max_element(at.begin(), at.end()), at, &tap);
+}
+
+template <typename T>
+Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                              size_t stop, const std::vector<size_t>& taps, const Tap* tap) const {
   if (batch < 1) throw Error("batch size must be >= 1, got " + std::to_string(batch));
   if (!input) throw Error("CpuForward::run: input is null");
   const std::vector<ActShape> shapes = layer_input_shapes(arch_, c, h, w);
 
   std::vector<T> cur(input, input + batch * c * h * w), next;
   for (size_t i = 0; i < stop; ++i) {
+    if (tap && std::find(taps.begin(), taps.end(), i) != taps.end())
+      (*tap)(arch_.layers[i].name, cur.data(), shapes[i].numel(), batch);
     const LayerSpec& l = arch_.layers[i];
     const ActShape &s = shapes[i], &o = shapes[i + 1];
     const Params& p = params_[i];
@@ -187,6 +205,8 @@ Matrix<T> CpuForward<T>::run(const T* input, int64_t batch, int64_t c, int64_t h
         break;
     }
   }
+  if (tap && std::find(taps.begin(), taps.end(), stop) != taps.end())
+    (*tap)(arch_.layers[stop].name, cur.data(), shapes[stop].numel(), batch);
   Matrix<T> out;
   out.rows = shapes[stop].numel();
   out.cols = batch;

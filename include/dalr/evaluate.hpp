@@ -1,0 +1,27 @@
+#pragma once
+// `dalr-gpu evaluate`: top-1 / top-5 accuracy of a model (compressed or not) on an image
+// folder, and with `compare` the agreement of its predictions with another model's.
+#include <cstdint>
+#include <string>
+
+namespace dalr {
+
+struct EvaluateOptions {
+  std::string model, arch, compare, data, report;
+  std::string precision = "fp32";  // fp32 | fp64 (CPU forward)
+  int workers = 2;
+  int64_t limit = 0, batch = 64;
+  bool shuffle = false, quiet = false;
+  uint64_t seed = 0;
+};
+
+struct EvaluateResult {
+  int64_t images = 0, labelled = 0;
+  double top1 = 0, top5 = 0;  // over the labelled images
+  double agreement = -1;      // top-1 agreement with `compare`; -1 without it
+  std::string summary, report_json;
+};
+
+EvaluateResult evaluate(const EvaluateOptions& o);
+
+}  // namespace dalr

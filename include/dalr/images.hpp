@@ -1,0 +1,65 @@
+#pragma once
+// Image input for the streaming pipeline: an image folder (one subfolder per class, as
+// torchvision's ImageFolder) decoded by a pool of threads, or an already preprocessed
+// N x C x H x W .npy file. Both come out through BatchSource, in NCHW float batches.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dalr {
+
+// Resize so the shorter side equals `resize` (bilinear, aspect kept; 0 = no resize),
+// centre crop to crop_h x crop_w (an error if the image is smaller), then
+// value = (pixel * scale - mean[c]) / std[c]. mean/std empty mean 0/1.
+// The resize is PIL's bilinear (a triangle filter widened when shrinking, so large
+// reductions average instead of aliasing), computed in float without rounding to 8 bits.
+struct Preprocess {
+  int64_t channels = 3, resize = 256, crop_h = 224, crop_w = 224;
+  double scale = 1.0 / 255;
+  std::vector<double> mean, std;
+};
+
+// Throws dalr::Error if channels is not 1 or 3, sizes are not positive, mean/std have
+// neither 0 nor `channels` entries, or a std is zero.
+void validate(const Preprocess& p);
+
+struct Sample {
+  std::string path;
+  int64_t label;
+};
+
+// Subfolders of `dir` sorted by name give label 0, 1, ...; files in each sorted by name.
+// Accepted: .jpg .jpeg .png (any case); other files are ignored. Throws dalr::Error if
+// `dir` is not a folder or holds no image. class_names (may be null) gets the subfolders.
+std::vector<Sample> list_image_folder(const std::string& dir,
+                                      std::vector<std::string>* class_names);
+
+// Decodes a JPEG or PNG (chosen by content, not by name) and writes
+// p.channels x p.crop_h x p.crop_w floats (CHW). Grey is replicated to 3 channels;
+// colour becomes 1 channel by ITU-R 601 luma. Throws dalr::Error naming the file.
+void decode_and_preprocess(const std::string& path, const Preprocess& p, float* out);
+
+class BatchSource {
+ public:
+  virtual ~BatchSource();
+  virtual int64_t size() const = 0;  // images this source yields in all
+  // Writes up to max_batch images (NCHW) to `out` and their labels to `labels` (may be
+  // null; -1 where unknown). Returns the number written; 0 at the end.
+  virtual int64_t next(float* out, int64_t max_batch, std::vector<int64_t>* labels) = 0;
+  virtual int64_t channels() const = 0;
+  virtual int64_t height() const = 0;
+  virtual int64_t width() const = 0;
+};
+
+// An image folder decoded by `workers` threads into a ring that runs ahead of the
+// consumer. The list is shuffled (if asked, deterministically from `seed`) and then
+// cut to `limit` images (limit <= 0: all); images come out in that list's order
+// whichever worker decoded them, so the batches do not depend on `workers`.
+std::unique_ptr<BatchSource> open_images(const std::string& dir, const Preprocess& p, int workers,
+                                         int64_t limit, bool shuffle, uint64_t seed);
+
+// An N x C x H x W .npy (float16/32/64), already preprocessed; labels are -1.
+std::unique_ptr<BatchSource> open_npy_images(const std::string& path, int64_t limit);
+
+}  // namespace dalr

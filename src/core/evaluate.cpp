@@ -1,0 +1,104 @@
+#include "dalr/evaluate.hpp"
+
+#include <algorithm>
+#include <iomanip>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <sstream>
+
+#include "core/stream.hpp"
+#include "dalr/error.hpp"
+#include "dalr/safetensors.hpp"
+#include "io/atomic_file.hpp"
+
+namespace dalr {
+
+namespace {
+
+// Indices of the `k` largest values of column j, best first.
+template <typename T>
+std::vector<int64_t> top_k(const Matrix<T>& logits, int64_t j, int64_t k) {
+  std::vector<int64_t> idx(static_cast<size_t>(logits.rows));
+  std::iota(idx.begin(), idx.end(), 0);
+  k = std::min<int64_t>(k, logits.rows);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                    [&](int64_t a, int64_t b) { return logits(a, j) > logits(b, j); });
+  idx.resize(static_cast<size_t>(k));
+  return idx;
+}
+
+template <typename T>
+EvaluateResult run(const EvaluateOptions& o) {
+  if (!o.report.empty() && (same_file(o.report, o.model) || same_file(o.report, o.compare)))
+    throw Error("--report " + o.report + " is an input: refusing to overwrite it");
+  SafetensorsFile model(o.model);
+  const Arch arch = load_arch(model, o.arch);
+  const CpuForward<T> fwd(arch, model);
+  std::unique_ptr<SafetensorsFile> other_file;
+  std::unique_ptr<CpuForward<T>> other;
+  if (!o.compare.empty()) {
+    other_file = std::make_unique<SafetensorsFile>(o.compare);
+    other = std::make_unique<CpuForward<T>>(load_arch(*other_file, o.arch), *other_file);
+  }
+  DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
+  std::unique_ptr<BatchSource> src = open_data(d, arch.input);
+  const int64_t c = src->channels(), h = src->height(), w = src->width(), per = c * h * w;
+  std::vector<float> buf(static_cast<size_t>(per * o.batch));
+  std::vector<T> in(buf.size());
+  std::vector<int64_t> labels;
+  EvaluateResult r;
+  int64_t hit1 = 0, hit5 = 0, agree = 0;
+  Progress progress("evaluate", src->size(), o.quiet);
+  for (int64_t got; (got = src->next(buf.data(), o.batch, &labels)) > 0;) {
+    std::copy_n(buf.begin(), got * per, in.begin());
+    const Matrix<T> logits = fwd.run(in.data(), got, c, h, w);
+    Matrix<T> logits2;
+    if (other) logits2 = other->run(in.data(), got, c, h, w);
+    for (int64_t j = 0; j < got; ++j) {
+      const std::vector<int64_t> best = top_k(logits, j, 5);
+      const int64_t label = labels.empty() ? -1 : labels[static_cast<size_t>(j)];
+      if (label >= 0) {
+        ++r.labelled;
+        hit1 += best[0] == label;
+        hit5 += std::find(best.begin(), best.end(), label) != best.end();
+      }
+      if (other) agree += top_k(logits2, j, 1)[0] == best[0];
+    }
+    r.images += got;
+    progress.add(got);
+  }
+  progress.finish();
+  if (r.images == 0) throw Error("no images in " + o.data);
+  r.top1 = r.labelled ? double(hit1) / r.labelled : 0;
+  r.top5 = r.labelled ? double(hit5) / r.labelled : 0;
+  if (other) r.agreement = double(agree) / r.images;
+
+  nlohmann::json j = {{"model", o.model},       {"data", o.data},           {"images", r.images},
+                      {"labelled", r.labelled}, {"precision", o.precision}, {"device", "cpu"}};
+  if (r.labelled) j["top1"] = r.top1, j["top5"] = r.top5;
+  if (other) j["compare"] = o.compare, j["agreement"] = r.agreement;
+  r.report_json = j.dump(2);
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(2) << o.model << " on " << r.images << " images";
+  if (r.labelled)
+    s << ": top-1 " << 100 * r.top1 << "%, top-5 " << 100 * r.top5 << "%";
+  else
+    s << " (no labels: a .npy source)";
+  if (other) s << "; agreement with " << o.compare << ": " << 100 * r.agreement << "%";
+  s << "\n";
+  r.summary = s.str();
+  if (!o.report.empty()) write_text_file(o.report, r.report_json + "\n");
+  return r;
+}
+
+}  // namespace
+
+EvaluateResult evaluate(const EvaluateOptions& o) {
+  if (o.model.empty()) throw Error("--model is required");
+  if (o.precision == "fp32") return run<float>(o);
+  if (o.precision == "fp64") return run<double>(o);
+  throw Error("--precision must be fp32 or fp64 for evaluate (got '" + o.precision + "')");
+}
+
+}  // namespace dalr

@@ -1,0 +1,91 @@
+#include "core/stream.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include "dalr/error.hpp"
+
+namespace dalr {
+
+namespace {
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+Preprocess preprocess_of(const InputSpec& in) {
+  Preprocess p;
+  p.channels = in.channels;
+  p.resize = in.resize;
+  p.crop_h = in.crop[0];
+  p.crop_w = in.crop[1];
+  p.scale = in.scale;
+  p.mean = in.mean;
+  p.std = in.std;
+  return p;
+}
+
+std::unique_ptr<BatchSource> open_data(const DataOptions& o, const InputSpec& in) {
+  if (o.data.empty()) throw Error("--data DIR (an image folder) or --data FILE.npy is required");
+  if (!std::filesystem::exists(o.data)) throw Error("--data: " + o.data + " does not exist");
+  if (o.batch < 1) throw Error("--batch must be at least 1");
+  if (o.limit < 0) throw Error("--limit must be >= 0");
+  if (std::filesystem::is_directory(o.data))
+    return open_images(o.data, preprocess_of(in), o.workers, o.limit, o.shuffle, o.seed);
+  return open_npy_images(o.data, o.limit);
+}
+
+Progress::Progress(std::string what, int64_t total, bool quiet)
+    : what_(std::move(what)), total_(total), quiet_(quiet), tty_(isatty(2)), start_(now_s()) {}
+
+void Progress::add(int64_t done) {
+  done_ += done;
+  const double t = now_s();
+  if (quiet_ || t - last_ < (tty_ ? 0.2 : 5.0)) return;
+  last_ = t;
+  const double rate = done_ / std::max(t - start_, 1e-9);
+  const double eta = rate > 0 ? (total_ - done_) / rate : 0;
+  std::fprintf(stderr, "%s%s: %lld/%lld images, %.0f images/s, ETA %.0f s%s", tty_ ? "\r" : "",
+               what_.c_str(), static_cast<long long>(done_), static_cast<long long>(total_), rate,
+               eta, tty_ ? "" : "\n");
+}
+
+void Progress::finish() {
+  if (quiet_) return;
+  const double t = now_s() - start_;
+  std::fprintf(stderr, "%s%s: %lld images in %.1f s (%.0f images/s)\n", tty_ ? "\r" : "",
+               what_.c_str(), static_cast<long long>(done_), t, done_ / std::max(t, 1e-9));
+}
+
+template <typename T>
+void stream_statistics(const CpuForward<T>& fwd, BatchSource& src,
+                       const std::vector<std::string>& layers,
+                       const std::vector<StatsAccumulator<T>*>& accs, const DataOptions& o) {
+  const int64_t c = src.channels(), h = src.height(), w = src.width(), per = c * h * w;
+  std::vector<float> buf(static_cast<size_t>(per * o.batch));
+  std::vector<T> in(buf.size());
+  Progress progress("statistics", src.size(), o.quiet);
+  int64_t first = 0;
+  for (int64_t got; (got = src.next(buf.data(), o.batch, nullptr)) > 0; first += got) {
+    std::copy_n(buf.begin(), got * per, in.begin());
+    fwd.run_taps(in.data(), got, c, h, w, layers,
+                 [&](const std::string& name, const T* x, int64_t n, int64_t batch) {
+                   for (size_t i = 0; i < layers.size(); ++i)
+                     if (layers[i] == name) accs[i]->add(x, batch, n, first);
+                 });
+    progress.add(got);
+  }
+  progress.finish();
+}
+
+template void stream_statistics(const CpuForward<float>&, BatchSource&,
+                                const std::vector<std::string>&,
+                                const std::vector<StatsAccumulator<float>*>&, const DataOptions&);
+template void stream_statistics(const CpuForward<double>&, BatchSource&,
+                                const std::vector<std::string>&,
+                                const std::vector<StatsAccumulator<double>*>&, const DataOptions&);
+
+}  // namespace dalr

@@ -1,0 +1,417 @@
+#include "dalr/images.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "dalr/error.hpp"
+#include "dalr/npy.hpp"
+
+namespace dalr {
+
+namespace io {  // jpeg.cpp, png.cpp
+void decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, int64_t min_short_side,
+                 bool want_grey, int64_t* width, int64_t* height, int64_t* channels,
+                 std::vector<uint8_t>* pixels);
+void decode_png(const std::string& path, const std::vector<uint8_t>& bytes, int64_t* width,
+                int64_t* height, int64_t* channels, std::vector<uint8_t>* pixels);
+}  // namespace io
+
+namespace fs = std::filesystem;
+
+BatchSource::~BatchSource() = default;
+
+void validate(const Preprocess& p) {
+  if (p.channels != 1 && p.channels != 3)
+    throw Error("preprocess: channels must be 1 or 3, not " + std::to_string(p.channels));
+  if (p.resize < 0) throw Error("preprocess: resize must be >= 0 (0: no resize)");
+  if (p.crop_h <= 0 || p.crop_w <= 0) throw Error("preprocess: crop sizes must be positive");
+  for (const auto* v : {&p.mean, &p.std})
+    if (!v->empty() && static_cast<int64_t>(v->size()) != p.channels)
+      throw Error("preprocess: mean and std need 0 or " + std::to_string(p.channels) +
+                  " values (one per channel)");
+  for (double s : p.std)
+    if (s == 0) throw Error("preprocess: a std of 0 would divide by zero");
+}
+
+// ------------------------------------------------------------------ folder listing
+
+namespace {
+
+bool is_image_name(const std::string& name) {
+  std::string ext = fs::path(name).extension().string();
+  for (auto& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
+}
+
+std::vector<fs::directory_entry> sorted_entries(const fs::path& dir) {
+  std::vector<fs::directory_entry> v;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    v.push_back(*it);
+  if (ec) throw Error("cannot list " + dir.string() + ": " + ec.message());
+  // By the name's bytes, as Python's sorted() on str does for ASCII names.
+  std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) {
+    return a.path().filename().string() < b.path().filename().string();
+  });
+  return v;
+}
+
+}  // namespace
+
+std::vector<Sample> list_image_folder(const std::string& dir,
+                                      std::vector<std::string>* class_names) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    throw Error("image folder " + dir + " does not exist or is not a folder");
+  std::vector<Sample> samples;
+  std::vector<std::string> names;
+  for (const auto& cls : sorted_entries(dir)) {
+    if (!cls.is_directory(ec)) continue;  // follows symlinks, as os.scandir().is_dir()
+    const int64_t label = static_cast<int64_t>(names.size());
+    names.push_back(cls.path().filename().string());
+    for (const auto& f : sorted_entries(cls.path()))
+      if (f.is_regular_file(ec) && is_image_name(f.path().filename().string()))
+        samples.push_back({f.path().string(), label});
+  }
+  if (names.empty())
+    throw Error("image folder " + dir + " has no class subfolders (expected DIR/CLASS/IMAGE)");
+  if (samples.empty())
+    throw Error("image folder " + dir + " holds no .jpg, .jpeg or .png image in its " +
+                std::to_string(names.size()) + " class subfolders");
+  if (class_names) *class_names = std::move(names);
+  return samples;
+}
+
+// ------------------------------------------------------------------ preprocessing
+
+namespace {
+
+// Buffers one thread reuses from image to image: fresh ones cost page faults.
+struct Scratch {
+  std::vector<uint8_t> bytes, pixels;
+  std::vector<float> rows, planes;
+};
+
+void read_bytes(const std::string& path, std::vector<uint8_t>* bytes) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) throw Error("cannot open image " + path);
+  const std::streamoff n = f.tellg();
+  bytes->resize(static_cast<size_t>(std::max<std::streamoff>(n, 0)));
+  f.seekg(0);
+  if (!f.read(reinterpret_cast<char*>(bytes->data()), static_cast<std::streamsize>(n)))
+    throw Error("cannot read image " + path);
+}
+
+// One output pixel's window of input pixels along one axis and their weights.
+struct Taps {
+  std::vector<int64_t> first;  // per output pixel
+  std::vector<int64_t> count;
+  std::vector<double> weights;  // count entries per output pixel, at stride `stride`
+  int64_t stride = 0;
+};
+
+// PIL's bilinear (ImagingResample): a triangle filter on pixel centres, widened by the
+// reduction factor when shrinking; windows clipped at the border and renormalised.
+// Only output pixels [out_first, out_first + n) (the crop) are computed.
+Taps bilinear_taps(int64_t in_size, int64_t out_size, int64_t out_first, int64_t n) {
+  const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
+  const double filter_scale = std::max(scale, 1.0);
+  const double support = filter_scale;  // triangle support 1, widened
+  Taps t;
+  t.stride = static_cast<int64_t>(std::ceil(support)) * 2 + 1;
+  t.first.resize(n);
+  t.count.resize(n);
+  t.weights.assign(n * t.stride, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    const double center = (static_cast<double>(out_first + i) + 0.5) * scale;
+    const int64_t lo = std::max<int64_t>(static_cast<int64_t>(center - support + 0.5), 0);
+    const int64_t hi = std::min<int64_t>(static_cast<int64_t>(center + support + 0.5), in_size);
+    double* w = &t.weights[i * t.stride];
+    double sum = 0;
+    for (int64_t x = lo; x < hi; ++x) {
+      const double d = std::abs((static_cast<double>(x) - center + 0.5) / filter_scale);
+      w[x - lo] = d < 1 ? 1 - d : 0;
+      sum += w[x - lo];
+    }
+    for (int64_t x = lo; x < hi; ++x) w[x - lo] = sum > 0 ? w[x - lo] / sum : 0;
+    t.first[i] = lo;
+    t.count[i] = hi - lo;
+  }
+  return t;
+}
+
+// Resized size whose shorter side is `target` (torchvision: the longer side truncated).
+void resized_size(int64_t w, int64_t h, int64_t target, int64_t* ow, int64_t* oh) {
+  if (target <= 0) {
+    *ow = w;
+    *oh = h;
+  } else if (w <= h) {
+    *ow = target;
+    *oh = static_cast<int64_t>(static_cast<double>(target) * h / w);
+  } else {
+    *oh = target;
+    *ow = static_cast<int64_t>(static_cast<double>(target) * w / h);
+  }
+}
+
+// Resize + centre crop of an interleaved 8-bit image into planar float (sc planes of
+// crop_h x crop_w), values 0..255 unrounded.
+void resize_crop(const std::vector<uint8_t>& px, int64_t w, int64_t h, int64_t sc,
+                 const Preprocess& p, const std::string& path, std::vector<float>* rows_buf,
+                 std::vector<float>* planes) {
+  int64_t ow, oh;
+  resized_size(w, h, p.resize, &ow, &oh);
+  if (ow < p.crop_w || oh < p.crop_h)
+    throw Error(path + ": image is " + std::to_string(w) + "x" + std::to_string(h) +
+                (p.resize > 0
+                     ? " (" + std::to_string(ow) + "x" + std::to_string(oh) + " after resize)"
+                     : std::string()) +
+                ", smaller than the " + std::to_string(p.crop_w) + "x" + std::to_string(p.crop_h) +
+                " crop");
+  // torchvision's CenterCrop: round((size - crop) / 2), ties to even.
+  const int64_t x0 = static_cast<int64_t>(std::nearbyint((ow - p.crop_w) / 2.0));
+  const int64_t y0 = static_cast<int64_t>(std::nearbyint((oh - p.crop_h) / 2.0));
+  const Taps tx = bilinear_taps(w, ow, x0, p.crop_w);
+  const Taps ty = bilinear_taps(h, oh, y0, p.crop_h);
+  const int64_t row_lo = ty.first.front();
+  const int64_t row_hi = ty.first.back() + ty.count.back();
+  // Horizontal pass over the rows the vertical pass reads: tmp[c][row][x].
+  const int64_t rows = row_hi - row_lo;
+  std::vector<float>& tmp = *rows_buf;
+  tmp.resize(static_cast<size_t>(sc * rows * p.crop_w));
+  std::vector<float> wx(tx.weights.begin(), tx.weights.end());
+  for (int64_t r = row_lo; r < row_hi; ++r) {
+    const uint8_t* src = px.data() + r * w * sc;
+    for (int64_t x = 0; x < p.crop_w; ++x) {
+      const float* wt = &wx[x * tx.stride];
+      const uint8_t* s = src + tx.first[x] * sc;
+      float acc[3] = {0.f, 0.f, 0.f};
+      if (sc == 3) {
+        for (int64_t k = 0; k < tx.count[x]; ++k) {
+          acc[0] += wt[k] * s[3 * k];
+          acc[1] += wt[k] * s[3 * k + 1];
+          acc[2] += wt[k] * s[3 * k + 2];
+        }
+      } else {
+        for (int64_t k = 0; k < tx.count[x]; ++k) acc[0] += wt[k] * s[k];
+      }
+      for (int64_t c = 0; c < sc; ++c) tmp[(c * rows + (r - row_lo)) * p.crop_w + x] = acc[c];
+    }
+  }
+  planes->assign(static_cast<size_t>(sc * p.crop_h * p.crop_w), 0.f);  // capacity kept
+  for (int64_t c = 0; c < sc; ++c)
+    for (int64_t y = 0; y < p.crop_h; ++y) {
+      const double* wt = &ty.weights[y * ty.stride];
+      float* dst = planes->data() + (c * p.crop_h + y) * p.crop_w;
+      for (int64_t k = 0; k < ty.count[y]; ++k) {
+        const float* s = tmp.data() + (c * rows + (ty.first[y] + k - row_lo)) * p.crop_w;
+        const float wk = static_cast<float>(wt[k]);
+        for (int64_t x = 0; x < p.crop_w; ++x) dst[x] += wk * s[x];
+      }
+    }
+}
+
+// decode_and_preprocess with caller-owned buffers; p already validated.
+void decode_into(const std::string& path, const Preprocess& p, float* out, Scratch* scratch) {
+  std::vector<uint8_t>& bytes = scratch->bytes;
+  std::vector<uint8_t>& px = scratch->pixels;
+  read_bytes(path, &bytes);
+  int64_t w = 0, h = 0, sc = 0;
+  static const uint8_t kJpeg[] = {0xFF, 0xD8, 0xFF};
+  static const uint8_t kPng[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  if (bytes.size() >= 3 && std::memcmp(bytes.data(), kJpeg, 3) == 0)
+    io::decode_jpeg(path, bytes, p.resize, p.channels == 1, &w, &h, &sc, &px);
+  else if (bytes.size() >= 8 && std::memcmp(bytes.data(), kPng, 8) == 0)
+    io::decode_png(path, bytes, &w, &h, &sc, &px);
+  else
+    throw Error(path + ": not a JPEG or PNG file (unknown signature)");
+  if (w <= 0 || h <= 0) throw Error(path + ": image has no pixels");
+
+  const std::vector<float>& planes = scratch->planes;
+  resize_crop(px, w, h, sc, p, path, &scratch->rows, &scratch->planes);
+  const int64_t plane = p.crop_h * p.crop_w;
+  for (int64_t c = 0; c < p.channels; ++c) {
+    const double mean = p.mean.empty() ? 0.0 : p.mean[c];
+    const double inv_std = 1.0 / (p.std.empty() ? 1.0 : p.std[c]);
+    float* dst = out + c * plane;
+    for (int64_t i = 0; i < plane; ++i) {
+      double v;
+      if (sc == p.channels)
+        v = planes[c * plane + i];
+      else if (sc == 1)  // grey -> colour: replicate
+        v = planes[i];
+      else  // colour -> grey: ITU-R 601 luma (linear, so it commutes with the resize)
+        v = 0.299 * planes[i] + 0.587 * planes[plane + i] + 0.114 * planes[2 * plane + i];
+      dst[i] = static_cast<float>((v * p.scale - mean) * inv_std);
+    }
+  }
+}
+
+}  // namespace
+
+void decode_and_preprocess(const std::string& path, const Preprocess& p, float* out) {
+  validate(p);
+  Scratch scratch;
+  decode_into(path, p, out, &scratch);
+}
+
+// ------------------------------------------------------------------ sources
+
+namespace {
+
+// Workers claim list positions in order and decode into a ring of image slots; the
+// consumer copies slots out in list order. A worker never runs more than
+// ring_size images ahead of the consumer, so memory stays bounded.
+class ImageFolderSource final : public BatchSource {
+ public:
+  ImageFolderSource(std::vector<Sample> samples, const Preprocess& p, int workers)
+      : samples_(std::move(samples)), p_(p), image_floats_(p.channels * p.crop_h * p.crop_w) {
+    ring_size_ = std::max<int64_t>(16, 4 * static_cast<int64_t>(workers));
+    ring_.resize(static_cast<size_t>(ring_size_));
+    for (auto& s : ring_) s.data.resize(static_cast<size_t>(image_floats_));
+    for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
+  }
+
+  ~ImageFolderSource() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    slot_free_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+  int64_t size() const override { return static_cast<int64_t>(samples_.size()); }
+  int64_t channels() const override { return p_.channels; }
+  int64_t height() const override { return p_.crop_h; }
+  int64_t width() const override { return p_.crop_w; }
+
+  int64_t next(float* out, int64_t max_batch, std::vector<int64_t>* labels) override {
+    if (labels) labels->clear();
+    int64_t n = 0;
+    while (n < max_batch && consumed_ < size()) {
+      Slot& s = ring_[static_cast<size_t>(consumed_ % ring_size_)];
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        slot_ready_.wait(lock, [&] { return s.index == consumed_; });
+      }
+      if (s.error) std::rethrow_exception(s.error);  // stays put: later calls throw again
+      std::memcpy(out + n * image_floats_, s.data.data(),
+                  static_cast<size_t>(image_floats_) * sizeof(float));
+      if (labels) labels->push_back(samples_[static_cast<size_t>(consumed_)].label);
+      ++n;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++consumed_;
+      }
+      slot_free_.notify_all();
+    }
+    return n;
+  }
+
+ private:
+  struct Slot {
+    int64_t index = -1;  // list position held, once decoded
+    std::vector<float> data;
+    std::exception_ptr error;
+  };
+
+  void work() {
+    Scratch scratch;
+    for (;;) {
+      int64_t i;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (stop_ || next_claim_ >= size()) return;
+        i = next_claim_++;
+        slot_free_.wait(lock, [&] { return stop_ || i < consumed_ + ring_size_; });
+        if (stop_) return;
+      }
+      // The slot is ours alone until we publish its index.
+      Slot& s = ring_[static_cast<size_t>(i % ring_size_)];
+      s.error = nullptr;
+      try {
+        decode_into(samples_[static_cast<size_t>(i)].path, p_, s.data.data(), &scratch);
+      } catch (...) {
+        s.error = std::current_exception();
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        s.index = i;
+      }
+      slot_ready_.notify_all();
+    }
+  }
+
+  const std::vector<Sample> samples_;
+  const Preprocess p_;
+  const int64_t image_floats_;
+  int64_t ring_size_ = 0;
+  std::vector<Slot> ring_;
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable slot_free_, slot_ready_;
+  bool stop_ = false;
+  int64_t next_claim_ = 0;
+  int64_t consumed_ = 0;  // written under mu_; read without it only by the consumer
+};
+
+class NpyImageSource final : public BatchSource {
+ public:
+  NpyImageSource(const std::string& path, int64_t limit) : reader_(path) {
+    const auto& shape = reader_.shape();
+    if (shape.size() != 4)
+      throw Error(path + ": expected an N x C x H x W array of images, got rank " +
+                  std::to_string(shape.size()));
+    if (shape[1] <= 0 || shape[2] <= 0 || shape[3] <= 0)
+      throw Error(path + ": images have an empty dimension");
+    size_ = limit > 0 ? std::min(limit, reader_.rows()) : reader_.rows();
+  }
+  int64_t size() const override { return size_; }
+  int64_t channels() const override { return reader_.shape()[1]; }
+  int64_t height() const override { return reader_.shape()[2]; }
+  int64_t width() const override { return reader_.shape()[3]; }
+  int64_t next(float* out, int64_t max_batch, std::vector<int64_t>* labels) override {
+    const int64_t want = std::min(max_batch, size_ - reader_.position());
+    const int64_t n = want > 0 ? reader_.read_rows(out, want) : 0;
+    if (labels) labels->assign(static_cast<size_t>(n), -1);
+    return n;
+  }
+
+ private:
+  NpyReader reader_;
+  int64_t size_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<BatchSource> open_images(const std::string& dir, const Preprocess& p, int workers,
+                                         int64_t limit, bool shuffle, uint64_t seed) {
+  validate(p);
+  if (workers < 1) throw Error("images: workers must be >= 1, not " + std::to_string(workers));
+  std::vector<Sample> samples = list_image_folder(dir, nullptr);
+  if (shuffle) {
+    // Fisher-Yates with raw engine output (std::shuffle and the distributions differ
+    // between standard libraries; this order is the same everywhere for a seed).
+    std::mt19937_64 rng(seed);
+    for (size_t i = samples.size(); i > 1; --i) std::swap(samples[i - 1], samples[rng() % i]);
+  }
+  if (limit > 0 && limit < static_cast<int64_t>(samples.size()))
+    samples.resize(static_cast<size_t>(limit));
+  return std::make_unique<ImageFolderSource>(std::move(samples), p, workers);
+}
+
+std::unique_ptr<BatchSource> open_npy_images(const std::string& path, int64_t limit) {
+  return std::make_unique<NpyImageSource>(path, limit);
+}
+
+}  // namespace dalr

@@ -1,0 +1,181 @@
+// --acts stream end to end on a tiny network: the statistics collected while images
+// stream through the forward pass equal those of the same activations read from a file;
+// several layers in one pass; the compressed model's architecture runs again;
+// evaluate; and the errors a user can make.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "dalr/arch.hpp"
+#include "dalr/forward.hpp"
+#include "dalr/npy.hpp"
+#include "dalr/safetensors.hpp"
+#include "oracle.hpp"
+#include "test_util.hpp"
+
+using namespace dalr;
+using test::run_cli;
+
+namespace {
+
+const char* kArch = R"([
+  {"type":"conv","name":"features.0","in":2,"out":4,"kernel":3,"stride":1,"pad":1},
+  {"type":"relu"},
+  {"type":"maxpool","kernel":2,"stride":2},
+  {"type":"flatten"},
+  {"type":"linear","name":"classifier.0","in":36,"out":17},
+  {"type":"relu"},
+  {"type":"dropout"},
+  {"type":"linear","name":"classifier.3","in":17,"out":9},
+  {"type":"relu"},
+  {"type":"linear","name":"classifier.6","in":9,"out":3}])";
+const char* kInput = R"({"channels":2,"crop":[6,6]})";
+constexpr int64_t kImages = 45;
+
+class Stream : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::mt19937_64 rng(test::test_seed(77));
+    std::normal_distribution<double> nd;
+    auto vec = [&](int64_t count) {
+      std::vector<float> v(static_cast<size_t>(count));
+      for (auto& x : v) x = static_cast<float>(nd(rng));
+      return v;
+    };
+    const Arch arch = parse_arch(kArch, kInput);
+    std::vector<TensorOut> ts = {TensorOut::f32("features.0.weight", {4, 2, 3, 3}, vec(72)),
+                                 TensorOut::f32("features.0.bias", {4}, vec(4)),
+                                 TensorOut::f32("classifier.0.weight", {17, 36}, vec(17 * 36)),
+                                 TensorOut::f32("classifier.0.bias", {17}, vec(17)),
+                                 TensorOut::f32("classifier.3.weight", {9, 17}, vec(9 * 17)),
+                                 TensorOut::f32("classifier.3.bias", {9}, vec(9)),
+                                 TensorOut::f32("classifier.6.weight", {3, 9}, vec(27)),
+                                 TensorOut::f32("classifier.6.bias", {3}, vec(3))};
+    write_safetensors(model(), ts, arch_metadata(arch));
+    write_safetensors(plain(), ts, {});  // a state dict without metadata
+    images_ = vec(kImages * 2 * 6 * 6);
+    // NCHW images as a .npy of shape (N, C, H, W).
+    write_npy(dir_.file("raw.npy"), images_.data(), kImages, 72);
+    std::string bytes = test::read_file(dir_.file("raw.npy"));
+    const size_t at = bytes.find("(45, 72)");
+    ASSERT_NE(at, std::string::npos);
+    bytes.replace(at, 8, "(45,2,6,6)");  // same header length: the padding absorbs it
+    bytes.erase(bytes.find('\n') - 2, 2);
+    test::write_file(images(), bytes);
+    // The layer inputs the forward pass computes, written as activation files.
+    SafetensorsFile f(model());
+    const CpuForward<double> fwd(arch, f);
+    std::vector<double> in(images_.begin(), images_.end());
+    for (const char* layer : {"classifier.0", "classifier.3"}) {
+      const Matrix<double> x = fwd.run(in.data(), kImages, 2, 6, 6, layer);
+      write_npy(dir_.file(std::string(layer) + ".npy"), x.ptr(), kImages, x.rows);
+    }
+  }
+  std::string model() const { return dir_.file("model.bin"); }
+  std::string plain() const { return dir_.file("plain.safetensors"); }
+  std::string images() const { return dir_.file("images.npy"); }
+  static Matrix<double> product(const SafetensorsFile& f, const std::string& layer) {
+    const TensorInfo& b = f.at(layer + ".0.weight");
+    const TensorInfo& a = f.at(layer + ".1.weight");
+    return oracle::mul(from_row_major(f.read_f64(a.name).data(), a.shape[0], a.shape[1]),
+                       from_row_major(f.read_f64(b.name).data(), b.shape[0], b.shape[1]));
+  }
+  test::TempDir dir_;
+  std::vector<float> images_;
+};
+
+TEST_F(Stream, ImagesNpyIsReadable) {
+  NpyReader r(images());
+  EXPECT_EQ(r.shape(), (std::vector<int64_t>{kImages, 2, 6, 6}));
+}
+
+TEST_F(Stream, StreamedStatisticsEqualTheActivationFile) {
+  const std::string common =
+      " --layer classifier.0 --method dalr-exact --rank 5 --lambda 0.5 "
+      "--device cpu --precision fp64 -q --model " +
+      model();
+  test::CommandResult s = run_cli("compress --acts stream --data " + images() + " --out " +
+                                  dir_.file("s.bin") + " --report " + dir_.file("s.json") + common);
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  test::CommandResult a = run_cli("compress --acts " + dir_.file("classifier.0.npy") + " --out " +
+                                  dir_.file("a.bin") + " --report " + dir_.file("a.json") + common);
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  SafetensorsFile fs(dir_.file("s.bin")), fa(dir_.file("a.bin"));
+  EXPECT_LT(oracle::rel_diff(product(fs, "classifier.0"), product(fa, "classifier.0")), 1e-9);
+  // The streamed run computes the error from the statistics, the file run from the
+  // samples: two independent ways to the same number.
+  auto js = nlohmann::json::parse(test::read_file(dir_.file("s.json")));
+  auto ja = nlohmann::json::parse(test::read_file(dir_.file("a.json")));
+  EXPECT_EQ(js["samples"], kImages);
+  EXPECT_NEAR(js["error_train"]["abs"].get<double>(), ja["error_train"]["abs"].get<double>(),
+              1e-7 * ja["error_train"]["abs"].get<double>());
+  EXPECT_NEAR(js["error_train"]["ref_norm"].get<double>(),
+              ja["error_train"]["ref_norm"].get<double>(),
+              1e-7 * ja["error_train"]["ref_norm"].get<double>());
+  // The compressed model carries its new architecture and runs again.
+  const Arch out = load_arch(fs, "");
+  ASSERT_NO_THROW(CpuForward<double>(out, fs));
+  test::CommandResult e = run_cli("evaluate --model " + dir_.file("s.bin") + " --data " + images() +
+                                  " --compare " + model() + " -q");
+  EXPECT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_NE(e.output.find("agreement with"), std::string::npos) << e.output;
+}
+
+TEST_F(Stream, SeveralLayersInOnePass) {
+  const std::string common = " --method svd-bc --rank 3 --device cpu --precision fp64 -q ";
+  ASSERT_EQ(
+      run_cli("compress --model " + model() + " --acts stream --data " + images() +
+              " --layer classifier.0,classifier.3 --out " + dir_.file("both.bin") + " --report " +
+              dir_.file("both.json") + " --save-stats " + dir_.file("st.safetensors") + common)
+          .exit_code,
+      0);
+  SafetensorsFile both(dir_.file("both.bin"));
+  for (const char* layer : {"classifier.0", "classifier.3"}) {
+    SCOPED_TRACE(layer);
+    const std::string one = dir_.file(std::string(layer) + ".bin");
+    ASSERT_EQ(run_cli("compress --model " + model() + " --acts " +
+                      dir_.file(std::string(layer) + ".npy") + " --layer " + layer + " --out " +
+                      one + common)
+                  .exit_code,
+              0);
+    SafetensorsFile f(one);
+    EXPECT_LT(oracle::rel_diff(product(both, layer), product(f, layer)), 1e-9);
+    EXPECT_LT(
+        oracle::rel_diff(
+            oracle::to_double(from_row_major(both.read_f64(std::string(layer) + ".1.bias").data(),
+                                             1, both.at(std::string(layer) + ".1.bias").shape[0])),
+            oracle::to_double(from_row_major(f.read_f64(std::string(layer) + ".1.bias").data(), 1,
+                                             f.at(std::string(layer) + ".1.bias").shape[0]))),
+        1e-9);
+    EXPECT_TRUE(test::file_exists(dir_.file(std::string("st.") + layer + ".safetensors")));
+  }
+  auto rep = nlohmann::json::parse(test::read_file(dir_.file("both.json")));
+  EXPECT_EQ(rep["layers"].size(), 2u);
+  ASSERT_NO_THROW(CpuForward<float>(load_arch(both, ""), both));
+}
+
+TEST_F(Stream, PresetForAPlainStateDictAndErrors) {
+  auto fail = [&](const std::string& args, const std::string& words) {
+    test::CommandResult r = run_cli(args + " --device cpu -q");
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find(words), std::string::npos) << "want '" << words << "' in " << r.output;
+  };
+  const std::string out = " --rank 2 --out " + dir_.file("o.bin");
+  fail("compress --model " + plain() + " --acts stream --data " + images() +
+           " --layer classifier.0" + out,
+       "pass --arch");
+  fail("compress --model " + model() + " --acts stream --layer classifier.0" + out, "--data");
+  fail("compress --model " + model() + " --acts stream --data " + images() + " --layer features.0" +
+           out,
+       "not fully connected");
+  fail("compress --model " + model() + " --acts " + dir_.file("classifier.0.npy") +
+           " --layer classifier.0,classifier.3" + out,
+       "need --acts stream");
+  fail("compress --model " + plain() + " --acts stream --data " + images() +
+           " --layer classifier.0 --arch vgg16" + out,
+       "features.0.weight");
+  EXPECT_FALSE(test::file_exists(dir_.file("o.bin")));
+}
+
+}  // namespace
