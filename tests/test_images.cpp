@@ -636,5 +636,59 @@ TEST(ImageErrors, NameTheFileAndTheProblem) {
   expect_error([&] { open_images(d.file("data"), p, 0, 0, false, 0); }, {"workers"});
 }
 
+TEST(Preprocess, ParsesJson) {
+  const Preprocess p =
+      parse_preprocess(R"({"channels":3,"resize":256,"crop":[224,200],"scale":0.00392156862745098,)"
+                       R"("mean":[0.485,0.456,0.406],"std":[0.229,0.224,0.225]})");
+  EXPECT_EQ(p.channels, 3);
+  EXPECT_EQ(p.resize, 256);
+  EXPECT_EQ(p.crop_h, 224);
+  EXPECT_EQ(p.crop_w, 200);
+  EXPECT_DOUBLE_EQ(p.scale, 1.0 / 255);
+  EXPECT_EQ(p.mean, (std::vector<double>{0.485, 0.456, 0.406}));
+  EXPECT_EQ(p.std, (std::vector<double>{0.229, 0.224, 0.225}));
+  const Preprocess q = parse_preprocess(R"({"channels":1,"crop":32})");
+  EXPECT_EQ(q.crop_h, 32);
+  EXPECT_EQ(q.crop_w, 32);
+  EXPECT_EQ(q.resize, 256);  // default kept
+  expect_error([] { parse_preprocess(R"({"chanels":3})"); }, {"unknown key 'chanels'"});
+  expect_error([] { parse_preprocess(R"({"crop":[1,2,3]})"); }, {"crop must be [h, w]"});
+  expect_error([] { parse_preprocess(R"({"resize":"big"})"); }, {"wrong type"});
+  expect_error([] { parse_preprocess("{"); }, {"not valid JSON"});
+  expect_error([] { parse_preprocess(R"({"channels":1,"mean":[1,2]})"); }, {"mean and std"});
+}
+
+TEST(Preprocess, CmykJpegAsAdobeWritesIt) {
+  TempDir d;
+  // Adobe CMYK JPEGs store 255 - ink; the expected RGB is stored_c * stored_k / 255.
+  const Image cmyk = smooth_image(24, 16, 4, 0.2);
+  jpeg_compress_struct cinfo;
+  jpeg_error_mgr jerr;
+  cinfo.err = jpeg_std_error(&jerr);
+  jpeg_create_compress(&cinfo);
+  FILE* f = std::fopen(d.file("k.jpg").c_str(), "wb");
+  jpeg_stdio_dest(&cinfo, f);
+  cinfo.image_width = 24;
+  cinfo.image_height = 16;
+  cinfo.input_components = 4;
+  cinfo.in_color_space = JCS_CMYK;
+  jpeg_set_defaults(&cinfo);
+  jpeg_set_quality(&cinfo, 100, TRUE);
+  jpeg_start_compress(&cinfo, TRUE);
+  while (cinfo.next_scanline < cinfo.image_height) {
+    JSAMPROW row = const_cast<uint8_t*>(cmyk.px.data()) + cinfo.next_scanline * 24 * 4;
+    jpeg_write_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  jpeg_destroy_compress(&cinfo);
+  std::fclose(f);
+  Image rgb{24, 16, 3, {}};
+  for (int64_t i = 0; i < 24 * 16; ++i)
+    for (int ch = 0; ch < 3; ++ch)
+      rgb.px.push_back(static_cast<uint8_t>(cmyk.px[4 * i + ch] * cmyk.px[4 * i + 3] / 255));
+  // JPEG error on C and K (about 2 levels each at quality 100) compounds: 5 levels.
+  EXPECT_LE(max_abs_diff(decode(d.file("k.jpg"), raw(3, rgb)), to_double_planar(rgb)), 5.0);
+}
+
 }  // namespace
 }  // namespace dalr

@@ -24,6 +24,11 @@ struct Preprocess {
 // neither 0 nor `channels` entries, or a std is zero.
 void validate(const Preprocess& p);
 
+// Parses {"channels":3,"resize":256,"crop":[224,224],"scale":0.0039,"mean":[..],"std":[..]}
+// (crop is [h, w] or one number for a square; absent keys keep their defaults) and
+// validates it. Throws dalr::Error on bad JSON, an unknown key or a wrong value.
+Preprocess parse_preprocess(const std::string& json_text);
+
 struct Sample {
   std::string path;
   int64_t label;
@@ -45,7 +50,9 @@ class BatchSource {
   virtual ~BatchSource();
   virtual int64_t size() const = 0;  // images this source yields in all
   // Writes up to max_batch images (NCHW) to `out` and their labels to `labels` (may be
-  // null; -1 where unknown). Returns the number written; 0 at the end.
+  // null; -1 where unknown). Returns the number written; 0 at the end. An image that
+  // fails to decode throws dalr::Error (naming the file) when its turn comes, and again
+  // on every later call.
   virtual int64_t next(float* out, int64_t max_batch, std::vector<int64_t>* labels) = 0;
   virtual int64_t channels() const = 0;
   virtual int64_t height() const = 0;

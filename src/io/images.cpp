@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
@@ -40,6 +41,50 @@ void validate(const Preprocess& p) {
                   " values (one per channel)");
   for (double s : p.std)
     if (s == 0) throw Error("preprocess: a std of 0 would divide by zero");
+}
+
+Preprocess parse_preprocess(const std::string& json_text) {
+  Preprocess p;
+  const auto bad = [&](const std::string& why) {
+    return Error("preprocess " + json_text + ": " + why);
+  };
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(json_text);
+  } catch (const nlohmann::json::exception& e) {
+    throw bad(std::string("not valid JSON (") + e.what() + ")");
+  }
+  if (!j.is_object()) throw bad("expected a JSON object");
+  try {
+    for (const auto& [key, v] : j.items()) {
+      if (key == "channels") {
+        p.channels = v.get<int64_t>();
+      } else if (key == "resize") {
+        p.resize = v.get<int64_t>();
+      } else if (key == "crop") {
+        if (v.is_number()) {
+          p.crop_h = p.crop_w = v.get<int64_t>();
+        } else {
+          const auto hw = v.get<std::vector<int64_t>>();
+          if (hw.size() != 2) throw bad("crop must be [h, w] or one number");
+          p.crop_h = hw[0];
+          p.crop_w = hw[1];
+        }
+      } else if (key == "scale") {
+        p.scale = v.get<double>();
+      } else if (key == "mean") {
+        p.mean = v.get<std::vector<double>>();
+      } else if (key == "std") {
+        p.std = v.get<std::vector<double>>();
+      } else {
+        throw bad("unknown key '" + key + "' (known: channels, resize, crop, scale, mean, std)");
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw bad(std::string("a value has the wrong type (") + e.what() + ")");
+  }
+  validate(p);
+  return p;
 }
 
 // ------------------------------------------------------------------ folder listing
