@@ -1,0 +1,487 @@
+"""dalr-gpu model files (`.bin`): safetensors + the `dalr.arch` / `dalr.input` metadata.
+
+numpy only for reading and writing; torch is imported lazily by the functions that
+build or inspect an ``nn.Module``. The safetensors container is read and written by
+hand (the `safetensors` package is never used, even where it is installed, so that
+there is one code path).
+
+File layout: 8-byte little-endian header length N, N bytes of JSON header
+``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``
+(padded with spaces to a multiple of 8), then the tensor data (offsets relative to
+the end of the header).
+
+``dalr.arch`` (a JSON array as a string) lists the layers in order::
+
+    {"type":"conv","name":"features.0","in":3,"out":64,"kernel":3,"stride":1,"pad":1}
+    {"type":"relu"}  {"type":"maxpool","kernel":2,"stride":2}
+    {"type":"avgpool","kernel":K,"stride":S}  {"type":"adaptive_avgpool","out":[7,7]}
+    {"type":"batchnorm","name":...,"eps":...}  {"type":"flatten"}
+    {"type":"linear","name":"classifier.0","in":25088,"out":4096}  {"type":"dropout"}
+
+A compressed layer NAME appears as two linear entries ``NAME.0`` (k x n, no bias)
+and ``NAME.1`` (m x k, with bias): ``Sequential(Linear(n, k, bias=False), Linear(k, m))``.
+
+``dalr.input``: ``{"channels", "resize" (shorter side, bilinear), "crop": [h, w],
+"scale", "mean": [...], "std": [...]}``; a pixel becomes ``(pixel*scale - mean)/std``.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from collections import OrderedDict
+
+import numpy as np
+
+_DTYPES = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "F64": np.dtype("<f8"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "U8": np.dtype("u1"),
+}
+
+IMAGENET_INPUT = {
+    "channels": 3,
+    "resize": 256,
+    "crop": [224, 224],
+    "scale": 1.0 / 255.0,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+}
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+def read_safetensors(path):
+    """Returns (OrderedDict name -> float32/int64 numpy array, metadata dict).
+
+    F32, F16, BF16 and F64 tensors come back as float32; I64/I32/U8 keep their type."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 8:
+        raise ValueError(f"{path}: too short for a safetensors file")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if 8 + n > len(raw):
+        raise ValueError(f"{path}: header length {n} exceeds the file size")
+    header = json.loads(raw[8:8 + n].decode("utf-8"))
+    meta = header.pop("__metadata__", None) or {}
+    base = 8 + n
+    tensors = OrderedDict()
+    # keep file order (by offset) so that iteration is deterministic
+    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        b, e = info["data_offsets"]
+        shape = tuple(int(s) for s in info["shape"])
+        buf = raw[base + b: base + e]
+        dt = info["dtype"]
+        if dt == "BF16":
+            u16 = np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16
+            arr = u16.view(np.float32)
+        elif dt in _DTYPES:
+            arr = np.frombuffer(buf, dtype=_DTYPES[dt])
+            if arr.dtype.kind == "f":
+                arr = arr.astype(np.float32)
+        else:
+            raise ValueError(f"{path}: tensor {name}: unsupported dtype {dt}")
+        count = int(np.prod(shape)) if shape else 1
+        if arr.size != count:
+            raise ValueError(f"{path}: tensor {name}: {arr.size} elements for shape {shape}")
+        tensors[name] = np.array(arr.reshape(shape))  # own, writable copy
+    return tensors, meta
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Writes float32 tensors (anything else is converted to float32, int64 kept)."""
+    header = {}
+    blobs = []
+    off = 0
+    for name, arr in tensors.items():
+        a = np.asarray(arr)
+        if a.dtype.kind in "iu":
+            a = np.ascontiguousarray(a, dtype="<i8")
+            dt = "I64"
+        else:
+            a = np.ascontiguousarray(a, dtype="<f4")
+            dt = "F32"
+        data = a.tobytes()
+        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(data)]}
+        blobs.append(data)
+        off += len(data)
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hb += b" " * ((8 - len(hb) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        for b in blobs:
+            f.write(b)
+
+
+def read_bin(path):
+    """Returns (tensors, arch list, input dict or None, metadata)."""
+    tensors, meta = read_safetensors(path)
+    if "dalr.arch" not in meta:
+        raise ValueError(f"{path}: no dalr.arch in the metadata")
+    arch = json.loads(meta["dalr.arch"])
+    inp = json.loads(meta["dalr.input"]) if "dalr.input" in meta else None
+    return tensors, arch, inp, meta
+
+
+def write_bin(path, tensors, arch, inp=None, extra_meta=None):
+    meta = {"dalr.arch": json.dumps(arch, separators=(",", ":"))}
+    if inp is not None:
+        meta["dalr.input"] = json.dumps(inp, separators=(",", ":"))
+    if extra_meta:
+        meta.update(extra_meta)
+    check_arch(arch, tensors)
+    write_safetensors(path, tensors, meta)
+
+
+def check_arch(arch, tensors):
+    """Raises ValueError if a named layer's tensors are missing or have the wrong shape."""
+    for L in arch:
+        t = L["type"]
+        if t == "conv":
+            w = tensors.get(L["name"] + ".weight")
+            exp = (L["out"], L["in"], L["kernel"], L["kernel"])
+            if w is None or tuple(w.shape) != exp:
+                raise ValueError(f"{L['name']}.weight: expected {exp}, got {None if w is None else w.shape}")
+        elif t == "linear":
+            w = tensors.get(L["name"] + ".weight")
+            exp = (L["out"], L["in"])
+            if w is None or tuple(w.shape) != exp:
+                raise ValueError(f"{L['name']}.weight: expected {exp}, got {None if w is None else w.shape}")
+        elif t == "batchnorm":
+            for s in ("weight", "bias", "running_mean", "running_var"):
+                if L["name"] + "." + s not in tensors:
+                    raise ValueError(f"missing {L['name']}.{s}")
+
+
+# ----------------------------------------------------------------------------- torch <-> arch
+
+def _pair(v):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2 or v[0] != v[1]:
+            raise ValueError(f"only square kernels/strides/padding are supported, got {v}")
+        return int(v[0])
+    return int(v)
+
+
+def _arch_of_layer(prefix, m, out):
+    import torch.nn as nn
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1 or _pair(m.dilation) != 1:
+            raise ValueError(f"{prefix}: grouped or dilated convolutions are not supported")
+        out.append({"type": "conv", "name": prefix, "in": m.in_channels, "out": m.out_channels,
+                    "kernel": _pair(m.kernel_size), "stride": _pair(m.stride), "pad": _pair(m.padding)})
+        if m.bias is None:
+            raise ValueError(f"{prefix}: convolution without bias is not supported")
+    elif isinstance(m, nn.ReLU):
+        out.append({"type": "relu"})
+    elif isinstance(m, nn.MaxPool2d):
+        if _pair(m.padding) != 0 or m.ceil_mode:
+            raise ValueError(f"{prefix}: max pooling with padding or ceil_mode is not supported")
+        out.append({"type": "maxpool", "kernel": _pair(m.kernel_size),
+                    "stride": _pair(m.stride if m.stride is not None else m.kernel_size)})
+    elif isinstance(m, nn.AvgPool2d):
+        if _pair(m.padding) != 0 or m.ceil_mode:
+            raise ValueError(f"{prefix}: average pooling with padding or ceil_mode is not supported")
+        out.append({"type": "avgpool", "kernel": _pair(m.kernel_size),
+                    "stride": _pair(m.stride if m.stride is not None else m.kernel_size)})
+    elif isinstance(m, nn.AdaptiveAvgPool2d):
+        o = m.output_size
+        o = [int(o), int(o)] if isinstance(o, int) else [int(o[0]), int(o[1])]
+        out.append({"type": "adaptive_avgpool", "out": o})
+    elif isinstance(m, nn.BatchNorm2d):
+        out.append({"type": "batchnorm", "name": prefix, "eps": float(m.eps)})
+    elif isinstance(m, nn.Flatten):
+        out.append({"type": "flatten"})
+    elif isinstance(m, nn.Linear):
+        # no "bias" key: a linear layer has a bias unless it is the first half
+        # (NAME.0) of a compressed pair, and the tensors say which
+        out.append({"type": "linear", "name": prefix, "in": m.in_features, "out": m.out_features})
+    elif isinstance(m, nn.Dropout):
+        out.append({"type": "dropout"})
+    elif isinstance(m, nn.Sequential):
+        subs = list(m.named_children())
+        if (len(subs) == 2 and all(isinstance(s, nn.Linear) for _, s in subs)
+                and subs[0][1].bias is None and subs[1][1].bias is not None):
+            # a compressed layer: Sequential(Linear(n, k, bias=False), Linear(k, m))
+            for name, s in subs:
+                _arch_of_layer(f"{prefix}.{name}", s, out)
+        else:
+            for name, s in subs:
+                _arch_of_layer(f"{prefix}.{name}" if prefix else name, s, out)
+    elif isinstance(m, nn.Identity):
+        pass
+    else:
+        raise ValueError(f"{prefix}: unsupported module {type(m).__name__}")
+
+
+def arch_from_module(model):
+    """dalr.arch of a VGG-style module (children `features`, `avgpool`, `classifier`;
+    torchvision's VGG flattens between avgpool and classifier)."""
+    import torch.nn as nn
+    arch = []
+    names = dict(model.named_children())
+    if "features" in names:
+        _arch_of_layer("features", names["features"], arch)
+        if "avgpool" in names and names["avgpool"] is not None:
+            _arch_of_layer("avgpool", names["avgpool"], arch)
+        cls = names.get("classifier")
+        if cls is not None:
+            first = next(iter(cls.children()), cls) if isinstance(cls, nn.Sequential) else cls
+            if not isinstance(first, nn.Flatten):
+                arch.append({"type": "flatten"})
+            _arch_of_layer("classifier", cls, arch)
+    else:
+        _arch_of_layer("", model, arch)
+    return arch
+
+
+def tensors_from_module(model):
+    """float32 numpy tensors of a module's state dict (num_batches_tracked dropped)."""
+    out = OrderedDict()
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        out[k] = v.detach().cpu().float().numpy()
+    return out
+
+
+def save_module(path, model, inp=None, extra_meta=None):
+    arch = arch_from_module(model)
+    write_bin(path, tensors_from_module(model), arch, inp, extra_meta)
+    return arch
+
+
+def _module_classes():
+    import torch
+    import torch.nn as nn
+
+    class DalrNet(nn.Module):
+        """features -> avgpool -> flatten -> classifier, as torchvision's VGG."""
+
+        def __init__(self, features, avgpool, classifier, flatten_in_features):
+            super().__init__()
+            self.features = features
+            self.avgpool = avgpool
+            self.classifier = classifier
+            self._flatten_outside = not flatten_in_features
+
+        def forward(self, x):
+            x = self.features(x)
+            x = self.avgpool(x)
+            if self._flatten_outside:
+                x = torch.flatten(x, 1)
+            return self.classifier(x)
+
+    return DalrNet
+
+
+def _split_name(name):
+    """'classifier.0' -> ('classifier', ['0']); 'classifier.0.1' -> ('classifier', ['0', '1'])."""
+    parts = name.split(".")
+    return parts[0], parts[1:]
+
+
+def module_from_arch(arch, tensors=None):
+    """Rebuilds an nn.Module from dalr.arch (and loads `tensors` if given).
+
+    Named layers keep their torchvision index (so that state-dict keys match);
+    unnamed ones (relu, pool, dropout, flatten) take the next free index of their
+    section. A compressed layer `classifier.0.0`/`classifier.0.1` becomes
+    `classifier[0] = Sequential(Linear(n, k, bias=False), Linear(k, m))`."""
+    import torch
+    import torch.nn as nn
+
+    sections = {"features": OrderedDict(), "avgpool": None, "classifier": OrderedDict()}
+    section = "features"
+    flatten_in_features = False
+    seen_flatten = False
+    prev_named_idx = {"features": -1, "classifier": -1}
+
+    def put(sec, idx, mod):
+        d = sections[sec]
+        if idx in d:
+            raise ValueError(f"{sec}.{idx} defined twice in dalr.arch")
+        d[idx] = mod
+        prev_named_idx[sec] = max(prev_named_idx[sec], idx)
+
+    def next_idx(sec):
+        return prev_named_idx[sec] + 1
+
+    pending_lowrank = {}
+    for L in arch:
+        t = L["type"]
+        name = L.get("name")
+        if name is not None:
+            sec, rest = _split_name(name)
+            if sec not in ("features", "classifier"):
+                raise ValueError(f"layer name {name}: expected features.N or classifier.N")
+            section = sec
+        if t == "flatten":
+            seen_flatten = True
+            section = "classifier"
+            continue
+        if t in ("adaptive_avgpool", "avgpool") and section == "features" and sections["avgpool"] is None \
+                and name is None and _is_last_spatial(arch, L):
+            sections["avgpool"] = (nn.AdaptiveAvgPool2d(tuple(L["out"])) if t == "adaptive_avgpool"
+                                   else nn.AvgPool2d(L["kernel"], L["stride"]))
+            continue
+        if t == "conv":
+            mod = nn.Conv2d(L["in"], L["out"], L["kernel"], stride=L.get("stride", 1), padding=L.get("pad", 0))
+        elif t == "relu":
+            mod = nn.ReLU(inplace=True)
+        elif t == "maxpool":
+            mod = nn.MaxPool2d(L["kernel"], L.get("stride", L["kernel"]))
+        elif t == "avgpool":
+            mod = nn.AvgPool2d(L["kernel"], L.get("stride", L["kernel"]))
+        elif t == "adaptive_avgpool":
+            mod = nn.AdaptiveAvgPool2d(tuple(L["out"]))
+        elif t == "batchnorm":
+            c = None
+            if tensors is not None:
+                c = tensors[name + ".weight"].shape[0]
+            else:
+                c = _channels_before(arch, L)
+            mod = nn.BatchNorm2d(c, eps=L.get("eps", 1e-5))
+        elif t == "linear":
+            if tensors is not None:
+                bias = name + ".bias" in tensors
+            else:  # the first half of a compressed pair has no bias
+                bias = not (len(name.split(".")) == 3 and name.endswith(".0"))
+            mod = nn.Linear(L["in"], L["out"], bias=bias)
+        elif t == "dropout":
+            mod = nn.Dropout()
+        else:
+            raise ValueError(f"unsupported layer type {t!r} in dalr.arch")
+
+        if name is None:
+            put(section, next_idx(section), mod)
+            continue
+        sec, rest = _split_name(name)
+        if len(rest) == 1:
+            put(sec, int(rest[0]), mod)
+        elif len(rest) == 2 and t == "linear":
+            idx, sub = int(rest[0]), int(rest[1])
+            pending_lowrank.setdefault((sec, idx), {})[sub] = mod
+            if len(pending_lowrank[(sec, idx)]) == 2:
+                parts = pending_lowrank.pop((sec, idx))
+                put(sec, idx, nn.Sequential(parts[0], parts[1]))
+        else:
+            raise ValueError(f"unsupported layer name {name}")
+    if pending_lowrank:
+        raise ValueError(f"incomplete compressed layers: {list(pending_lowrank)}")
+
+    def seq(d):
+        if not d:
+            return nn.Sequential()
+        n = max(d) + 1
+        mods = [d.get(i, nn.Identity()) for i in range(n)]
+        return nn.Sequential(*mods)
+
+    del flatten_in_features, seen_flatten
+    avg = sections["avgpool"] if sections["avgpool"] is not None else nn.Identity()
+    DalrNet = _module_classes()
+    model = DalrNet(seq(sections["features"]), avg, seq(sections["classifier"]), flatten_in_features=False)
+    if tensors is not None:
+        sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise ValueError(f"tensors do not match dalr.arch: missing {missing}, unexpected {unexpected}")
+    model.eval()
+    return model
+
+
+def _is_last_spatial(arch, L):
+    """True if L is the last spatial layer before the flatten (torchvision's `avgpool` slot)."""
+    i = next(j for j, x in enumerate(arch) if x is L)
+    for x in arch[i + 1:]:
+        if x["type"] == "flatten":
+            return True
+        if x["type"] in ("conv", "maxpool", "avgpool", "adaptive_avgpool", "batchnorm"):
+            return False
+        if x["type"] == "linear":
+            return True
+    return True
+
+
+def _channels_before(arch, L):
+    c = None
+    for x in arch:
+        if x is L:
+            return c
+        if x["type"] == "conv":
+            c = x["out"]
+    raise ValueError("batchnorm before any convolution")
+
+
+def module_from_bin(path):
+    """(nn.Module in eval mode, dalr.input dict or None) from a `.bin` file."""
+    tensors, arch, inp, _ = read_bin(path)
+    return module_from_arch(arch, tensors), inp
+
+
+def fc_layers(arch):
+    """[(name, in, out, params)] of the linear layers (a compressed pair counts as two)."""
+    out = []
+    for L in arch:
+        if L["type"] == "linear":
+            nobias = len(L["name"].split(".")) == 3 and L["name"].endswith(".0")
+            out.append((L["name"], L["in"], L["out"], L["in"] * L["out"] + (0 if nobias else L["out"])))
+    return out
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+def preprocess_image(img, inp):
+    """PIL image -> float32 array (C, H, W) as dalr.input prescribes:
+    resize the shorter side to `resize` (bilinear), centre crop, (pixel*scale - mean)/std."""
+    from PIL import Image
+    c = int(inp.get("channels", 3))
+    img = img.convert("L" if c == 1 else "RGB")
+    r = inp.get("resize")
+    w, h = img.size
+    if r and min(w, h) != r:
+        if w <= h:
+            nw, nh = r, max(1, int(round(h * r / w)))
+        else:
+            nw, nh = max(1, int(round(w * r / h))), r
+        img = img.resize((nw, nh), Image.BILINEAR)
+    ch, cw = inp.get("crop", [img.size[1], img.size[0]])
+    w, h = img.size
+    left = int(round((w - cw) / 2.0))
+    top = int(round((h - ch) / 2.0))
+    img = img.crop((left, top, left + cw, top + ch))
+    a = np.asarray(img, dtype=np.float32)
+    if a.ndim == 2:
+        a = a[None]
+    else:
+        a = a.transpose(2, 0, 1)
+    a = a * float(inp.get("scale", 1.0))
+    mean = np.asarray(inp.get("mean", [0.0] * c), dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(inp.get("std", [1.0] * c), dtype=np.float32).reshape(-1, 1, 1)
+    return ((a - mean) / std).astype(np.float32)
+
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp")
+
+
+def list_image_folder(root):
+    """[(path, label)] of an image folder root/<class>/<file>; classes sorted by name
+    (numeric names numerically), labels = position in that order."""
+    import os
+    classes = [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
+    if all(c.isdigit() for c in classes):
+        classes.sort(key=int)
+    else:
+        classes.sort()
+    items = []
+    for i, c in enumerate(classes):
+        for fn in sorted(os.listdir(os.path.join(root, c))):
+            if fn.lower().endswith(IMAGE_EXTS):
+                items.append((os.path.join(root, c, fn), i))
+    return items, classes
