@@ -179,3 +179,46 @@ TEST_F(Stream, PresetForAPlainStateDictAndErrors) {
 }
 
 }  // namespace
+
+namespace {
+
+// Unreadable files in an image folder are reported and skipped with a count; a folder
+// where nothing can be read is an error.
+TEST(StreamImages, UnreadableImagesAreSkippedAndCounted) {
+  test::TempDir dir;
+  const std::string ex = std::string(DALR_SOURCE_DIR) + "/examples/fashion2digits/";
+  for (const char* cls : {"a", "b"}) std::filesystem::create_directories(dir.file(cls));
+  std::filesystem::copy_file(ex + "test/0/0000.png", dir.file("a/0.png"));
+  std::filesystem::copy_file(ex + "test/1/0000.png", dir.file("b/1.png"));
+  std::filesystem::copy_file(ex + "test/2/0000.png", dir.file("b/2.png"));
+  test::write_file(dir.file("a/broken.png"), "\x89PNG\r\n\x1a\n not really");
+  test::write_file(dir.file("b/text.jpg"), "plain text, not a JPEG");
+  const std::string out = dir.file("o.bin");
+  test::CommandResult r = run_cli("compress --model " + ex + "model.bin --acts stream --data " +
+                                  dir.path() + " --layer classifier.3 --rank 2 --out " + out +
+                                  " --report " + dir.file("r.json") + " --device cpu -q");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: skipped 2 of 5 images that could not be read"),
+            std::string::npos)
+      << r.output;
+  auto rep = nlohmann::json::parse(test::read_file(dir.file("r.json")));
+  EXPECT_EQ(rep["data"]["skipped"], 2);
+  EXPECT_EQ(rep["samples"], 3);
+  test::CommandResult e = run_cli("evaluate --model " + out + " --data " + dir.path() + " -q");
+  EXPECT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_NE(e.output.find("on 3 images"), std::string::npos) << e.output;
+  EXPECT_NE(e.output.find("skipped 2 images"), std::string::npos) << e.output;
+
+  std::filesystem::remove(dir.file("a/0.png"));
+  std::filesystem::remove(dir.file("b/1.png"));
+  std::filesystem::remove(dir.file("b/2.png"));
+  std::filesystem::remove(out);
+  test::CommandResult n =
+      run_cli("compress --model " + ex + "model.bin --acts stream --data " + dir.path() +
+              " --layer classifier.3 --rank 2 --out " + out + " --device cpu -q");
+  EXPECT_EQ(n.exit_code, 1) << n.output;
+  EXPECT_NE(n.output.find("none of the 2 images could be read"), std::string::npos) << n.output;
+  EXPECT_FALSE(test::file_exists(out));
+}
+
+}  // namespace

@@ -57,14 +57,21 @@ class BatchSource {
   virtual int64_t channels() const = 0;
   virtual int64_t height() const = 0;
   virtual int64_t width() const = 0;
+  // Images that could not be read and were skipped (only with skip_bad), and why the
+  // first one failed.
+  virtual int64_t skipped() const { return 0; }
+  virtual std::string first_skip_reason() const { return {}; }
 };
 
 // An image folder decoded by `workers` threads into a ring that runs ahead of the
 // consumer. The list is shuffled (if asked, deterministically from `seed`) and then
 // cut to `limit` images (limit <= 0: all); images come out in that list's order
-// whichever worker decoded them, so the batches do not depend on `workers`.
+// whichever worker decoded them, so the batches do not depend on `workers`. An image
+// that cannot be read (corrupt, truncated, not an image, smaller than the crop) stops
+// the source with an error naming it, or with `skip_bad` is left out and counted.
 std::unique_ptr<BatchSource> open_images(const std::string& dir, const Preprocess& p, int workers,
-                                         int64_t limit, bool shuffle, uint64_t seed);
+                                         int64_t limit, bool shuffle, uint64_t seed,
+                                         bool skip_bad = false);
 
 // An N x C x H x W .npy (float16/32/64), already preprocessed; labels are -1.
 std::unique_ptr<BatchSource> open_npy_images(const std::string& path, int64_t limit);

@@ -282,7 +282,8 @@ json recon_json(const ReconError& e) {
 
 template <typename T>
 void stream_all(const CompressOptions& o, const SafetensorsFile& model, const Arch& arch,
-                std::vector<LayerJob<T>>& jobs, Backend& backend, json& rep) {
+                std::vector<LayerJob<T>>& jobs, Backend& backend, json& rep,
+                std::vector<std::string>& warnings) {
   if (!o.stats_in.empty()) throw Error("--stats cannot be combined with --acts stream yet");
   CpuForward<T> fwd(arch, model);
   std::vector<std::unique_ptr<StatsAccumulator<T>>> accs;
@@ -300,11 +301,12 @@ void stream_all(const CompressOptions& o, const SafetensorsFile& model, const Ar
   std::unique_ptr<BatchSource> src = open_data(d, arch.input);
   stream_statistics(fwd, *src, names, raw, d);
   for (size_t i = 0; i < jobs.size(); ++i) jobs[i].st = accs[i]->result();
-  rep["data"] = {{"path", o.data},
-                 {"images", src->size()},
-                 {"shuffle", o.shuffle},
-                 {"seed", o.seed},
-                 {"limit", o.limit}};
+  rep["data"] = {{"path", o.data},       {"images", src->size()}, {"skipped", src->skipped()},
+                 {"shuffle", o.shuffle}, {"seed", o.seed},        {"limit", o.limit}};
+  if (src->skipped() > 0)
+    warnings.push_back("skipped " + std::to_string(src->skipped()) + " of " +
+                       std::to_string(src->size()) +
+                       " images that could not be read (first: " + src->first_skip_reason() + ")");
   if (jobs.front().st.count() == 0) throw Error("no images in " + o.data);
 }
 
@@ -350,7 +352,7 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
 
   t0 = Clock::now();
   if (stream) {
-    stream_all(o, model, arch, jobs, backend, rep);
+    stream_all(o, model, arch, jobs, backend, rep, res.warnings);
   } else {
     jobs.front().st = gather_stats<T>(o, jobs.front().l, backend, rep);
   }

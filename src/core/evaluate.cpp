@@ -69,7 +69,9 @@ EvaluateResult run(const EvaluateOptions& o) {
     progress.add(got);
   }
   progress.finish();
-  if (r.images == 0) throw Error("no images in " + o.data);
+  if (r.images == 0)
+    throw Error("no readable images in " + o.data +
+                (src->skipped() ? " (first failure: " + src->first_skip_reason() + ")" : ""));
   r.top1 = r.labelled ? double(hit1) / r.labelled : 0;
   r.top5 = r.labelled ? double(hit5) / r.labelled : 0;
   if (other) r.agreement = double(agree) / r.images;
@@ -78,6 +80,7 @@ EvaluateResult run(const EvaluateOptions& o) {
                       {"labelled", r.labelled}, {"precision", o.precision}, {"device", "cpu"}};
   if (r.labelled) j["top1"] = r.top1, j["top5"] = r.top5;
   if (other) j["compare"] = o.compare, j["agreement"] = r.agreement;
+  j["skipped"] = src->skipped();
   r.report_json = j.dump(2);
   std::ostringstream s;
   s << std::fixed << std::setprecision(2) << o.model << " on " << r.images << " images";
@@ -87,6 +90,9 @@ EvaluateResult run(const EvaluateOptions& o) {
     s << " (no labels: a .npy source)";
   if (other) s << "; agreement with " << o.compare << ": " << 100 * r.agreement << "%";
   s << "\n";
+  if (src->skipped())
+    s << "skipped " << src->skipped()
+      << " images that could not be read (first: " << src->first_skip_reason() << ")\n";
   r.summary = s.str();
   if (!o.report.empty()) write_text_file(o.report, r.report_json + "\n");
   return r;

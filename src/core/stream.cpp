@@ -34,7 +34,8 @@ std::unique_ptr<BatchSource> open_data(const DataOptions& o, const InputSpec& in
   if (o.batch < 1) throw Error("--batch must be at least 1");
   if (o.limit < 0) throw Error("--limit must be >= 0");
   if (std::filesystem::is_directory(o.data))
-    return open_images(o.data, preprocess_of(in), o.workers, o.limit, o.shuffle, o.seed);
+    return open_images(o.data, preprocess_of(in), o.workers, o.limit, o.shuffle, o.seed,
+                       /*skip_bad=*/true);
   return open_npy_images(o.data, o.limit);
 }
 
@@ -79,6 +80,9 @@ void stream_statistics(const CpuForward<T>& fwd, BatchSource& src,
     progress.add(got);
   }
   progress.finish();
+  if (first == 0 && src.skipped() > 0)
+    throw Error("none of the " + std::to_string(src.size()) +
+                " images could be read (first: " + src.first_skip_reason() + ")");
 }
 
 template void stream_statistics(const CpuForward<float>&, BatchSource&,

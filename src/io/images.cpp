@@ -318,8 +318,11 @@ namespace {
 // ring_size images ahead of the consumer, so memory stays bounded.
 class ImageFolderSource final : public BatchSource {
  public:
-  ImageFolderSource(std::vector<Sample> samples, const Preprocess& p, int workers)
-      : samples_(std::move(samples)), p_(p), image_floats_(p.channels * p.crop_h * p.crop_w) {
+  ImageFolderSource(std::vector<Sample> samples, const Preprocess& p, int workers, bool skip_bad)
+      : samples_(std::move(samples)),
+        p_(p),
+        image_floats_(p.channels * p.crop_h * p.crop_w),
+        skip_bad_(skip_bad) {
     ring_size_ = std::max<int64_t>(16, 4 * static_cast<int64_t>(workers));
     ring_.resize(static_cast<size_t>(ring_size_));
     for (auto& s : ring_) s.data.resize(static_cast<size_t>(image_floats_));
@@ -339,6 +342,8 @@ class ImageFolderSource final : public BatchSource {
   int64_t channels() const override { return p_.channels; }
   int64_t height() const override { return p_.crop_h; }
   int64_t width() const override { return p_.crop_w; }
+  int64_t skipped() const override { return skipped_; }
+  std::string first_skip_reason() const override { return first_skip_reason_; }
 
   int64_t next(float* out, int64_t max_batch, std::vector<int64_t>* labels) override {
     if (labels) labels->clear();
@@ -349,7 +354,22 @@ class ImageFolderSource final : public BatchSource {
         std::unique_lock<std::mutex> lock(mu_);
         slot_ready_.wait(lock, [&] { return s.index == consumed_; });
       }
-      if (s.error) std::rethrow_exception(s.error);  // stays put: later calls throw again
+      if (s.error && !skip_bad_) std::rethrow_exception(s.error);  // later calls throw again
+      if (s.error) {                                               // left out and counted
+        if (skipped_++ == 0) {
+          try {
+            std::rethrow_exception(s.error);
+          } catch (const std::exception& e) {
+            first_skip_reason_ = e.what();
+          }
+        }
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          ++consumed_;
+        }
+        slot_free_.notify_all();
+        continue;
+      }
       std::memcpy(out + n * image_floats_, s.data.data(),
                   static_cast<size_t>(image_floats_) * sizeof(float));
       if (labels) labels->push_back(samples_[static_cast<size_t>(consumed_)].label);
@@ -400,6 +420,9 @@ class ImageFolderSource final : public BatchSource {
   const std::vector<Sample> samples_;
   const Preprocess p_;
   const int64_t image_floats_;
+  const bool skip_bad_;
+  int64_t skipped_ = 0;  // consumer side only
+  std::string first_skip_reason_;
   int64_t ring_size_ = 0;
   std::vector<Slot> ring_;
   std::vector<std::thread> threads_;
@@ -440,7 +463,8 @@ class NpyImageSource final : public BatchSource {
 }  // namespace
 
 std::unique_ptr<BatchSource> open_images(const std::string& dir, const Preprocess& p, int workers,
-                                         int64_t limit, bool shuffle, uint64_t seed) {
+                                         int64_t limit, bool shuffle, uint64_t seed,
+                                         bool skip_bad) {
   validate(p);
   if (workers < 1) throw Error("images: workers must be >= 1, not " + std::to_string(workers));
   std::vector<Sample> samples = list_image_folder(dir, nullptr);
@@ -452,7 +476,7 @@ std::unique_ptr<BatchSource> open_images(const std::string& dir, const Preproces
   }
   if (limit > 0 && limit < static_cast<int64_t>(samples.size()))
     samples.resize(static_cast<size_t>(limit));
-  return std::make_unique<ImageFolderSource>(std::move(samples), p, workers);
+  return std::make_unique<ImageFolderSource>(std::move(samples), p, workers, skip_bad);
 }
 
 std::unique_ptr<BatchSource> open_npy_images(const std::string& path, int64_t limit) {
