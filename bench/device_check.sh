@@ -39,7 +39,7 @@ fi
 GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
 configure() {
   cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
-    "$@" >>"$LOG/configure.log" 2>&1
+    ${CUDNN_ROOT:+"-DCUDNN_ROOT=$CUDNN_ROOT"} "$@" >>"$LOG/configure.log" 2>&1
 }
 unpack_devdeps() {
   local P=/tmp/dalr-deps L

@@ -1,0 +1,65 @@
+#pragma once
+// The forward pass of an Arch on the GPU: the twin of CpuForward<T> (dalr/forward.hpp),
+// with the same inputs, outputs, errors and tap semantics. Convolutions and fixed-window
+// pooling run through cuDNN, linear layers through cuBLAS, the rest in small kernels.
+// Plain C++: no CUDA headers. Built only with CUDA (DALR_HAVE_CUDA).
+//
+// Precision: T = double runs in fp64 throughout (math is ignored). T = float with
+// Math::Exact forbids TF32 in both cuDNN (CUDNN_FMA_MATH) and cuBLAS (pedantic math);
+// Math::Tf32 lets both use TF32 tensor cores.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dalr/arch.hpp"
+#include "dalr/cuda.hpp"
+#include "dalr/forward.hpp"
+#include "dalr/matrix.hpp"
+
+namespace dalr {
+class SafetensorsFile;
+}
+
+namespace dalr::cuda {
+
+template <typename T>  // float or double
+class CudnnForward {
+ public:
+  using Tap = typename CpuForward<T>::Tap;
+
+  // Checks the weights against the arch (check_weights) and uploads them, converted to
+  // T, once. The file may be closed afterwards. Throws dalr::Error if `device` does not
+  // exist.
+  CudnnForward(const Arch& arch, const SafetensorsFile& weights, Math math = Math::Exact,
+               int device = 0);
+  ~CudnnForward();
+  CudnnForward(CudnnForward&&) noexcept;
+  CudnnForward& operator=(CudnnForward&&) noexcept;
+  CudnnForward(const CudnnForward&) = delete;
+  CudnnForward& operator=(const CudnnForward&) = delete;
+
+  const Arch& arch() const;
+
+  // As CpuForward<T>::run: `input` is a host batch of NCHW images; returns the input of
+  // layer `stop_at_layer_input` (n x batch, column-major) or, with an empty name, the
+  // network's output. Shapes are checked before any device work.
+  // Not thread-safe: one object runs one pass at a time (it caches buffers and
+  // algorithm choices per shape).
+  Matrix<T> run(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                const std::string& stop_at_layer_input = "") const;
+
+  // As CpuForward<T>::run_taps: `tap` receives a HOST pointer to the n x batch input
+  // of each named layer, valid during the call.
+  void run_taps(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                const std::vector<std::string>& taps, const Tap& tap) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+extern template class CudnnForward<float>;
+extern template class CudnnForward<double>;
+
+}  // namespace dalr::cuda

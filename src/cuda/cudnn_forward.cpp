@@ -1,0 +1,478 @@
+// CudnnForward<T>: the GPU twin of CpuForward<T> (src/cpu/forward.cpp). One activation
+// block per layer boundary lives on the device in NCHW order, which per sample is the
+// C-order flattening, so after a flatten the block is already the column-major
+// (features x batch) matrix that cuBLAS multiplies. Two grow-only buffers ping-pong
+// between out-of-place layers; relu, batchnorm and biases work in place.
+#include "dalr/cudnn_forward.hpp"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "adaptive_pool.cuh"
+#include "channel_scale_shift.cuh"
+#include "cuda/context.hpp"
+#include "cuda/cudnn_check.hpp"
+#include "cuda/device_buffer.hpp"
+#include "dalr/error.hpp"
+#include "dalr/safetensors.hpp"
+#include "relu.cuh"
+
+namespace dalr::cuda {
+namespace {
+
+template <typename T>
+constexpr cudnnDataType_t cudnn_type() {
+  return std::is_same<T, double>::value ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
+}
+
+// Owner of a cuDNN handle or descriptor: created on construction, destroyed without
+// throwing. S* is the opaque pointer type the C API hands out.
+template <typename S, cudnnStatus_t (*Create)(S**), cudnnStatus_t (*Destroy)(S*)>
+class CudnnObject {
+ public:
+  CudnnObject() { DALR_CUDNN_CHECK(Create(&p_)); }
+  ~CudnnObject() {
+    if (p_) DALR_CUDNN_CHECK_NOTHROW(Destroy(p_));
+  }
+  CudnnObject(const CudnnObject&) = delete;
+  CudnnObject& operator=(const CudnnObject&) = delete;
+  S* get() const { return p_; }
+
+ private:
+  S* p_ = nullptr;
+};
+using CudnnHandle = CudnnObject<cudnnContext, cudnnCreate, cudnnDestroy>;
+using TensorDesc =
+    CudnnObject<cudnnTensorStruct, cudnnCreateTensorDescriptor, cudnnDestroyTensorDescriptor>;
+using FilterDesc =
+    CudnnObject<cudnnFilterStruct, cudnnCreateFilterDescriptor, cudnnDestroyFilterDescriptor>;
+using ConvDesc = CudnnObject<cudnnConvolutionStruct, cudnnCreateConvolutionDescriptor,
+                             cudnnDestroyConvolutionDescriptor>;
+using PoolDesc =
+    CudnnObject<cudnnPoolingStruct, cudnnCreatePoolingDescriptor, cudnnDestroyPoolingDescriptor>;
+
+// cuDNN's legacy descriptors and cuBLAS's classic API take int sizes.
+int to_int(int64_t v, const std::string& what) {
+  if (v < 0 || v > INT_MAX)
+    throw Error(what + " = " + std::to_string(v) +
+                " does not fit the GPU libraries' 32-bit sizes (try a smaller --batch)");
+  return static_cast<int>(v);
+}
+
+void set_nchw(const TensorDesc& d, cudnnDataType_t type, int64_t n, const ActShape& s) {
+  DALR_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d.get(), CUDNN_TENSOR_NCHW, type, to_int(n, "batch"),
+                                              to_int(s.c, "channels"), to_int(s.h, "height"),
+                                              to_int(s.w, "width")));
+}
+
+void gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+          const float* a, int lda, const float* b, int ldb, float* c, int ldc) {
+  const float one = 1.f, zero = 0.f;
+  DALR_CUBLAS_CHECK(cublasSgemm(h, ta, tb, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc));
+}
+void gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+          const double* a, int lda, const double* b, int ldb, double* c, int ldc) {
+  const double one = 1.0, zero = 0.0;
+  DALR_CUBLAS_CHECK(cublasDgemm(h, ta, tb, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc));
+}
+
+// The conv descriptor's math type is the precision policy for cuDNN. For float data,
+// CUDNN_DEFAULT_MATH permits TF32 tensor cores on sm_80 and newer, CUDNN_FMA_MATH
+// restricts cuDNN to FMA kernels (no TF32): Exact. Tf32 uses CUDNN_DEFAULT_MATH rather
+// than CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, which may also convert fp32 data down to
+// fp16 (a narrower range than TF32). fp64 has no reduced mode to guard against.
+template <typename T>
+cudnnMathType_t conv_math(Math math) {
+  if (std::is_same<T, float>::value && math == Math::Exact) return CUDNN_FMA_MATH;
+  return CUDNN_DEFAULT_MATH;
+}
+
+// Second guard on the heuristic's suggestions: an algorithm whose own math type would
+// need tensor-op math (or down-conversion) is skipped where the policy forbids it.
+template <typename T>
+bool math_allowed(cudnnMathType_t algo_math, Math math) {
+  if (algo_math == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) return false;
+  if (std::is_same<T, float>::value && math == Math::Exact)
+    return algo_math != CUDNN_TENSOR_OP_MATH;
+  return true;
+}
+
+struct ConvPlan {
+  cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+  size_t workspace = 0;
+};
+
+template <typename T>
+struct LayerState {
+  DeviceBuffer<T> weight;  // conv (O, C, k, k) / linear (out, in) row-major; bn: scale
+  DeviceBuffer<T> bias;    // empty when the layer has none; bn: shift
+  int64_t bn_channels = 0;
+  std::unique_ptr<FilterDesc> filter;
+  std::unique_ptr<ConvDesc> conv;
+  std::unique_ptr<PoolDesc> pool;
+};
+
+template <typename T>
+void ensure_device(DeviceBuffer<T>& b, size_t n, const Context& ctx) {
+  if (b.size() >= n) return;
+  ctx.synchronize();  // work in flight may still read the old buffer
+  b = DeviceBuffer<T>();
+  b = DeviceBuffer<T>(n);
+}
+
+template <typename T>
+void ensure_pinned(PinnedBuffer<T>& b, size_t n, const Context& ctx) {
+  if (b.size() >= n) return;
+  ctx.synchronize();
+  b = PinnedBuffer<T>();
+  b = PinnedBuffer<T>(n);
+}
+
+}  // namespace
+
+template <typename T>
+struct CudnnForward<T>::Impl {
+  Impl(const Arch& a, Math m, int device) : arch(a), math(m), ctx(device, m) {
+    DALR_CUDNN_CHECK(cudnnSetStream(cudnn.get(), ctx.stream()));
+  }
+
+  Arch arch;
+  Math math;
+  Context ctx;  // makes the device current first: the handle below is created on it
+  CudnnHandle cudnn;
+  TensorDesc xdesc, ydesc;  // reset for every layer
+  std::vector<LayerState<T>> layers;
+  DeviceBuffer<T> act[2];
+  PinnedBuffer<T> in_stage, out_stage;
+  std::map<std::array<int64_t, 5>, ConvPlan> plans;  // (layer, batch, c, h, w)
+
+  void load(const SafetensorsFile& weights);
+  size_t index_of(const std::string& name) const;
+  void walk(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w, size_t stop,
+            const std::vector<size_t>& taps, const Tap* tap, Matrix<T>* out);
+  void download(const T* src, int64_t count);  // into out_stage, then waits
+  const ConvPlan& plan(size_t i, int64_t batch, const ActShape& s, const ActShape& o);
+  void conv(size_t i, int64_t batch, const ActShape& s, const ActShape& o, const T* x, T* y);
+  void pool(size_t i, int64_t batch, const ActShape& s, const ActShape& o, const T* x, T* y);
+  void linear(size_t i, int64_t batch, const T* x, T* y);
+};
+
+template <typename T>
+void CudnnForward<T>::Impl::load(const SafetensorsFile& weights) {
+  const cudaStream_t stream = ctx.stream();
+  layers.resize(arch.layers.size());
+  for (size_t i = 0; i < arch.layers.size(); ++i) {
+    const LayerSpec& l = arch.layers[i];
+    LayerState<T>& st = layers[i];
+    std::vector<T> wv, bv;
+    if (l.type == LayerType::Conv || l.type == LayerType::Linear) {
+      wv = weights.read<T>(l.name + ".weight");
+      if (l.bias) bv = weights.read<T>(l.name + ".bias");
+    } else if (l.type == LayerType::BatchNorm) {
+      // Folded in double exactly as CpuForward does: y = x * scale + shift.
+      const auto g = weights.read<double>(l.name + ".weight");
+      const auto b = weights.read<double>(l.name + ".bias");
+      const auto mean = weights.read<double>(l.name + ".running_mean");
+      const auto var = weights.read<double>(l.name + ".running_var");
+      for (size_t c = 0; c < g.size(); ++c) {
+        if (!(var[c] + l.eps > 0))
+          throw Error(weights.path() + ": " + l.name + ".running_var[" + std::to_string(c) +
+                      "] + eps is not positive");
+        const double scale = g[c] / std::sqrt(var[c] + l.eps);
+        wv.push_back(static_cast<T>(scale));
+        bv.push_back(static_cast<T>(b[c] - mean[c] * scale));
+      }
+      st.bn_channels = static_cast<int64_t>(g.size());
+    }
+    if (!wv.empty()) {
+      st.weight = DeviceBuffer<T>(wv.size());
+      st.weight.upload(wv.data(), wv.size(), stream);
+    }
+    if (!bv.empty()) {
+      st.bias = DeviceBuffer<T>(bv.size());
+      st.bias.upload(bv.data(), bv.size(), stream);
+    }
+    ctx.synchronize();  // the host vectors die at the end of this iteration
+
+    if (l.type == LayerType::Conv) {
+      const int k = to_int(l.kernel, "kernel"), s = to_int(l.stride, "stride");
+      const int p = to_int(l.pad, "pad");
+      st.filter = std::make_unique<FilterDesc>();
+      DALR_CUDNN_CHECK(cudnnSetFilter4dDescriptor(st.filter->get(), cudnn_type<T>(),
+                                                  CUDNN_TENSOR_NCHW, to_int(l.out, "out"),
+                                                  to_int(l.in, "in"), k, k));
+      st.conv = std::make_unique<ConvDesc>();
+      DALR_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(st.conv->get(), p, p, s, s, 1, 1,
+                                                       CUDNN_CROSS_CORRELATION, cudnn_type<T>()));
+      DALR_CUDNN_CHECK(cudnnSetConvolutionMathType(st.conv->get(), conv_math<T>(math)));
+    } else if (l.type == LayerType::MaxPool || l.type == LayerType::AvgPool) {
+      const int k = to_int(l.kernel, "kernel"), s = to_int(l.stride, "stride");
+      st.pool = std::make_unique<PoolDesc>();
+      // Floor mode without padding, as PyTorch; a max over a window with a NaN is NaN.
+      DALR_CUDNN_CHECK(cudnnSetPooling2dDescriptor(
+          st.pool->get(),
+          l.type == LayerType::MaxPool ? CUDNN_POOLING_MAX
+                                       : CUDNN_POOLING_AVERAGE_COUNT_EXCLUDE_PADDING,
+          CUDNN_PROPAGATE_NAN, k, k, 0, 0, s, s));
+    }
+  }
+}
+
+template <typename T>
+size_t CudnnForward<T>::Impl::index_of(const std::string& name) const {
+  std::string names;  // the message CpuForward gives
+  for (size_t i = 0; i < arch.layers.size(); ++i) {
+    if (arch.layers[i].name == name) return i;
+    if (!arch.layers[i].name.empty()) names += (names.empty() ? "" : ", ") + arch.layers[i].name;
+  }
+  throw Error("no layer named '" + name + "' (named layers: " + names + ")");
+}
+
+template <typename T>
+void CudnnForward<T>::Impl::download(const T* src, int64_t count) {
+  ensure_pinned(out_stage, static_cast<size_t>(count), ctx);
+  if (count > 0)
+    DALR_CUDA_CHECK(cudaMemcpyAsync(out_stage.data(), src, static_cast<size_t>(count) * sizeof(T),
+                                    cudaMemcpyDeviceToHost, ctx.stream()));
+  ctx.synchronize();
+}
+
+// The algorithm for layer i at this input shape, chosen once: the first of cuDNN's
+// heuristic ranking that the precision policy allows, that this descriptor supports
+// (its workspace query succeeds) and whose workspace fits in half the free memory;
+// IMPLICIT_GEMM (no workspace, supports every shape) otherwise.
+template <typename T>
+const ConvPlan& CudnnForward<T>::Impl::plan(size_t i, int64_t batch, const ActShape& s,
+                                            const ActShape& o) {
+  const std::array<int64_t, 5> key{static_cast<int64_t>(i), batch, s.c, s.h, s.w};
+  auto it = plans.find(key);
+  if (it != plans.end()) return it->second;
+
+  const LayerState<T>& st = layers[i];
+  int dims[4] = {0, 0, 0, 0};
+  DALR_CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(
+      st.conv->get(), xdesc.get(), st.filter->get(), &dims[0], &dims[1], &dims[2], &dims[3]));
+  if (dims[0] != batch || dims[1] != o.c || dims[2] != o.h || dims[3] != o.w)
+    throw Error("internal: cuDNN's output shape for " + layer_label(arch, i) + " is " +
+                std::to_string(dims[1]) + "x" + std::to_string(dims[2]) + "x" +
+                std::to_string(dims[3]) + ", the arch's " + std::to_string(o.c) + "x" +
+                std::to_string(o.h) + "x" + std::to_string(o.w));
+
+  int max_algos = 0;
+  DALR_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(cudnn.get(), &max_algos));
+  std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(static_cast<size_t>(std::max(max_algos, 1)));
+  int found = 0;
+  DALR_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
+      cudnn.get(), xdesc.get(), st.filter->get(), st.conv->get(), ydesc.get(),
+      static_cast<int>(perf.size()), &found, perf.data()));
+
+  size_t free_b = 0, total_b = 0;
+  Context::memory(&free_b, &total_b);
+  ConvPlan chosen;
+  bool have = false;
+  auto try_algo = [&](cudnnConvolutionFwdAlgo_t algo) {
+    size_t bytes = 0;
+    if (cudnnGetConvolutionForwardWorkspaceSize(cudnn.get(), xdesc.get(), st.filter->get(),
+                                                st.conv->get(), ydesc.get(), algo,
+                                                &bytes) != CUDNN_STATUS_SUCCESS)
+      return false;
+    if (bytes > free_b / 2) return false;
+    chosen.algo = algo;
+    chosen.workspace = bytes;
+    return true;
+  };
+  for (int a = 0; a < found && !have; ++a)
+    if (perf[a].status == CUDNN_STATUS_SUCCESS && math_allowed<T>(perf[a].mathType, math))
+      have = try_algo(perf[a].algo);
+  if (!have) have = try_algo(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM);
+  if (!have)
+    throw Error("cuDNN has no usable convolution algorithm for " + layer_label(arch, i) +
+                " at batch " + std::to_string(batch) + " (input " + std::to_string(s.c) + "x" +
+                std::to_string(s.h) + "x" + std::to_string(s.w) + ")");
+  return plans.emplace(key, chosen).first->second;
+}
+
+template <typename T>
+void CudnnForward<T>::Impl::conv(size_t i, int64_t batch, const ActShape& s, const ActShape& o,
+                                 const T* x, T* y) {
+  set_nchw(xdesc, cudnn_type<T>(), batch, s);
+  set_nchw(ydesc, cudnn_type<T>(), batch, o);
+  const ConvPlan& p = plan(i, batch, s, o);
+  void* ws = p.workspace ? ctx.workspace(p.workspace) : nullptr;
+  const T one = 1, zero = 0;  // float scalars for float data, double for double
+  const LayerState<T>& st = layers[i];
+  DALR_CUDNN_CHECK(cudnnConvolutionForward(cudnn.get(), &one, xdesc.get(), x, st.filter->get(),
+                                           st.weight.data(), st.conv->get(), p.algo, ws,
+                                           p.workspace, &zero, ydesc.get(), y));
+  if (!st.bias.empty())
+    kernels::launch_channel_scale_shift<T>(y, batch, o.c, o.h * o.w, nullptr, st.bias.data(),
+                                           ctx.stream());
+}
+
+template <typename T>
+void CudnnForward<T>::Impl::pool(size_t i, int64_t batch, const ActShape& s, const ActShape& o,
+                                 const T* x, T* y) {
+  set_nchw(xdesc, cudnn_type<T>(), batch, s);
+  set_nchw(ydesc, cudnn_type<T>(), batch, o);
+  const LayerState<T>& st = layers[i];
+  int dims[4] = {0, 0, 0, 0};
+  DALR_CUDNN_CHECK(cudnnGetPooling2dForwardOutputDim(st.pool->get(), xdesc.get(), &dims[0],
+                                                     &dims[1], &dims[2], &dims[3]));
+  if (dims[0] != batch || dims[1] != o.c || dims[2] != o.h || dims[3] != o.w)
+    throw Error("internal: cuDNN's output shape for " + layer_label(arch, i) +
+                " differs from the arch's");
+  const T one = 1, zero = 0;
+  DALR_CUDNN_CHECK(cudnnPoolingForward(cudnn.get(), st.pool->get(), &one, xdesc.get(), x, &zero,
+                                       ydesc.get(), y));
+}
+
+template <typename T>
+void CudnnForward<T>::Impl::linear(size_t i, int64_t batch, const T* x, T* y) {
+  // Y (out x batch) = W X; the row-major (out, in) weight is the column-major in x out W^T.
+  const LayerSpec& l = arch.layers[i];
+  const int out = to_int(l.out, "out"), in = to_int(l.in, "in");
+  gemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out, to_int(batch, "batch"), in,
+       layers[i].weight.data(), in, x, in, y, out);
+  if (!layers[i].bias.empty())
+    kernels::launch_channel_scale_shift<T>(y, batch, l.out, 1, nullptr, layers[i].bias.data(),
+                                           ctx.stream());
+}
+
+template <typename T>
+void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                                 size_t stop, const std::vector<size_t>& taps, const Tap* tap,
+                                 Matrix<T>* out) {
+  // Every check CpuForward makes, before any device work.
+  if (batch < 1) throw Error("batch size must be >= 1, got " + std::to_string(batch));
+  if (!input) throw Error("CudnnForward::run: input is null");
+  const std::vector<ActShape> shapes = layer_input_shapes(arch, c, h, w);
+  size_t most = 0;
+  for (size_t i = 0; i <= stop; ++i) {
+    const int64_t count = batch * shapes[i].numel();
+    to_int(count, "elements of the activations entering " +
+                      (i < arch.layers.size() ? layer_label(arch, i) : std::string("the output")));
+    most = std::max(most, static_cast<size_t>(count));
+    if (i < stop && arch.layers[i].type == LayerType::BatchNorm &&
+        layers[i].bn_channels != shapes[i].c)
+      throw Error(layer_label(arch, i) + " has " + std::to_string(layers[i].bn_channels) +
+                  " channels, but its input has " + std::to_string(shapes[i].c));
+  }
+
+  DALR_CUDA_CHECK(cudaSetDevice(ctx.device()));
+  ctx.synchronize();  // nothing of an earlier (perhaps failed) pass still uses the buffers
+  const cudaStream_t stream = ctx.stream();
+  ensure_device(act[0], most, ctx);
+  ensure_device(act[1], most, ctx);
+  const size_t in_count = static_cast<size_t>(batch * shapes[0].numel());
+  ensure_pinned(in_stage, in_count, ctx);
+  std::memcpy(in_stage.data(), input, in_count * sizeof(T));
+  act[0].upload(in_stage.data(), in_count, stream);
+
+  int cur = 0;
+  auto emit = [&](size_t i) {
+    if (!tap || std::find(taps.begin(), taps.end(), i) == taps.end()) return;
+    const int64_t n = shapes[i].numel();
+    download(act[cur].data(), n * batch);
+    (*tap)(arch.layers[i].name, out_stage.data(), n, batch);
+  };
+  for (size_t i = 0; i < stop; ++i) {
+    emit(i);
+    const LayerSpec& l = arch.layers[i];
+    const ActShape &s = shapes[i], &o = shapes[i + 1];
+    T* x = act[cur].data();
+    T* y = act[1 - cur].data();
+    switch (l.type) {
+      case LayerType::Conv:
+        conv(i, batch, s, o, x, y);
+        cur = 1 - cur;
+        break;
+      case LayerType::MaxPool:
+      case LayerType::AvgPool:
+        pool(i, batch, s, o, x, y);
+        cur = 1 - cur;
+        break;
+      case LayerType::AdaptiveAvgPool:
+        kernels::launch_adaptive_avgpool<T>(x, batch * s.c, s.h, s.w, y, o.h, o.w, stream);
+        cur = 1 - cur;
+        break;
+      case LayerType::Linear:
+        linear(i, batch, x, y);
+        cur = 1 - cur;
+        break;
+      case LayerType::Relu:
+        kernels::launch_relu<T>(x, batch * s.numel(), stream);
+        break;
+      case LayerType::BatchNorm:
+        kernels::launch_channel_scale_shift<T>(x, batch, s.c, s.h * s.w, layers[i].weight.data(),
+                                               layers[i].bias.data(), stream);
+        break;
+      case LayerType::Flatten:  // NCHW is already C-order per sample
+      case LayerType::Dropout:  // identity at inference
+        break;
+    }
+  }
+  emit(stop);
+  if (out) {
+    const int64_t n = shapes[stop].numel();
+    download(act[cur].data(), n * batch);
+    out->rows = n;
+    out->cols = batch;
+    out->data.assign(out_stage.data(), out_stage.data() + n * batch);
+  }
+}
+
+template <typename T>
+CudnnForward<T>::CudnnForward(const Arch& arch, const SafetensorsFile& weights, Math math,
+                              int device) {
+  check_weights(arch, weights);
+  impl_ = std::make_unique<Impl>(arch, math, device);
+  impl_->load(weights);
+}
+
+template <typename T>
+CudnnForward<T>::~CudnnForward() = default;
+template <typename T>
+CudnnForward<T>::CudnnForward(CudnnForward&&) noexcept = default;
+template <typename T>
+CudnnForward<T>& CudnnForward<T>::operator=(CudnnForward&&) noexcept = default;
+
+template <typename T>
+const Arch& CudnnForward<T>::arch() const {
+  return impl_->arch;
+}
+
+template <typename T>
+Matrix<T> CudnnForward<T>::run(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                               const std::string& stop_at_layer_input) const {
+  const size_t stop = stop_at_layer_input.empty() ? impl_->arch.layers.size()
+                                                  : impl_->index_of(stop_at_layer_input);
+  Matrix<T> out;
+  impl_->walk(input, batch, c, h, w, stop, {}, nullptr, &out);
+  return out;
+}
+
+template <typename T>
+void CudnnForward<T>::run_taps(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                               const std::vector<std::string>& taps, const Tap& tap) const {
+  std::vector<size_t> at;
+  for (const std::string& name : taps) at.push_back(impl_->index_of(name));
+  if (at.empty()) return;
+  impl_->walk(input, batch, c, h, w, *std::max_element(at.begin(), at.end()), at, &tap, nullptr);
+}
+
+template class CudnnForward<float>;
+template class CudnnForward<double>;
+
+}  // namespace dalr::cuda

@@ -1,0 +1,276 @@
+// CudnnForward<T> against its CPU twin CpuForward<T> (the oracle), on one seeded random
+// network with odd sizes that has every layer type: conv with and without bias, pad,
+// stride, a 1x1 conv; maxpool with a ragged edge; avgpool; adaptive avgpool with
+// overlapping bins; batchnorm on images and on flat features; flatten; linear with and
+// without bias; relu; dropout. Batch 1 and 5, two input sizes (the algorithm cache is
+// keyed by shape), a stop at a middle linear layer and at a conv, the final output, and
+// run_taps on two layers. Errors must match the CPU's word for word.
+//
+// Tolerances (relative Frobenius error against the CPU in the same precision, where
+// only summation order and algorithms differ): fp64 1e-10; fp32 1e-4; TF32 (10-bit
+// mantissa products in conv and linear layers) 1e-2.
+// GPU tests skip without a device; the no-device error runs everywhere.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dalr/arch.hpp"
+#include "dalr/cuda.hpp"
+#include "dalr/cudnn_forward.hpp"
+#include "dalr/error.hpp"
+#include "dalr/forward.hpp"
+#include "dalr/safetensors.hpp"
+#include "test_util.hpp"
+
+namespace dc = dalr::cuda;
+using dalr::Arch;
+using dalr::CpuForward;
+using dalr::LayerSpec;
+using dalr::LayerType;
+using dalr::Matrix;
+using dalr::SafetensorsFile;
+using dc::CudnnForward;
+
+#define DALR_SKIP_WITHOUT_GPU() \
+  if (!dc::available()) GTEST_SKIP() << "no CUDA device"
+
+namespace {
+
+// 3x23x19 -> c1 (5x23x19) -> relu -> maxpool 3/2 (5x11x9) -> c2 no bias, s2 p1 (6x6x5)
+// -> bn2d -> relu -> avgpool 2/1 (6x5x4) -> c3 1x1 (7x5x4) -> adaptive [3,3] (7x3x3)
+// -> flatten (63) -> bn1d -> fc1 (17) -> relu -> dropout -> fc2 no bias (9) -> relu
+// -> fc3 (4). A 3x21x24 input gives c2 6x5x6, c3 7x4x5 and the same 63 features.
+const char* kInput = R"({"channels":3,"crop":[23,19]})";
+const char* kNet = R"([
+  {"type":"conv","name":"c1","in":3,"out":5,"kernel":3,"stride":1,"pad":1},
+  {"type":"relu"},
+  {"type":"maxpool","kernel":3,"stride":2},
+  {"type":"conv","name":"c2","in":5,"out":6,"kernel":3,"stride":2,"pad":1,"bias":false},
+  {"type":"batchnorm","name":"bn2","eps":0.001},
+  {"type":"relu"},
+  {"type":"avgpool","kernel":2,"stride":1},
+  {"type":"conv","name":"c3","in":6,"out":7,"kernel":1},
+  {"type":"adaptive_avgpool","out":[3,3]},
+  {"type":"flatten"},
+  {"type":"batchnorm","name":"bn1"},
+  {"type":"linear","name":"fc1","in":63,"out":17},
+  {"type":"relu"},
+  {"type":"dropout"},
+  {"type":"linear","name":"fc2","in":17,"out":9,"bias":false},
+  {"type":"relu"},
+  {"type":"linear","name":"fc3","in":9,"out":4}])";
+
+uint64_t announce_seed(uint64_t fallback) {
+  const uint64_t seed = dalr::test::test_seed(fallback);
+  std::cout << "[ seed     ] " << seed << " (set DALR_TEST_SEED to change)\n";
+  return seed;
+}
+
+std::vector<double> randn(size_t n, std::mt19937_64& rng, double scale = 1.0) {
+  std::normal_distribution<double> nd(0.0, scale);
+  std::vector<double> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+// Random weights of the shapes check_weights expects, written as f64 with the arch.
+void write_model(const std::string& path, const Arch& arch, std::mt19937_64& rng) {
+  const auto shapes =
+      layer_input_shapes(arch, arch.input.channels, arch.input.crop[0], arch.input.crop[1]);
+  std::vector<dalr::TensorOut> outs;
+  for (size_t i = 0; i < arch.layers.size(); ++i) {
+    const LayerSpec& l = arch.layers[i];
+    if (l.type == LayerType::Conv || l.type == LayerType::Linear) {
+      const bool conv = l.type == LayerType::Conv;
+      const int64_t k2 = conv ? l.kernel * l.kernel : 1;
+      std::vector<int64_t> shape = conv ? std::vector<int64_t>{l.out, l.in, l.kernel, l.kernel}
+                                        : std::vector<int64_t>{l.out, l.in};
+      outs.push_back(dalr::TensorOut::f64(
+          l.name + ".weight", shape, randn(l.out * l.in * k2, rng, 1.0 / std::sqrt(l.in * k2))));
+      if (l.bias)
+        outs.push_back(dalr::TensorOut::f64(l.name + ".bias", {l.out}, randn(l.out, rng, 0.5)));
+    } else if (l.type == LayerType::BatchNorm) {
+      const int64_t c = shapes[i].c;
+      auto var = randn(c, rng);
+      for (auto& v : var) v = 0.2 + v * v;
+      outs.push_back(dalr::TensorOut::f64(l.name + ".weight", {c}, randn(c, rng)));
+      outs.push_back(dalr::TensorOut::f64(l.name + ".bias", {c}, randn(c, rng)));
+      outs.push_back(dalr::TensorOut::f64(l.name + ".running_mean", {c}, randn(c, rng, 0.3)));
+      outs.push_back(dalr::TensorOut::f64(l.name + ".running_var", {c}, var));
+    }
+  }
+  dalr::write_safetensors(path, outs, dalr::arch_metadata(arch));
+}
+
+template <typename T>
+std::vector<T> random_input(size_t n, std::mt19937_64& rng) {
+  const auto v = randn(n, rng);
+  return std::vector<T>(v.begin(), v.end());
+}
+
+// Relative Frobenius error of a against the reference b; NaN if either has a non-finite
+// value (so an unwritten or poisoned element fails the comparison).
+template <typename T>
+double rel_fro(const T* a, const T* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(double(a[i])) || !std::isfinite(double(b[i]))) return NAN;
+    const double d = double(a[i]) - double(b[i]);
+    num += d * d;
+    den += double(b[i]) * double(b[i]);
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+template <typename T>
+void expect_close(const Matrix<T>& gpu, const Matrix<T>& cpu, double tol, const std::string& what) {
+  ASSERT_EQ(gpu.rows, cpu.rows) << what;
+  ASSERT_EQ(gpu.cols, cpu.cols) << what;
+  ASSERT_EQ(gpu.data.size(), cpu.data.size()) << what;
+  const double err = rel_fro(gpu.data.data(), cpu.data.data(), cpu.data.size());
+  EXPECT_LE(err, tol) << what << " (relative Frobenius error " << err << ")";
+}
+
+using Blocks = std::map<std::string, Matrix<double>>;  // tapped blocks, widened
+
+template <typename T, typename Fwd>
+Blocks collect_taps(const Fwd& f, const std::vector<T>& x, int64_t batch, int64_t h, int64_t w,
+                    const std::vector<std::string>& names) {
+  Blocks out;
+  f.run_taps(x.data(), batch, 3, h, w, names,
+             [&](const std::string& layer, const T* p, int64_t n, int64_t b) {
+               Matrix<double> m(n, b);
+               for (int64_t i = 0; i < n * b; ++i) m.data[i] = p[i];
+               EXPECT_EQ(out.count(layer), 0u) << layer << " tapped twice";
+               out[layer] = std::move(m);
+             });
+  return out;
+}
+
+template <typename T>
+void check_against_cpu(dc::Math math, double tol) {
+  DALR_SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(announce_seed(20240917));
+  dalr::test::TempDir dir;
+  const Arch arch = dalr::parse_arch(kNet, kInput);
+  const std::string path = dir.file("net.safetensors");
+  write_model(path, arch, rng);
+  const SafetensorsFile file(path);
+  const CpuForward<T> cpu(arch, file);
+  const CudnnForward<T> gpu(arch, file, math);
+
+  struct Size {
+    int64_t h, w;
+  };
+  for (const Size sz : {Size{23, 19}, Size{21, 24}})
+    for (const int64_t batch : {int64_t(1), int64_t(5)}) {
+      const auto x = random_input<T>(static_cast<size_t>(batch * 3 * sz.h * sz.w), rng);
+      const std::string at = " at batch " + std::to_string(batch) + ", input 3x" +
+                             std::to_string(sz.h) + "x" + std::to_string(sz.w);
+      for (const std::string stop : {"", "fc2", "c2", "c1"}) {
+        const Matrix<T> want = cpu.run(x.data(), batch, 3, sz.h, sz.w, stop);
+        const Matrix<T> got = gpu.run(x.data(), batch, 3, sz.h, sz.w, stop);
+        expect_close(got, want, tol, "stop '" + stop + "'" + at);
+        // Again: the cached algorithms and grown buffers give the same answer.
+        const Matrix<T> again = gpu.run(x.data(), batch, 3, sz.h, sz.w, stop);
+        expect_close(again, want, tol, "repeat, stop '" + stop + "'" + at);
+      }
+      const std::vector<std::string> names{"fc2", "c2"};
+      const Blocks want = collect_taps<T>(cpu, x, batch, sz.h, sz.w, names);
+      const Blocks got = collect_taps<T>(gpu, x, batch, sz.h, sz.w, names);
+      ASSERT_EQ(got.size(), 2u) << at;
+      for (const auto& [name, m] : want) {
+        ASSERT_EQ(got.count(name), 1u) << name << at;
+        expect_close(got.at(name), m, tol, "tap '" + name + "'" + at);
+      }
+    }
+}
+
+template <typename F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const dalr::Error& e) {
+    return e.what();
+  }
+  return "<no throw>";
+}
+
+// ------------------------------------------------------------ tests
+
+TEST(CudnnForward, MatchesCpuFp64) {
+  check_against_cpu<double>(dc::Math::Exact, 1e-10);
+}
+
+TEST(CudnnForward, MatchesCpuFp32) {
+  check_against_cpu<float>(dc::Math::Exact, 1e-4);
+}
+
+TEST(CudnnForward, MatchesCpuTf32) {
+  check_against_cpu<float>(dc::Math::Tf32, 1e-2);
+}
+
+TEST(CudnnForward, ErrorsMatchCpu) {
+  DALR_SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(announce_seed(7));
+  dalr::test::TempDir dir;
+  const Arch arch = dalr::parse_arch(kNet, kInput);
+  write_model(dir.file("net.safetensors"), arch, rng);
+  const SafetensorsFile file(dir.file("net.safetensors"));
+  const CpuForward<float> cpu(arch, file);
+  const CudnnForward<float> gpu(arch, file);
+  const auto x = random_input<float>(5 * 4 * 23 * 19, rng);
+
+  auto both = [&](const std::function<void(const CpuForward<float>&)>& on_cpu,
+                  const std::function<void(const CudnnForward<float>&)>& on_gpu,
+                  const std::string& word) {
+    const std::string want = message_of([&] { on_cpu(cpu); });
+    EXPECT_NE(want.find(word), std::string::npos) << want;
+    EXPECT_EQ(message_of([&] { on_gpu(gpu); }), want);
+  };
+  both([&](const auto& f) { f.run(x.data(), 2, 3, 23, 19, "nope"); },
+       [&](const auto& f) { f.run(x.data(), 2, 3, 23, 19, "nope"); }, "nope");
+  both([&](const auto& f) { f.run(x.data(), 2, 4, 23, 19); },
+       [&](const auto& f) { f.run(x.data(), 2, 4, 23, 19); }, "c1");
+  both([&](const auto& f) { f.run(x.data(), 0, 3, 23, 19); },
+       [&](const auto& f) { f.run(x.data(), 0, 3, 23, 19); }, "batch");
+  both([&](const auto& f) { f.run(x.data(), 2, 3, 5, 5); },
+       [&](const auto& f) { f.run(x.data(), 2, 3, 5, 5); }, "layer");
+  const CpuForward<float>::Tap ignore = [](const std::string&, const float*, int64_t, int64_t) {};
+  both(
+      [&](const auto& f) {
+        f.run_taps(x.data(), 2, 3, 23, 19, {"fc1", "zz"}, ignore);
+      },
+      [&](const auto& f) {
+        f.run_taps(x.data(), 2, 3, 23, 19, {"fc1", "zz"}, ignore);
+      },
+      "zz");
+
+  // Still usable after the errors.
+  expect_close(gpu.run(x.data(), 2, 3, 23, 19), cpu.run(x.data(), 2, 3, 23, 19), 1e-4,
+               "after errors");
+}
+
+// Runs everywhere: a device that does not exist is a dalr::Error, not a crash.
+TEST(CudnnForward, MissingDeviceThrows) {
+  std::mt19937_64 rng(announce_seed(11));
+  dalr::test::TempDir dir;
+  const Arch arch = dalr::parse_arch(kNet, kInput);
+  write_model(dir.file("net.safetensors"), arch, rng);
+  const SafetensorsFile file(dir.file("net.safetensors"));
+  const std::string msg =
+      message_of([&] { CudnnForward<float>(arch, file, dc::Math::Exact, dc::device_count()); });
+  EXPECT_NE(msg.find("does not exist"), std::string::npos) << msg;
+  if (!dc::available()) {  // and without any GPU, the default device too
+    EXPECT_THROW(CudnnForward<double>(arch, file), dalr::Error);
+  }
+}
+
+}  // namespace
