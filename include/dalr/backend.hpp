@@ -7,11 +7,15 @@
 #include <string>
 #include <vector>
 
+#include "dalr/arch.hpp"
+#include "dalr/forward.hpp"
 #include "dalr/matrix.hpp"
 #include "dalr/solver.hpp"
 #include "dalr/stats.hpp"
 
 namespace dalr {
+
+class SafetensorsFile;
 
 // Streaming statistics of a layer's inputs (and outputs when m > 0).
 template <typename T>
@@ -36,6 +40,11 @@ class Backend {
                                                           const Matrix<double>* w,
                                                           const std::vector<double>* b,
                                                           int64_t max_batch) = 0;
+  // The network's forward pass on this backend (weights loaded once).
+  virtual std::unique_ptr<Forward<float>> forward_f32(const Arch& arch,
+                                                      const SafetensorsFile& weights) = 0;
+  virtual std::unique_ptr<Forward<double>> forward_f64(const Arch& arch,
+                                                       const SafetensorsFile& weights) = 0;
   virtual Factors<float> solve(const SolveOptions& opt, const Matrix<float>& w,
                                const std::vector<float>& b, const LayerStats<float>& st) = 0;
   virtual Factors<double> solve(const SolveOptions& opt, const Matrix<double>& w,
@@ -43,5 +52,13 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
+
+template <typename T>
+std::unique_ptr<Forward<T>> make_forward(Backend& b, const Arch& arch, const SafetensorsFile& w) {
+  if constexpr (sizeof(T) == 8)
+    return b.forward_f64(arch, w);
+  else
+    return b.forward_f32(arch, w);
+}
 
 }  // namespace dalr

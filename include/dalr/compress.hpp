@@ -33,10 +33,10 @@ struct CompressOptions {
   double lambda_rel = kDefaultLambdaRel;
   int64_t batch = 512;  // samples per streamed chunk (images per forward batch when streaming)
   // --acts stream: the network runs on these images up to each layer's input.
-  std::string data;    // image folder (class subfolders) or .npy (N, C, H, W)
-  std::string arch;    // preset for a state dict without dalr.arch (vgg11 ... vgg19_bn)
-  int workers = 2;     // image decoding threads
-  int64_t limit = 0;   // use at most this many images (0: all)
+  std::string data;   // image folder (class subfolders) or .npy (N, C, H, W)
+  std::string arch;   // preset for a state dict without dalr.arch (vgg11 ... vgg19_bn)
+  int workers = 2;    // image decoding threads
+  int64_t limit = 0;  // use at most this many images (0: all)
   bool shuffle = false;
   uint64_t seed = 0;
   bool quiet = false;  // no progress lines

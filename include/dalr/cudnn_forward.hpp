@@ -24,9 +24,9 @@ class SafetensorsFile;
 namespace dalr::cuda {
 
 template <typename T>  // float or double
-class CudnnForward {
+class CudnnForward final : public Forward<T> {
  public:
-  using Tap = typename CpuForward<T>::Tap;
+  using Tap = typename Forward<T>::Tap;
 
   // Checks the weights against the arch (check_weights) and uploads them, converted to
   // T, once. The file may be closed afterwards. Throws dalr::Error if `device` does not
@@ -39,7 +39,7 @@ class CudnnForward {
   CudnnForward(const CudnnForward&) = delete;
   CudnnForward& operator=(const CudnnForward&) = delete;
 
-  const Arch& arch() const;
+  const Arch& arch() const override;
 
   // As CpuForward<T>::run: `input` is a host batch of NCHW images; returns the input of
   // layer `stop_at_layer_input` (n x batch, column-major) or, with an empty name, the
@@ -47,12 +47,12 @@ class CudnnForward {
   // Not thread-safe: one object runs one pass at a time (it caches buffers and
   // algorithm choices per shape).
   Matrix<T> run(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
-                const std::string& stop_at_layer_input = "") const;
+                const std::string& stop_at_layer_input = "") const override;
 
   // As CpuForward<T>::run_taps: `tap` receives a HOST pointer to the n x batch input
   // of each named layer, valid during the call.
   void run_taps(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
-                const std::vector<std::string>& taps, const Tap& tap) const;
+                const std::vector<std::string>& taps, const Tap& tap) const override;
 
  private:
   struct Impl;

@@ -8,7 +8,7 @@ namespace dalr {
 
 struct EvaluateOptions {
   std::string model, arch, compare, data, report;
-  std::string precision = "fp32";  // fp32 | fp64 (CPU forward)
+  std::string precision = "fp32";  // fp32 | fp64 | tf32 (CUDA only)
   int workers = 2;
   int64_t limit = 0, batch = 64;
   bool shuffle = false, quiet = false;
@@ -22,6 +22,9 @@ struct EvaluateResult {
   std::string summary, report_json;
 };
 
-EvaluateResult evaluate(const EvaluateOptions& o);
+class Backend;
+
+// Runs the forward passes on `backend` (CPU or CUDA).
+EvaluateResult evaluate(const EvaluateOptions& o, Backend& backend);
 
 }  // namespace dalr

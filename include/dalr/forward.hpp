@@ -16,14 +16,29 @@ namespace dalr {
 
 class SafetensorsFile;
 
+// What both forward passes (CPU: CpuForward, GPU: cuda::CudnnForward) offer, so that
+// the job code runs on either through Backend::forward.
+template <typename T>
+class Forward {
+ public:
+  using Tap = std::function<void(const std::string& layer, const T* x, int64_t n, int64_t batch)>;
+  virtual ~Forward() = default;
+  virtual const Arch& arch() const = 0;
+  virtual Matrix<T> run(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                        const std::string& stop_at_layer_input = "") const = 0;
+  virtual void run_taps(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                        const std::vector<std::string>& taps, const Tap& tap) const = 0;
+};
+
 template <typename T>  // float or double
-class CpuForward {
+class CpuForward final : public Forward<T> {
  public:
   // Checks the weights against the arch (check_weights) and loads them, converted to T,
   // once. The file may be closed afterwards.
   CpuForward(const Arch& arch, const SafetensorsFile& weights);
 
-  const Arch& arch() const { return arch_; }
+  using Tap = typename Forward<T>::Tap;
+  const Arch& arch() const override { return arch_; }
 
   // Runs the layers in order on `batch` images of c x h x w. With stop_at_layer_input
   // the name of a layer (typically the linear layer to compress), returns that layer's
@@ -31,14 +46,13 @@ class CpuForward {
   // (classes x batch). Shapes are checked before any work (layer_input_shapes); an
   // unknown layer name throws dalr::Error listing the named layers.
   Matrix<T> run(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
-                const std::string& stop_at_layer_input = "") const;
+                const std::string& stop_at_layer_input = "") const override;
 
   // One pass that hands the input of each named layer in `taps` to `tap` (as an
   // n x batch column-major block, valid during the call), stopping after the last one:
   // several layers' statistics from one forward pass.
-  using Tap = std::function<void(const std::string& layer, const T* x, int64_t n, int64_t batch)>;
   void run_taps(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
-                const std::vector<std::string>& taps, const Tap& tap) const;
+                const std::vector<std::string>& taps, const Tap& tap) const override;
 
  private:
   size_t index_of(const std::string& name) const;  // throws listing the named layers

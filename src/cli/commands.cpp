@@ -107,7 +107,7 @@ Commands::Commands(CLI::App& app) {
   evaluate_ = app.add_subcommand(
       "evaluate",
       "Top-1 and top-5 accuracy of a model (compressed or not) on an image folder, and with\n"
-      "--compare the agreement of its predictions with another model's (CPU forward).\n"
+      "--compare the agreement of its predictions with another model's.\n"
       "Example: dalr-gpu evaluate --model small.bin --data test/ --compare vgg19.bin");
   auto* e = evaluate_;
   e->add_option("--model", eopt_.model, "Model with dalr.arch metadata (or --arch)")->required();
@@ -117,7 +117,8 @@ Commands::Commands(CLI::App& app) {
   e->add_option("--compare", eopt_.compare, "Another model: report the top-1 agreement");
   e->add_option("--arch", eopt_.arch, "Preset for a state dict without dalr.arch metadata");
   e->add_option("--report", eopt_.report, "Write the JSON result here");
-  e->add_option("--precision", eopt_.precision, "fp32 | fp64");
+  e->add_option("--precision", eopt_.precision, "fp32 | fp64 | tf32 (CUDA only)");
+  e->add_option("--device", edevice_, "auto | cuda | cuda:N | cpu (as for compress)");
   e->add_option("--batch", eopt_.batch, "Images per forward batch");
   e->add_option("--workers", eopt_.workers, "Image decoding threads");
   e->add_option("--limit", eopt_.limit, "Use at most this many images (0: all)");
@@ -158,7 +159,8 @@ int Commands::run_compress() {
 }
 
 int Commands::run_evaluate() {
-  const EvaluateResult r = evaluate(eopt_);
+  std::unique_ptr<Backend> backend = make_backend(edevice_, eopt_.precision, eopt_.quiet);
+  const EvaluateResult r = evaluate(eopt_, *backend);
   std::cout << r.summary;
   return 0;
 }

@@ -36,6 +36,7 @@ class Commands {
   CLI::App* inspect_ = nullptr;
   CLI::App* evaluate_ = nullptr;
   EvaluateOptions eopt_;
+  std::string edevice_ = "auto";
   CompressOptions copt_ = default_options();
   double lambda_ = 0;
   std::string device_ = "auto";

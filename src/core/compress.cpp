@@ -285,7 +285,7 @@ void stream_all(const CompressOptions& o, const SafetensorsFile& model, const Ar
                 std::vector<LayerJob<T>>& jobs, Backend& backend, json& rep,
                 std::vector<std::string>& warnings) {
   if (!o.stats_in.empty()) throw Error("--stats cannot be combined with --acts stream yet");
-  CpuForward<T> fwd(arch, model);
+  std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, arch, model);
   std::vector<std::unique_ptr<StatsAccumulator<T>>> accs;
   std::vector<StatsAccumulator<T>*> raw;
   std::vector<std::string> names;
@@ -299,7 +299,7 @@ void stream_all(const CompressOptions& o, const SafetensorsFile& model, const Ar
   }
   DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
   std::unique_ptr<BatchSource> src = open_data(d, arch.input);
-  stream_statistics(fwd, *src, names, raw, d);
+  stream_statistics(*fwd, *src, names, raw, d);
   for (size_t i = 0; i < jobs.size(); ++i) jobs[i].st = accs[i]->result();
   rep["data"] = {{"path", o.data},       {"images", src->size()}, {"skipped", src->skipped()},
                  {"shuffle", o.shuffle}, {"seed", o.seed},        {"limit", o.limit}};

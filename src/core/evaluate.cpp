@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/stream.hpp"
+#include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
 #include "io/atomic_file.hpp"
@@ -29,17 +30,17 @@ std::vector<int64_t> top_k(const Matrix<T>& logits, int64_t j, int64_t k) {
 }
 
 template <typename T>
-EvaluateResult run(const EvaluateOptions& o) {
+EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
   if (!o.report.empty() && (same_file(o.report, o.model) || same_file(o.report, o.compare)))
     throw Error("--report " + o.report + " is an input: refusing to overwrite it");
   SafetensorsFile model(o.model);
   const Arch arch = load_arch(model, o.arch);
-  const CpuForward<T> fwd(arch, model);
+  const std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, arch, model);
   std::unique_ptr<SafetensorsFile> other_file;
-  std::unique_ptr<CpuForward<T>> other;
+  std::unique_ptr<Forward<T>> other;
   if (!o.compare.empty()) {
     other_file = std::make_unique<SafetensorsFile>(o.compare);
-    other = std::make_unique<CpuForward<T>>(load_arch(*other_file, o.arch), *other_file);
+    other = make_forward<T>(backend, load_arch(*other_file, o.arch), *other_file);
   }
   DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
   std::unique_ptr<BatchSource> src = open_data(d, arch.input);
@@ -52,7 +53,7 @@ EvaluateResult run(const EvaluateOptions& o) {
   Progress progress("evaluate", src->size(), o.quiet);
   for (int64_t got; (got = src->next(buf.data(), o.batch, &labels)) > 0;) {
     std::copy_n(buf.begin(), got * per, in.begin());
-    const Matrix<T> logits = fwd.run(in.data(), got, c, h, w);
+    const Matrix<T> logits = fwd->run(in.data(), got, c, h, w);
     Matrix<T> logits2;
     if (other) logits2 = other->run(in.data(), got, c, h, w);
     for (int64_t j = 0; j < got; ++j) {
@@ -76,8 +77,9 @@ EvaluateResult run(const EvaluateOptions& o) {
   r.top5 = r.labelled ? double(hit5) / r.labelled : 0;
   if (other) r.agreement = double(agree) / r.images;
 
-  nlohmann::json j = {{"model", o.model},       {"data", o.data},           {"images", r.images},
-                      {"labelled", r.labelled}, {"precision", o.precision}, {"device", "cpu"}};
+  nlohmann::json j = {{"model", o.model},         {"data", o.data},
+                      {"images", r.images},       {"labelled", r.labelled},
+                      {"precision", o.precision}, {"device", backend.name()}};
   if (r.labelled) j["top1"] = r.top1, j["top5"] = r.top5;
   if (other) j["compare"] = o.compare, j["agreement"] = r.agreement;
   j["skipped"] = src->skipped();
@@ -100,11 +102,13 @@ EvaluateResult run(const EvaluateOptions& o) {
 
 }  // namespace
 
-EvaluateResult evaluate(const EvaluateOptions& o) {
+EvaluateResult evaluate(const EvaluateOptions& o, Backend& backend) {
   if (o.model.empty()) throw Error("--model is required");
-  if (o.precision == "fp32") return run<float>(o);
-  if (o.precision == "fp64") return run<double>(o);
-  throw Error("--precision must be fp32 or fp64 for evaluate (got '" + o.precision + "')");
+  if (o.precision == "tf32" && backend.name() == "cpu")
+    throw Error("--precision tf32 needs --device cuda (TF32 is a tensor-core mode)");
+  if (o.precision == "fp32" || o.precision == "tf32") return run<float>(o, backend);
+  if (o.precision == "fp64") return run<double>(o, backend);
+  throw Error("--precision must be fp32, fp64 or tf32 (got '" + o.precision + "')");
 }
 
 }  // namespace dalr

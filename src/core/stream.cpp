@@ -62,7 +62,7 @@ void Progress::finish() {
 }
 
 template <typename T>
-void stream_statistics(const CpuForward<T>& fwd, BatchSource& src,
+void stream_statistics(const Forward<T>& fwd, BatchSource& src,
                        const std::vector<std::string>& layers,
                        const std::vector<StatsAccumulator<T>*>& accs, const DataOptions& o) {
   const int64_t c = src.channels(), h = src.height(), w = src.width(), per = c * h * w;
@@ -85,10 +85,10 @@ void stream_statistics(const CpuForward<T>& fwd, BatchSource& src,
                 " images could be read (first: " + src.first_skip_reason() + ")");
 }
 
-template void stream_statistics(const CpuForward<float>&, BatchSource&,
+template void stream_statistics(const Forward<float>&, BatchSource&,
                                 const std::vector<std::string>&,
                                 const std::vector<StatsAccumulator<float>*>&, const DataOptions&);
-template void stream_statistics(const CpuForward<double>&, BatchSource&,
+template void stream_statistics(const Forward<double>&, BatchSource&,
                                 const std::vector<std::string>&,
                                 const std::vector<StatsAccumulator<double>*>&, const DataOptions&);
 

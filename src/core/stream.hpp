@@ -44,7 +44,7 @@ class Progress {
 
 // One pass over `src`: the input of each layer in `layers` goes to accs[i].
 template <typename T>
-void stream_statistics(const CpuForward<T>& fwd, BatchSource& src,
+void stream_statistics(const Forward<T>& fwd, BatchSource& src,
                        const std::vector<std::string>& layers,
                        const std::vector<StatsAccumulator<T>*>& accs, const DataOptions& o);
 

@@ -32,6 +32,12 @@ class CpuBackend final : public Backend {
                                                   const std::vector<double>* b, int64_t) override {
     return std::make_unique<CpuStats<double>>(n, m, w, b);
   }
+  std::unique_ptr<Forward<float>> forward_f32(const Arch& a, const SafetensorsFile& w) override {
+    return std::make_unique<CpuForward<float>>(a, w);
+  }
+  std::unique_ptr<Forward<double>> forward_f64(const Arch& a, const SafetensorsFile& w) override {
+    return std::make_unique<CpuForward<double>>(a, w);
+  }
   Factors<float> solve(const SolveOptions& o, const Matrix<float>& w, const std::vector<float>& b,
                        const LayerStats<float>& st) override {
     return dalr::solve<float>(o, w, b, st);

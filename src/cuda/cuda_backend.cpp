@@ -1,6 +1,7 @@
 #include <memory>
 
 #include "dalr/cuda.hpp"
+#include "dalr/cudnn_forward.hpp"
 #include "dalr/error.hpp"
 
 namespace dalr::cuda {
@@ -39,6 +40,12 @@ class CudaBackend final : public Backend {
                                                   const std::vector<double>* b,
                                                   int64_t max_batch) override {
     return std::make_unique<CudaStats<double>>(n, m, w, b, max_batch, math_, device_);
+  }
+  std::unique_ptr<Forward<float>> forward_f32(const Arch& a, const SafetensorsFile& w) override {
+    return std::make_unique<CudnnForward<float>>(a, w, math_, device_);
+  }
+  std::unique_ptr<Forward<double>> forward_f64(const Arch& a, const SafetensorsFile& w) override {
+    return std::make_unique<CudnnForward<double>>(a, w, math_, device_);
   }
   Factors<float> solve(const SolveOptions& o, const Matrix<float>& w, const std::vector<float>& b,
                        const LayerStats<float>& st) override {
