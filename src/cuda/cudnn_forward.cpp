@@ -177,25 +177,8 @@ void CudnnForward<T>::Impl::load(const SafetensorsFile& weights) {
     const LayerSpec& l = arch.layers[i];
     LayerState<T>& st = layers[i];
     std::vector<T> wv, bv;
-    if (l.type == LayerType::Conv || l.type == LayerType::Linear) {
-      wv = weights.read<T>(l.name + ".weight");
-      if (l.bias) bv = weights.read<T>(l.name + ".bias");
-    } else if (l.type == LayerType::BatchNorm) {
-      // Folded in double exactly as CpuForward does: y = x * scale + shift.
-      const auto g = weights.read<double>(l.name + ".weight");
-      const auto b = weights.read<double>(l.name + ".bias");
-      const auto mean = weights.read<double>(l.name + ".running_mean");
-      const auto var = weights.read<double>(l.name + ".running_var");
-      for (size_t c = 0; c < g.size(); ++c) {
-        if (!(var[c] + l.eps > 0))
-          throw Error(weights.path() + ": " + l.name + ".running_var[" + std::to_string(c) +
-                      "] + eps is not positive");
-        const double scale = g[c] / std::sqrt(var[c] + l.eps);
-        wv.push_back(static_cast<T>(scale));
-        bv.push_back(static_cast<T>(b[c] - mean[c] * scale));
-      }
-      st.bn_channels = static_cast<int64_t>(g.size());
-    }
+    load_layer_params(l, weights, &wv, &bv);
+    if (l.type == LayerType::BatchNorm) st.bn_channels = static_cast<int64_t>(wv.size());
     if (!wv.empty()) {
       st.weight = DeviceBuffer<T>(wv.size());
       st.weight.upload(wv.data(), wv.size(), stream);
