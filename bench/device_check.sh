@@ -5,7 +5,8 @@
 # short summary table last. Full logs go to the folder given as the first argument.
 #   bench/device_check.sh LOGDIR
 # Needs: nvcc, CMake, a C++ compiler; build dependencies from the system or from
-# .devdeps/*.deb (made by bench/device_deps.sh where apt works). Budget: < 8 minutes.
+# .devdeps/*.deb (made by bench/device_deps.sh where apt works); for the streaming
+# benchmark, build/bench-images (bench/make_bench_images.py, carried). Budget: < 8 min.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=$(mkdir -p "${1:-device-logs}" && cd "${1:-device-logs}" && pwd)
@@ -91,7 +92,7 @@ note "tests: ${PASSED} passed, ${FAILED:-?} failed, ${SKIPPED} skipped (ctest rc
 # ---- benchmarks ----
 BENCH_ROWS=()
 if [ -x "$BUILD/bench/bench_gpu" ]; then
-  timeout 240 "$BUILD/bench/bench_gpu" --json "$LOG/bench_gpu.json" >"$LOG/bench_gpu.log" 2>&1
+  timeout 150 "$BUILD/bench/bench_gpu" --json "$LOG/bench_gpu.json" >"$LOG/bench_gpu.log" 2>&1
   note "bench_gpu: rc $? (bench_gpu.log, bench_gpu.json)"
   BENCH_ROWS+=("$(python3 - "$LOG/bench_gpu.json" <<'PY' 2>/dev/null
 import json, sys
@@ -101,9 +102,24 @@ for k, v in r.get("summary", {}).items():
 PY
 )")
 fi
-timeout 120 "$BUILD/bench/bench_solve" --m 1024 --n 2048 --p 1500 --k 128 --repeats 3 \
+timeout 60 "$BUILD/bench/bench_solve" --m 1024 --n 2048 --p 1500 --k 128 --repeats 3 \
   --json "$LOG/bench_solve_cpu.json" >"$LOG/bench_solve_cpu.log" 2>&1
 note "bench_solve (CPU, 1024 x 2048): rc $?"
+# Streaming: random VGG19 at fc6 on real-sized JPEGs. The images are carried in
+# build/bench-images (made by bench/make_bench_images.py where the photographs are,
+# about 13 MB for 512) or made here when python3-skimage's photographs are present.
+IMGS=${DALR_BENCH_IMAGES:-build/bench-images}
+if [ ! -d "$IMGS" ]; then
+  /usr/bin/python3 bench/make_bench_images.py "$IMGS" --count 512 >"$LOG/bench_images.log" 2>&1 ||
+    note "bench images: none carried in $IMGS and none could be made (bench_images.log)"
+fi
+if [ -x "$BUILD/bench/bench_stream" ] && [ -d "$IMGS" ]; then
+  timeout 150 "$BUILD/bench/bench_stream" --data "$IMGS" --device cuda --layer classifier.0 \
+    --images 512 --batch 64 --workers "$(nproc)" --repeats 3 \
+    --json "$LOG/bench_stream.json" >"$LOG/bench_stream.log" 2>&1
+  note "bench_stream (GPU, VGG19 fc6, 512 and 5120 images): rc $? (bench_stream.log, .json)"
+  BENCH_ROWS+=("$(sed -n '/, layer /,$p' "$LOG/bench_stream.log")")
+fi
 
 # ---- summary, last ----
 echo
