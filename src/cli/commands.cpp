@@ -91,7 +91,9 @@ Commands::Commands(CLI::App& app) {
                 "only): accumulation and solve");
   c->add_option("--device", device_,
                 "auto (cuda when a device is present, else cpu) | cuda | cuda:N | cpu");
-  c->add_option("--batch", copt_.batch, "Samples per streamed chunk");
+  c->add_option("--batch", copt_.batch,
+                "Samples per streamed chunk (with --acts stream: images per forward batch, "
+                "default 64)");
   c->add_option("--data", copt_.data,
                 "With --acts stream: an image folder (one subfolder per class; JPEG/PNG) or a "
                 ".npy of shape (N, C, H, W) already preprocessed");
@@ -148,6 +150,8 @@ int Commands::run_compress() {
   if (!compress_->count("--rank") && !compress_->count("--keep"))
     throw Error("give --rank K or --keep FRACTION");
   if (compress_->count("--lambda")) copt_.lambda = lambda_;
+  // Streaming images: a forward batch of 512 VGG-sized images would hold gigabytes.
+  if (copt_.acts == "stream" && !compress_->count("--batch")) copt_.batch = 64;
   copt_.quiet = quiet_;
   std::unique_ptr<Backend> backend = make_backend(device_, copt_.precision, quiet_);
   // The default precision follows the device: fp64 on the CPU, fp32 on the GPU.

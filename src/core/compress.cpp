@@ -152,7 +152,7 @@ LayerStats<T> gather_stats(const CompressOptions& o, const Layer<T>& l, Backend&
     rep["acts"] = {
         {"path", o.acts}, {"samples", r.rows()}, {"shape", r.shape()}, {"dtype", r.descr()}};
   }
-  LayerStats<T> st = acc->result();
+  LayerStats<T> st = acc->finish();
   if (st.count() == 0) throw Error("no activation samples: the activation file is empty");
   return st;
 }
@@ -300,7 +300,7 @@ void stream_all(const CompressOptions& o, const SafetensorsFile& model, const Ar
   DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
   std::unique_ptr<BatchSource> src = open_data(d, arch.input);
   stream_statistics(*fwd, *src, names, raw, d);
-  for (size_t i = 0; i < jobs.size(); ++i) jobs[i].st = accs[i]->result();
+  for (size_t i = 0; i < jobs.size(); ++i) jobs[i].st = accs[i]->finish();
   rep["data"] = {{"path", o.data},       {"images", src->size()}, {"skipped", src->skipped()},
                  {"shuffle", o.shuffle}, {"seed", o.seed},        {"limit", o.limit}};
   if (src->skipped() > 0)
