@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "dalr/arch.hpp"
+#include "dalr/error.hpp"
 #include "dalr/matrix.hpp"
 
 namespace dalr {
@@ -35,7 +36,25 @@ class Forward {
                         const std::string& stop_at_layer_input = "") const = 0;
   virtual void run_taps(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
                         const std::vector<std::string>& taps, const Tap& tap) const = 0;
+  // The network from layer `layer` on: `input` is that layer's input (n x batch,
+  // column-major, as run(..., layer) returns it); returns the network's output
+  // (classes x batch). With `after`, `input` is the layer's output and only the layers
+  // after it run. Lets a sweep run only the head on cached features.
+  virtual Matrix<T> run_from(const std::string& layer, const T* input, int64_t batch,
+                             bool after = false) const;
 };
+
+template <typename T>
+Matrix<T> Forward<T>::run_from(const std::string&, const T*, int64_t, bool) const {
+  throw Error("run_from is not supported on this backend (use the CPU forward pass)");
+}
+
+// y = W x + b for a batch of columns, with the same BLAS call as the forward pass's
+// linear layer (so a layer applied by hand gives the bits a model file would give).
+// weight: (out, in) row-major; bias: empty or out; x: in x batch column-major.
+template <typename T>
+Matrix<T> apply_linear(const std::vector<T>& weight, const std::vector<T>& bias, int64_t in,
+                       int64_t out, const T* x, int64_t batch);
 
 template <typename T>  // float or double
 class CpuForward final : public Forward<T> {
@@ -61,10 +80,15 @@ class CpuForward final : public Forward<T> {
   void run_taps(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
                 const std::vector<std::string>& taps, const Tap& tap) const override;
 
+  // The layers from `layer` (included; with `after`, excluded) to the end, on the input
+  // of the first layer that runs (features x batch; sizes as for the arch's input image).
+  Matrix<T> run_from(const std::string& layer, const T* input, int64_t batch,
+                     bool after = false) const override;
+
  private:
   size_t index_of(const std::string& name) const;  // throws listing the named layers
   Matrix<T> walk(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w, size_t stop,
-                 const std::vector<size_t>& taps, const Tap* tap) const;
+                 const std::vector<size_t>& taps, const Tap* tap, size_t start = 0) const;
 
   struct Params {
     std::vector<T> weight;  // conv (O, C, k, k) / linear (out, in) row-major; bn: scale

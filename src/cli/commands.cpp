@@ -1,5 +1,6 @@
 #include "cli/commands.hpp"
 
+#include <iomanip>
 #include <iostream>
 
 #include "cli/inspect.hpp"
@@ -41,6 +42,85 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
   if (!quiet) std::cerr << "dalr-gpu: built without CUDA; running on the CPU\n";
 #endif
   return make_cpu_backend();
+}
+
+namespace {
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s + ",") {
+    if (c != ',' && c != ' ') {
+      cur += c;
+    } else if (!cur.empty()) {
+      out.push_back(cur);
+      cur.clear();
+    }
+  }
+  return out;
+}
+
+std::vector<int64_t> parse_ranks(const std::string& s) {
+  std::vector<int64_t> out;
+  for (const auto& t : split_list(s)) {
+    size_t used = 0;
+    int64_t k = 0;
+    try {
+      k = std::stoll(t, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != t.size() || t.empty())
+      throw Error("--ranks: '" + t + "' is not a whole number (e.g. --ranks 32,64,128)");
+    out.push_back(k);
+  }
+  return out;
+}
+
+}  // namespace
+
+void Commands::add_sweep(CLI::App& app) {
+  sweep_ = app.add_subcommand(
+      "sweep",
+      "Accuracy of every (method, rank) point on a test split, from one pass over the\n"
+      "training split (statistics) and one over the test split (cached layer inputs).\n"
+      "Example: dalr-gpu sweep --model M.bin --layer classifier.0 --data train/ --test test/ \\\n"
+      "           --methods dalr,svd,prune-mean --ranks 32,64,128 --out results/fc6");
+  auto* s = sweep_;
+  sopt_.precision = "auto";  // resolved once the device is known, as for compress
+  std::string methods;
+  for (const auto& m : method_names()) methods += (methods.empty() ? "" : ",") + m;
+  s->add_option("--model", sopt_.model, "Model with dalr.arch metadata (or --arch)");
+  s->add_option("--layer", sopt_.layer, "The fc layer to compress: NAME of NAME.weight");
+  s->add_option("--methods", smethods_, "Comma-separated methods, the table's rows: " + methods);
+  s->add_option("--ranks", sranks_,
+                "Comma-separated ranks k, the table's columns (pruning keeps the units of the "
+                "same parameter budget); ranks above min(m, n) or that save nothing are skipped");
+  s->add_option("--data", sopt_.data,
+                "Training split: image folder (class subfolders) or .npy (N, C, H, W); the "
+                "layer's statistics are collected from it");
+  s->add_option("--stats", sopt_.stats_in,
+                "Instead of --data: statistics saved by `compress --save-stats`");
+  s->add_option("--test", sopt_.test, "Test split: image folder with one subfolder per class");
+  s->add_option("--out", sopt_.out,
+                "PREFIX: write PREFIX.csv, PREFIX.md, PREFIX.json, PREFIX.svg and "
+                "PREFIX-spectrum.svg");
+  s->add_option("--precision", sopt_.precision,
+                "auto (fp64 on the CPU, fp32 on the GPU) | fp64 | fp32 | tf32: statistics and "
+                "solve (the test split always runs in fp32, as evaluate's default)");
+  s->add_option("--lambda", slambda_, "Ridge lambda, absolute (dalr, dalr-exact)")->default_str("");
+  s->add_option("--lambda-rel", sopt_.lambda_rel,
+                "Ridge relative to trace(C)/n when --lambda is not given");
+  s->add_option("--device", sdevice_, "auto | cuda | cuda:N | cpu (as for compress)");
+  s->add_option("--batch", sopt_.batch, "Images per forward batch (both splits)");
+  s->add_option("--workers", sopt_.workers, "Image decoding threads");
+  s->add_option("--limit", sopt_.limit, "Use at most this many training images (0: all)");
+  s->add_option("--test-limit", sopt_.test_limit, "Use at most this many test images (0: all)");
+  s->add_flag("--shuffle", sopt_.shuffle,
+              "Shuffle both splits (with --seed) before the limits, as compress/evaluate do");
+  s->add_option("--seed", sopt_.seed, "Seed of --shuffle");
+  s->add_option("--arch", sopt_.arch, "Preset for a state dict without dalr.arch metadata");
+  s->add_flag("--quiet,-q", sopt_.quiet, "Print nothing but errors");
 }
 
 Commands::Commands(CLI::App& app) {
@@ -128,6 +208,8 @@ Commands::Commands(CLI::App& app) {
   e->add_option("--seed", eopt_.seed, "Seed of --shuffle");
   e->add_flag("--quiet,-q", eopt_.quiet, "No progress lines");
 
+  add_sweep(app);
+
   inspect_ = app.add_subcommand(
       "inspect", "List a model's tensors (name, dtype, shape, parameters), metadata and fc layers");
   inspect_->add_option("--model", inspect_model_, "Model or statistics file (safetensors)")
@@ -139,6 +221,7 @@ int Commands::run() {
   if (compress_->parsed()) return run_compress();
   if (inspect_->parsed()) return run_inspect();
   if (evaluate_->parsed()) return run_evaluate();
+  if (sweep_->parsed()) return run_sweep();
   return 2;
 }
 
@@ -166,6 +249,26 @@ int Commands::run_evaluate() {
   std::unique_ptr<Backend> backend = make_backend(edevice_, eopt_.precision, eopt_.quiet);
   const EvaluateResult r = evaluate(eopt_, *backend);
   std::cout << r.summary;
+  return 0;
+}
+
+int Commands::run_sweep() {
+  sopt_.methods = split_list(smethods_);
+  sopt_.ranks = parse_ranks(sranks_);
+  if (sweep_->count("--lambda")) sopt_.lambda = slambda_;
+  std::unique_ptr<Backend> backend = make_backend(sdevice_, sopt_.precision, sopt_.quiet);
+  if (sopt_.precision == "auto") sopt_.precision = backend->name() == "cpu" ? "fp64" : "fp32";
+  const SweepResult r = sweep(sopt_, *backend);
+  for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << w << "\n";
+  if (!sopt_.quiet) {
+    std::cout << sweep_table(r);
+    std::cout << std::fixed << std::setprecision(2) << "\nstatistics " << r.stats_s
+              << " s, test features " << r.features_s << " s, total " << r.total_s << " s on "
+              << r.device << "\n";
+    if (!sopt_.out.empty())
+      std::cout << "wrote " << sopt_.out << ".{csv,md,json,svg}, " << sopt_.out
+                << "-spectrum.svg\n";
+  }
   return 0;
 }
 

@@ -6,6 +6,7 @@
 #include "dalr/backend.hpp"
 #include "dalr/compress.hpp"
 #include "dalr/evaluate.hpp"
+#include "dalr/sweep.hpp"
 
 namespace dalr::cli {
 
@@ -31,10 +32,16 @@ class Commands {
   int run_compress();
   int run_inspect();
   int run_evaluate();
+  int run_sweep();
+  void add_sweep(CLI::App& app);
 
   CLI::App* compress_ = nullptr;
   CLI::App* inspect_ = nullptr;
   CLI::App* evaluate_ = nullptr;
+  CLI::App* sweep_ = nullptr;
+  SweepOptions sopt_;
+  std::string smethods_, sranks_, sdevice_ = "auto";
+  double slambda_ = 0;
   EvaluateOptions eopt_;
   std::string edevice_ = "auto";
   CompressOptions copt_ = default_options();

@@ -167,14 +167,51 @@ void CpuForward<T>::run_taps(const T* input, int64_t batch, int64_t c, int64_t h
 }
 
 template <typename T>
+Matrix<T> CpuForward<T>::run_from(const std::string& layer, const T* input, int64_t batch,
+                                  bool after) const {
+  const size_t start = index_of(layer) + (after ? 1 : 0);
+  const auto& in = arch_.input;
+  return walk(input, batch, in.channels, in.crop[0], in.crop[1], arch_.layers.size(), {}, nullptr,
+              start);
+}
+
+template <typename T>
+Matrix<T> apply_linear(const std::vector<T>& weight, const std::vector<T>& bias, int64_t in,
+                       int64_t out, const T* x, int64_t batch) {
+  if (static_cast<int64_t>(weight.size()) != in * out ||
+      (!bias.empty() && static_cast<int64_t>(bias.size()) != out))
+    throw Error("apply_linear: weight or bias does not match " + std::to_string(out) + " x " +
+                std::to_string(in));
+  LayerSpec l;
+  l.type = LayerType::Linear;
+  l.in = in;
+  l.out = out;
+  std::vector<T> xs(x, x + in * batch), y;
+  linear(xs, batch, l, weight, bias, y);
+  Matrix<T> m;
+  m.rows = out;
+  m.cols = batch;
+  m.data = std::move(y);
+  return m;
+}
+
+template Matrix<float> apply_linear(const std::vector<float>&, const std::vector<float>&, int64_t,
+                                    int64_t, const float*, int64_t);
+template Matrix<double> apply_linear(const std::vector<double>&, const std::vector<double>&,
+                                     int64_t, int64_t, const double*, int64_t);
+
+template <typename T>
 Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
-                              size_t stop, const std::vector<size_t>& taps, const Tap* tap) const {
+                              size_t stop, const std::vector<size_t>& taps, const Tap* tap,
+                              size_t start) const {
   if (batch < 1) throw Error("batch size must be >= 1, got " + std::to_string(batch));
   if (!input) throw Error("CpuForward::run: input is null");
   const std::vector<ActShape> shapes = layer_input_shapes(arch_, c, h, w);
 
-  std::vector<T> cur(input, input + batch * c * h * w), next;
-  for (size_t i = 0; i < stop; ++i) {
+  // From `start` on, the input is that layer's input (run_from), else the image.
+  const int64_t in_size = start == 0 ? batch * c * h * w : batch * shapes[start].numel();
+  std::vector<T> cur(input, input + in_size), next;
+  for (size_t i = start; i < stop; ++i) {
     if (tap && std::find(taps.begin(), taps.end(), i) != taps.end())
       (*tap)(arch_.layers[i].name, cur.data(), shapes[i].numel(), batch);
     const LayerSpec& l = arch_.layers[i];

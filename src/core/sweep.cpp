@@ -1,0 +1,359 @@
+#include "dalr/sweep.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <numeric>
+
+#include "core/recon.hpp"
+#include "core/stream.hpp"
+#include "core/sweep_report.hpp"
+#include "dalr/arch.hpp"
+#include "dalr/backend.hpp"
+#include "dalr/error.hpp"
+#include "dalr/forward.hpp"
+#include "dalr/safetensors.hpp"
+#include "dalr/solver.hpp"
+#include "io/atomic_file.hpp"
+
+namespace dalr {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Indices of the `k` largest values of column j, best first (as evaluate ranks them).
+std::vector<int64_t> top_k(const Matrix<float>& logits, int64_t j, int64_t k) {
+  std::vector<int64_t> idx(static_cast<size_t>(logits.rows));
+  std::iota(idx.begin(), idx.end(), 0);
+  k = std::min<int64_t>(k, logits.rows);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                    [&](int64_t a, int64_t b) { return logits(a, j) > logits(b, j); });
+  idx.resize(static_cast<size_t>(k));
+  return idx;
+}
+
+void check_options(const SweepOptions& o) {
+  if (o.model.empty()) throw Error("--model is required");
+  if (o.layer.empty()) throw Error("--layer is required (e.g. --layer classifier.0)");
+  if (o.layer.find(',') != std::string::npos) throw Error("sweep takes a single --layer");
+  if (o.methods.empty()) throw Error("--methods is required (e.g. --methods dalr,svd,prune-mean)");
+  for (const auto& m : o.methods) method_from_name(m);  // throws listing the valid names
+  for (size_t i = 0; i < o.methods.size(); ++i)
+    for (size_t j = i + 1; j < o.methods.size(); ++j)
+      if (o.methods[i] == o.methods[j]) throw Error("--methods names '" + o.methods[i] + "' twice");
+  if (o.ranks.empty()) throw Error("--ranks is required (e.g. --ranks 32,64,128)");
+  for (size_t i = 0; i < o.ranks.size(); ++i)
+    for (size_t j = i + 1; j < o.ranks.size(); ++j)
+      if (o.ranks[i] == o.ranks[j])
+        throw Error("--ranks names " + std::to_string(o.ranks[i]) + " twice");
+  for (int64_t k : o.ranks)
+    if (k < 1)
+      throw Error("rank " + std::to_string(k) + " is out of range: every rank must be at least 1");
+  if (o.test.empty())
+    throw Error("--test DIR is required: the labelled test split the accuracy is measured on");
+  if (o.data.empty() == o.stats_in.empty())
+    throw Error(o.data.empty() ? "--data DIR (the training split) or --stats FILE is required"
+                               : "give --data or --stats, not both");
+  if (o.batch < 1) throw Error("--batch must be at least 1");
+  for (const auto& [name, path] : {std::pair<const char*, std::string>{"--model", o.model},
+                                   {"--test", o.test},
+                                   {"--data", o.data},
+                                   {"--stats", o.stats_in}})
+    if (!path.empty() && !std::filesystem::exists(path))
+      throw Error(std::string(name) + ": " + path + " does not exist");
+  if (!o.out.empty())
+    for (const auto& p : sweep_output_paths(o.out)) {
+      for (const auto& in : {o.model, o.test, o.data, o.stats_in})
+        if (!in.empty() && same_file(in, p))
+          throw Error("--out " + o.out + " would overwrite the input " + in);
+      AtomicFile probe(p);  // fails now, not after the long passes
+    }
+}
+
+// The test split's features at the layer's input, kept in host memory in the batches
+// the source gave (so the head runs on the same chunks as `evaluate` does).
+struct Features {
+  int64_t n = 0, count = 0;
+  std::vector<float> x;  // n x count, column-major
+  std::vector<int64_t> labels, chunks;
+};
+
+Features cache_features(const SweepOptions& o, const Arch& arch, const SafetensorsFile& model,
+                        Backend& backend, std::vector<std::string>& warnings) {
+  const std::unique_ptr<Forward<float>> fwd = make_forward<float>(backend, arch, model);
+  DataOptions d{o.test, o.workers, o.test_limit, o.shuffle, o.seed, o.batch, o.quiet};
+  std::unique_ptr<BatchSource> src = open_data(d, arch.input);
+  const int64_t c = src->channels(), h = src->height(), w = src->width(), per = c * h * w;
+  std::vector<float> buf(static_cast<size_t>(per * o.batch));
+  std::vector<int64_t> labels;
+  Features f;
+  Progress progress("test features", src->size(), o.quiet);
+  for (int64_t got; (got = src->next(buf.data(), o.batch, &labels)) > 0;) {
+    const Matrix<float> x = fwd->run(buf.data(), got, c, h, w, o.layer);
+    f.n = x.rows;
+    f.x.insert(f.x.end(), x.data.begin(), x.data.end());
+    for (int64_t j = 0; j < got; ++j)
+      f.labels.push_back(labels.empty() ? -1 : labels[static_cast<size_t>(j)]);
+    f.chunks.push_back(got);
+    f.count += got;
+    progress.add(got);
+  }
+  progress.finish();
+  if (f.count == 0)
+    throw Error("no readable images in " + o.test +
+                (src->skipped() ? " (first failure: " + src->first_skip_reason() + ")" : ""));
+  if (std::all_of(f.labels.begin(), f.labels.end(), [](int64_t l) { return l < 0; }))
+    throw Error("--test " + o.test + " has no labels: give an image folder with class subfolders");
+  if (src->skipped())
+    warnings.push_back("skipped " + std::to_string(src->skipped()) +
+                       " test images (first: " + src->first_skip_reason() + ")");
+  return f;
+}
+
+// What a point's head needs: the compressed layer in float, as a model file stores it.
+struct Head {
+  bool pruning = false;
+  int64_t k = 0;
+  std::vector<float> b_rows, a_rows, bias;  // B (k x n), A (m x k) row-major; bias
+  std::vector<float> next_w;                // pruning: the next layer's kept columns
+};
+
+struct Network {
+  Arch arch;
+  size_t layer = 0, next = 0;  // the layer's index; pruning: the next linear's index
+  std::vector<float> next_w, next_b;
+  int64_t next_rows = 0;
+};
+
+template <typename T>
+Head make_head(const Factors<T>& f, const Network& net, int64_t m) {
+  Head h;
+  h.pruning = is_pruning(f.method);
+  h.k = f.rank;
+  auto to_f = [](const std::vector<T>& v) { return std::vector<float>(v.begin(), v.end()); };
+  h.b_rows = to_f(to_row_major(f.b));
+  h.bias = to_f(f.bias);
+  if (!h.pruning) {
+    h.a_rows = to_f(to_row_major(f.a));
+    return h;
+  }
+  h.next_w.resize(static_cast<size_t>(net.next_rows * h.k));
+  for (int64_t i = 0; i < net.next_rows; ++i)
+    for (int64_t r = 0; r < h.k; ++r)
+      h.next_w[static_cast<size_t>(i * h.k + r)] =
+          net.next_w[static_cast<size_t>(i * m + f.kept_units[static_cast<size_t>(r)])];
+  return h;
+}
+
+// The network's output for `cols` cached features with the layer replaced.
+Matrix<float> run_head(const CpuForward<float>& fwd, const Network& net, const Head& h,
+                       const float* x, int64_t n, int64_t m, int64_t cols) {
+  const LayerSpec& l = net.arch.layers[net.layer];
+  if (!h.pruning) {
+    const Matrix<float> t = apply_linear(h.b_rows, {}, n, h.k, x, cols);
+    const Matrix<float> y = apply_linear(h.a_rows, h.bias, h.k, m, t.ptr(), cols);
+    return fwd.run_from(l.name, y.ptr(), cols, /*after=*/true);
+  }
+  Matrix<float> y = apply_linear(h.b_rows, h.bias, n, h.k, x, cols);
+  for (size_t i = net.layer + 1; i < net.next; ++i)  // relu / dropout only (checked)
+    if (net.arch.layers[i].type == LayerType::Relu)
+      for (float& v : y.data) v = v > 0.f ? v : (v == v ? 0.f : v);
+  const Matrix<float> z = apply_linear(h.next_w, net.next_b, h.k, net.next_rows, y.ptr(), cols);
+  return fwd.run_from(net.arch.layers[net.next].name, z.ptr(), cols, /*after=*/true);
+}
+
+struct Scores {
+  double top1 = 0, top5 = 0, agreement = 0;
+};
+
+template <typename Logits>
+Scores score(const Features& f, const std::vector<int64_t>& base_pred, std::vector<int64_t>* pred,
+             const Logits& logits_of) {
+  int64_t hit1 = 0, hit5 = 0, agree = 0, labelled = 0, at = 0;
+  for (int64_t cols : f.chunks) {
+    const Matrix<float> logits = logits_of(f.x.data() + at * f.n, cols);
+    for (int64_t j = 0; j < cols; ++j, ++at) {
+      const std::vector<int64_t> best = top_k(logits, j, 5);
+      const int64_t label = f.labels[static_cast<size_t>(at)];
+      if (label >= 0) {
+        ++labelled;
+        hit1 += best[0] == label;
+        hit5 += std::find(best.begin(), best.end(), label) != best.end();
+      }
+      if (pred) pred->push_back(best[0]);
+      if (!base_pred.empty()) agree += base_pred[static_cast<size_t>(at)] == best[0];
+    }
+  }
+  Scores s;
+  s.top1 = labelled ? double(hit1) / labelled : 0;
+  s.top5 = labelled ? double(hit5) / labelled : 0;
+  s.agreement = double(agree) / double(f.count);
+  return s;
+}
+
+Network find_layers(const Arch& arch, const SweepOptions& o, bool pruning) {
+  Network net;
+  net.arch = arch;
+  const auto& ls = arch.layers;
+  net.layer = ls.size();
+  for (size_t i = 0; i < ls.size(); ++i)
+    if (ls[i].name == o.layer) net.layer = i;
+  if (net.layer == ls.size() || ls[net.layer].type != LayerType::Linear)
+    throw Error("layer '" + o.layer + "' is not a linear layer of the architecture");
+  if (!pruning) return net;
+  for (size_t i = net.layer + 1; i < ls.size(); ++i) {
+    if (ls[i].type == LayerType::Linear) {
+      net.next = i;
+      return net;
+    }
+    if (ls[i].type != LayerType::Relu && ls[i].type != LayerType::Dropout) break;
+  }
+  throw Error("pruning '" + o.layer +
+              "' needs a following linear layer (with only relu/dropout between) whose input "
+              "columns shrink with it; drop prune-mean/prune-max from --methods");
+}
+
+template <typename T>
+SweepResult run(const SweepOptions& o, Backend& backend) {
+  const auto t_all = Clock::now();
+  check_options(o);
+  std::vector<Method> methods;
+  for (const auto& name : o.methods) methods.push_back(method_from_name(name));
+  const bool any_pruning = std::any_of(methods.begin(), methods.end(), is_pruning);
+
+  SweepResult r;
+  r.device = backend.name();
+  r.precision = o.precision;
+  SafetensorsFile model(o.model);
+  const Arch arch = load_arch(model, o.arch);
+  Network net = find_layers(arch, o, any_pruning);
+  const LayerSpec& spec = arch.layers[net.layer];
+  const int64_t m = spec.out, n = spec.in;
+  r.m = m;
+  r.n = n;
+  const Matrix<T> w = from_row_major(model.read<T>(o.layer + ".weight").data(), m, n);
+  const std::vector<T> b =
+      spec.bias ? model.read<T>(o.layer + ".bias") : std::vector<T>(static_cast<size_t>(m), T(0));
+  if (any_pruning) {
+    const LayerSpec& nl = arch.layers[net.next];
+    net.next_rows = nl.out;
+    net.next_w = model.read_f32(nl.name + ".weight");
+    if (nl.bias) net.next_b = model.read_f32(nl.name + ".bias");
+  }
+
+  // Pass 1: the training split's statistics (or the saved ones).
+  auto t0 = Clock::now();
+  LayerStats<T> st;
+  if (!o.stats_in.empty()) {
+    std::map<std::string, std::string> meta;
+    st = LayerStats<T>::load(o.stats_in, &meta);
+    if (st.n() != n || st.m() != m)
+      throw Error(o.stats_in + " holds statistics of a " + std::to_string(st.m()) + " x " +
+                  std::to_string(st.n()) + " layer, but '" + o.layer + "' is " + std::to_string(m) +
+                  " x " + std::to_string(n));
+    if (meta.count("dalr.layer") && meta["dalr.layer"] != o.layer)
+      throw Error(o.stats_in + " holds statistics of layer '" + meta["dalr.layer"] + "', not '" +
+                  o.layer + "'");
+  } else {
+    const std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, arch, model);
+    auto acc = backend.stats(n, m, &w, &b, o.batch);
+    DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
+    std::unique_ptr<BatchSource> src = open_data(d, arch.input);
+    stream_statistics(*fwd, *src, {o.layer}, {acc.get()}, d);
+    st = acc->finish();
+    if (src->skipped())
+      r.warnings.push_back("skipped " + std::to_string(src->skipped()) +
+                           " training images (first: " + src->first_skip_reason() + ")");
+  }
+  if (st.count() == 0) throw Error("no training samples: the statistics are empty");
+  r.train_samples = st.count();
+  r.stats_s = seconds_since(t0);
+
+  // Pass 2: the test split's features at the layer's input, and the uncompressed scores.
+  t0 = Clock::now();
+  const Features feat = cache_features(o, arch, model, backend, r.warnings);
+  r.test_images = feat.count;
+  const CpuForward<float> head(arch, model);
+  std::vector<int64_t> base_pred;
+  const Scores base = score(feat, {}, &base_pred, [&](const float* x, int64_t cols) {
+    return head.run_from(o.layer, x, cols);
+  });
+  r.base_top1 = base.top1;
+  r.base_top5 = base.top5;
+  r.features_s = seconds_since(t0);
+
+  const double lambda = o.lambda ? *o.lambda : default_lambda(st, o.lambda_rel);
+  for (Method method : methods) {
+    bool spectrum_kept = false;
+    for (int64_t k : o.ranks) {
+      SweepPoint p;
+      p.method = method_name(method);
+      p.rank = k;
+      p.kept = is_pruning(method) ? units_for_rank(m, n, k) : k;
+      p.kept_fraction =
+          is_pruning(method) ? double(p.kept) / double(m) : double(k * (m + n)) / double(m * n);
+      p.lambda = needs_gram(method) ? lambda : 0;
+      if (k > std::min(m, n)) {
+        p.skipped = true;
+        p.note =
+            "rank " + std::to_string(k) + " exceeds min(m, n) = " + std::to_string(std::min(m, n));
+      } else if (k * (m + n) >= m * n) {
+        p.skipped = true;
+        p.note = "rank " + std::to_string(k) +
+                 " saves no parameters: k (m + n) = " + std::to_string(k * (m + n)) +
+                 " >= m n = " + std::to_string(m * n);
+      }
+      if (p.skipped) {
+        r.points.push_back(p);
+        continue;
+      }
+      auto ts = Clock::now();
+      const Factors<T> fac = backend.solve({method, p.kept, p.lambda}, w, b, st);
+      const ReconError e = reconstruction_error(st, w, b, fac);
+      p.solve_s = seconds_since(ts);
+      p.error_abs = e.abs;
+      p.error_rel = e.rel;
+      p.energy_kept = fac.energy_kept;
+      // svd-bc ranks by the same singular values as svd: its curve only when svd is absent.
+      const bool svd_swept =
+          std::find(methods.begin(), methods.end(), Method::Svd) != methods.end();
+      if (!spectrum_kept && !is_pruning(method) && !(method == Method::SvdBc && svd_swept)) {
+        r.spectra.emplace_back(p.method, fac.spectrum);
+        spectrum_kept = true;
+      }
+      ts = Clock::now();
+      const Head h = make_head(fac, net, m);
+      const Scores s = score(feat, base_pred, nullptr, [&](const float* x, int64_t cols) {
+        return run_head(head, net, h, x, n, m, cols);
+      });
+      p.head_s = seconds_since(ts);
+      p.top1 = s.top1;
+      p.top5 = s.top5;
+      p.agreement = s.agreement;
+      r.points.push_back(p);
+    }
+  }
+  r.total_s = seconds_since(t_all);
+  if (!o.out.empty()) write_sweep_files(o, r);
+  return r;
+}
+
+}  // namespace
+
+SweepResult sweep(const SweepOptions& opt, Backend& backend) {
+  if (opt.precision == "fp64") return run<double>(opt, backend);
+  if (opt.precision == "fp32" || opt.precision == "tf32") {
+    if (opt.precision == "tf32" && backend.name() == "cpu")
+      throw Error("--precision tf32 needs --device cuda (TF32 is a tensor-core mode)");
+    return run<float>(opt, backend);
+  }
+  throw Error("--precision must be fp64, fp32 or tf32 (got '" + opt.precision + "')");
+}
+
+}  // namespace dalr

@@ -1,0 +1,213 @@
+// `dalr-gpu sweep` on the shipped example: every point's accuracy, agreement and error
+// equal those of separate `compress` + `evaluate` runs on the same images; the output
+// files exist and the plots are well-formed SVG; run_from continues a forward pass
+// bit for bit; and the errors a user can make exit with code 1 and a clear message.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "dalr/arch.hpp"
+#include "dalr/forward.hpp"
+#include "dalr/safetensors.hpp"
+#include "test_util.hpp"
+
+using namespace dalr;
+using test::run_cli;
+using json = nlohmann::json;
+
+namespace {
+
+const std::string kEx = std::string(DALR_SOURCE_DIR) + "/examples/fashion2digits/";
+// Same images in every run: the first 600 training / 300 test images after a seeded
+// shuffle (the folders are sorted by class, so an unshuffled prefix holds two digits).
+const std::string kTrain = "--data " + kEx + "train --limit 600 --shuffle --seed 5";
+const std::string kTest = "--limit 300 --shuffle --seed 5";
+const std::string kCommon = "--model " + kEx + "model.bin --layer classifier.0 --device cpu -q";
+
+json read_json(const std::string& path) {
+  return json::parse(test::read_file(path));
+}
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// A small well-formedness check: every tag closes in order, attributes are quoted,
+// nothing follows the root element. Enough to catch a hand-written SVG gone wrong.
+std::string xml_problem(const std::string& s) {
+  std::vector<std::string> open;
+  size_t i = 0;
+  bool root_done = false;
+  if (s.compare(0, 5, "<?xml") == 0) i = s.find("?>") + 2;
+  while ((i = s.find('<', i)) != std::string::npos) {
+    const size_t end = s.find('>', i);
+    if (end == std::string::npos) return "unterminated tag at " + std::to_string(i);
+    std::string tag = s.substr(i + 1, end - i - 1);
+    if (root_done) return "content after the root element";
+    if (count(tag, "\"") % 2) return "unbalanced quotes in <" + tag + ">";
+    if (tag[0] == '/') {
+      if (open.empty() || open.back() != tag.substr(1))
+        return "unexpected </" + tag.substr(1) + ">";
+      open.pop_back();
+      root_done = open.empty();
+    } else if (tag.back() != '/') {
+      open.push_back(tag.substr(0, tag.find_first_of(" \n")));
+    } else if (open.empty()) {
+      root_done = true;
+    }
+    const std::string text = s.substr(end + 1, s.find('<', end) - end - 1);
+    if (text.find('&') != std::string::npos && text.find("&amp;") == std::string::npos &&
+        text.find("&lt;") == std::string::npos && text.find("&gt;") == std::string::npos)
+      return "unescaped & in text";
+    i = end + 1;
+  }
+  return open.empty() ? "" : "unclosed <" + open.back() + ">";
+}
+
+class Sweep : public ::testing::Test {
+ protected:
+  test::TempDir dir_;
+};
+
+TEST_F(Sweep, PointsEqualCompressPlusEvaluate) {
+  const std::string prefix = dir_.file("s");
+  const auto r =
+      run_cli("sweep " + kCommon + " " + kTrain + " --test " + kEx + "test " +
+              "--test-limit 300 --methods dalr,svd-bc,prune-mean --ranks 4,16 --out " + prefix);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json s = read_json(prefix + ".json");
+  ASSERT_EQ(s["points"].size(), 6u);
+  EXPECT_EQ(s["train"]["samples"], 600);
+  EXPECT_EQ(s["test"]["images"], 300);
+
+  // The uncompressed network on the same test images.
+  const auto base = run_cli("evaluate --model " + kEx + "model.bin --data " + kEx + "test " +
+                            kTest + " --device cpu -q --report " + dir_.file("base.json"));
+  ASSERT_EQ(base.exit_code, 0) << base.output;
+  EXPECT_EQ(s["uncompressed"]["top1"], read_json(dir_.file("base.json"))["top1"]);
+
+  for (const json& p : s["points"]) {
+    const std::string m = p["method"], k = std::to_string(p["rank"].get<int64_t>());
+    SCOPED_TRACE(m + " k=" + k);
+    ASSERT_FALSE(p["skipped"].get<bool>());
+    const std::string model = dir_.file(m + k + ".bin"), rep = dir_.file(m + k + ".json"),
+                      ev = dir_.file(m + k + ".eval.json");
+    const std::string next = m.rfind("prune", 0) == 0 ? " --next-layer classifier.3" : "";
+    const auto c = run_cli("compress " + kCommon + " --acts stream " + kTrain + " --method " + m +
+                           " --rank " + k + next + " --out " + model + " --report " + rep);
+    ASSERT_EQ(c.exit_code, 0) << c.output;
+    const auto e = run_cli("evaluate --model " + model + " --data " + kEx + "test " + kTest +
+                           " --compare " + kEx + "model.bin --device cpu -q --report " + ev);
+    ASSERT_EQ(e.exit_code, 0) << e.output;
+    const json cr = read_json(rep), er = read_json(ev);
+    // Same images, same batches, same float factors: the same predictions exactly.
+    EXPECT_EQ(p["top1"], er["top1"]);
+    EXPECT_EQ(p["top5"], er["top5"]);
+    EXPECT_EQ(p["agreement"], er["agreement"]);
+    EXPECT_EQ(p["kept"], cr["rank"]);
+    EXPECT_DOUBLE_EQ(p["kept_fraction"].get<double>(),
+                     cr["params"]["kept_fraction_weights"].get<double>());
+    // The error from the statistics, computed by the same code on the same statistics.
+    EXPECT_NEAR(p["error_train"]["rel"].get<double>(), cr["error_train"]["rel"].get<double>(),
+                1e-12);
+  }
+}
+
+TEST_F(Sweep, WritesFilesAndWellFormedPlots) {
+  const std::string prefix = dir_.file("out/run");
+  std::filesystem::create_directories(dir_.file("out"));
+  const auto r =
+      run_cli("sweep --model " + kEx + "model.bin --layer classifier.0 --device cpu --data " + kEx +
+              "train --limit 200 --test " + kEx +
+              "test --test-limit 100 --methods svd,dalr,prune-max --ranks 8,300 --out " + prefix);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // The table on stdout: a row per method, a column per kept rank, the skipped one noted.
+  EXPECT_NE(r.output.find("| method | k=8 (3.9%) |"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("| prune-max |"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("k=300 skipped: rank 300 exceeds min(m, n) = 256"), std::string::npos)
+      << r.output;
+  for (const char* ext : {".csv", ".md", ".json", ".svg", "-spectrum.svg"})
+    EXPECT_TRUE(test::file_exists(prefix + ext)) << prefix << ext;
+  const json s = read_json(prefix + ".json");
+  ASSERT_EQ(s["points"].size(), 6u);
+  EXPECT_TRUE(s["points"][1]["skipped"].get<bool>());
+  EXPECT_EQ(count(test::read_file(prefix + ".csv"), "\n"), 7u);  // header + 6 points
+
+  const std::string svg = test::read_file(prefix + ".svg");
+  EXPECT_EQ(xml_problem(svg), "");
+  EXPECT_EQ(count(svg, "<polyline"), 3u);         // one per method
+  EXPECT_EQ(count(svg, "stroke-dasharray"), 2u);  // the uncompressed line and its legend
+  for (const char* label : {">svd<", ">dalr<", ">prune-max<", "kept (%)", "accuracy (%)"})
+    EXPECT_NE(svg.find(label), std::string::npos) << label;
+  const std::string spec = test::read_file(prefix + "-spectrum.svg");
+  EXPECT_EQ(xml_problem(spec), "");
+  EXPECT_EQ(count(spec, "<polyline"), 2u);  // svd and dalr; pruning has no spectrum
+}
+
+TEST_F(Sweep, StatsFileGivesTheSamePoints) {
+  const std::string stats = dir_.file("st.safetensors");
+  ASSERT_EQ(run_cli("compress " + kCommon + " --acts stream " + kTrain + " --rank 4 --out " +
+                    dir_.file("x.bin") + " --save-stats " + stats)
+                .exit_code,
+            0);
+  const std::string args = kCommon + " --test " + kEx + "test --test-limit 300 " +
+                           "--methods dalr,prune-max --ranks 4 --shuffle --seed 5 --out ";
+  ASSERT_EQ(
+      run_cli("sweep " + args + dir_.file("a") + " --limit 600 --data " + kEx + "train").exit_code,
+      0);
+  const auto r = run_cli("sweep " + args + dir_.file("b") + " --stats " + stats);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json a = read_json(dir_.file("a.json")), b = read_json(dir_.file("b.json"));
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(a["points"][i]["top1"], b["points"][i]["top1"]);
+    EXPECT_EQ(a["points"][i]["error_train"], b["points"][i]["error_train"]);
+  }
+}
+
+TEST(SweepErrors, BadInputExitsWithOne) {
+  const std::string base = "sweep " + kCommon + " --data " + kEx + "train --limit 10 ";
+  const std::string test = "--test " + kEx + "test --test-limit 10 ";
+  struct Case {
+    std::string args, message;
+  };
+  const std::vector<Case> cases = {
+      {base + test + "--methods dalr,bogus --ranks 4", "unknown method 'bogus'"},
+      {base + test + "--methods dalr", "--ranks is required"},
+      {base + test + "--methods dalr --ranks 4,0", "rank 0 is out of range"},
+      {base + test + "--methods dalr --ranks 4,x", "'x' is not a whole number"},
+      {base + "--methods dalr --ranks 4", "--test DIR is required"},
+      {base + test + "--ranks 4", "--methods is required"},
+      {"sweep " + kCommon + " " + test + "--methods dalr --ranks 4", "--data DIR"},
+      {base + test + "--methods dalr --ranks 4 --layer classifier.6 --methods prune-mean",
+       "needs a following linear layer"},
+  };
+  for (const auto& c : cases) {
+    const auto r = run_cli(c.args);
+    EXPECT_EQ(r.exit_code, 1) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.message), std::string::npos) << c.args << "\n" << r.output;
+  }
+}
+
+TEST(RunFrom, ContinuesTheForwardPassExactly) {
+  SafetensorsFile f(kEx + "model.bin");
+  const Arch arch = load_arch(f, "");
+  const CpuForward<float> fwd(arch, f);
+  std::mt19937_64 rng(test::test_seed(11));
+  std::normal_distribution<float> nd;
+  std::vector<float> img(5 * 32 * 32);
+  for (auto& v : img) v = nd(rng);
+  const Matrix<float> full = fwd.run(img.data(), 5, 1, 32, 32);
+  const Matrix<float> x = fwd.run(img.data(), 5, 1, 32, 32, "classifier.0");
+  EXPECT_EQ(fwd.run_from("classifier.0", x.ptr(), 5).data, full.data);
+  // After a layer: classifier.6 is the last one, so its output is the network's.
+  const Matrix<float> x6 = fwd.run(img.data(), 5, 1, 32, 32, "classifier.6");
+  const Matrix<float> y = fwd.run_from("classifier.6", x6.ptr(), 5);
+  EXPECT_EQ(fwd.run_from("classifier.6", y.ptr(), 5, /*after=*/true).data, full.data);
+  EXPECT_THROW(fwd.run_from("nope", x.ptr(), 5), Error);
+}
+
+}  // namespace
