@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/job_common.hpp"
 #include "core/recon.hpp"
 #include "core/stream.hpp"
 #include "dalr/arch.hpp"
@@ -482,13 +483,8 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
 }  // namespace
 
 CompressResult compress(const CompressOptions& opt, Backend& backend) {
-  if (opt.precision == "fp64") return run<double>(opt, backend);
-  if (opt.precision == "fp32" || opt.precision == "tf32") {
-    if (opt.precision == "tf32" && backend.name() == "cpu")
-      throw Error("--precision tf32 needs --device cuda (TF32 is a tensor-core mode)");
-    return run<float>(opt, backend);
-  }
-  throw Error("--precision must be fp64, fp32 or tf32 (got '" + opt.precision + "')");
+  return with_precision(opt.precision, backend,
+                        [&](auto tag) { return run<decltype(tag)>(opt, backend); });
 }
 
 }  // namespace dalr

@@ -7,6 +7,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "core/job_common.hpp"
 #include "core/stream.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
@@ -16,18 +17,6 @@
 namespace dalr {
 
 namespace {
-
-// Indices of the `k` largest values of column j, best first.
-template <typename T>
-std::vector<int64_t> top_k(const Matrix<T>& logits, int64_t j, int64_t k) {
-  std::vector<int64_t> idx(static_cast<size_t>(logits.rows));
-  std::iota(idx.begin(), idx.end(), 0);
-  k = std::min<int64_t>(k, logits.rows);
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                    [&](int64_t a, int64_t b) { return logits(a, j) > logits(b, j); });
-  idx.resize(static_cast<size_t>(k));
-  return idx;
-}
 
 template <typename T>
 EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
@@ -104,11 +93,8 @@ EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
 
 EvaluateResult evaluate(const EvaluateOptions& o, Backend& backend) {
   if (o.model.empty()) throw Error("--model is required");
-  if (o.precision == "tf32" && backend.name() == "cpu")
-    throw Error("--precision tf32 needs --device cuda (TF32 is a tensor-core mode)");
-  if (o.precision == "fp32" || o.precision == "tf32") return run<float>(o, backend);
-  if (o.precision == "fp64") return run<double>(o, backend);
-  throw Error("--precision must be fp32, fp64 or tf32 (got '" + o.precision + "')");
+  return with_precision(o.precision, backend,
+                        [&](auto tag) { return run<decltype(tag)>(o, backend); });
 }
 
 }  // namespace dalr

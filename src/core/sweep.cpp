@@ -6,6 +6,7 @@
 #include <map>
 #include <numeric>
 
+#include "core/job_common.hpp"
 #include "core/recon.hpp"
 #include "core/stream.hpp"
 #include "core/sweep_report.hpp"
@@ -25,17 +26,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-// Indices of the `k` largest values of column j, best first (as evaluate ranks them).
-std::vector<int64_t> top_k(const Matrix<float>& logits, int64_t j, int64_t k) {
-  std::vector<int64_t> idx(static_cast<size_t>(logits.rows));
-  std::iota(idx.begin(), idx.end(), 0);
-  k = std::min<int64_t>(k, logits.rows);
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                    [&](int64_t a, int64_t b) { return logits(a, j) > logits(b, j); });
-  idx.resize(static_cast<size_t>(k));
-  return idx;
 }
 
 void check_options(const SweepOptions& o) {
@@ -347,13 +337,8 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
 }  // namespace
 
 SweepResult sweep(const SweepOptions& opt, Backend& backend) {
-  if (opt.precision == "fp64") return run<double>(opt, backend);
-  if (opt.precision == "fp32" || opt.precision == "tf32") {
-    if (opt.precision == "tf32" && backend.name() == "cpu")
-      throw Error("--precision tf32 needs --device cuda (TF32 is a tensor-core mode)");
-    return run<float>(opt, backend);
-  }
-  throw Error("--precision must be fp64, fp32 or tf32 (got '" + opt.precision + "')");
+  return with_precision(opt.precision, backend,
+                        [&](auto tag) { return run<decltype(tag)>(opt, backend); });
 }
 
 }  // namespace dalr
