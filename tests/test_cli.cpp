@@ -362,3 +362,49 @@ TEST_F(Cli, DeviceSelection) {
 }
 
 }  // namespace
+
+namespace {
+
+// --lambda auto: every 10th sample is held out; each grid point is solved on the rest and
+// measured on the held-out samples; the smallest held-out error wins. Each point of the
+// reported curve equals an independent run on explicitly split files.
+TEST_F(Cli, LambdaAutoPicksTheSmallestHeldOutError) {
+  std::vector<float> fit, held;
+  for (int64_t s = 0; s < kP; ++s)
+    (s % 10 == 9 ? held : fit)
+        .insert((s % 10 == 9 ? held : fit).end(), acts_.begin() + s * kN,
+                acts_.begin() + (s + 1) * kN);
+  write_npy(dir_.file("fit.npy"), fit.data(), static_cast<int64_t>(fit.size()) / kN, kN);
+  write_npy(dir_.file("held.npy"), held.data(), static_cast<int64_t>(held.size()) / kN, kN);
+  test::CommandResult r = run_cli(base("dalr", "--rank 3") + " --lambda auto --device cpu " +
+                                  "--report " + dir_.file("r.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto rep = nlohmann::json::parse(test::read_file(dir_.file("r.json")));
+  const auto& la = rep["lambda_auto"];
+  ASSERT_EQ(la["curve"].size(), 6u);
+  EXPECT_EQ(la["held_out_samples"], kP / 10);
+  EXPECT_EQ(la["fit_samples"], kP - kP / 10);
+  double best = 1e300, best_rel = -1;
+  for (const auto& p : la["curve"]) {
+    const double err = p["held_out_rel_error"].get<double>();
+    if (err < best) best = err, best_rel = p["lambda_rel"].get<double>();
+    std::filesystem::remove(out());
+    char lam[64];
+    std::snprintf(lam, sizeof lam, "%.17g", p["lambda"].get<double>());
+    test::CommandResult one =
+        run_cli("compress --model " + model() + " --layer fc --acts " + dir_.file("fit.npy") +
+                " --acts-test " + dir_.file("held.npy") + " --rank 3 --device cpu --lambda " + lam +
+                " --out " + out() + " --report " + dir_.file("one.json"));
+    ASSERT_EQ(one.exit_code, 0) << one.output;
+    const auto o = nlohmann::json::parse(test::read_file(dir_.file("one.json")));
+    EXPECT_NEAR(o["error_test"]["rel"].get<double>(), err, 1e-6 * err) << "lambda " << lam;
+  }
+  EXPECT_EQ(la["chosen_lambda_rel"].get<double>(), best_rel);
+  EXPECT_EQ(rep["lambda_rel"].get<double>(), best_rel);
+  EXPECT_EQ(rep["samples"], kP);  // the final solve uses every sample
+  std::filesystem::remove(out());
+  expect_failure(base("svd") + " --lambda auto --device cpu", "--lambda auto applies to dalr");
+  expect_failure(base("dalr") + " --lambda lots --device cpu", "--lambda must be a number");
+}
+
+}  // namespace

@@ -31,7 +31,8 @@ struct CompressOptions {
   double keep = 0.0;             // fraction of the layer's weights to keep
   std::optional<double> lambda;  // absolute ridge
   double lambda_rel = kDefaultLambdaRel;
-  int64_t batch = 512;  // samples per streamed chunk (images per forward batch when streaming)
+  bool lambda_auto = false;  // choose lambda_rel on every 10th sample, held out
+  int64_t batch = 512;       // samples per streamed chunk (images per forward batch when streaming)
   // --acts stream: the network runs on these images up to each layer's input.
   std::string data;   // image folder (class subfolders) or .npy (N, C, H, W)
   std::string arch;   // preset for a state dict without dalr.arch (vgg11 ... vgg19_bn)

@@ -45,8 +45,8 @@ class Commands {
   EvaluateOptions eopt_;
   std::string edevice_ = "auto";
   CompressOptions copt_ = default_options();
-  double lambda_ = 0;
   std::string device_ = "auto";
+  std::string lambda_str_;
   bool quiet_ = false;
   std::string inspect_model_;
   bool inspect_json_ = false;

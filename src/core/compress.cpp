@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/finite.hpp"
 #include "core/job_common.hpp"
 #include "core/recon.hpp"
 #include "core/stream.hpp"
@@ -122,10 +123,83 @@ Layer<T> load_layer(const SafetensorsFile& f, const std::string& name) {
 }
 
 template <typename T>
-LayerStats<T> gather_stats(const CompressOptions& o, const Layer<T>& l, Backend& backend,
-                           json& rep) {
+struct LayerJob {
+  std::string name;
+  Layer<T> l;
+  LayerStats<T> st;    // all samples (for --lambda auto: first the fit part)
+  LayerStats<T> held;  // --lambda auto: every 10th sample, held out to choose lambda
+  Factors<T> fac;
+  int64_t rank = 0;
+  double lambda = 0;
+  json rep;
+};
+
+// --lambda auto: every 10th sample goes to a held-out accumulator, the rest to the fit
+// one, so lambda is chosen on data the solve did not see, without a second pass.
+template <typename T>
+class SplitAccumulator final : public StatsAccumulator<T> {
+ public:
+  SplitAccumulator(std::unique_ptr<StatsAccumulator<T>> fit,
+                   std::unique_ptr<StatsAccumulator<T>> held, int64_t n)
+      : fit_(std::move(fit)), held_(std::move(held)), n_(n) {}
+  void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) override {
+    check_finite(x, n_, cols, ldx, first_index);  // names the sample before the split
+    fit_buf_.clear();
+    held_buf_.clear();
+    for (int64_t j = 0; j < cols; ++j) {
+      auto& dst = (first_index + j) % 10 == 9 ? held_buf_ : fit_buf_;
+      dst.insert(dst.end(), x + j * ldx, x + j * ldx + n_);
+    }
+    const int64_t nf = static_cast<int64_t>(fit_buf_.size()) / n_;
+    const int64_t nh = static_cast<int64_t>(held_buf_.size()) / n_;
+    if (nf) fit_->add(fit_buf_.data(), nf, n_, fit_count_);
+    if (nh) held_->add(held_buf_.data(), nh, n_, held_count_);
+    fit_count_ += nf;
+    held_count_ += nh;
+  }
+  void merge(const LayerStats<T>& earlier) override { fit_->merge(earlier); }  // no split
+  LayerStats<T> result() override {
+    LayerStats<T> all = fit_->result();
+    all.merge(held_->result());
+    return all;
+  }
+  LayerStats<T> fit() { return fit_->finish(); }
+  LayerStats<T> held() { return held_->finish(); }
+
+ private:
+  std::unique_ptr<StatsAccumulator<T>> fit_, held_;
+  int64_t n_, fit_count_ = 0, held_count_ = 0;
+  std::vector<T> fit_buf_, held_buf_;
+};
+
+template <typename T>
+std::unique_ptr<StatsAccumulator<T>> make_accumulator(const CompressOptions& o, const Layer<T>& l,
+                                                      Backend& backend) {
   const int64_t m = l.w.rows, n = l.w.cols;
-  auto acc = backend.stats(n, m, &l.w, &l.b, o.batch);
+  if (!o.lambda_auto) return backend.stats(n, m, &l.w, &l.b, o.batch);
+  return std::make_unique<SplitAccumulator<T>>(backend.stats(n, m, &l.w, &l.b, o.batch),
+                                               backend.stats(n, m, &l.w, &l.b, o.batch), n);
+}
+
+// The statistics of a job once its samples are in (split for --lambda auto).
+template <typename T>
+void take_statistics(const CompressOptions& o, StatsAccumulator<T>& acc, LayerJob<T>& j) {
+  if (!o.lambda_auto) {
+    j.st = acc.finish();
+    return;
+  }
+  auto& split = static_cast<SplitAccumulator<T>&>(acc);
+  j.st = split.fit();
+  j.held = split.held();
+  if (j.held.count() == 0)
+    throw Error("--lambda auto needs at least 10 samples (every 10th is held out)");
+}
+
+template <typename T>
+void gather_stats(const CompressOptions& o, LayerJob<T>& job, Backend& backend, json& rep) {
+  const Layer<T>& l = job.l;
+  const int64_t m = l.w.rows, n = l.w.cols;
+  auto acc = make_accumulator(o, l, backend);
   int64_t first = 0;
   if (!o.stats_in.empty()) {
     std::map<std::string, std::string> meta;
@@ -153,21 +227,9 @@ LayerStats<T> gather_stats(const CompressOptions& o, const Layer<T>& l, Backend&
     rep["acts"] = {
         {"path", o.acts}, {"samples", r.rows()}, {"shape", r.shape()}, {"dtype", r.descr()}};
   }
-  LayerStats<T> st = acc->finish();
-  if (st.count() == 0) throw Error("no activation samples: the activation file is empty");
-  return st;
+  if (first == 0) throw Error("no activation samples: the activation file is empty");
+  take_statistics(o, *acc, job);
 }
-
-template <typename T>
-struct LayerJob {
-  std::string name;
-  Layer<T> l;
-  LayerStats<T> st;
-  Factors<T> fac;
-  int64_t rank = 0;
-  double lambda = 0;
-  json rep;
-};
 
 template <typename T>
 std::vector<TensorOut> output_tensors(const SafetensorsFile& f, const CompressOptions& o,
@@ -294,14 +356,14 @@ void stream_all(const CompressOptions& o, const SafetensorsFile& model, const Ar
     bool linear = false;
     for (const auto& l : arch.layers) linear |= l.name == j.name && l.type == LayerType::Linear;
     if (!linear) throw Error("layer '" + j.name + "' is not a linear layer of the architecture");
-    accs.push_back(backend.stats(j.l.w.cols, j.l.w.rows, &j.l.w, &j.l.b, o.batch));
+    accs.push_back(make_accumulator(o, j.l, backend));
     raw.push_back(accs.back().get());
     names.push_back(j.name);
   }
   DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
   std::unique_ptr<BatchSource> src = open_data(d, arch.input);
   stream_statistics(*fwd, *src, names, raw, d);
-  for (size_t i = 0; i < jobs.size(); ++i) jobs[i].st = accs[i]->finish();
+  for (size_t i = 0; i < jobs.size(); ++i) take_statistics(o, *accs[i], jobs[i]);
   rep["data"] = {{"path", o.data},       {"images", src->size()}, {"skipped", src->skipped()},
                  {"shuffle", o.shuffle}, {"seed", o.seed},        {"limit", o.limit}};
   if (src->skipped() > 0)
@@ -324,6 +386,9 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
   if ((o.rank > 0) == (o.keep > 0))
     throw Error(o.rank < 0 ? "--rank must be at least 1"
                            : "give exactly one of --rank K or --keep FRACTION");
+  if (o.lambda_auto && !needs_gram(method))
+    throw Error("--lambda auto applies to dalr and dalr-exact (got --method " + o.method + ")");
+  if (o.lambda_auto && o.lambda) throw Error("give --lambda VALUE or --lambda auto, not both");
   const bool stream = o.acts == "stream";
   const std::vector<std::string> names = split_layers(o.layer);
   if (names.size() > 1 && !stream)
@@ -355,7 +420,7 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
   if (stream) {
     stream_all(o, model, arch, jobs, backend, rep, res.warnings);
   } else {
-    jobs.front().st = gather_stats<T>(o, jobs.front().l, backend, rep);
+    gather_stats<T>(o, jobs.front(), backend, rep);
   }
   timing["statistics"] = seconds_since(t0);
   if (!o.save_stats.empty()) {
@@ -380,8 +445,28 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
     if (needs_gram(method) && j.rank > j.st.count())
       warn("rank " + std::to_string(j.rank) + " exceeds the " + std::to_string(j.st.count()) +
            " activation samples: directions beyond the data are arbitrary");
-    j.lambda = o.lambda ? *o.lambda : default_lambda(j.st, o.lambda_rel);
     t0 = Clock::now();
+    double lambda_rel = o.lambda_rel;
+    if (o.lambda_auto) {
+      // The grid around the default, each solved on the fit part and measured on the
+      // held-out part; then the chosen relative lambda on all the samples.
+      json curve = json::array();
+      double best = -1;
+      for (double rel : {1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0}) {
+        const double lam = default_lambda(j.st, rel);
+        const Factors<T> f = backend.solve({method, j.rank, lam}, j.l.w, j.l.b, j.st);
+        const double err = reconstruction_error(j.held, j.l.w, j.l.b, f).rel;
+        curve.push_back({{"lambda_rel", rel}, {"lambda", lam}, {"held_out_rel_error", err}});
+        if (best < 0 || err < best) best = err, lambda_rel = rel;
+      }
+      j.rep["lambda_auto"] = {{"chosen_lambda_rel", lambda_rel},
+                              {"fit_samples", j.st.count()},
+                              {"held_out_samples", j.held.count()},
+                              {"curve", curve}};
+      j.st.merge(j.held);
+      j.held = LayerStats<T>();
+    }
+    j.lambda = o.lambda ? *o.lambda : default_lambda(j.st, lambda_rel);
     j.fac = backend.solve({method, j.rank, j.lambda}, j.l.w, j.l.b, j.st);
     t_solve += seconds_since(t0);
 
@@ -408,7 +493,7 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
     j.rep["method"] = method_name(method);
     j.rep["rank"] = j.rank;
     j.rep["lambda"] = needs_gram(method) ? json(j.lambda) : json(nullptr);
-    j.rep["lambda_rel"] = needs_gram(method) && !o.lambda ? json(o.lambda_rel) : json(nullptr);
+    j.rep["lambda_rel"] = needs_gram(method) && !o.lambda ? json(lambda_rel) : json(nullptr);
     j.rep["params"] = {
         {"before", before},
         {"after", after},
