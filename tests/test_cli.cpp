@@ -408,3 +408,25 @@ TEST_F(Cli, LambdaAutoPicksTheSmallestHeldOutError) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(Cli, RoundRankRoundsUpAndReportsTheCost) {
+  test::CommandResult r =
+      run_cli(base("svd", "--rank 5") + " --round-rank 4 --report " + dir_.file("r.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto rep = nlohmann::json::parse(test::read_file(dir_.file("r.json")));
+  EXPECT_EQ(rep["rank"], 8);
+  EXPECT_EQ(rep["round_rank"]["rank_requested"], 5);
+  EXPECT_EQ(rep["round_rank"]["extra_params"], 3 * (kM + kN));
+  SafetensorsFile f(out());
+  EXPECT_EQ(f.at("fc.0.weight").shape, (std::vector<int64_t>{8, kN}));
+  // Never past min(m, n) = 13.
+  std::filesystem::remove(out());
+  ASSERT_EQ(run_cli(base("svd", "--rank 11") + " --round-rank 8 --report " + dir_.file("r.json"))
+                .exit_code,
+            0);
+  EXPECT_EQ(nlohmann::json::parse(test::read_file(dir_.file("r.json")))["rank"], 13);
+}
+
+}  // namespace

@@ -157,6 +157,10 @@ Commands::Commands(CLI::App& app) {
   c->add_option("--keep", copt_.keep,
                 "Instead of --rank: fraction of the layer's weights to keep, in (0, 1]")
       ->default_str("");
+  c->add_option("--round-rank", copt_.round_rank,
+                "Round the rank (or kept units) up to a multiple of this, e.g. 8 or 16 for "
+                "tensor cores; the report shows the parameter cost")
+      ->default_str("");
   c->add_option("--lambda", lambda_str_,
                 "Ridge lambda (dalr, dalr-exact): a number (absolute), or `auto`: chosen from "
                 "lambda_rel in {1e-5 ... 1} by the reconstruction error on every 10th sample, "

@@ -383,6 +383,7 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
   check_paths(o);
   const Method method = method_from_name(o.method);
   if (o.batch < 1) throw Error("--batch must be at least 1");
+  if (o.round_rank < 0) throw Error("--round-rank must be >= 1");
   if ((o.rank > 0) == (o.keep > 0))
     throw Error(o.rank < 0 ? "--rank must be at least 1"
                            : "give exactly one of --rank K or --keep FRACTION");
@@ -439,6 +440,15 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
       j.rank = rank_for_keep(method, m, n, o.keep);
     else if (is_pruning(method))
       j.rank = units_for_rank(m, n, o.rank);
+    if (o.round_rank > 1) {
+      // Tensor-core friendly: up to a multiple of round_rank, never past the maximum.
+      const int64_t requested = j.rank, cap = is_pruning(method) ? m : std::min(m, n);
+      j.rank = std::min(cap, (requested + o.round_rank - 1) / o.round_rank * o.round_rank);
+      j.rep["round_rank"] = {{"multiple", o.round_rank},
+                             {"rank_requested", requested},
+                             {"extra_params", params_after(method, m, n, j.rank) -
+                                                  params_after(method, m, n, requested)}};
+    }
     if (!is_pruning(method) && j.rank >= 1 && j.rank * (m + n) >= m * n)
       warn("rank " + std::to_string(j.rank) + " saves no parameters: k (m + n) = " +
            std::to_string(j.rank * (m + n)) + " >= m n = " + std::to_string(m * n));
