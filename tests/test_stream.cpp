@@ -222,3 +222,24 @@ TEST(StreamImages, UnreadableImagesAreSkippedAndCounted) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(Stream, BudgetAllocatesRanksAcrossLayers) {
+  test::CommandResult r = run_cli(
+      "compress --model " + model() + " --acts stream --data " + images() +
+      " --layer classifier.0,classifier.3 --budget 0.3 --method dalr --device cpu -q --out " +
+      dir_.file("b.bin") + " --report " + dir_.file("b.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto rep = nlohmann::json::parse(test::read_file(dir_.file("b.json")));
+  const auto ranks = rep["budget"]["ranks"].get<std::vector<int64_t>>();
+  ASSERT_EQ(ranks.size(), 2u);
+  const int64_t weights = ranks[0] * (17 + 36) + ranks[1] * (9 + 17);
+  EXPECT_EQ(rep["budget"]["weights_kept"], weights);
+  EXPECT_LE(weights, 0.3 * (17 * 36 + 9 * 17));
+  SafetensorsFile f(dir_.file("b.bin"));
+  EXPECT_EQ(f.at("classifier.0.0.weight").shape[0], ranks[0]);
+  EXPECT_EQ(f.at("classifier.3.0.weight").shape[0], ranks[1]);
+}
+
+}  // namespace

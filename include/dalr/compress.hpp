@@ -29,6 +29,7 @@ struct CompressOptions {
 
   int64_t rank = 0;              // k (or 0 when `keep` is used)
   double keep = 0.0;             // fraction of the layer's weights to keep
+  double budget = 0.0;           // several layers: ranks allocated from spectra (see solver.hpp)
   int64_t round_rank = 0;        // round the rank up to a multiple of this (0, 1: no rounding)
   std::optional<double> lambda;  // absolute ridge
   double lambda_rel = kDefaultLambdaRel;

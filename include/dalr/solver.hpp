@@ -56,4 +56,12 @@ int64_t units_for_rank(int64_t m, int64_t n, int64_t k);
 // Parameters of the replaced layer (weights + bias).
 int64_t params_after(Method method, int64_t m, int64_t n, int64_t rank);
 
+// Ranks for several layers under one weight budget, from their spectra alone: starting
+// at rank 1 each, repeatedly give one more rank to the layer whose next spectral value,
+// as a share of its spectrum's total, is largest per parameter it costs (m + n), while
+// the factor weights sum(k (m + n)) stay within budget * sum(m n). Throws when even
+// rank 1 everywhere does not fit.
+std::vector<int64_t> allocate_ranks(const std::vector<std::pair<int64_t, int64_t>>& shapes,
+                                    const std::vector<std::vector<double>>& spectra, double budget);
+
 }  // namespace dalr

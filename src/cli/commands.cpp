@@ -157,6 +157,10 @@ Commands::Commands(CLI::App& app) {
   c->add_option("--keep", copt_.keep,
                 "Instead of --rank: fraction of the layer's weights to keep, in (0, 1]")
       ->default_str("");
+  c->add_option("--budget", copt_.budget,
+                "Instead of --rank/--keep, with several --layer: keep this fraction of their "
+                "weights in all, ranks allocated from the layers' spectra")
+      ->default_str("");
   c->add_option("--round-rank", copt_.round_rank,
                 "Round the rank (or kept units) up to a multiple of this, e.g. 8 or 16 for "
                 "tensor cores; the report shows the parameter cost")
@@ -236,10 +240,10 @@ int Commands::run() {
 int Commands::run_compress() {
   if (compress_->count("--rank") && copt_.rank < 1)
     throw Error("rank " + std::to_string(copt_.rank) + " is out of range: it must be at least 1");
-  if (compress_->count("--rank") && compress_->count("--keep"))
-    throw Error("give --rank or --keep, not both");
-  if (!compress_->count("--rank") && !compress_->count("--keep"))
-    throw Error("give --rank K or --keep FRACTION");
+  if (compress_->count("--rank") + compress_->count("--keep") + compress_->count("--budget") > 1)
+    throw Error("give one of --rank, --keep or --budget, not both");
+  if (!compress_->count("--rank") && !compress_->count("--keep") && !compress_->count("--budget"))
+    throw Error("give --rank K or --keep FRACTION (or --budget FRACTION)");
   if (compress_->count("--lambda")) {
     if (lambda_str_ == "auto") {
       copt_.lambda_auto = true;

@@ -384,9 +384,11 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
   const Method method = method_from_name(o.method);
   if (o.batch < 1) throw Error("--batch must be at least 1");
   if (o.round_rank < 0) throw Error("--round-rank must be >= 1");
-  if ((o.rank > 0) == (o.keep > 0))
+  if ((o.rank > 0) + (o.keep > 0) + (o.budget > 0) != 1)
     throw Error(o.rank < 0 ? "--rank must be at least 1"
-                           : "give exactly one of --rank K or --keep FRACTION");
+                           : "give exactly one of --rank K, --keep FRACTION or --budget FRACTION");
+  if (o.budget > 0 && (is_pruning(method) || o.lambda_auto))
+    throw Error("--budget allocates ranks of factorisations (not pruning) with a fixed lambda");
   if (o.lambda_auto && !needs_gram(method))
     throw Error("--lambda auto applies to dalr and dalr-exact (got --method " + o.method + ")");
   if (o.lambda_auto && o.lambda) throw Error("give --lambda VALUE or --lambda auto, not both");
@@ -433,9 +435,34 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
   }
 
   double t_solve = 0, t_error = 0;
-  for (auto& j : jobs) {
+  std::vector<int64_t> budget_ranks;
+  if (o.budget > 0) {
+    // Each layer's spectrum (a rank-1 solve returns all of it), then one allocation.
+    t0 = Clock::now();
+    std::vector<std::pair<int64_t, int64_t>> shapes;
+    std::vector<std::vector<double>> spectra;
+    for (const auto& j : jobs) {
+      const double lam = o.lambda ? *o.lambda : default_lambda(j.st, o.lambda_rel);
+      shapes.push_back({j.l.w.rows, j.l.w.cols});
+      spectra.push_back(backend.solve({method, 1, lam}, j.l.w, j.l.b, j.st).spectrum);
+    }
+    budget_ranks = allocate_ranks(shapes, spectra, o.budget);
+    t_solve += seconds_since(t0);
+    int64_t weights = 0, total = 0;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      weights += budget_ranks[i] * (shapes[i].first + shapes[i].second);
+      total += shapes[i].first * shapes[i].second;
+    }
+    rep["budget"] = {{"fraction", o.budget},
+                     {"ranks", budget_ranks},
+                     {"weights_kept", weights},
+                     {"weights_before", total},
+                     {"kept_fraction", double(weights) / double(total)}};
+  }
+  for (size_t ji = 0; ji < jobs.size(); ++ji) {
+    auto& j = jobs[ji];
     const int64_t m = j.l.w.rows, n = j.l.w.cols;
-    j.rank = o.rank;
+    j.rank = o.budget > 0 ? budget_ranks[ji] : o.rank;
     if (o.keep > 0)
       j.rank = rank_for_keep(method, m, n, o.keep);
     else if (is_pruning(method))
