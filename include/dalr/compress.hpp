@@ -27,9 +27,15 @@ struct CompressOptions {
   std::string next_layer;          // pruning: shrink NEXT.weight's input columns
   std::string precision = "fp64";  // fp64 | fp32 | tf32 (tf32: CUDA only)
 
-  int64_t rank = 0;              // k (or 0 when `keep` is used)
-  double keep = 0.0;             // fraction of the layer's weights to keep
-  double budget = 0.0;           // several layers: ranks allocated from spectra (see solver.hpp)
+  int64_t rank = 0;     // k (or 0 when `keep` is used)
+  double keep = 0.0;    // fraction of the layer's weights to keep
+  double budget = 0.0;  // several layers: ranks allocated from spectra (see solver.hpp)
+  // Joint search (several layers): shrink the ranks greedily while the top-1 accuracy on
+  // `val` stays within `max_drop` percentage points of the uncompressed one.
+  std::optional<double> max_drop;
+  std::string val;               // labelled image folder the accuracy is measured on
+  int64_t val_limit = 0;         // use at most this many validation images (0: all)
+  double shrink = 0.8;           // a step multiplies one layer's rank by this (at least 1 less)
   int64_t round_rank = 0;        // round the rank up to a multiple of this (0, 1: no rounding)
   std::optional<double> lambda;  // absolute ridge
   double lambda_rel = kDefaultLambdaRel;

@@ -161,6 +161,19 @@ Commands::Commands(CLI::App& app) {
                 "Instead of --rank/--keep, with several --layer: keep this fraction of their "
                 "weights in all, ranks allocated from the layers' spectra")
       ->default_str("");
+  c->add_option("--max-drop", max_drop_,
+                "Instead of --rank/--keep/--budget, with several --layer and --acts stream: "
+                "the greedy joint search, shrinking one layer's rank per step while the top-1 "
+                "accuracy on --val stays within this many percentage points of the "
+                "uncompressed one")
+      ->default_str("");
+  c->add_option("--val", copt_.val,
+                "With --max-drop: the labelled image folder the accuracy is measured on");
+  c->add_option("--val-limit", copt_.val_limit,
+                "With --max-drop: use at most this many --val images (0: all)");
+  c->add_option("--shrink", copt_.shrink,
+                "With --max-drop: a step multiplies one layer's rank by this (rounded down, "
+                "at least 1 less)");
   c->add_option("--round-rank", copt_.round_rank,
                 "Round the rank (or kept units) up to a multiple of this, e.g. 8 or 16 for "
                 "tensor cores; the report shows the parameter cost")
@@ -240,10 +253,12 @@ int Commands::run() {
 int Commands::run_compress() {
   if (compress_->count("--rank") && copt_.rank < 1)
     throw Error("rank " + std::to_string(copt_.rank) + " is out of range: it must be at least 1");
-  if (compress_->count("--rank") + compress_->count("--keep") + compress_->count("--budget") > 1)
-    throw Error("give one of --rank, --keep or --budget, not both");
-  if (!compress_->count("--rank") && !compress_->count("--keep") && !compress_->count("--budget"))
-    throw Error("give --rank K or --keep FRACTION (or --budget FRACTION)");
+  const size_t modes = compress_->count("--rank") + compress_->count("--keep") +
+                       compress_->count("--budget") + compress_->count("--max-drop");
+  if (modes > 1) throw Error("give one of --rank, --keep, --budget or --max-drop, not both");
+  if (modes == 0)
+    throw Error("give --rank K or --keep FRACTION (or --budget FRACTION, or --max-drop POINTS)");
+  if (compress_->count("--max-drop")) copt_.max_drop = max_drop_;
   if (compress_->count("--lambda")) {
     if (lambda_str_ == "auto") {
       copt_.lambda_auto = true;

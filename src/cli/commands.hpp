@@ -47,6 +47,7 @@ class Commands {
   CompressOptions copt_ = default_options();
   std::string device_ = "auto";
   std::string lambda_str_;
+  double max_drop_ = 0;
   bool quiet_ = false;
   std::string inspect_model_;
   bool inspect_json_ = false;

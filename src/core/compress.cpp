@@ -1,5 +1,6 @@
 #include "dalr/compress.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -9,6 +10,7 @@
 #include <sstream>
 
 #include "core/finite.hpp"
+#include "core/head.hpp"
 #include "core/job_common.hpp"
 #include "core/recon.hpp"
 #include "core/stream.hpp"
@@ -16,6 +18,7 @@
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
+#include "dalr/joint.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/safetensors.hpp"
 #include "dalr/solver.hpp"
@@ -373,6 +376,174 @@ void stream_all(const CompressOptions& o, const SafetensorsFile& model, const Ar
   if (jobs.front().st.count() == 0) throw Error("no images in " + o.data);
 }
 
+// compress --max-drop: the greedy joint search on the validation split's features at
+// the first layer's input. Each option costs the (cached) solves and the head: the
+// layers in network order, factored (or as they are at full rank), the relu/dropout
+// layers between them by hand, then the rest of the network (run_from).
+template <typename T>
+std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile& model,
+                                 const Arch& arch, const std::vector<LayerJob<T>>& jobs,
+                                 Method method, Backend& backend, json& rep,
+                                 std::vector<std::string>& warnings) {
+  const auto t0 = Clock::now();
+  // The layers in network order, with only relu/dropout between consecutive ones.
+  std::vector<size_t> order(jobs.size()), at(jobs.size());
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    for (size_t li = 0; li < arch.layers.size(); ++li)
+      if (arch.layers[li].name == jobs[i].name) at[i] = li;
+    order[i] = i;
+  }
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return at[a] < at[b]; });
+  for (size_t q = 0; q + 1 < order.size(); ++q)
+    for (size_t li = at[order[q]] + 1; li < at[order[q + 1]]; ++li)
+      if (arch.layers[li].type != LayerType::Relu && arch.layers[li].type != LayerType::Dropout)
+        throw Error("--max-drop: between '" + jobs[order[q]].name + "' and '" +
+                    jobs[order[q + 1]].name + "' lies '" + arch.layers[li].name +
+                    "'; the joint search supports only relu/dropout between the layers");
+  const size_t first = order.front(), last = order.back();
+  const auto has_relu_after = [&](size_t q) {
+    bool relu = false;
+    for (size_t li = at[order[q]] + 1; li < at[order[q + 1]]; ++li)
+      relu |= arch.layers[li].type == LayerType::Relu;
+    return relu;
+  };
+
+  struct FloatLayer {
+    std::vector<float> b_rows, a_rows, bias;  // factored: B, A row-major; or W, b at full rank
+  };
+  std::vector<int64_t> full(jobs.size());
+  std::vector<FloatLayer> original(jobs.size());
+  std::vector<double> lambdas(jobs.size());
+  std::vector<std::map<int64_t, FloatLayer>> cache(jobs.size());
+  auto to_f = [](const std::vector<T>& v) { return std::vector<float>(v.begin(), v.end()); };
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const auto& j = jobs[i];
+    full[i] = std::min(j.l.w.rows, j.l.w.cols);
+    original[i].b_rows = to_f(to_row_major(j.l.w));
+    original[i].bias = to_f(j.l.b);
+    lambdas[i] = o.lambda ? *o.lambda : default_lambda(j.st, o.lambda_rel);
+  }
+  double t_solve = 0;
+  auto layer_at = [&](size_t i, int64_t k) -> const FloatLayer& {
+    if (k == full[i]) return original[i];
+    auto it = cache[i].find(k);
+    if (it != cache[i].end()) return it->second;
+    const auto ts = Clock::now();
+    const Factors<T> f =
+        backend.solve({method, k, lambdas[i]}, jobs[i].l.w, jobs[i].l.b, jobs[i].st);
+    t_solve += seconds_since(ts);
+    FloatLayer fl{to_f(to_row_major(f.b)), to_f(to_row_major(f.a)), to_f(f.bias)};
+    return cache[i].emplace(k, std::move(fl)).first->second;
+  };
+
+  const DataOptions d{o.val, o.workers, o.val_limit, o.shuffle, o.seed, o.batch, o.quiet};
+  const Features feat =
+      cache_features(d, jobs[first].name, "--val", arch, model, backend, warnings);
+  const double features_s = seconds_since(t0);
+  const CpuForward<float> head(arch, model);
+  const Scores base = score(feat, {}, nullptr, [&](const float* x, int64_t cols) {
+    return head.run_from(jobs[first].name, x, cols);
+  });
+  int64_t evaluations = 0;
+  auto accuracy = [&](const std::vector<int64_t>& ranks) {
+    ++evaluations;
+    return score(feat, {}, nullptr,
+                 [&](const float* x, int64_t cols) {
+                   Matrix<float> y;
+                   for (size_t q = 0; q < order.size(); ++q) {
+                     const size_t i = order[q];
+                     const int64_t m = jobs[i].l.w.rows, n = jobs[i].l.w.cols, k = ranks[i];
+                     const float* in = q == 0 ? x : y.ptr();
+                     const FloatLayer& fl = layer_at(i, k);
+                     if (k == full[i]) {
+                       y = apply_linear(fl.b_rows, fl.bias, n, m, in, cols);
+                     } else {
+                       const Matrix<float> t = apply_linear(fl.b_rows, {}, n, k, in, cols);
+                       y = apply_linear(fl.a_rows, fl.bias, k, m, t.ptr(), cols);
+                     }
+                     if (q + 1 < order.size() && has_relu_after(q))
+                       for (float& v : y.data) v = v > 0.f ? v : (v == v ? 0.f : v);
+                   }
+                   return head.run_from(jobs[last].name, y.ptr(), cols, /*after=*/true);
+                 })
+        .top1;
+  };
+  const auto ts = Clock::now();
+  const JointSearchResult res =
+      greedy_joint_search(full, base.top1, *o.max_drop, o.shrink, accuracy);
+  const double search_s = seconds_since(ts);
+
+  // Kept weights of the factored layers, k (m + n) of m n each.
+  auto kept = [&](const std::vector<int64_t>& ranks, json& per_layer) {
+    int64_t weights = 0, total = 0;
+    per_layer = json::object();
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const int64_t m = jobs[i].l.w.rows, n = jobs[i].l.w.cols;
+      weights += ranks[i] * (m + n);
+      total += m * n;
+      per_layer[jobs[i].name] = double(ranks[i] * (m + n)) / double(m * n);
+    }
+    return double(weights) / double(total);
+  };
+  json steps = json::array();
+  for (const auto& st : res.steps) {
+    json tried = json::array();
+    for (size_t c = 0; c < st.tried.size(); ++c)
+      tried.push_back({{"ranks", st.tried[c]}, {"top1", st.accuracy[c]}});
+    steps.push_back({{"tried", tried},
+                     {"choice", st.choice < 0 ? json(nullptr) : json(st.choice)},
+                     {"accepted", st.choice >= 0}});
+  }
+  json per_layer, budget_layers;
+  const double fraction = kept(res.ranks, per_layer);
+  std::vector<std::string> names;
+  for (const auto& j : jobs) names.push_back(j.name);
+  rep["joint"] = {{"layers", names},
+                  {"max_drop", *o.max_drop},
+                  {"shrink", o.shrink},
+                  {"val", {{"path", o.val}, {"images", feat.count}, {"limit", o.val_limit}}},
+                  {"base_top1", base.top1},
+                  {"base_top5", base.top5},
+                  {"start_ranks", full},
+                  {"steps", steps},
+                  {"ranks", res.ranks},
+                  {"kept_fraction_layers", per_layer},
+                  {"kept_fraction", fraction},
+                  {"top1", res.accuracy},
+                  {"drop_points", 100.0 * (base.top1 - res.accuracy)},
+                  {"evaluations", res.evaluations}};
+  // For comparison: --budget's allocation (spectra alone) at the same kept fraction.
+  try {
+    std::vector<std::pair<int64_t, int64_t>> shapes;
+    std::vector<std::vector<double>> spectra;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      shapes.push_back({jobs[i].l.w.rows, jobs[i].l.w.cols});
+      spectra.push_back(
+          backend.solve({method, 1, lambdas[i]}, jobs[i].l.w, jobs[i].l.b, jobs[i].st).spectrum);
+    }
+    const std::vector<int64_t> b = allocate_ranks(shapes, spectra, fraction);
+    const double acc = accuracy(b);
+    rep["joint"]["budget_comparison"] = {{"fraction", fraction},
+                                         {"ranks", b},
+                                         {"kept_fraction", kept(b, budget_layers)},
+                                         {"kept_fraction_layers", budget_layers},
+                                         {"top1", acc}};
+  } catch (const Error& e) {
+    rep["joint"]["budget_comparison"] = {{"error", e.what()}};
+  }
+  for (size_t i = 0; i < jobs.size(); ++i)
+    if (res.ranks[i] == full[i])
+      warnings.push_back("--max-drop: the search left '" + jobs[i].name +
+                         "' at full rank; it is written factored at rank " +
+                         std::to_string(full[i]) + " (no saving)");
+  rep["joint"]["timing_s"] = {{"features", features_s},
+                              {"search", search_s},
+                              {"solve", t_solve},
+                              {"total", seconds_since(t0)}};
+  rep["joint"]["head_evaluations"] = evaluations;
+  return res.ranks;
+}
+
 template <typename T>
 CompressResult run(const CompressOptions& o, Backend& backend) {
   const auto t_all = Clock::now();
@@ -384,9 +555,25 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
   const Method method = method_from_name(o.method);
   if (o.batch < 1) throw Error("--batch must be at least 1");
   if (o.round_rank < 0) throw Error("--round-rank must be >= 1");
-  if ((o.rank > 0) + (o.keep > 0) + (o.budget > 0) != 1)
+  const bool joint = o.max_drop.has_value();
+  if ((o.rank > 0) + (o.keep > 0) + (o.budget > 0) + joint != 1)
     throw Error(o.rank < 0 ? "--rank must be at least 1"
-                           : "give exactly one of --rank K, --keep FRACTION or --budget FRACTION");
+                           : "give exactly one of --rank K, --keep FRACTION, --budget FRACTION or "
+                             "--max-drop POINTS");
+  if (joint) {
+    if (is_pruning(method) || o.lambda_auto)
+      throw Error("--max-drop searches ranks of factorisations (not pruning) with a fixed lambda");
+    if (o.acts != "stream")
+      throw Error("--max-drop needs --acts stream --data DIR: the network runs on the images");
+    if (o.val.empty())
+      throw Error("--max-drop needs --val DIR: the labelled split the accuracy is measured on");
+    if (!std::filesystem::exists(o.val)) throw Error("--val: " + o.val + " does not exist");
+    if (*o.max_drop < 0) throw Error("--max-drop must be at least 0 (percentage points)");
+    if (!(o.shrink > 0 && o.shrink < 1)) throw Error("--shrink must be in (0, 1)");
+    if (o.round_rank > 1) throw Error("--round-rank does not combine with --max-drop");
+  } else if (!o.val.empty()) {
+    throw Error("--val is used with --max-drop");
+  }
   if (o.budget > 0 && (is_pruning(method) || o.lambda_auto))
     throw Error("--budget allocates ranks of factorisations (not pruning) with a fixed lambda");
   if (o.lambda_auto && !needs_gram(method))
@@ -459,10 +646,15 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
                      {"weights_before", total},
                      {"kept_fraction", double(weights) / double(total)}};
   }
+  if (joint) {
+    t0 = Clock::now();
+    budget_ranks = joint_ranks(o, model, arch, jobs, method, backend, rep, res.warnings);
+    timing["joint"] = seconds_since(t0);
+  }
   for (size_t ji = 0; ji < jobs.size(); ++ji) {
     auto& j = jobs[ji];
     const int64_t m = j.l.w.rows, n = j.l.w.cols;
-    j.rank = o.budget > 0 ? budget_ranks[ji] : o.rank;
+    j.rank = !budget_ranks.empty() ? budget_ranks[ji] : o.rank;
     if (o.keep > 0)
       j.rank = rank_for_keep(method, m, n, o.keep);
     else if (is_pruning(method))
@@ -594,6 +786,17 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
     if (r.contains("error_test"))
       s << "reconstruction error (test):  " << fmt(r["error_test"]["abs"].get<double>())
         << " (relative " << fmt(r["error_test"]["rel"].get<double>()) << ")\n";
+  }
+  if (rep.contains("joint")) {
+    const json& jr = rep["joint"];
+    s << "joint search: ranks " << jr["ranks"].dump() << ", "
+      << fmt(100.0 * jr["kept_fraction"].get<double>(), 3) << "% of the weights kept, top-1 "
+      << fmt(100.0 * jr["top1"].get<double>(), 4) << "% (uncompressed "
+      << fmt(100.0 * jr["base_top1"].get<double>(), 4) << "%), " << jr["evaluations"]
+      << " evaluations\n";
+    if (jr["budget_comparison"].contains("top1"))
+      s << "--budget at the same fraction: ranks " << jr["budget_comparison"]["ranks"].dump()
+        << ", top-1 " << fmt(100.0 * jr["budget_comparison"]["top1"].get<double>(), 4) << "%\n";
   }
   s << "wrote " << o.out << " in " << fmt(timing["total"].get<double>(), 3) << " s\n";
   res.summary = s.str();

@@ -6,6 +6,7 @@
 #include <map>
 #include <numeric>
 
+#include "core/head.hpp"
 #include "core/job_common.hpp"
 #include "core/recon.hpp"
 #include "core/stream.hpp"
@@ -66,46 +67,6 @@ void check_options(const SweepOptions& o) {
     }
 }
 
-// The test split's features at the layer's input, kept in host memory in the batches
-// the source gave (so the head runs on the same chunks as `evaluate` does).
-struct Features {
-  int64_t n = 0, count = 0;
-  std::vector<float> x;  // n x count, column-major
-  std::vector<int64_t> labels, chunks;
-};
-
-Features cache_features(const SweepOptions& o, const Arch& arch, const SafetensorsFile& model,
-                        Backend& backend, std::vector<std::string>& warnings) {
-  const std::unique_ptr<Forward<float>> fwd = make_forward<float>(backend, arch, model);
-  DataOptions d{o.test, o.workers, o.test_limit, o.shuffle, o.seed, o.batch, o.quiet};
-  std::unique_ptr<BatchSource> src = open_data(d, arch.input);
-  const int64_t c = src->channels(), h = src->height(), w = src->width(), per = c * h * w;
-  std::vector<float> buf(static_cast<size_t>(per * o.batch));
-  std::vector<int64_t> labels;
-  Features f;
-  Progress progress("test features", src->size(), o.quiet);
-  for (int64_t got; (got = src->next(buf.data(), o.batch, &labels)) > 0;) {
-    const Matrix<float> x = fwd->run(buf.data(), got, c, h, w, o.layer);
-    f.n = x.rows;
-    f.x.insert(f.x.end(), x.data.begin(), x.data.end());
-    for (int64_t j = 0; j < got; ++j)
-      f.labels.push_back(labels.empty() ? -1 : labels[static_cast<size_t>(j)]);
-    f.chunks.push_back(got);
-    f.count += got;
-    progress.add(got);
-  }
-  progress.finish();
-  if (f.count == 0)
-    throw Error("no readable images in " + o.test +
-                (src->skipped() ? " (first failure: " + src->first_skip_reason() + ")" : ""));
-  if (std::all_of(f.labels.begin(), f.labels.end(), [](int64_t l) { return l < 0; }))
-    throw Error("--test " + o.test + " has no labels: give an image folder with class subfolders");
-  if (src->skipped())
-    warnings.push_back("skipped " + std::to_string(src->skipped()) +
-                       " test images (first: " + src->first_skip_reason() + ")");
-  return f;
-}
-
 // What a point's head needs: the compressed layer in float, as a model file stores it.
 struct Head {
   bool pruning = false;
@@ -156,35 +117,6 @@ Matrix<float> run_head(const CpuForward<float>& fwd, const Network& net, const H
       for (float& v : y.data) v = v > 0.f ? v : (v == v ? 0.f : v);
   const Matrix<float> z = apply_linear(h.next_w, net.next_b, h.k, net.next_rows, y.ptr(), cols);
   return fwd.run_from(net.arch.layers[net.next].name, z.ptr(), cols, /*after=*/true);
-}
-
-struct Scores {
-  double top1 = 0, top5 = 0, agreement = 0;
-};
-
-template <typename Logits>
-Scores score(const Features& f, const std::vector<int64_t>& base_pred, std::vector<int64_t>* pred,
-             const Logits& logits_of) {
-  int64_t hit1 = 0, hit5 = 0, agree = 0, labelled = 0, at = 0;
-  for (int64_t cols : f.chunks) {
-    const Matrix<float> logits = logits_of(f.x.data() + at * f.n, cols);
-    for (int64_t j = 0; j < cols; ++j, ++at) {
-      const std::vector<int64_t> best = top_k(logits, j, 5);
-      const int64_t label = f.labels[static_cast<size_t>(at)];
-      if (label >= 0) {
-        ++labelled;
-        hit1 += best[0] == label;
-        hit5 += std::find(best.begin(), best.end(), label) != best.end();
-      }
-      if (pred) pred->push_back(best[0]);
-      if (!base_pred.empty()) agree += base_pred[static_cast<size_t>(at)] == best[0];
-    }
-  }
-  Scores s;
-  s.top1 = labelled ? double(hit1) / labelled : 0;
-  s.top5 = labelled ? double(hit5) / labelled : 0;
-  s.agreement = double(agree) / double(f.count);
-  return s;
 }
 
 Network find_layers(const Arch& arch, const SweepOptions& o, bool pruning) {
@@ -267,7 +199,8 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
 
   // Pass 2: the test split's features at the layer's input, and the uncompressed scores.
   t0 = Clock::now();
-  const Features feat = cache_features(o, arch, model, backend, r.warnings);
+  const DataOptions td{o.test, o.workers, o.test_limit, o.shuffle, o.seed, o.batch, o.quiet};
+  const Features feat = cache_features(td, o.layer, "--test", arch, model, backend, r.warnings);
   r.test_images = feat.count;
   const CpuForward<float> head(arch, model);
   std::vector<int64_t> base_pred;

@@ -1,0 +1,43 @@
+#include "core/head.hpp"
+
+#include "dalr/backend.hpp"
+#include "dalr/error.hpp"
+#include "dalr/forward.hpp"
+#include "dalr/safetensors.hpp"
+
+namespace dalr {
+
+Features cache_features(const DataOptions& d, const std::string& layer, const std::string& option,
+                        const Arch& arch, const SafetensorsFile& model, Backend& backend,
+                        std::vector<std::string>& warnings) {
+  const std::unique_ptr<Forward<float>> fwd = make_forward<float>(backend, arch, model);
+  std::unique_ptr<BatchSource> src = open_data(d, arch.input);
+  const int64_t c = src->channels(), h = src->height(), w = src->width(), per = c * h * w;
+  std::vector<float> buf(static_cast<size_t>(per * d.batch));
+  std::vector<int64_t> labels;
+  Features f;
+  Progress progress(option.substr(2) + " features", src->size(), d.quiet);
+  for (int64_t got; (got = src->next(buf.data(), d.batch, &labels)) > 0;) {
+    const Matrix<float> x = fwd->run(buf.data(), got, c, h, w, layer);
+    f.n = x.rows;
+    f.x.insert(f.x.end(), x.data.begin(), x.data.end());
+    for (int64_t j = 0; j < got; ++j)
+      f.labels.push_back(labels.empty() ? -1 : labels[static_cast<size_t>(j)]);
+    f.chunks.push_back(got);
+    f.count += got;
+    progress.add(got);
+  }
+  progress.finish();
+  if (f.count == 0)
+    throw Error("no readable images in " + d.data +
+                (src->skipped() ? " (first failure: " + src->first_skip_reason() + ")" : ""));
+  if (std::all_of(f.labels.begin(), f.labels.end(), [](int64_t l) { return l < 0; }))
+    throw Error(option + " " + d.data +
+                " has no labels: give an image folder with class subfolders");
+  if (src->skipped())
+    warnings.push_back("skipped " + std::to_string(src->skipped()) + " " + option.substr(2) +
+                       " images (first: " + src->first_skip_reason() + ")");
+  return f;
+}
+
+}  // namespace dalr
