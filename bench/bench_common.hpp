@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "core/job_common.hpp"
+
 namespace dalr::bench {
 
 struct Options {
@@ -29,17 +31,7 @@ inline void add_options(CLI::App& app, Options& o) {
 }
 
 inline std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : s + ",") {
-    if (c != ',') {
-      cur += c;
-    } else if (!cur.empty()) {
-      out.push_back(cur);
-      cur.clear();
-    }
-  }
-  return out;
+  return split_list(s);
 }
 
 // Seconds of f (which must finish its work, synchronising if needed), median of repeats.

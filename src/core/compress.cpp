@@ -319,16 +319,7 @@ void update_arch(Arch& arch, const CompressOptions& o, const std::vector<LayerJo
 }
 
 std::vector<std::string> split_layers(const std::string& s) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : s + ",") {
-    if (c != ',') {
-      cur += c;
-    } else if (!cur.empty()) {
-      out.push_back(cur);
-      cur.clear();
-    }
-  }
+  const std::vector<std::string> out = split_list(s);
   if (out.empty()) throw Error("--layer is required (e.g. --layer classifier.0)");
   for (size_t i = 0; i < out.size(); ++i)
     for (size_t j = i + 1; j < out.size(); ++j)

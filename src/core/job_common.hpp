@@ -12,6 +12,21 @@
 
 namespace dalr {
 
+// "a,b,,c" -> {"a", "b", "c"}: the comma lists of the command line.
+inline std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s + ",") {
+    if (c != ',') {
+      cur += c;
+    } else if (!cur.empty()) {
+      out.push_back(cur);
+      cur.clear();
+    }
+  }
+  return out;
+}
+
 // Runs f(T{}) with T = double for fp64, float for fp32 and tf32 (tf32 only on CUDA).
 template <typename F>
 auto with_precision(const std::string& precision, const Backend& backend, F&& f) {
