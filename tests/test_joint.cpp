@@ -93,7 +93,7 @@ TEST(JointCli, ShippedExample) {
   test::TempDir dir;
   const std::string out = dir.file("small.bin"), rep = dir.file("r.json");
   const auto r = run_cli(kJoint + " --max-drop 1.0 --val " + kEx + "test --val-limit 300" +
-                         " --out " + out + " --report " + rep);
+                         " --test " + kEx + "test --out " + out + " --report " + rep);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const json j = json::parse(test::read_file(rep))["joint"];
   for (const char* k : {"steps", "ranks", "kept_fraction", "kept_fraction_layers", "top1",
@@ -142,6 +142,14 @@ TEST(JointCli, ShippedExample) {
               "test --limit 300 --shuffle --seed 5 --device cpu -q --report " + dir.file("e.json"));
   ASSERT_EQ(e.exit_code, 0) << e.output;
   EXPECT_EQ(json::parse(test::read_file(dir.file("e.json")))["top1"].get<double>(), top1);
+  // --test: the whole test folder, unshuffled, as `evaluate` sees it.
+  const auto t = run_cli("evaluate --model " + out + " --data " + kEx +
+                         "test --device cpu -q --report " + dir.file("t.json"));
+  ASSERT_EQ(t.exit_code, 0) << t.output;
+  EXPECT_EQ(j["test"]["images"], 2000);
+  EXPECT_EQ(json::parse(test::read_file(dir.file("t.json")))["top1"].get<double>(),
+            j["test"]["top1"].get<double>());
+  EXPECT_DOUBLE_EQ(j["test"]["base_top1"].get<double>(), 0.9495);
 }
 
 TEST(JointCli, Errors) {
@@ -153,6 +161,7 @@ TEST(JointCli, Errors) {
     EXPECT_NE(r.output.find(msg), std::string::npos) << r.output;
   };
   fails(kJoint + " --max-drop 1" + out, "--val");
+  fails(kJoint + " --rank 4 --test " + kEx + "test" + out, "--test is used with --max-drop");
   fails(kJoint + " --max-drop 1 --rank 4 --val " + kEx + "test" + out, "not both");
   fails(kJoint + " --max-drop -1 --val " + kEx + "test" + out, "--max-drop");
   fails(kJoint + " --rank 4 --val " + kEx + "test" + out, "--val is used with --max-drop");

@@ -26,3 +26,8 @@ for p in sorted(s["points"], key=lambda p: p["rank"]):  # stable: methods keep t
     print(f"| {p['method']} | {p['rank']} | {100 * p['kept_fraction']:.1f}% | "
           f"{100 * p['top1']:.2f}% | {100 * p['agreement']:.2f}% | {p['error_train']['rel']:.3f} |")
 PY
+
+# PNG copies of the plots where Debian's librsvg2-bin (rsvg-convert) is installed.
+if command -v rsvg-convert >/dev/null; then
+  for f in "$OUT/sweep.svg" "$OUT/sweep-spectrum.svg"; do rsvg-convert -o "${f%.svg}.png" "$f"; done
+fi

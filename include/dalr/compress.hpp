@@ -35,6 +35,7 @@ struct CompressOptions {
   std::optional<double> max_drop;
   std::string val;               // labelled image folder the accuracy is measured on
   int64_t val_limit = 0;         // use at most this many validation images (0: all)
+  std::string test;              // with max_drop: report the result's accuracy on this folder
   double shrink = 0.8;           // a step multiplies one layer's rank by this (at least 1 less)
   int64_t round_rank = 0;        // round the rank up to a multiple of this (0, 1: no rounding)
   std::optional<double> lambda;  // absolute ridge

@@ -167,6 +167,9 @@ Commands::Commands(CLI::App& app) {
                 "accuracy on --val stays within this many percentage points of the "
                 "uncompressed one")
       ->default_str("");
+  c->add_option("--test", copt_.test,
+                "With --max-drop: also report the result's (and the original's) top-1 on this "
+                "labelled image folder, which the search never sees");
   c->add_option("--val", copt_.val,
                 "With --max-drop: the labelled image folder the accuracy is measured on");
   c->add_option("--val-limit", copt_.val_limit,

@@ -435,29 +435,31 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
   const Scores base = score(feat, {}, nullptr, [&](const float* x, int64_t cols) {
     return head.run_from(jobs[first].name, x, cols);
   });
+  // The network's output with the layers at `ranks`, from the first layer's input.
+  auto logits_for = [&](const std::vector<int64_t>& ranks) {
+    return [&, ranks](const float* x, int64_t cols) {
+      Matrix<float> y;
+      for (size_t q = 0; q < order.size(); ++q) {
+        const size_t i = order[q];
+        const int64_t m = jobs[i].l.w.rows, n = jobs[i].l.w.cols, k = ranks[i];
+        const float* in = q == 0 ? x : y.ptr();
+        const FloatLayer& fl = layer_at(i, k);
+        if (k == full[i]) {
+          y = apply_linear(fl.b_rows, fl.bias, n, m, in, cols);
+        } else {
+          const Matrix<float> t = apply_linear(fl.b_rows, {}, n, k, in, cols);
+          y = apply_linear(fl.a_rows, fl.bias, k, m, t.ptr(), cols);
+        }
+        if (q + 1 < order.size() && has_relu_after(q))
+          for (float& v : y.data) v = v > 0.f ? v : (v == v ? 0.f : v);
+      }
+      return head.run_from(jobs[last].name, y.ptr(), cols, /*after=*/true);
+    };
+  };
   int64_t evaluations = 0;
   auto accuracy = [&](const std::vector<int64_t>& ranks) {
     ++evaluations;
-    return score(feat, {}, nullptr,
-                 [&](const float* x, int64_t cols) {
-                   Matrix<float> y;
-                   for (size_t q = 0; q < order.size(); ++q) {
-                     const size_t i = order[q];
-                     const int64_t m = jobs[i].l.w.rows, n = jobs[i].l.w.cols, k = ranks[i];
-                     const float* in = q == 0 ? x : y.ptr();
-                     const FloatLayer& fl = layer_at(i, k);
-                     if (k == full[i]) {
-                       y = apply_linear(fl.b_rows, fl.bias, n, m, in, cols);
-                     } else {
-                       const Matrix<float> t = apply_linear(fl.b_rows, {}, n, k, in, cols);
-                       y = apply_linear(fl.a_rows, fl.bias, k, m, t.ptr(), cols);
-                     }
-                     if (q + 1 < order.size() && has_relu_after(q))
-                       for (float& v : y.data) v = v > 0.f ? v : (v == v ? 0.f : v);
-                   }
-                   return head.run_from(jobs[last].name, y.ptr(), cols, /*after=*/true);
-                 })
-        .top1;
+    return score(feat, {}, nullptr, logits_for(ranks)).top1;
   };
   const auto ts = Clock::now();
   const JointSearchResult res =
@@ -503,6 +505,18 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
                   {"top1", res.accuracy},
                   {"drop_points", 100.0 * (base.top1 - res.accuracy)},
                   {"evaluations", res.evaluations}};
+  if (!o.test.empty()) {
+    // The held-out test split, untouched by the search: the result and the original.
+    const DataOptions dt{o.test, o.workers, 0, false, 0, o.batch, o.quiet};
+    const Features tf =
+        cache_features(dt, jobs[first].name, "--test", arch, model, backend, warnings);
+    const Scores tb = score(tf, {}, nullptr, [&](const float* x, int64_t cols) {
+      return head.run_from(jobs[first].name, x, cols);
+    });
+    const Scores tr = score(tf, {}, nullptr, logits_for(res.ranks));
+    rep["joint"]["test"] = {{"path", o.test},  {"images", tf.count}, {"base_top1", tb.top1},
+                            {"top1", tr.top1}, {"top5", tr.top5},    {"base_top5", tb.top5}};
+  }
   // For comparison: --budget's allocation (spectra alone) at the same kept fraction.
   try {
     std::vector<std::pair<int64_t, int64_t>> shapes;
@@ -562,8 +576,10 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
     if (*o.max_drop < 0) throw Error("--max-drop must be at least 0 (percentage points)");
     if (!(o.shrink > 0 && o.shrink < 1)) throw Error("--shrink must be in (0, 1)");
     if (o.round_rank > 1) throw Error("--round-rank does not combine with --max-drop");
-  } else if (!o.val.empty()) {
-    throw Error("--val is used with --max-drop");
+    if (!o.test.empty() && !std::filesystem::exists(o.test))
+      throw Error("--test: " + o.test + " does not exist");
+  } else if (!o.val.empty() || !o.test.empty()) {
+    throw Error(std::string(o.val.empty() ? "--test" : "--val") + " is used with --max-drop");
   }
   if (o.budget > 0 && (is_pruning(method) || o.lambda_auto))
     throw Error("--budget allocates ranks of factorisations (not pruning) with a fixed lambda");
