@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "dalr/error.hpp"
 #include "dalr/matrix.hpp"
 
 namespace dalr::test {
@@ -38,6 +39,17 @@ struct CommandResult {
 };
 // Runs the dalr-gpu binary built alongside the tests with the given argument string.
 CommandResult run_cli(const std::string& args);
+
+// The message of the dalr::Error that f() throws, or "<no throw>".
+template <typename F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no throw>";
+}
 
 std::string read_file(const std::string& path);
 void write_file(const std::string& path, const std::string& bytes);

@@ -313,11 +313,7 @@ Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<
   const int64_t k = opt.rank;
   detail::check_solve_arguments(opt, w, b, stats);
 
-  Factors<T> f;
-  f.method = opt.method;
-  f.rank = k;
-  f.lambda = needs_gram(opt.method) ? opt.lambda : 0.0;
-  f.bias = b;
+  Factors<T> f = detail::start_factors(opt, b);
   switch (opt.method) {
     case Method::Dalr:
     case Method::DalrExact:

@@ -13,6 +13,17 @@ template <typename T>
 void check_solve_arguments(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
                            const LayerStats<T>& stats);
 
+// The fields every method sets the same way: method, rank, lambda (0 when unused), bias.
+template <typename T>
+Factors<T> start_factors(const SolveOptions& opt, const std::vector<T>& b) {
+  Factors<T> f;
+  f.method = opt.method;
+  f.rank = opt.rank;
+  f.lambda = needs_gram(opt.method) ? opt.lambda : 0.0;
+  f.bias = b;
+  return f;
+}
+
 // Sum of the top k of a (descending) spectrum over the sum of all, negatives as 0.
 double energy_fraction(const std::vector<double>& spectrum, int64_t k);
 

@@ -393,11 +393,7 @@ Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<
   require_device_memory(solve_bytes(opt.method, m, n, k, sizeof(T)), job_name(opt.method, m, n, k));
   Ops<T> ops(ctx);
 
-  Factors<T> f;
-  f.method = opt.method;
-  f.rank = k;
-  f.lambda = needs_gram(opt.method) ? opt.lambda : 0.0;
-  f.bias = b;
+  Factors<T> f = dalr::detail::start_factors(opt, b);
   switch (opt.method) {
     case Method::Dalr:
     case Method::DalrExact:

@@ -193,16 +193,6 @@ void check_against_cpu(dc::Math math, double tol) {
     }
 }
 
-template <typename F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const dalr::Error& e) {
-    return e.what();
-  }
-  return "<no throw>";
-}
-
 // ------------------------------------------------------------ tests
 
 TEST(CudnnForward, MatchesCpuFp64) {
@@ -231,9 +221,9 @@ TEST(CudnnForward, ErrorsMatchCpu) {
   auto both = [&](const std::function<void(const CpuForward<float>&)>& on_cpu,
                   const std::function<void(const CudnnForward<float>&)>& on_gpu,
                   const std::string& word) {
-    const std::string want = message_of([&] { on_cpu(cpu); });
+    const std::string want = dalr::test::error_message([&] { on_cpu(cpu); });
     EXPECT_NE(want.find(word), std::string::npos) << want;
-    EXPECT_EQ(message_of([&] { on_gpu(gpu); }), want);
+    EXPECT_EQ(dalr::test::error_message([&] { on_gpu(gpu); }), want);
   };
   both([&](const auto& f) { f.run(x.data(), 2, 3, 23, 19, "nope"); },
        [&](const auto& f) { f.run(x.data(), 2, 3, 23, 19, "nope"); }, "nope");
@@ -265,8 +255,8 @@ TEST(CudnnForward, MissingDeviceThrows) {
   const Arch arch = dalr::parse_arch(kNet, kInput);
   write_model(dir.file("net.safetensors"), arch, rng);
   const SafetensorsFile file(dir.file("net.safetensors"));
-  const std::string msg =
-      message_of([&] { CudnnForward<float>(arch, file, dc::Math::Exact, dc::device_count()); });
+  const std::string msg = dalr::test::error_message(
+      [&] { CudnnForward<float>(arch, file, dc::Math::Exact, dc::device_count()); });
   EXPECT_NE(msg.find("does not exist"), std::string::npos) << msg;
   if (!dc::available()) {  // and without any GPU, the default device too
     EXPECT_THROW(CudnnForward<double>(arch, file), dalr::Error);

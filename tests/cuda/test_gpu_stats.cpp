@@ -35,16 +35,6 @@ bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
 
-template <typename F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const dalr::Error& e) {
-    return e.what();
-  }
-  return "<no throw>";
-}
-
 uint64_t announce_seed(uint64_t fallback) {
   const uint64_t seed = dalr::test::test_seed(fallback);
   std::cout << "[ seed     ] " << seed << " (set DALR_TEST_SEED to change)\n";
@@ -216,7 +206,7 @@ TEST(GpuStatsArgs, BadArgumentsThrowBeforeTouchingTheDevice) {
   const Layer<float> l = make_layer<float>(7, 3, rng);
   auto make = [&](int64_t n, int64_t m, const Matrix<float>* w, const std::vector<float>* b,
                   int64_t batch) {
-    return message_of([&] { dc::GpuStats<float> s(n, m, w, b, batch); });
+    return dalr::test::error_message([&] { dc::GpuStats<float> s(n, m, w, b, batch); });
   };
   EXPECT_TRUE(contains(make(0, 0, nullptr, nullptr, 4), "positive input width"));
   EXPECT_TRUE(contains(make(7, -1, nullptr, nullptr, 4), "positive input width"));
@@ -240,8 +230,8 @@ TEST(GpuStatsArgs, MissingDeviceThrowsError) {
 
 TEST(GpuStatsNoDevice, ConstructionThrowsErrorNotCrash) {
   if (dc::available()) GTEST_SKIP() << "a CUDA device exists";
-  const std::string m =
-      message_of([] { dc::GpuStats<float> s(37, 0, nullptr, nullptr, 8, dc::Math::Exact, 0); });
+  const std::string m = dalr::test::error_message(
+      [] { dc::GpuStats<float> s(37, 0, nullptr, nullptr, 8, dc::Math::Exact, 0); });
   EXPECT_TRUE(contains(m, "CUDA device 0 does not exist")) << m;
 }
 
@@ -330,9 +320,9 @@ TEST(GpuStats, MergeRejectsOtherShapes) {
   std::mt19937_64 rng(5);
   const Layer<double> l = make_layer<double>(37, 5, rng);
   dc::GpuStats<double> gpu(37, 5, &l.w, &l.b, 8);
-  std::string m = message_of([&] { gpu.merge(LayerStats<double>(38, 5)); });
+  std::string m = dalr::test::error_message([&] { gpu.merge(LayerStats<double>(38, 5)); });
   EXPECT_TRUE(contains(m, "different shapes (n 37 vs 38, m 5 vs 5)")) << m;
-  m = message_of([&] { gpu.merge(LayerStats<double>(37, 0)); });
+  m = dalr::test::error_message([&] { gpu.merge(LayerStats<double>(37, 0)); });
   EXPECT_TRUE(contains(m, "different shapes (n 37 vs 37, m 5 vs 0)")) << m;
   EXPECT_EQ(gpu.result().count(), 0);
 }
@@ -347,9 +337,9 @@ void run_non_finite(std::mt19937_64& rng) {
   LayerStats<T> cpu(n, m);
   Scales<T> sc(n, m);
   auto both = [&](const Matrix<T>& x, int64_t first) {
-    const std::string g = message_of([&] { gpu.add(x.ptr(), x.cols, ldx, first); });
+    const std::string g = dalr::test::error_message([&] { gpu.add(x.ptr(), x.cols, ldx, first); });
     const std::string c =
-        message_of([&] { cpu.add(x.ptr(), x.cols, ldx, &l.w, l.b.data(), first); });
+        dalr::test::error_message([&] { cpu.add(x.ptr(), x.cols, ldx, &l.w, l.b.data(), first); });
     EXPECT_EQ(g, c);
     if (g == "<no throw>") sc.add(x, n, l);
     return g;
@@ -386,10 +376,10 @@ TEST(GpuStats, RejectsBadBatches) {
   Scales<float> sc(n, 0);
   const Layer<float> none = make_layer<float>(n, 0, rng);
   const Matrix<float> x = make_batch<float>(n, 0, 9, rng);
-  std::string m = message_of([&] { gpu.add(x.ptr(), 9, n, 0); });
+  std::string m = dalr::test::error_message([&] { gpu.add(x.ptr(), 9, n, 0); });
   EXPECT_TRUE(contains(m, "batch of 9 samples exceeds the GPU batch size 8")) << m;
-  m = message_of([&] { gpu.add(x.ptr(), 8, n - 1, 0); });
-  EXPECT_EQ(m, message_of([&] { cpu.add(x.ptr(), 8, n - 1, nullptr, nullptr, 0); }));
+  m = dalr::test::error_message([&] { gpu.add(x.ptr(), 8, n - 1, 0); });
+  EXPECT_EQ(m, dalr::test::error_message([&] { cpu.add(x.ptr(), 8, n - 1, nullptr, nullptr, 0); }));
   EXPECT_TRUE(contains(m, "leading dimension smaller than the width")) << m;
   gpu.add(x.ptr(), 0, n, 0);  // empty batch: nothing happens, as on the CPU
   EXPECT_EQ(gpu.result().count(), 0);
@@ -404,8 +394,8 @@ TEST(GpuStats, RejectsBadBatches) {
 TEST(GpuStats, NamesTheMemoryItNeeds) {
   DALR_SKIP_WITHOUT_GPU();
   // C alone would be 2^40 floats (4 TiB): more than any device has.
-  const std::string m =
-      message_of([] { dc::GpuStats<float> s(int64_t(1) << 20, 0, nullptr, nullptr, 1); });
+  const std::string m = dalr::test::error_message(
+      [] { dc::GpuStats<float> s(int64_t(1) << 20, 0, nullptr, nullptr, 1); });
   EXPECT_TRUE(contains(m, "not enough GPU memory for GPU statistics")) << m;
   EXPECT_TRUE(contains(m, "needs ") && contains(m, " bytes")) << m;
 }
