@@ -112,6 +112,24 @@ TEST_F(Cli, FactorisedOutputFollowsTheContract) {
   }
 }
 
+TEST_F(Cli, NoErrorSkipsOnlyTheTrainingError) {
+  // Same factors with and without --no-error; the report's error_train is null, the
+  // held-out error is still computed.
+  ASSERT_EQ(run_cli(base("dalr") + " --report " + dir_.file("a.json")).exit_code, 0);
+  const std::vector<double> first = SafetensorsFile(out()).read_f64("fc.0.weight");
+  test::CommandResult r = run_cli(base("dalr") + " --no-error --acts-test " +
+                                  dir_.file("half2.npy") + " --report " + dir_.file("b.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find("reconstruction error (train)"), std::string::npos);
+  EXPECT_NE(r.output.find("reconstruction error (test)"), std::string::npos);
+  auto a = nlohmann::json::parse(test::read_file(dir_.file("a.json")));
+  auto b = nlohmann::json::parse(test::read_file(dir_.file("b.json")));
+  EXPECT_TRUE(a["error_train"].is_object());
+  EXPECT_TRUE(b["error_train"].is_null());
+  EXPECT_TRUE(b["error_test"]["rel"].is_number());
+  EXPECT_EQ(SafetensorsFile(out()).read_f64("fc.0.weight"), first);
+}
+
 TEST_F(Cli, ReconstructionErrorInTheReportIsRight) {
   ASSERT_EQ(run_cli(base("svd-bc") + " --acts-test " + dir_.file("half2.npy") + " --report " +
                     dir_.file("r.json"))

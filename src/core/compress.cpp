@@ -707,7 +707,9 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
     t_solve += seconds_since(t0);
 
     t0 = Clock::now();
-    if (!o.acts.empty() && !stream) {
+    if (o.no_error) {
+      j.rep["error_train"] = nullptr;
+    } else if (!o.acts.empty() && !stream) {
       NpyReader r(o.acts);
       j.rep["error_train"] = recon_json(reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
     } else {
@@ -788,8 +790,9 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
       << fmt(100.0 * after / before, 3) << "% kept), "
       << (is_pruning(method) ? "activation mass kept " : "spectral energy kept ")
       << fmt(100.0 * j.fac.energy_kept, 4) << "%\n";
-    s << "reconstruction error (train): " << fmt(r["error_train"]["abs"].get<double>())
-      << " (relative " << fmt(r["error_train"]["rel"].get<double>()) << ")\n";
+    if (!r["error_train"].is_null())
+      s << "reconstruction error (train): " << fmt(r["error_train"]["abs"].get<double>())
+        << " (relative " << fmt(r["error_train"]["rel"].get<double>()) << ")\n";
     if (r.contains("error_test"))
       s << "reconstruction error (test):  " << fmt(r["error_test"]["abs"].get<double>())
         << " (relative " << fmt(r["error_test"]["rel"].get<double>()) << ")\n";
