@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dalr/arch.hpp"
+#include "dalr/error.hpp"
 #include "dalr/forward.hpp"
 #include "dalr/matrix.hpp"
 #include "dalr/solver.hpp"
@@ -24,6 +25,18 @@ class StatsAccumulator {
   virtual ~StatsAccumulator() = default;
   // x: n x cols column-major host memory, reusable when the call returns.
   virtual void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) = 0;
+  // The device path (opt in: false, and add_device throws, unless a GPU accumulator
+  // overrides them). dx: n x cols column-major DEVICE memory, leading dimension ldx,
+  // made by work queued on `stream` (a cudaStream_t as void*, on the accumulator's
+  // device): the contract of Forward<T>::DeviceTap. Returns without waiting for the
+  // GPU. NaN/Inf cannot be rejected before the batch is counted: the first one (lowest
+  // sample, then unit) is reported by a later add_device or by result()/finish(), with
+  // LayerStats::add's message; the statistics are unusable from then on.
+  virtual bool supports_device_add() const { return false; }
+  virtual void add_device(const T* /*dx*/, int64_t /*cols*/, int64_t /*ldx*/,
+                          int64_t /*first_index*/, void* /*stream*/) {
+    throw Error("device batches are not supported by this statistics accumulator (use add)");
+  }
   virtual void merge(const LayerStats<T>& earlier) = 0;  // resume from saved statistics
   // The statistics so far; more batches may follow.
   virtual LayerStats<T> result() = 0;

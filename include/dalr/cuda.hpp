@@ -46,6 +46,14 @@ class GpuStats {
   // x: n x cols column-major, leading dimension ldx (host memory, reusable on return).
   // Throws dalr::Error on NaN/Inf with the same message as LayerStats::add.
   void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index = 0);
+  // x: DEVICE memory of this object's device, made by work queued on `stream` (a
+  // cudaStream_t): StatsAccumulator<T>::add_device. The block is copied on `stream`
+  // before the call returns, so work the producer queues there later may overwrite it;
+  // nothing waits for the GPU. NaN/Inf: the first one (lowest sample, then unit) throws
+  // LayerStats::add's message from a later add_device() or from result(), after it
+  // has been counted: the statistics are unusable from then on (result() keeps throwing).
+  // first_index must be >= 0.
+  void add_device(const T* x, int64_t cols, int64_t ldx, int64_t first_index, void* stream);
   // Waits for the device and returns the statistics (C symmetric, sums, maxima, count).
   LayerStats<T> result();
   // Adds statistics accumulated earlier (resume) before more batches arrive.

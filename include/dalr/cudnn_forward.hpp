@@ -27,6 +27,7 @@ template <typename T>  // float or double
 class CudnnForward final : public Forward<T> {
  public:
   using Tap = typename Forward<T>::Tap;
+  using DeviceTap = typename Forward<T>::DeviceTap;
 
   // Checks the weights against the arch (check_weights) and uploads them, converted to
   // T, once. The file may be closed afterwards. Throws dalr::Error if `device` does not
@@ -53,6 +54,15 @@ class CudnnForward final : public Forward<T> {
   // of each named layer, valid during the call.
   void run_taps(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
                 const std::vector<std::string>& taps, const Tap& tap) const override;
+
+  // As run_taps, but `tap` receives a DEVICE pointer and this object's compute stream
+  // (Forward<T>::DeviceTap): the blocks never leave the GPU. `input` is copied into one
+  // of two pinned stages before the call returns; the call does not wait for the GPU,
+  // only (when the stage it refills is still being uploaded) for the upload of the pass
+  // before last. Errors of the queued work surface at a later call that waits.
+  bool supports_device_taps() const override { return true; }
+  void run_taps_device(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                       const std::vector<std::string>& taps, const DeviceTap& tap) const override;
 
  private:
   struct Impl;

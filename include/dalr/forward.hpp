@@ -30,6 +30,13 @@ template <typename T>
 class Forward {
  public:
   using Tap = std::function<void(const std::string& layer, const T* x, int64_t n, int64_t batch)>;
+  // A tap on the device path: `x` is a DEVICE pointer to the n x batch block (ld n) and
+  // `stream` the producer's cudaStream_t (as void*, so this header needs no CUDA). Both
+  // are valid during the call only: the work that makes x is queued on `stream`, not
+  // finished, and work queued there after the call may overwrite x. So a consumer
+  // queues its reads of x on `stream` during the call (e.g. a copy into its own buffer).
+  using DeviceTap = std::function<void(const std::string& layer, const T* x, int64_t n,
+                                       int64_t batch, void* stream)>;
   virtual ~Forward() = default;
   virtual const Arch& arch() const = 0;
   virtual Matrix<T> run(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
@@ -42,7 +49,20 @@ class Forward {
   // after it run. Lets a sweep run only the head on cached features.
   virtual Matrix<T> run_from(const std::string& layer, const T* input, int64_t batch,
                              bool after = false) const;
+  // The device path of run_taps (opt in: false, and run_taps_device throws, unless a GPU
+  // forward pass overrides them). `input` is a host batch as for run_taps, reusable when
+  // the call returns; the call returns once the pass is queued, without waiting for the
+  // GPU, so the caller can prepare the next batch while it runs.
+  virtual bool supports_device_taps() const { return false; }
+  virtual void run_taps_device(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                               const std::vector<std::string>& taps, const DeviceTap& tap) const;
 };
+
+template <typename T>
+void Forward<T>::run_taps_device(const T*, int64_t, int64_t, int64_t, int64_t,
+                                 const std::vector<std::string>&, const DeviceTap&) const {
+  throw Error("device taps are not supported on this backend (use run_taps)");
+}
 
 template <typename T>
 Matrix<T> Forward<T>::run_from(const std::string&, const T*, int64_t, bool) const {

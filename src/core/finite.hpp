@@ -8,6 +8,16 @@
 
 namespace dalr {
 
+// The message for a non-finite value at (sample, unit); also used by the GPU statistics,
+// which find the value on the device.
+inline std::string non_finite_message(int64_t sample, int64_t unit, bool is_nan,
+                                      const std::string& what = "activation") {
+  std::ostringstream os;
+  os << what << " sample " << sample << ", unit " << unit << " is " << (is_nan ? "NaN" : "Inf")
+     << ": the activations must be finite (check the network or the export)";
+  return os.str();
+}
+
 // Throws naming the first non-finite activation (sample first_index + column, unit).
 template <typename T>
 void check_finite(const T* x, int64_t n, int64_t cols, int64_t ldx, int64_t first_index,
@@ -15,13 +25,8 @@ void check_finite(const T* x, int64_t n, int64_t cols, int64_t ldx, int64_t firs
   for (int64_t j = 0; j < cols; ++j)
     for (int64_t i = 0; i < n; ++i) {
       const T v = x[i + j * ldx];
-      if (!std::isfinite(v)) {
-        std::ostringstream os;
-        os << what << " sample " << first_index + j << ", unit " << i << " is "
-           << (std::isnan(v) ? "NaN" : "Inf")
-           << ": the activations must be finite (check the network or the export)";
-        throw Error(os.str());
-      }
+      if (!std::isfinite(v))
+        throw Error(non_finite_message(first_index + j, i, std::isnan(v), what));
     }
 }
 

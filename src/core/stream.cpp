@@ -61,6 +61,20 @@ void Progress::finish() {
                what_.c_str(), static_cast<long long>(done_), t, done_ / std::max(t, 1e-9));
 }
 
+namespace {
+
+// The device path: the forward pass hands device blocks straight to the accumulators,
+// so activations never visit the host. Only when every party supports it.
+template <typename T>
+bool on_device(const Forward<T>& fwd, const std::vector<StatsAccumulator<T>*>& accs) {
+  if (!fwd.supports_device_taps()) return false;
+  for (const StatsAccumulator<T>* a : accs)
+    if (!a->supports_device_add()) return false;
+  return true;
+}
+
+}  // namespace
+
 template <typename T>
 void stream_statistics(const Forward<T>& fwd, BatchSource& src,
                        const std::vector<std::string>& layers,
@@ -68,15 +82,26 @@ void stream_statistics(const Forward<T>& fwd, BatchSource& src,
   const int64_t c = src.channels(), h = src.height(), w = src.width(), per = c * h * w;
   std::vector<float> buf(static_cast<size_t>(per * o.batch));
   std::vector<T> in(buf.size());
+  const bool device = on_device(fwd, accs);
   Progress progress("statistics", src.size(), o.quiet);
   int64_t first = 0;
   for (int64_t got; (got = src.next(buf.data(), o.batch, nullptr)) > 0; first += got) {
     std::copy_n(buf.begin(), got * per, in.begin());
-    fwd.run_taps(in.data(), got, c, h, w, layers,
-                 [&](const std::string& name, const T* x, int64_t n, int64_t batch) {
-                   for (size_t i = 0; i < layers.size(); ++i)
-                     if (layers[i] == name) accs[i]->add(x, batch, n, first);
-                 });
+    if (device) {
+      // Returns once the pass is queued: the next batch is decoded while the GPU works.
+      fwd.run_taps_device(
+          in.data(), got, c, h, w, layers,
+          [&](const std::string& name, const T* x, int64_t n, int64_t batch, void* stream) {
+            for (size_t i = 0; i < layers.size(); ++i)
+              if (layers[i] == name) accs[i]->add_device(x, batch, n, first, stream);
+          });
+    } else {
+      fwd.run_taps(in.data(), got, c, h, w, layers,
+                   [&](const std::string& name, const T* x, int64_t n, int64_t batch) {
+                     for (size_t i = 0; i < layers.size(); ++i)
+                       if (layers[i] == name) accs[i]->add(x, batch, n, first);
+                   });
+    }
     progress.add(got);
   }
   progress.finish();

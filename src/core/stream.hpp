@@ -42,7 +42,11 @@ class Progress {
   double start_, last_ = -1e9;
 };
 
-// One pass over `src`: the input of each layer in `layers` goes to accs[i].
+// One pass over `src`: the input of each layer in `layers` goes to accs[i]. When the
+// forward pass and every accumulator support it (the GPU backend), the blocks stay on
+// the device (Forward::run_taps_device, StatsAccumulator::add_device) and the call may
+// return with work in flight: accs[i]->result() waits for it, and reports a NaN/Inf
+// that add() would have thrown here (see StatsAccumulator::add_device).
 template <typename T>
 void stream_statistics(const Forward<T>& fwd, BatchSource& src,
                        const std::vector<std::string>& layers,

@@ -17,6 +17,11 @@ class CudaStats final : public StatsAccumulator<T> {
   void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) override {
     gs_.add(x, cols, ldx, first_index);
   }
+  bool supports_device_add() const override { return true; }
+  void add_device(const T* dx, int64_t cols, int64_t ldx, int64_t first_index,
+                  void* stream) override {
+    gs_.add_device(dx, cols, ldx, first_index, stream);
+  }
   void merge(const LayerStats<T>& earlier) override { gs_.merge(earlier); }
   LayerStats<T> result() override { return gs_.result(); }
 

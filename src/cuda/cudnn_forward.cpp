@@ -3,6 +3,16 @@
 // C-order flattening, so after a flatten the block is already the column-major
 // (features x batch) matrix that cuBLAS multiplies. Two grow-only buffers ping-pong
 // between out-of-place layers; relu, batchnorm and biases work in place.
+//
+// The input batch goes host (pageable) -> pinned stage -> device on the copy stream,
+// through two stages used in turn, each with two events:
+//   uploaded_i  (copy stream)     the upload out of pinned stage i has finished, so the
+//                                 host may refill it and the compute stream may read it;
+//   consumed_i  (compute stream)  the pass that read device stage i has finished, so the
+//                                 next upload may overwrite it.
+// The host waits only on uploaded_i of the pass before last, so run_taps_device returns
+// as soon as its pass is queued and batch k+1 is copied and uploaded while batch k runs.
+// run and run_taps stay synchronous: they end by downloading and waiting.
 #include "dalr/cudnn_forward.hpp"
 
 #include <cublas_v2.h>
@@ -132,6 +142,29 @@ void ensure_device(DeviceBuffer<T>& b, size_t n, const Context& ctx) {
   b = DeviceBuffer<T>(n);
 }
 
+// Records `e` on `s` when the scope is left, by a return or by an exception.
+class RecordOnExit {
+ public:
+  RecordOnExit(const Event& e, cudaStream_t s) : e_(e), s_(s) {}
+  ~RecordOnExit() { DALR_CUDA_CHECK_NOTHROW(cudaEventRecord(e_.get(), s_)); }
+  RecordOnExit(const RecordOnExit&) = delete;
+  RecordOnExit& operator=(const RecordOnExit&) = delete;
+
+ private:
+  const Event& e_;
+  cudaStream_t s_;
+};
+
+// One of the two input stages (see the top of the file).
+template <typename T>
+struct InputStage {
+  PinnedBuffer<T> host;
+  DeviceBuffer<T> dev;
+  // The host blocks on `uploaded` (yielding its core to the decoding threads).
+  Event uploaded{cudaEventDisableTiming | cudaEventBlockingSync};
+  Event consumed{cudaEventDisableTiming};
+};
+
 template <typename T>
 void ensure_pinned(PinnedBuffer<T>& b, size_t n, const Context& ctx) {
   if (b.size() >= n) return;
@@ -147,6 +180,12 @@ struct CudnnForward<T>::Impl {
   Impl(const Arch& a, Math m, int device) : arch(a), math(m), ctx(device, m) {
     DALR_CUDNN_CHECK(cudnnSetStream(cudnn.get(), ctx.stream()));
   }
+  ~Impl() {
+    // A pass queued by run_taps_device may still read the buffers freed below.
+    DALR_CUDA_CHECK_NOTHROW(cudaSetDevice(ctx.device()));
+    DALR_CUDA_CHECK_NOTHROW(cudaStreamSynchronize(ctx.copy_stream()));
+    DALR_CUDA_CHECK_NOTHROW(cudaStreamSynchronize(ctx.stream()));
+  }
 
   Arch arch;
   Math math;
@@ -155,13 +194,19 @@ struct CudnnForward<T>::Impl {
   TensorDesc xdesc, ydesc;  // reset for every layer
   std::vector<LayerState<T>> layers;
   DeviceBuffer<T> act[2];
-  PinnedBuffer<T> in_stage, out_stage;
+  InputStage<T> stages[2];  // created after ctx: its events belong to the device
+  int next_stage = 0;
+  PinnedBuffer<T> out_stage;
   std::map<std::array<int64_t, 5>, ConvPlan> plans;  // (layer, batch, c, h, w)
 
   void load(const SafetensorsFile& weights);
   size_t index_of(const std::string& name) const;
+  std::vector<size_t> tap_indices(const std::vector<std::string>& taps) const;
+  // Exactly one of tap, device_tap and out is used (taps empty with out).
   void walk(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w, size_t stop,
-            const std::vector<size_t>& taps, const Tap* tap, Matrix<T>* out);
+            const std::vector<size_t>& taps, const Tap* tap, const DeviceTap* device_tap,
+            Matrix<T>* out);
+  InputStage<T>& upload_input(const T* input, size_t count);
   void download(const T* src, int64_t count);  // into out_stage, then waits
   const ConvPlan& plan(size_t i, int64_t batch, const ActShape& s, const ActShape& o);
   void conv(size_t i, int64_t batch, const ActShape& s, const ActShape& o, const T* x, T* y);
@@ -221,6 +266,37 @@ size_t CudnnForward<T>::Impl::index_of(const std::string& name) const {
     if (!arch.layers[i].name.empty()) names += (names.empty() ? "" : ", ") + arch.layers[i].name;
   }
   throw Error("no layer named '" + name + "' (named layers: " + names + ")");
+}
+
+template <typename T>
+std::vector<size_t> CudnnForward<T>::Impl::tap_indices(const std::vector<std::string>& taps) const {
+  std::vector<size_t> at;
+  for (const std::string& name : taps) at.push_back(index_of(name));
+  return at;
+}
+
+// Copies the host batch into the next stage's pinned buffer and queues its upload on the
+// copy stream; the compute stream waits for the upload.
+template <typename T>
+InputStage<T>& CudnnForward<T>::Impl::upload_input(const T* input, size_t count) {
+  InputStage<T>& st = stages[next_stage];
+  next_stage ^= 1;
+  if (st.host.size() < count) {  // grow: nothing queued may still use the old buffers
+    DALR_CUDA_CHECK(cudaStreamSynchronize(ctx.copy_stream()));
+    ctx.synchronize();
+    st.host = PinnedBuffer<T>();
+    st.dev = DeviceBuffer<T>();
+    st.host = PinnedBuffer<T>(count);
+    st.dev = DeviceBuffer<T>(count);
+  }
+  st.uploaded.synchronize();  // the upload that last read st.host (two passes ago) is done
+  std::memcpy(st.host.data(), input, count * sizeof(T));
+  const cudaStream_t copy = ctx.copy_stream();
+  DALR_CUDA_CHECK(cudaStreamWaitEvent(copy, st.consumed.get(), 0));  // and its pass too
+  st.dev.upload(st.host.data(), count, copy);
+  st.uploaded.record(copy);
+  DALR_CUDA_CHECK(cudaStreamWaitEvent(ctx.stream(), st.uploaded.get(), 0));
+  return st;
 }
 
 template <typename T>
@@ -336,7 +412,7 @@ void CudnnForward<T>::Impl::linear(size_t i, int64_t batch, const T* x, T* y) {
 template <typename T>
 void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
                                  size_t stop, const std::vector<size_t>& taps, const Tap* tap,
-                                 Matrix<T>* out) {
+                                 const DeviceTap* device_tap, Matrix<T>* out) {
   // Every check CpuForward makes, before any device work.
   if (batch < 1) throw Error("batch size must be >= 1, got " + std::to_string(batch));
   if (!input) throw Error("CudnnForward::run: input is null");
@@ -353,46 +429,52 @@ void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64
                   " channels, but its input has " + std::to_string(shapes[i].c));
   }
 
+  // Work queued on the compute stream by an earlier pass (perhaps a failed one) is
+  // ordered before this one; only growing a buffer waits for it.
   DALR_CUDA_CHECK(cudaSetDevice(ctx.device()));
-  ctx.synchronize();  // nothing of an earlier (perhaps failed) pass still uses the buffers
   const cudaStream_t stream = ctx.stream();
   ensure_device(act[0], most, ctx);
   ensure_device(act[1], most, ctx);
-  const size_t in_count = static_cast<size_t>(batch * shapes[0].numel());
-  ensure_pinned(in_stage, in_count, ctx);
-  std::memcpy(in_stage.data(), input, in_count * sizeof(T));
-  act[0].upload(in_stage.data(), in_count, stream);
+  InputStage<T>& in = upload_input(input, static_cast<size_t>(batch * shapes[0].numel()));
+  // However the pass ends (a tap may throw), the next upload into this stage waits for
+  // everything it queued.
+  const RecordOnExit release(in.consumed, stream);
 
-  int cur = 0;
+  // x: the current activations, first the input stage; an out-of-place layer writes to
+  // whichever of act[0], act[1] does not hold its input.
+  T* x = in.dev.data();
   auto emit = [&](size_t i) {
-    if (!tap || std::find(taps.begin(), taps.end(), i) == taps.end()) return;
+    if (std::find(taps.begin(), taps.end(), i) == taps.end()) return;
     const int64_t n = shapes[i].numel();
-    download(act[cur].data(), n * batch);
-    (*tap)(arch.layers[i].name, out_stage.data(), n, batch);
+    if (device_tap) {
+      (*device_tap)(arch.layers[i].name, x, n, batch, static_cast<void*>(stream));
+    } else if (tap) {
+      download(x, n * batch);
+      (*tap)(arch.layers[i].name, out_stage.data(), n, batch);
+    }
   };
   for (size_t i = 0; i < stop; ++i) {
     emit(i);
     const LayerSpec& l = arch.layers[i];
     const ActShape &s = shapes[i], &o = shapes[i + 1];
-    T* x = act[cur].data();
-    T* y = act[1 - cur].data();
+    T* y = x == act[0].data() ? act[1].data() : act[0].data();
     switch (l.type) {
       case LayerType::Conv:
         conv(i, batch, s, o, x, y);
-        cur = 1 - cur;
+        x = y;
         break;
       case LayerType::MaxPool:
       case LayerType::AvgPool:
         pool(i, batch, s, o, x, y);
-        cur = 1 - cur;
+        x = y;
         break;
       case LayerType::AdaptiveAvgPool:
         kernels::launch_adaptive_avgpool<T>(x, batch * s.c, s.h, s.w, y, o.h, o.w, stream);
-        cur = 1 - cur;
+        x = y;
         break;
       case LayerType::Linear:
         linear(i, batch, x, y);
-        cur = 1 - cur;
+        x = y;
         break;
       case LayerType::Relu:
         kernels::launch_relu<T>(x, batch * s.numel(), stream);
@@ -409,7 +491,7 @@ void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64
   emit(stop);
   if (out) {
     const int64_t n = shapes[stop].numel();
-    download(act[cur].data(), n * batch);
+    download(x, n * batch);
     out->rows = n;
     out->cols = batch;
     out->data.assign(out_stage.data(), out_stage.data() + n * batch);
@@ -442,17 +524,27 @@ Matrix<T> CudnnForward<T>::run(const T* input, int64_t batch, int64_t c, int64_t
   const size_t stop = stop_at_layer_input.empty() ? impl_->arch.layers.size()
                                                   : impl_->index_of(stop_at_layer_input);
   Matrix<T> out;
-  impl_->walk(input, batch, c, h, w, stop, {}, nullptr, &out);
+  impl_->walk(input, batch, c, h, w, stop, {}, nullptr, nullptr, &out);
   return out;
 }
 
 template <typename T>
 void CudnnForward<T>::run_taps(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
                                const std::vector<std::string>& taps, const Tap& tap) const {
-  std::vector<size_t> at;
-  for (const std::string& name : taps) at.push_back(impl_->index_of(name));
+  const std::vector<size_t> at = impl_->tap_indices(taps);
   if (at.empty()) return;
-  impl_->walk(input, batch, c, h, w, *std::max_element(at.begin(), at.end()), at, &tap, nullptr);
+  impl_->walk(input, batch, c, h, w, *std::max_element(at.begin(), at.end()), at, &tap, nullptr,
+              nullptr);
+}
+
+template <typename T>
+void CudnnForward<T>::run_taps_device(const T* input, int64_t batch, int64_t c, int64_t h,
+                                      int64_t w, const std::vector<std::string>& taps,
+                                      const DeviceTap& tap) const {
+  const std::vector<size_t> at = impl_->tap_indices(taps);
+  if (at.empty()) return;
+  impl_->walk(input, batch, c, h, w, *std::max_element(at.begin(), at.end()), at, nullptr, &tap,
+              nullptr);
 }
 
 template class CudnnForward<float>;

@@ -12,6 +12,12 @@
 // Y = W X and its relu(. + b) sums/maxima; then records consumed_i. So while the GPU
 // works on batch k, the host packs batch k+1 and the copy engine uploads it; nothing
 // inside the loop synchronises a whole stream or the device.
+//
+// add_device() (batches already on the device, e.g. tapped from the GPU forward pass)
+// uses the same slots and events, with the producer's stream in the copy stream's place:
+// see its comment. NaN/Inf there are found by a kernel that lowers a device word (the
+// first bad sample and unit); the word is read back at result() and, without waiting,
+// by a later add_device() (see throw_if_seen).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -29,6 +35,7 @@
 #include "cuda/device_buffer.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/error.hpp"
+#include "non_finite.cuh"
 #include "row_stats.cuh"
 
 namespace dalr::cuda {
@@ -146,10 +153,16 @@ struct GpuStats<T>::Impl {
           // The host blocks on `uploaded` (yielding its core to the decoding threads rather
           // than spinning); nobody times these events.
           uploaded(cudaEventDisableTiming | cudaEventBlockingSync),
-          consumed(cudaEventDisableTiming) {}
+          consumed(cudaEventDisableTiming),
+          seen(1) {
+      seen[0] = kernels::kAllFinite;
+    }
     PinnedBuffer<T> host;
     DeviceBuffer<T> dev;
     Event uploaded, consumed;
+    // The device NaN/Inf word as of this slot's last add_device(): copied on the compute
+    // stream before `consumed` is recorded, so readable once `consumed` has completed.
+    PinnedBuffer<unsigned long long> seen;
   };
 
   Context ctx;  // first member: destroyed last, after everything allocated on it
@@ -157,6 +170,7 @@ struct GpuStats<T>::Impl {
   int64_t count = 0;
   DeviceBuffer<T> c, w, b, y;
   DeviceBuffer<double> sum_x, max_x, sum_y, max_y;
+  DeviceBuffer<unsigned long long> first_bad;  // kernels::non_finite_key, device path only
   std::vector<Slot> slots;
   int next = 0;
   // Statistics merged from earlier runs, kept on the host: they are tiny and are folded
@@ -188,6 +202,8 @@ struct GpuStats<T>::Impl {
     max_x = DeviceBuffer<double>(un);
     DALR_CUDA_CHECK(cudaMemsetAsync(sum_x.data(), 0, sum_x.bytes(), s));  // +0.0 is all zeros
     max_x.upload(merged_max_x.data(), un, s);                             // -inf
+    first_bad = DeviceBuffer<unsigned long long>(1);
+    DALR_CUDA_CHECK(cudaMemsetAsync(first_bad.data(), 0xFF, first_bad.bytes(), s));  // kAllFinite
     if (m > 0) {
       sum_y = DeviceBuffer<double>(um);
       max_y = DeviceBuffer<double>(um);
@@ -240,14 +256,19 @@ struct GpuStats<T>::Impl {
     next ^= 1;
   }
 
-  void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) {
-    if (cols <= 0) return;
+  // The checks add() and add_device() share (cols > 0).
+  void check_batch(const T* x, int64_t cols, int64_t ldx) const {
     if (!x) throw Error("activation batch: no data (null pointer)");
     if (ldx < n) throw Error("activation batch: leading dimension smaller than the width");
     if (cols > max_batch)
       throw Error("activation batch of " + std::to_string(cols) +
                   " samples exceeds the GPU batch size " + std::to_string(max_batch) +
                   " (split the batch or raise max_batch)");
+  }
+
+  void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) {
+    if (cols <= 0) return;
+    check_batch(x, cols, ldx);
     bind();
     Slot& sl = acquire();
     // Check and pack (ld n) in one pass, column by column while it is in cache. A throw
@@ -259,7 +280,14 @@ struct GpuStats<T>::Impl {
       std::memcpy(sl.host.data() + static_cast<size_t>(j) * un, col, un * sizeof(T));
     }
     upload(sl, un * static_cast<size_t>(cols));
+    accumulate(sl, cols);
+    release(sl);
+    count += cols;
+  }
 
+  // Queues the statistics of the slot's device buffer (n x cols, ld n) on the compute
+  // stream, which already waits for the buffer's upload.
+  void accumulate(Slot& sl, int64_t cols) {
     const cudaStream_t s = ctx.stream();
     const int in = static_cast<int>(n), ic = static_cast<int>(cols), im = static_cast<int>(m);
     // C += X X^T, lower triangle: the call LayerStats makes with cblas_<t>syrk.
@@ -273,8 +301,85 @@ struct GpuStats<T>::Impl {
       kernels::launch_row_sum_max<T>(y.data(), m, cols, m, b.data(), true, sum_y.data(),
                                      max_y.data(), s);
     }
+  }
+
+  // A batch the producer made on the device. Its block is copied into a slot ON THE
+  // PRODUCER'S STREAM: after the producer's work that writes it, and before anything the
+  // producer queues later, which may overwrite it (the forward pass reuses its buffers
+  // for the next layers and the next batch). Reading the block in place on our stream
+  // would instead need the producer to wait for our SYRK; the copy is one pass over the
+  // block at device bandwidth and lets the forward pass of batch k+1 run while batch k's
+  // statistics are computed. Before the copy the producer's stream waits for `consumed`
+  // (our last reads of this slot); after it, `uploaded` is recorded there and our stream
+  // waits for it: the two events of the host path, with the producer's stream in the
+  // copy stream's place. No host wait.
+  void add_device(const T* dx, int64_t cols, int64_t ldx, int64_t first_index, void* stream) {
+    if (cols <= 0) return;
+    check_batch(dx, cols, ldx);
+    check_sample_range(first_index, cols);
+    bind();
+    check_on_device(dx);
+    Slot& sl = slots[static_cast<size_t>(next)];
+    throw_if_seen(sl);
+
+    const cudaStream_t producer = static_cast<cudaStream_t>(stream);
+    const size_t col_bytes = static_cast<size_t>(n) * sizeof(T);
+    DALR_CUDA_CHECK(cudaStreamWaitEvent(producer, sl.consumed.get(), 0));
+    if (ldx == n)  // one contiguous block (no pitch limit)
+      DALR_CUDA_CHECK(cudaMemcpyAsync(sl.dev.data(), dx, col_bytes * static_cast<size_t>(cols),
+                                      cudaMemcpyDeviceToDevice, producer));
+    else
+      DALR_CUDA_CHECK(cudaMemcpy2DAsync(
+          sl.dev.data(), col_bytes, dx, static_cast<size_t>(ldx) * sizeof(T), col_bytes,
+          static_cast<size_t>(cols), cudaMemcpyDeviceToDevice, producer));
+    sl.uploaded.record(producer);
+
+    const cudaStream_t s = ctx.stream();
+    DALR_CUDA_CHECK(cudaStreamWaitEvent(s, sl.uploaded.get(), 0));
+    kernels::launch_find_non_finite<T>(sl.dev.data(), n, cols, n, first_index, first_bad.data(), s);
+    DALR_CUDA_CHECK(cudaMemcpyAsync(sl.seen.data(), first_bad.data(), sizeof(unsigned long long),
+                                    cudaMemcpyDeviceToHost, s));
+    accumulate(sl, cols);
     release(sl);
     count += cols;
+  }
+
+  // The NaN/Inf key of the batch's last sample must stay below kernels::kAllFinite.
+  void check_sample_range(int64_t first_index, int64_t cols) const {
+    const uint64_t limit = (kernels::kAllFinite - 1) / 2 / static_cast<uint64_t>(n);
+    if (first_index < 0 || static_cast<uint64_t>(first_index) + static_cast<uint64_t>(cols) > limit)
+      throw Error("activation batch: first sample index " + std::to_string(first_index) +
+                  " out of range for the GPU statistics");
+  }
+
+  void check_on_device(const T* dx) const {
+    cudaPointerAttributes a{};
+    DALR_CUDA_CHECK(cudaPointerGetAttributes(&a, dx));
+    const bool device_memory = a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+    if (!device_memory || a.device != ctx.device())
+      throw Error("activation batch: not memory of CUDA device " + std::to_string(ctx.device()) +
+                  " (host batches go through add)");
+  }
+
+  // Throws LayerStats::add's message if a NaN/Inf has been met on the device path.
+  void throw_if_bad(unsigned long long key) const {
+    if (key == kernels::kAllFinite) return;
+    const kernels::NonFinite bad = kernels::decode_non_finite(key, n);
+    throw Error(non_finite_message(bad.sample, bad.unit, bad.is_nan));
+  }
+
+  // Early report, without waiting: reads the slot's copy of the NaN/Inf word only once
+  // the slot's `consumed` has completed (recorded after that copy; no later write to it
+  // is queued before this slot's next add_device). So a bad batch is reported two
+  // add_device() calls later when the GPU has caught up, else by result().
+  void throw_if_seen(const Slot& sl) const {
+    const cudaError_t e = cudaEventQuery(sl.consumed.get());
+    if (e == cudaErrorNotReady) {
+      (void)cudaGetLastError();  // not an error; clear it in case the runtime recorded it
+      return;
+    }
+    DALR_CUDA_CHECK(e);
+    throw_if_bad(sl.seen[0]);
   }
 
   void merge(const LayerStats<T>& e) {
@@ -316,6 +421,9 @@ struct GpuStats<T>::Impl {
     const size_t un = static_cast<size_t>(n), um = static_cast<size_t>(m);
     // The compute stream waits for every upload, so queuing the downloads after it and
     // synchronising it covers all work. Only C's lower triangle is meaningful.
+    unsigned long long bad = kernels::kAllFinite;
+    DALR_CUDA_CHECK(
+        cudaMemcpyAsync(&bad, first_bad.data(), sizeof(bad), cudaMemcpyDeviceToHost, s));
     Matrix<T> gram(n, n);
     c.download(gram.ptr(), un * un, s);
     std::vector<double> sx(un), mx(un), sy(um), my(um);
@@ -326,6 +434,7 @@ struct GpuStats<T>::Impl {
       max_y.download(my.data(), um, s);
     }
     ctx.synchronize();
+    throw_if_bad(bad);
     fold(sx, mx, merged_sum_x, merged_max_x);
     fold(sy, my, merged_sum_y, merged_max_y);
     return LayerStats<T>::from_parts(count, std::move(gram), std::move(sx), std::move(mx),
@@ -344,6 +453,12 @@ GpuStats<T>::~GpuStats() = default;
 template <typename T>
 void GpuStats<T>::add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) {
   impl_->add(x, cols, ldx, first_index);
+}
+
+template <typename T>
+void GpuStats<T>::add_device(const T* dx, int64_t cols, int64_t ldx, int64_t first_index,
+                             void* stream) {
+  impl_->add_device(dx, cols, ldx, first_index, stream);
 }
 
 template <typename T>

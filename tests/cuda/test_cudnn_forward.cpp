@@ -27,13 +27,12 @@
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
 #include "dalr/safetensors.hpp"
+#include "random_model.hpp"
 #include "test_util.hpp"
 
 namespace dc = dalr::cuda;
 using dalr::Arch;
 using dalr::CpuForward;
-using dalr::LayerSpec;
-using dalr::LayerType;
 using dalr::Matrix;
 using dalr::SafetensorsFile;
 using dc::CudnnForward;
@@ -73,41 +72,7 @@ uint64_t announce_seed(uint64_t fallback) {
   return seed;
 }
 
-std::vector<double> randn(size_t n, std::mt19937_64& rng, double scale = 1.0) {
-  std::normal_distribution<double> nd(0.0, scale);
-  std::vector<double> v(n);
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
-
-// Random weights of the shapes check_weights expects, written as f64 with the arch.
-void write_model(const std::string& path, const Arch& arch, std::mt19937_64& rng) {
-  const auto shapes =
-      layer_input_shapes(arch, arch.input.channels, arch.input.crop[0], arch.input.crop[1]);
-  std::vector<dalr::TensorOut> outs;
-  for (size_t i = 0; i < arch.layers.size(); ++i) {
-    const LayerSpec& l = arch.layers[i];
-    if (l.type == LayerType::Conv || l.type == LayerType::Linear) {
-      const bool conv = l.type == LayerType::Conv;
-      const int64_t k2 = conv ? l.kernel * l.kernel : 1;
-      std::vector<int64_t> shape = conv ? std::vector<int64_t>{l.out, l.in, l.kernel, l.kernel}
-                                        : std::vector<int64_t>{l.out, l.in};
-      outs.push_back(dalr::TensorOut::f64(
-          l.name + ".weight", shape, randn(l.out * l.in * k2, rng, 1.0 / std::sqrt(l.in * k2))));
-      if (l.bias)
-        outs.push_back(dalr::TensorOut::f64(l.name + ".bias", {l.out}, randn(l.out, rng, 0.5)));
-    } else if (l.type == LayerType::BatchNorm) {
-      const int64_t c = shapes[i].c;
-      auto var = randn(c, rng);
-      for (auto& v : var) v = 0.2 + v * v;
-      outs.push_back(dalr::TensorOut::f64(l.name + ".weight", {c}, randn(c, rng)));
-      outs.push_back(dalr::TensorOut::f64(l.name + ".bias", {c}, randn(c, rng)));
-      outs.push_back(dalr::TensorOut::f64(l.name + ".running_mean", {c}, randn(c, rng, 0.3)));
-      outs.push_back(dalr::TensorOut::f64(l.name + ".running_var", {c}, var));
-    }
-  }
-  dalr::write_safetensors(path, outs, dalr::arch_metadata(arch));
-}
+using dalr::test::randn;
 
 template <typename T>
 std::vector<T> random_input(size_t n, std::mt19937_64& rng) {
@@ -161,7 +126,7 @@ void check_against_cpu(dc::Math math, double tol) {
   dalr::test::TempDir dir;
   const Arch arch = dalr::parse_arch(kNet, kInput);
   const std::string path = dir.file("net.safetensors");
-  write_model(path, arch, rng);
+  dalr::test::write_random_model(path, arch, rng);
   const SafetensorsFile file(path);
   const CpuForward<T> cpu(arch, file);
   const CudnnForward<T> gpu(arch, file, math);
@@ -212,7 +177,7 @@ TEST(CudnnForward, ErrorsMatchCpu) {
   std::mt19937_64 rng(announce_seed(7));
   dalr::test::TempDir dir;
   const Arch arch = dalr::parse_arch(kNet, kInput);
-  write_model(dir.file("net.safetensors"), arch, rng);
+  dalr::test::write_random_model(dir.file("net.safetensors"), arch, rng);
   const SafetensorsFile file(dir.file("net.safetensors"));
   const CpuForward<float> cpu(arch, file);
   const CudnnForward<float> gpu(arch, file);
@@ -253,7 +218,7 @@ TEST(CudnnForward, MissingDeviceThrows) {
   std::mt19937_64 rng(announce_seed(11));
   dalr::test::TempDir dir;
   const Arch arch = dalr::parse_arch(kNet, kInput);
-  write_model(dir.file("net.safetensors"), arch, rng);
+  dalr::test::write_random_model(dir.file("net.safetensors"), arch, rng);
   const SafetensorsFile file(dir.file("net.safetensors"));
   const std::string msg = dalr::test::error_message(
       [&] { CudnnForward<float>(arch, file, dc::Math::Exact, dc::device_count()); });

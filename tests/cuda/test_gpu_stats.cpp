@@ -1,8 +1,11 @@
 // GpuStats<T> against its CPU twin LayerStats<T> (the oracle), fed the same seeded
 // batches: odd sizes, uneven batches (1 and max_batch included), padded leading
 // dimensions, more batches than staging slots, merge of saved statistics, NaN/Inf and
-// argument errors. Tests that need a device skip without one; argument checks and the
-// no-device error run everywhere.
+// argument errors; from the host (add), from the device (add_device, with the
+// producer overwriting its buffer right after each call), and both in turn. Tests that
+// need a device skip without one; argument checks, the NaN/Inf key and the no-device
+// error run everywhere.
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,9 +17,11 @@
 #include <string>
 #include <vector>
 
+#include "cuda/device_buffer.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/error.hpp"
 #include "dalr/stats.hpp"
+#include "non_finite.cuh"
 #include "oracle.hpp"
 #include "test_util.hpp"
 
@@ -164,19 +169,44 @@ std::vector<Case> cases() {
   };
 }
 
+// How batches reach the GPU statistics: add() from the host; add_device() from a
+// device buffer; or the two in turn (host for even batches).
+enum class Feed { Host, Device, Mixed };
+
+// Stands in for the forward pass on the device path: one device buffer, filled on its
+// own stream, handed to add_device and overwritten with NaN (all bits set) on the same
+// stream as soon as the call returns, as the forward pass reuses its buffers. An
+// accumulator that read the block later than the call's place in the stream would see
+// NaN, and result() would throw.
 template <typename T>
-void run_case(const Case& k, dc::Math math, Tol tol, std::mt19937_64& rng) {
+struct Producer {
+  explicit Producer(size_t elems) : buf(elems) {}
+  void add(dc::GpuStats<T>& gpu, const Matrix<T>& x, int64_t ldx, int64_t first) {
+    buf.upload(x.ptr(), x.data.size(), stream);
+    gpu.add_device(buf.data(), x.cols, ldx, first, stream.get());
+    DALR_CUDA_CHECK(cudaMemsetAsync(buf.data(), 0xFF, buf.bytes(), stream));
+  }
+  dc::Stream stream;
+  dc::DeviceBuffer<T> buf;
+};
+
+template <typename T>
+void run_case(const Case& k, dc::Math math, Tol tol, std::mt19937_64& rng, Feed feed) {
   SCOPED_TRACE(describe(k));
   const int64_t n = k.n, ldx = k.n + k.pad;
   const Layer<T> l = make_layer<T>(n, k.m, rng);
   dc::GpuStats<T> gpu(n, k.m, l.wp(), l.bp(), k.max_batch, math);
+  Producer<T> producer(static_cast<size_t>(ldx * k.max_batch));
   LayerStats<T> cpu(n, k.m);
   Scales<T> sc(n, k.m);
   int64_t first = 0;
   for (size_t b = 0; b < k.batches.size(); ++b) {
     const int64_t cols = k.batches[b];
     Matrix<T> x = make_batch<T>(n, k.pad, cols, rng);
-    gpu.add(x.ptr(), cols, ldx, first);
+    if (feed == Feed::Device || (feed == Feed::Mixed && b % 2 == 1))
+      producer.add(gpu, x, ldx, first);
+    else
+      gpu.add(x.ptr(), cols, ldx, first);
     cpu.add(x.ptr(), cols, ldx, l.wp(), k.m > 0 ? l.b.data() : nullptr, first);
     sc.add(x, n, l);
     // The caller may reuse its buffer as soon as add() returns.
@@ -189,12 +219,12 @@ void run_case(const Case& k, dc::Math math, Tol tol, std::mt19937_64& rng) {
 }
 
 template <typename T>
-void run_table(dc::Math math, Tol tol) {
+void run_table(dc::Math math, Tol tol, Feed feed = Feed::Host) {
   const uint64_t seed = announce_seed(20240612);
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   for (const Case& k : cases()) {
-    run_case<T>(k, math, tol, rng);
+    run_case<T>(k, math, tol, rng, feed);
     if (::testing::Test::HasFailure()) return;
   }
 }
@@ -228,6 +258,30 @@ TEST(GpuStatsArgs, MissingDeviceThrowsError) {
   EXPECT_THROW(dc::GpuStats<double>(5, 0, nullptr, nullptr, 4, dc::Math::Exact, -1), dalr::Error);
 }
 
+// The device path's NaN/Inf word: keys sort as check_finite scans (sample, then unit)
+// and decode to what was encoded, up to the largest sample add_device accepts.
+TEST(NonFiniteKey, OrdersLikeCheckFiniteAndDecodes) {
+  namespace k = dalr::kernels;
+  const int64_t n = 37;
+  EXPECT_LT(k::non_finite_key(5, 36, n, false), k::non_finite_key(6, 0, n, true));
+  EXPECT_LT(k::non_finite_key(5, 3, n, false), k::non_finite_key(5, 4, n, true));
+  EXPECT_LT(k::non_finite_key(0, 0, n, true), k::non_finite_key(0, 0, n, false));
+  const int64_t last = static_cast<int64_t>((k::kAllFinite - 1) / 2 / uint64_t(n)) - 1;
+  struct Case {
+    int64_t sample, unit;
+    bool is_nan;
+  };
+  for (const Case c : {Case{0, 0, true}, Case{0, 0, false}, Case{102, 20, true}, Case{7, 36, false},
+                       Case{last, n - 1, false}, Case{last, n - 1, true}}) {
+    const unsigned long long key = k::non_finite_key(c.sample, c.unit, n, c.is_nan);
+    EXPECT_LT(key, k::kAllFinite);
+    const k::NonFinite d = k::decode_non_finite(key, n);
+    EXPECT_EQ(d.sample, c.sample);
+    EXPECT_EQ(d.unit, c.unit);
+    EXPECT_EQ(d.is_nan, c.is_nan);
+  }
+}
+
 TEST(GpuStatsNoDevice, ConstructionThrowsErrorNotCrash) {
   if (dc::available()) GTEST_SKIP() << "a CUDA device exists";
   const std::string m = dalr::test::error_message(
@@ -250,6 +304,17 @@ TEST(GpuStats, FloatMatchesCpu) {
 TEST(GpuStats, Tf32MatchesCpuLoosely) {
   DALR_SKIP_WITHOUT_GPU();
   run_table<float>(dc::Math::Tf32, kTf32);
+}
+
+TEST(GpuStats, DeviceBatchesMatchCpu) {
+  DALR_SKIP_WITHOUT_GPU();
+  run_table<double>(dc::Math::Exact, kFp64, Feed::Device);
+  run_table<float>(dc::Math::Exact, kFp32, Feed::Device);
+}
+
+TEST(GpuStats, HostAndDeviceBatchesInTurnMatchCpu) {
+  DALR_SKIP_WITHOUT_GPU();
+  run_table<float>(dc::Math::Exact, kFp32, Feed::Mixed);
 }
 
 TEST(GpuStats, FreshResultIsEmpty) {
@@ -365,6 +430,96 @@ TEST(GpuStats, NonFiniteThrowsNamingSampleAndUnit) {
   std::mt19937_64 rng(seed);
   run_non_finite<float>(rng);
   run_non_finite<double>(rng);
+}
+
+// add_device cannot reject a NaN/Inf batch before it is counted: the first bad value (in
+// check_finite's order, so the CPU's message) is reported by a later add_device once
+// the GPU has caught up with that batch's slot, and by every result() after.
+template <typename T>
+void run_device_non_finite(std::mt19937_64& rng) {
+  const int64_t n = 37, m = 5, pad = 2, ldx = n + pad;
+  const T nan = std::numeric_limits<T>::quiet_NaN(), inf = std::numeric_limits<T>::infinity();
+  const Layer<T> l = make_layer<T>(n, m, rng);
+  dc::GpuStats<T> gpu(n, m, &l.w, &l.b, 8);
+  LayerStats<T> cpu(n, m);
+  Producer<T> producer(static_cast<size_t>(ldx * 8));
+  Matrix<T> bad = make_batch<T>(n, pad, 6, rng);
+  bad(30, 2) = -inf;
+  bad(20, 2) = nan;  // the first in check_finite's order
+  bad(3, 4) = inf;
+  const std::string want =
+      dalr::test::error_message([&] { cpu.add(bad.ptr(), bad.cols, ldx, &l.w, l.b.data(), 100); });
+  EXPECT_TRUE(contains(want, "sample 102, unit 20 is NaN")) << want;
+  auto feed = [&](const Matrix<T>& x, int64_t first) {
+    return dalr::test::error_message([&] { producer.add(gpu, x, ldx, first); });
+  };
+  EXPECT_EQ(feed(make_batch<T>(n, pad, 8, rng), 0), "<no throw>");  // slot 0
+  EXPECT_EQ(feed(bad, 100), "<no throw>");                          // slot 1: not seen yet
+  // A later bad sample, queued too, must not replace the first. Slot 0's word was copied
+  // before the bad batch was checked: no throw, whether the GPU has caught up or not.
+  Matrix<T> later = make_batch<T>(n, pad, 3, rng);
+  later(0, 0) = nan;
+  EXPECT_EQ(feed(later, 300), "<no throw>");
+  DALR_CUDA_CHECK(cudaDeviceSynchronize());
+  // Slot 1's word, now complete, holds the bad batch.
+  EXPECT_EQ(feed(make_batch<T>(n, pad, 8, rng), 400), want);
+  EXPECT_EQ(dalr::test::error_message([&] { gpu.result(); }), want);
+  EXPECT_EQ(dalr::test::error_message([&] { gpu.result(); }), want);
+
+  // Inf alone, found by result().
+  dc::GpuStats<T> gpu2(n, 0, nullptr, nullptr, 8);
+  Matrix<T> one = make_batch<T>(n, pad, 1, rng);
+  one(n - 1, 0) = -inf;
+  producer.add(gpu2, one, ldx, 7);
+  const std::string msg = dalr::test::error_message([&] { gpu2.result(); });
+  EXPECT_EQ(msg, dalr::test::error_message(
+                     [&] { LayerStats<T>(n, 0).add(one.ptr(), 1, ldx, nullptr, nullptr, 7); }));
+  EXPECT_TRUE(contains(msg, "sample 7, unit 36 is Inf")) << msg;
+}
+
+TEST(GpuStats, DeviceNonFiniteIsReportedLaterWithTheCpuMessage) {
+  DALR_SKIP_WITHOUT_GPU();
+  const uint64_t seed = announce_seed(17);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  run_device_non_finite<float>(rng);
+  run_device_non_finite<double>(rng);
+}
+
+TEST(GpuStats, DeviceBatchRejectsBadArguments) {
+  DALR_SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(19);
+  const int64_t n = 37;
+  dc::GpuStats<float> gpu(n, 0, nullptr, nullptr, 8);
+  Producer<float> producer(static_cast<size_t>(n * 9));
+  const Matrix<float> x = make_batch<float>(n, 0, 9, rng);
+  producer.buf.upload(x.ptr(), x.data.size(), producer.stream);
+  producer.stream.synchronize();
+  float* dx = producer.buf.data();
+  void* s = producer.stream.get();
+  auto add = [&](const float* p, int64_t cols, int64_t ldx, int64_t first) {
+    return dalr::test::error_message([&] { gpu.add_device(p, cols, ldx, first, s); });
+  };
+  std::string m = add(x.ptr(), 8, n, 0);  // host memory
+  EXPECT_TRUE(contains(m, "not memory of CUDA device 0")) << m;
+  m = add(dx, 9, n, 0);
+  EXPECT_TRUE(contains(m, "batch of 9 samples exceeds the GPU batch size 8")) << m;
+  m = add(dx, 8, n - 1, 0);
+  EXPECT_TRUE(contains(m, "leading dimension smaller than the width")) << m;
+  m = add(nullptr, 8, n, 0);
+  EXPECT_TRUE(contains(m, "no data (null pointer)")) << m;
+  m = add(dx, 8, n, -1);
+  EXPECT_TRUE(contains(m, "first sample index -1 out of range")) << m;
+  EXPECT_EQ(add(dx, 0, n, 0), "<no throw>");  // empty batch: nothing happens
+  EXPECT_EQ(gpu.result().count(), 0);
+  EXPECT_EQ(add(dx, 8, n, 0), "<no throw>");  // the object is still usable
+  LayerStats<float> cpu(n, 0);
+  cpu.add(x.ptr(), 8, n, nullptr, nullptr, 0);
+  Scales<float> sc(n, 0);
+  Matrix<float> used(n, 8);
+  std::copy(x.data.begin(), x.data.begin() + n * 8, used.data.begin());
+  sc.add(used, n, make_layer<float>(n, 0, rng));
+  expect_match(gpu.result(), cpu, sc, kFp32, "after rejected device batches");
 }
 
 TEST(GpuStats, RejectsBadBatches) {
