@@ -6,6 +6,7 @@
 // 10 N images, each in a fresh child process, to show memory does not grow with N.
 //   bench_stream --data DIR [--device cpu|cuda] [--images 64 --batch 16 --workers 4
 //                --layer classifier.0 --size 224 --repeats 3 --json out.json]
+//   bench_stream --write-model vgg19.bin [--size S]   (only writes the random VGG19, 548 MiB)
 // --size S feeds S x S crops (resize S*256/224) instead of 224: VGG's adaptive pool
 // keeps the classifier's width (25088 at classifier.0), so a small S makes a CPU run
 // cheap while (c) is unchanged. Folders with fewer images than asked are repeated
@@ -88,8 +89,13 @@ std::string default_device() {
 }
 
 // The vgg19 preset's tensors with He-initialised weights (zero biases), as a model file.
-void write_vgg19(const std::string& path) {
-  const dalr::Arch arch = dalr::vgg_preset("vgg19", 1000);
+// With size > 0 its dalr.input asks for size x size crops (resize size * 256 / 224).
+void write_vgg19(const std::string& path, int64_t size = 0) {
+  dalr::Arch arch = dalr::vgg_preset("vgg19", 1000);
+  if (size > 0) {
+    arch.input.resize = (size * 256 + 112) / 224;
+    arch.input.crop = {size, size};
+  }
   std::mt19937_64 rng(19);
   std::vector<dalr::TensorOut> tensors;
   for (const auto& l : arch.layers) {
@@ -285,7 +291,7 @@ void print_table(const json& r) {
 int main(int argc, char** argv) try {
   CLI::App app{"Images/s of decode, forward, statistics and the overlapped stream; peak memory"};
   Args a;
-  app.add_option("--data", a.data, "Image folder (bench/make_bench_images.py)")->required();
+  app.add_option("--data", a.data, "Image folder (bench/make_bench_images.py)");
   app.add_option("--model", a.model, "Model file (default: random VGG19 in a temporary file)");
   app.add_option("--device", a.device, "cpu or cuda (default: cuda if present)");
   app.add_option("--layer", a.layer, "Linear layer whose input is measured")->capture_default_str();
@@ -298,7 +304,16 @@ int main(int argc, char** argv) try {
   app.add_flag("--no-memory", a.no_memory, "Skip (d) and (e), the child runs at N and 10 N");
   app.add_option("--json", a.json, "Also write the JSON result to this file");
   app.add_option("--child", a.child)->group("");  // hidden: one overlapped run
+  std::string write_model;
+  app.add_option("--write-model", write_model,
+                 "Only write the random VGG19 (He weights, seed 19; with --size, its input "
+                 "is that crop) to this file and exit");
   CLI11_PARSE(app, argc, argv);
+  if (!write_model.empty()) {
+    write_vgg19(write_model, a.size);
+    return 0;
+  }
+  if (a.data.empty()) throw dalr::Error("--data DIR is required");
   if (a.device.empty()) a.device = default_device();
   if (a.images < 1 || a.batch < 1 || a.workers < 1) throw dalr::Error("sizes must be positive");
 

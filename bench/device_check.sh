@@ -6,7 +6,7 @@
 #   bench/device_check.sh LOGDIR
 # Needs: nvcc, CMake, a C++ compiler; build dependencies from the system or from
 # .devdeps/*.deb (made by bench/device_deps.sh where apt works); for the streaming
-# benchmark, build/bench-images (bench/make_bench_images.py, carried). Budget: < 8 min.
+# benchmark, build/bench-images (bench/make_bench_images.py, carried). Budget: about 6 min, 9 at the timeouts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=$(mkdir -p "${1:-device-logs}" && cd "${1:-device-logs}" && pwd)
@@ -92,7 +92,7 @@ note "tests: ${PASSED} passed, ${FAILED:-?} failed, ${SKIPPED} skipped (ctest rc
 # ---- benchmarks ----
 BENCH_ROWS=()
 if [ -x "$BUILD/bench/bench_gpu" ]; then
-  timeout 150 "$BUILD/bench/bench_gpu" --json "$LOG/bench_gpu.json" >"$LOG/bench_gpu.log" 2>&1
+  timeout 100 "$BUILD/bench/bench_gpu" --json "$LOG/bench_gpu.json" >"$LOG/bench_gpu.log" 2>&1
   note "bench_gpu: rc $? (bench_gpu.log, bench_gpu.json)"
   BENCH_ROWS+=("$(python3 - "$LOG/bench_gpu.json" <<'PY' 2>/dev/null
 import json, sys
@@ -114,11 +114,23 @@ if [ ! -d "$IMGS" ]; then
     note "bench images: none carried in $IMGS and none could be made (bench_images.log)"
 fi
 if [ -x "$BUILD/bench/bench_stream" ] && [ -d "$IMGS" ]; then
-  timeout 150 "$BUILD/bench/bench_stream" --data "$IMGS" --device cuda --layer classifier.0 \
+  timeout 100 "$BUILD/bench/bench_stream" --data "$IMGS" --device cuda --layer classifier.0 \
     --images 512 --batch 64 --workers "$(nproc)" --repeats 3 \
     --json "$LOG/bench_stream.json" >"$LOG/bench_stream.log" 2>&1
   note "bench_stream (GPU, VGG19 fc6, 512 and 5120 images): rc $? (bench_stream.log, .json)"
   BENCH_ROWS+=("$(sed -n '/, layer /,$p' "$LOG/bench_stream.log")")
+fi
+
+# The harness: dalr-gpu against the PyTorch peer (torch with CUDA: the python3 on PATH
+# there, which also holds the nvidia-cudnn wheel) and against the card's measured floor.
+# fc6 only and one repeat after a warm-up, to fit the device budget.
+PY=python3
+$PY -c 'import torch, torchvision, numpy' 2>/dev/null || PY=/usr/bin/python3
+if [ -x "$BUILD/bench/bench_peak" ] && [ -d "$IMGS" ]; then
+  timeout 200 $PY bench/run.py --build "$BUILD" --device cuda --data "$IMGS" --images 5994 \
+    --layers classifier.0 --repeats 1 --out "$LOG/harness" >"$LOG/harness.log" 2>&1
+  note "bench/run.py (VGG19 fc6, 5994 images, vs the PyTorch peer and the floor): rc $? (harness.log, harness/)"
+  BENCH_ROWS+=("$(cat "$LOG/harness/table.md" 2>/dev/null || tail -5 "$LOG/harness.log")")
 fi
 
 # ---- summary, last ----
