@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "bench_cuda.hpp"
+#include "cpu/blas_core.hpp"
 #include "cuda/context.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/solver.hpp"
@@ -28,27 +30,10 @@
 using dalr::Matrix;
 using json = nlohmann::json;
 
-namespace {
-
-// Device seconds of work enqueued by f on `stream`, timed with events.
-double device(int64_t repeats, cudaStream_t stream, const std::function<void()>& f) {
-  dalr::cuda::Event start, stop;
-  f();
-  std::vector<double> t;
-  for (int64_t r = 0; r < repeats; ++r) {
-    start.record(stream);
-    f();
-    stop.record(stream);
-    stop.synchronize();
-    t.push_back(stop.elapsed_ms_since(start) / 1e3);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-}  // namespace
+using dalr::bench::device_median;
 
 int main(int argc, char** argv) try {
+  dalr::cpu::use_best_openblas_kernels(argv);  // may start this program again
   CLI::App app{"GPU timing of the streamed statistics, SYRK vs GEMM, and each method's solve"};
   dalr::bench::Options a;
   bool cpu = false;
@@ -81,7 +66,7 @@ int main(int argc, char** argv) try {
     cudaMemsetAsync(A.data(), 0, A.bytes(), ctx.stream());
     cudaMemsetAsync(B.data(), 0, B.bytes(), ctx.stream());
     const float one = 1, zero = 0;
-    const double t = device(a.repeats, ctx.stream(), [&] {
+    const double t = device_median(a.repeats, ctx.stream(), [&] {
       cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, s, s, s, &one, A.data(), s, B.data(), s,
                   &zero, C.data(), s);
     });
@@ -93,11 +78,11 @@ int main(int argc, char** argv) try {
     X.upload(x.ptr(), x.data.size(), ctx.stream());
     const float one = 1;
     const double flops = double(a.n) * a.n * a.batch;  // SYRK: half of GEMM's 2 n^2 p
-    const double ts = device(a.repeats, ctx.stream(), [&] {
+    const double ts = device_median(a.repeats, ctx.stream(), [&] {
       cublasSsyrk(ctx.cublas(), CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, a.n, a.batch, &one, X.data(),
                   a.n, &one, C.data(), a.n);
     });
-    const double tg = device(a.repeats, ctx.stream(), [&] {
+    const double tg = device_median(a.repeats, ctx.stream(), [&] {
       cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, a.n, a.n, a.batch, &one, X.data(), a.n,
                   X.data(), a.n, &one, C.data(), a.n);
     });

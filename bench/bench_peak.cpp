@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "cpu/blas_core.hpp"
 #include "cpu/lapack.hpp"
 #include "dalr/error.hpp"
 #ifdef DALR_HAVE_CUDA
@@ -28,6 +29,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "bench_cuda.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/device_buffer.hpp"
 #include "dalr/cuda.hpp"
@@ -70,27 +72,14 @@ json cpu_peaks(int64_t s, int64_t bytes, int64_t repeats) {
     r["copy_gbps"] = 2.0 * static_cast<double>(bytes) / t / 1e9;
   }
   r["threads"] = std::thread::hardware_concurrency();
+  r["openblas_core"] = dalr::cpu::openblas_core();
   return r;
 }
 
 #ifdef DALR_HAVE_CUDA
 namespace cu = dalr::cuda;
 
-// Device seconds of f's work on `s`, warm-up then the median of repeats.
-double device_median(int64_t repeats, cudaStream_t s, const std::function<void()>& f) {
-  cu::Event start, stop;
-  f();
-  std::vector<double> t;
-  for (int64_t r = 0; r < std::max<int64_t>(repeats, 1); ++r) {
-    start.record(s);
-    f();
-    stop.record(s);
-    stop.synchronize();
-    t.push_back(stop.elapsed_ms_since(start) / 1e3);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using dalr::bench::device_median;
 
 json gpu_peaks(int64_t s, int64_t bytes, int64_t repeats) {
   json r;
@@ -158,6 +147,7 @@ json gpu_peaks(int64_t s, int64_t bytes, int64_t repeats) {
 }  // namespace
 
 int main(int argc, char** argv) try {
+  dalr::cpu::use_best_openblas_kernels(argv);  // may start this program again
   CLI::App app{"Measured peaks: dense GEMM per precision and memory bandwidth (CPU or GPU)"};
   std::string device = "cpu", out;
   int64_t size = 4096, bytes = int64_t{256} << 20, repeats = 5;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "cpu/blas_core.hpp"
 #include "dalr/solver.hpp"
 #include "dalr/stats.hpp"
 
@@ -58,6 +59,7 @@ nlohmann::json run(const dalr::bench::Options& a, const std::string& precision) 
 }  // namespace
 
 int main(int argc, char** argv) {
+  dalr::cpu::use_best_openblas_kernels(argv);  // may start this program again
   CLI::App app{"CPU timing of the statistics pass and each method's solve for one layer shape"};
   dalr::bench::Options a;
   a.m = 1024, a.n = 2048, a.p = 1500, a.k = 128;

@@ -26,6 +26,7 @@
 
 #include "bench_common.hpp"
 #include "core/stream.hpp"
+#include "cpu/blas_core.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
@@ -289,6 +290,7 @@ void print_table(const json& r) {
 }  // namespace
 
 int main(int argc, char** argv) try {
+  dalr::cpu::use_best_openblas_kernels(argv);  // may start this program again
   CLI::App app{"Images/s of decode, forward, statistics and the overlapped stream; peak memory"};
   Args a;
   app.add_option("--data", a.data, "Image folder (bench/make_bench_images.py)");

@@ -3,9 +3,11 @@
 // every kind of bad input.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "cpu/blas_core.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/safetensors.hpp"
 #include "oracle.hpp"
@@ -448,3 +450,18 @@ TEST_F(Cli, RoundRankRoundsUpAndReportsTheCost) {
 }
 
 }  // namespace
+
+TEST_F(Cli, OpenBlasRunsTheCpusBestKernels) {
+  // OpenBLAS 0.3.21 falls back to SSE3 ("Prescott") kernels on CPUs newer than itself;
+  // dalr-gpu starts itself again with OPENBLAS_CORETYPE set (cpu/blas_core.hpp).
+  ASSERT_EQ(run_cli(base("dalr") + " --report " + dir_.file("r.json")).exit_code, 0);
+  const auto rep = nlohmann::json::parse(test::read_file(dir_.file("r.json")));
+  const std::string core = rep["openblas_core"].get<std::string>();
+  EXPECT_FALSE(core.empty());
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr)
+    GTEST_SKIP() << "OPENBLAS_CORETYPE is set here: the user's choice wins";
+  const std::string best = cpu::best_openblas_core();
+  if (best.empty()) GTEST_SKIP() << "this CPU has neither AVX2 nor AVX-512";
+  for (const char* slow : {"Prescott", "Core2", "Penryn", "Nehalem", "Atom", "Sandybridge"})
+    EXPECT_NE(core, slow) << "the CPU can run " << best << " kernels";
+}

@@ -14,6 +14,7 @@
 #include "core/job_common.hpp"
 #include "core/recon.hpp"
 #include "core/stream.hpp"
+#include "cpu/blas_core.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
@@ -772,6 +773,7 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
   }
   rep["precision"] = o.precision;
   rep["device"] = backend.name();
+  rep["openblas_core"] = cpu::openblas_core();  // the CPU kernels (see cpu/blas_core.hpp)
   rep["timing_s"] = timing;
   rep["warnings"] = res.warnings;
   rep["out"] = o.out;
