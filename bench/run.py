@@ -131,11 +131,11 @@ def run(cmd, what, env=None, timeout=None):
     return dt, p.stdout
 
 
-def timed(cmd, what, repeats, warmup=True):
+def timed(cmd, what, repeats, warmup=True, env=None):
     """Warm-up (the page cache, cuDNN plans), then the median wall time of the repeats."""
     if warmup:
-        run(cmd, what + " (warm-up)")
-    walls = [run(cmd, what)[0] for _ in range(repeats)]
+        run(cmd, what + " (warm-up)", env=env)
+    walls = [run(cmd, what, env=env)[0] for _ in range(repeats)]
     return statistics.median(walls), walls
 
 
@@ -171,11 +171,12 @@ def have_torch():
 
 
 def solve_flops(m, n, k):
-    """What the dalr solve must compute (the leading terms): W C (2 m n^2), G = (W C) W^T
-    (2 m^2 n), syevd of G with vectors (about 9 m^3 for the tridiagonal reduction, its
-    divide and conquer and the back-transform), Cholesky of C + lambda I (n^3 / 3), the
-    two triangular solves for m right-hand sides (2 m n^2) and B = U_k^T Y (2 k m n)."""
-    return 2 * m * n * n + 2 * m * m * n + 9 * m ** 3 + n ** 3 / 3 + 2 * m * n * n + 2 * k * m * n
+    """The least the dalr solve must compute (leading terms): W C (2 m n^2) and G = (W C) W^T
+    (2 m^2 n); the tridiagonal reduction of G (4/3 m^3) and the back-transformation of k
+    eigenvectors (2 m^2 k); (W C)^T U_k (2 m n k); the Cholesky factor of C + lambda I
+    (n^3 / 3) and its two triangular solves for k right-hand sides (2 n^2 k)."""
+    return (2 * m * n * n + 2 * m * m * n + 4 * m ** 3 / 3 + 2 * m * m * k + 2 * m * n * k
+            + n ** 3 / 3 + 2 * n * n * k)
 
 
 def stats_flops(n, m, images, output_stats=True):
@@ -286,12 +287,12 @@ def one_layer(a, layer, model, data, shapes, peak, out, peer_ok, tmp):
                 "--device", a.device, "--precision", a.precision, "--repeats", str(a.repeats)]
         probes = os.path.join(tmp, f"probes-{layer}.npy")
         pcmd = base + ["--mode", "job", "--out", peer_bin, "--json", pj, "--save-probes", probes]
-        pwall, pwalls = timed(pcmd, f"peer job ({layer})", a.repeats)
+        pwall, pwalls = timed(pcmd, f"peer job ({layer})", a.repeats, env=PEER_ENV)
         pjob = json.load(open(pj))
         scmd = base + ["--mode", "stages", "--solve-shape",
                        ",".join(map(str, a.solve_shape)), "--out", peer_bin + ".stages.bin",
                        "--json", pj + ".stages.json"]
-        run(scmd, f"peer stages ({layer})")
+        run(scmd, f"peer stages ({layer})", env=PEER_ENV)
         pst = json.load(open(pj + ".stages.json"))["stages"]
         stages = {
             "decode": pst["decode"],
@@ -382,6 +383,11 @@ def table(a, res, solve, peak):
 
 
 RESULTS = {}
+# The peer's environment. dalr-gpu starts itself with the OpenBLAS kernels the CPU can
+# run when OpenBLAS fell back to old ones (src/cpu/blas_core.hpp); Debian's torch uses the
+# same OpenBLAS for its matrix products and LAPACK, so the peer gets the same kernels:
+# the comparison is between the two programs, not between two kernel choices.
+PEER_ENV = None
 
 
 def main():
@@ -456,6 +462,9 @@ def harness(a, gpu, tmp):
         pk += ["--size", "256", "--bytes", "4194304", "--repeats", "1"]
     run(pk, "bench_peak")
     peak = json.load(open(pj))
+    global PEER_ENV
+    if peak.get("openblas_core") and "OPENBLAS_CORETYPE" not in os.environ:
+        PEER_ENV = dict(os.environ, OPENBLAS_CORETYPE=peak["openblas_core"])
     log(f"peaks: {peak['gemm_tflops']}, copy {peak['copy_gbps']:.1f} GB/s")
     # 2. model and images
     if not a.model:
@@ -500,7 +509,8 @@ def harness(a, gpu, tmp):
         RESULTS["layers"].append(one_layer(a, L, a.model, data, shapes, peak, a.out, peer_ok,
                                            tmp))
     tables = [table(a, r, RESULTS["solve_alone"], peak) for r in RESULTS["layers"]]
-    name = peak.get("name", f"CPU, {peak.get('threads', '?')} threads")
+    name = peak.get("name", f"CPU, {peak.get('threads', '?')} threads, OpenBLAS "
+                            f"{peak.get('openblas_core', '?')} kernels for both tools")
     head = (f"dalr-gpu benchmark, {RESULTS['date']}, {a.device} ({name}); peaks: " +
             ", ".join(f"{k} GEMM {v:.3f} TFLOP/s" for k, v in peak["gemm_tflops"].items()) +
             f", copy {peak['copy_gbps']:.1f} GB/s")

@@ -27,6 +27,7 @@
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
 #include "dalr/safetensors.hpp"
+#include "gpu_test.hpp"
 #include "random_model.hpp"
 #include "test_util.hpp"
 
@@ -37,10 +38,9 @@ using dalr::Matrix;
 using dalr::SafetensorsFile;
 using dc::CudnnForward;
 
-#define DALR_SKIP_WITHOUT_GPU() \
-  if (!dc::available()) GTEST_SKIP() << "no CUDA device"
-
 namespace {
+
+using dalr::test::announce_seed;
 
 // 3x23x19 -> c1 (5x23x19) -> relu -> maxpool 3/2 (5x11x9) -> c2 no bias, s2 p1 (6x6x5)
 // -> bn2d -> relu -> avgpool 2/1 (6x5x4) -> c3 1x1 (7x5x4) -> adaptive [3,3] (7x3x3)
@@ -65,12 +65,6 @@ const char* kNet = R"([
   {"type":"linear","name":"fc2","in":17,"out":9,"bias":false},
   {"type":"relu"},
   {"type":"linear","name":"fc3","in":9,"out":4}])";
-
-uint64_t announce_seed(uint64_t fallback) {
-  const uint64_t seed = dalr::test::test_seed(fallback);
-  std::cout << "[ seed     ] " << seed << " (set DALR_TEST_SEED to change)\n";
-  return seed;
-}
 
 using dalr::test::randn;
 

@@ -17,6 +17,7 @@
 #include "dalr/cuda.hpp"
 #include "dalr/error.hpp"
 #include "dalr/solver.hpp"
+#include "gpu_test.hpp"
 #include "oracle.hpp"
 #include "test_util.hpp"
 
@@ -24,10 +25,9 @@ namespace dc = dalr::cuda;
 using namespace dalr;
 using oracle::Mat;
 
-#define DALR_SKIP_WITHOUT_GPU() \
-  if (!dc::available()) GTEST_SKIP() << "no CUDA device"
-
 namespace {
+
+using dalr::test::contains;
 
 const std::vector<Method> kAllMethods = {Method::Dalr,  Method::DalrExact, Method::Svd,
                                          Method::SvdBc, Method::PruneMean, Method::PruneMax};
@@ -144,10 +144,6 @@ void expect_same(const Factors<T>& gpu, const Factors<T>& cpu, const Inputs<T>& 
   for (size_t i = 1; i < gpu.spectrum.size(); ++i)
     EXPECT_GE(gpu.spectrum[i - 1], gpu.spectrum[i]) << "spectrum not descending at " << i;
   EXPECT_NEAR(gpu.energy_kept, cpu.energy_kept, tol);
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
 }
 
 // ---------------------------------------------------------------- runs everywhere

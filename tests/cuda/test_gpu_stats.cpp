@@ -21,6 +21,7 @@
 #include "dalr/cuda.hpp"
 #include "dalr/error.hpp"
 #include "dalr/stats.hpp"
+#include "gpu_test.hpp"
 #include "non_finite.cuh"
 #include "oracle.hpp"
 #include "test_util.hpp"
@@ -29,22 +30,12 @@ namespace dc = dalr::cuda;
 using dalr::LayerStats;
 using dalr::Matrix;
 
-#define DALR_SKIP_WITHOUT_GPU() \
-  if (!dc::available()) GTEST_SKIP() << "no CUDA device"
-
 namespace {
 
+using dalr::test::announce_seed;
+using dalr::test::contains;
+
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
-uint64_t announce_seed(uint64_t fallback) {
-  const uint64_t seed = dalr::test::test_seed(fallback);
-  std::cout << "[ seed     ] " << seed << " (set DALR_TEST_SEED to change)\n";
-  return seed;
-}
 
 // Tolerances, all relative. gram: relative Frobenius error against the CPU Gram in the
 // same precision (only the summation order differs, except under TF32, which rounds

@@ -14,22 +14,18 @@
 #include "cuda/cuda_check.hpp"
 #include "cuda/device.hpp"
 #include "cuda/device_buffer.hpp"
+#include "gpu_test.hpp"
 #include "row_stats.cuh"
 #include "test_util.hpp"
 
 namespace dc = dalr::cuda;
 namespace dk = dalr::kernels;
 
-#define DALR_SKIP_WITHOUT_GPU() \
-  if (dc::device_count() == 0) GTEST_SKIP() << "no CUDA device"
-
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
+using dalr::test::contains;
 
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
+constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // ---------------------------------------------------------------- runs everywhere
 

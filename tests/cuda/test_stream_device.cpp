@@ -36,6 +36,7 @@
 #include "dalr/images.hpp"
 #include "dalr/safetensors.hpp"
 #include "dalr/stats.hpp"
+#include "gpu_test.hpp"
 #include "oracle.hpp"
 #include "random_model.hpp"
 #include "test_util.hpp"
@@ -50,10 +51,10 @@ using dalr::Matrix;
 using dalr::SafetensorsFile;
 using dalr::StatsAccumulator;
 
-#define DALR_SKIP_WITHOUT_GPU() \
-  if (!dc::available()) GTEST_SKIP() << "no CUDA device"
-
 namespace {
+
+using dalr::test::announce_seed;
+using dalr::test::contains;
 
 // 3x12x10 -> c1 (6x12x10) -> relu -> maxpool 2/2 (6x6x5) -> c2 (8x6x5) -> relu
 // -> maxpool 2/2 (8x3x2) -> flatten (48) -> fc6 (20) -> relu -> dropout -> fc7 (12)
@@ -76,16 +77,6 @@ const char* kNet = R"([
 constexpr int64_t kC = 3, kH = 12, kW = 10, kPer = kC * kH * kW;
 constexpr int64_t kImages = 23;
 const std::vector<std::string> kTaps{"fc7", "fc6"};  // not in network order on purpose
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
-uint64_t announce_seed(uint64_t fallback) {
-  const uint64_t seed = dalr::test::test_seed(fallback);
-  std::cout << "[ seed     ] " << seed << " (set DALR_TEST_SEED to change)\n";
-  return seed;
-}
 
 // Images held in memory, handed out in order.
 class MemorySource final : public dalr::BatchSource {
