@@ -192,11 +192,24 @@ class Model:
     pass
 
 
+def _torchvision():
+    """torchvision, or None where it is missing (GPU images often carry torch alone) or
+    DALR_PEER_NO_TORCHVISION=1: the peer then builds the network with dalr_format and
+    reads the images with PIL, with the same preprocessing."""
+    if os.environ.get("DALR_PEER_NO_TORCHVISION") == "1":
+        return None
+    try:
+        import torchvision
+        return torchvision
+    except ImportError:
+        return None
+
+
 def load_model(args, device):
     """Reads the .bin, builds the module, keeps the part before the layer (on the device)."""
     import torch
     import torch.nn as nn
-    import torchvision
+    torchvision = _torchvision()
     if not os.path.isfile(args.model):
         raise PeerError(f"--model {args.model}: no such file")
     try:
@@ -221,7 +234,7 @@ def load_model(args, device):
         raise PeerError(f"--rank {args.rank} exceeds min(m, n) = {min(m, n)} of {args.layer} "
                         f"({m} x {n})")
 
-    vgg = torchvision_vgg_name(arch, tensors)
+    vgg = torchvision_vgg_name(arch, tensors) if torchvision else None
     if vgg is not None:
         model = getattr(torchvision.models, vgg)(weights=None, num_classes=arch[-1]["out"])
         sd = {k: torch.from_numpy(v) for k, v in tensors.items()}
@@ -275,13 +288,57 @@ def _is_image(path):
     return path.lower().endswith(IMAGE_EXTS)
 
 
+class _PilFolder:
+    """torchvision's ImageFolder + Resize(bilinear) + CenterCrop + ToTensor + Normalize,
+    for when torchvision is missing: the same PIL calls and the same arithmetic."""
+
+    def __init__(self, items, mode, resize, crop, mean, std):
+        self.items, self.mode, self.resize, self.crop = items, mode, resize, crop
+        self.mean, self.std = mean, std
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        import numpy as np
+        import torch
+        from PIL import Image
+        path, label = self.items[i]
+        img = _load_image(self.mode, path)
+        if self.resize:
+            w, h = img.size
+            if w <= h:
+                size = (self.resize, int(self.resize * h / w))
+            else:
+                size = (int(self.resize * w / h), self.resize)
+            img = img.resize(size, Image.BILINEAR)
+        w, h = img.size
+        ch, cw = self.crop
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        img = img.crop((left, top, left + cw, top + ch))
+        a = np.asarray(img, dtype=np.float32) / 255.0
+        a = a[:, :, None] if a.ndim == 2 else a
+        a = (a - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))), label
+
+
 def make_dataset(args, inp):
     import torch.utils.data
-    import torchvision
-    import torchvision.transforms as T
+    torchvision = _torchvision()
     c, resize, crop, scale, mean, std = input_spec(inp, args.size)
-    # ToTensor divides by 255; pixel*scale = (pixel/255) * (255 scale), folded into Normalize.
     f = 255.0 * scale
+    if torchvision is None:
+        if not os.path.isdir(args.data):
+            raise PeerError(f"--data {args.data}: no such folder")
+        items, _ = dalr_format.list_image_folder(args.data)
+        count = len(items) if args.images == 0 else min(args.images, len(items))
+        if count == 0:
+            raise PeerError(f"--data {args.data}: no .jpg, .jpeg or .png image")
+        ds = _PilFolder(items[:count], "L" if c == 1 else "RGB", resize, crop,
+                        [v / f for v in mean], [v / f for v in std])
+        return ds, [c] + crop
+    import torchvision.transforms as T
+    # ToTensor divides by 255; pixel*scale = (pixel/255) * (255 scale), folded into Normalize.
     steps = []
     if resize:
         steps.append(T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR))
@@ -641,7 +698,7 @@ def main(argv=None):
     args = parse_args(argv)
     import tempfile
     import torch
-    import torchvision
+    torchvision = _torchvision()
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -675,7 +732,7 @@ def main(argv=None):
 
     name = "cpu" if not runner.cuda else "cuda:" + torch.cuda.get_device_name(device)
     result = {"tool": "pytorch", "torch": torch.__version__,
-              "torchvision": torchvision.__version__, "device": name,
+              "torchvision": torchvision.__version__ if torchvision else None, "device": name,
               "precision": args.precision, "threads": torch.get_num_threads(),
               "layer": args.layer, "m": md.m, "n": md.n, "rank": args.rank, "images": images,
               "batch": args.batch, "workers": args.workers, "input": [channels] + crop,

@@ -159,9 +159,9 @@ def image_folder(src, count, tmp):
 
 
 def have_torch():
+    """The peer needs torch; torchvision is optional (peer_pytorch.py falls back to PIL)."""
     try:
         import torch  # noqa: F401
-        import torchvision  # noqa: F401
         return True
     except ImportError:
         return False
