@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <initializer_list>
 #include <map>
 #include <random>
 
+#include "cpu/dnnl_conv.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
@@ -670,6 +672,82 @@ TEST(Forward, FactoredLinearMatchesProduct) {
   EXPECT_LT(rel_diff(run_as(fact, x, "").data, run_as(dense, x, "").data), 1e-12);
   EXPECT_LT(rel_diff(run_as(fact, x, "fc1.0").data, run_as(dense, x, "fc1").data), 1e-15);
   EXPECT_EQ(run_as(fact, x, "fc1.1").rows, k);
+}
+
+// A VGG-like net with odd sizes for the two fp32 convolution paths: 3x19x17 -> conv k3 p1
+// -> relu -> conv k3 s2 p0 without bias (16x9x8) -> relu -> 1x1 conv -> relu -> maxpool
+// (12x4x4) -> conv k3 p1 -> batchnorm (no fusion) -> relu -> conv k3 s2 p1 (7x2x2) ->
+// relu -> adaptive_avgpool 2x2 (identity here; not for the other size tried) -> flatten ->
+// linear.
+const char* kInputVgg = R"({"channels":3,"crop":[19,17]})";
+const char* kNetVgg = R"([
+  {"type":"conv","name":"a","in":3,"out":8,"kernel":3,"stride":1,"pad":1},
+  {"type":"relu"},
+  {"type":"conv","name":"b","in":8,"out":16,"kernel":3,"stride":2,"pad":0,"bias":false},
+  {"type":"relu"},
+  {"type":"conv","name":"c","in":16,"out":12,"kernel":1},
+  {"type":"relu"},
+  {"type":"maxpool","kernel":2,"stride":2},
+  {"type":"conv","name":"d","in":12,"out":20,"kernel":3,"stride":1,"pad":1},
+  {"type":"batchnorm","name":"bn"},
+  {"type":"relu"},
+  {"type":"conv","name":"e","in":20,"out":7,"kernel":3,"stride":2,"pad":1},
+  {"type":"relu"},
+  {"type":"adaptive_avgpool","out":[2,2]},
+  {"type":"flatten"},
+  {"type":"linear","name":"fc","in":28,"out":5}])";
+
+// fp32 through oneDNN (the default where built) against fp32 through im2col + BLAS
+// (DALR_CPU_CONV=im2col), and the primitive cache across batch and image sizes.
+TEST(Forward, DnnlConvMatchesIm2col) {
+  if (!cpu::DnnlConv::create()) GTEST_SKIP() << "no oneDNN in this build (or DALR_CPU_CONV set)";
+  const uint64_t seed = test::test_seed(2024);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  test::TempDir dir;
+  const Arch a = parse_arch(kNetVgg, kInputVgg);
+  write_model(dir.file("vgg.safetensors"), a, random_weights(a, rng));
+  const SafetensorsFile file(dir.file("vgg.safetensors"));
+  ASSERT_EQ(setenv("DALR_CPU_CONV", "im2col", 1), 0);
+  const CpuForward<float> ref(a, file);
+  ASSERT_EQ(unsetenv("DALR_CPU_CONV"), 0);
+  const CpuForward<float> fwd(a, file);
+
+  // Batches of 5 and a short last batch of 2, then another image size: each shape
+  // builds its primitives once; the same input must give the same bits every time.
+  const T4 x5 = random_input(5, 3, 19, 17, rng), x2 = random_input(2, 3, 19, 17, rng);
+  const T4 x3 = random_input(3, 3, 23, 21, rng);
+  std::map<std::string, Matrix<float>> first;
+  for (int round = 0; round < 3; ++round)
+    for (const auto& [label, x] :
+         {std::pair<std::string, const T4*>{"5", &x5}, {"2", &x2}, {"3", &x3}})
+      for (const std::string stop : {"fc", "e", "b", ""}) {
+        SCOPED_TRACE("batch " + label + ", stop at '" + stop + "', round " + std::to_string(round));
+        const Matrix<float> got = run_as(fwd, *x, stop);
+        if (round == 0) {
+          // Both fp32, summed in different orders: 1e-5 relative (Frobenius).
+          EXPECT_LT(rel_diff(as_double(got), as_double(run_as(ref, *x, stop))), 1e-5);
+          first[label + stop] = got;
+        } else {
+          EXPECT_EQ(got.data, first[label + stop].data);
+        }
+      }
+  // Taps at a conv (its input: the previous relu's output) match the im2col path too.
+  std::vector<float> in(x5.v.begin(), x5.v.end());
+  std::map<std::string, std::vector<float>> got, want;
+  const auto keep = [](std::map<std::string, std::vector<float>>* m) {
+    return [m](const std::string& name, const float* v, int64_t n, int64_t batch) {
+      (*m)[name].assign(v, v + n * batch);
+    };
+  };
+  fwd.run_taps(in.data(), 5, 3, 19, 17, {"c", "bn", "fc"}, keep(&got));
+  ref.run_taps(in.data(), 5, 3, 19, 17, {"c", "bn", "fc"}, keep(&want));
+  ASSERT_EQ(got.size(), 3u);
+  for (const auto& [name, v] : want)
+    EXPECT_LT(rel_diff(std::vector<double>(got[name].begin(), got[name].end()),
+                       std::vector<double>(v.begin(), v.end())),
+              1e-5)
+        << name;
 }
 
 TEST(Forward, ShapeErrors) {

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(cmake make g++ pkg-config libopenblas-dev liblapacke-dev nlohmann-json3-dev libcli11-dev
-      libgtest-dev libgmock-dev libjpeg-dev libpng-dev python3-numpy)
+      libgtest-dev libgmock-dev libjpeg-dev libpng-dev python3-numpy libdnnl-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,6 +6,7 @@
 // one sample per column, the layout the statistics and solvers take.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,9 @@
 namespace dalr {
 
 class SafetensorsFile;
+namespace cpu {
+class DnnlConv;
+}
 
 // A layer's parameters in T, as both forward passes use them: conv/linear weight and
 // bias as stored; batchnorm folded (in double) into a per-channel scale (weight) and
@@ -116,6 +120,8 @@ class CpuForward final : public Forward<T> {
   };
   Arch arch_;
   std::vector<Params> params_;  // one per layer, empty for layers without tensors
+  // fp32 convolutions through oneDNN (cpu/dnnl_conv.hpp); null: im2col + BLAS.
+  std::shared_ptr<cpu::DnnlConv> dnnl_;
 };
 
 extern template class CpuForward<float>;

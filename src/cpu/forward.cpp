@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
+#include "cpu/dnnl_conv.hpp"
 #include "cpu/lapack.hpp"
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
@@ -137,6 +139,7 @@ CpuForward<T>::CpuForward(const Arch& arch, const SafetensorsFile& weights) : ar
   params_.resize(arch_.layers.size());
   for (size_t i = 0; i < arch_.layers.size(); ++i)
     load_layer_params(arch_.layers[i], weights, &params_[i].weight, &params_[i].bias);
+  if constexpr (std::is_same_v<T, float>) dnnl_ = cpu::DnnlConv::create();
 }
 
 template <typename T>
@@ -211,6 +214,10 @@ Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t 
   // From `start` on, the input is that layer's input (run_from), else the image.
   const int64_t in_size = start == 0 ? batch * c * h * w : batch * shapes[start].numel();
   std::vector<T> cur(input, input + in_size), next;
+  const auto is_tap = [&](size_t i) {
+    return std::find(taps.begin(), taps.end(), i) != taps.end();
+  };
+  [[maybe_unused]] cpu::DnnlConv::Layout layout = nullptr;  // of cur; only between two convs
   for (size_t i = start; i < stop; ++i) {
     if (tap && std::find(taps.begin(), taps.end(), i) != taps.end())
       (*tap)(arch_.layers[i].name, cur.data(), shapes[i].numel(), batch);
@@ -219,6 +226,22 @@ Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t 
     const Params& p = params_[i];
     switch (l.type) {
       case LayerType::Conv:
+        if constexpr (std::is_same_v<T, float>) {
+          if (dnnl_) {
+            // The ReLU right after fuses into the conv, unless its input is wanted (a tap
+            // on it, or the pass stops there). A conv that feeds another conv directly
+            // hands over its own layout, saving two reorders.
+            const bool relu =
+                i + 1 < stop && arch_.layers[i + 1].type == LayerType::Relu && !is_tap(i + 1);
+            const size_t j = i + (relu ? 2 : 1);
+            const bool keep = j < stop && arch_.layers[j].type == LayerType::Conv && !is_tap(j);
+            layout = dnnl_->run(i, cur.data(), layout, batch, s, o, l, p.weight, p.bias, relu, keep,
+                                &next);
+            cur.swap(next);
+            if (relu) ++i;
+            break;
+          }
+        }
         conv(cur, batch, s, o, l, p.weight, p.bias, next);
         cur.swap(next);
         break;
