@@ -120,22 +120,30 @@ def layer_shapes(model):
 # ---------------------------------------------------------------- running things
 
 
-def run(cmd, what, env=None, timeout=None):
-    """Runs cmd; returns (wall seconds, stdout). Fails the harness with its output on error."""
+def run(cmd, what, env=None, rss=None):
+    """Runs cmd; returns (wall seconds, output). Fails the harness with its output on error.
+    With a list `rss`, appends the process's peak resident memory in MiB (its own, from
+    wait4, not its children's)."""
     t = time.perf_counter()
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       env=env, timeout=timeout)
-    dt = time.perf_counter() - t
+    with tempfile.TemporaryFile("w+") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        dt = time.perf_counter() - t
+        out.seek(0)
+        text = out.read()
     if p.returncode != 0:
-        fail(f"{what} failed (exit {p.returncode}):\n  {' '.join(cmd)}\n{p.stdout[-3000:]}")
-    return dt, p.stdout
+        fail(f"{what} failed (exit {p.returncode}):\n  {' '.join(cmd)}\n{text[-3000:]}")
+    if rss is not None:
+        rss.append(usage.ru_maxrss / 1024)  # KiB on Linux
+    return dt, text
 
 
-def timed(cmd, what, repeats, warmup=True, env=None):
+def timed(cmd, what, repeats, warmup=True, env=None, rss=None):
     """Warm-up (the page cache, cuDNN plans), then the median wall time of the repeats."""
     if warmup:
         run(cmd, what + " (warm-up)", env=env)
-    walls = [run(cmd, what, env=env)[0] for _ in range(repeats)]
+    walls = [run(cmd, what, env=env, rss=rss)[0] for _ in range(repeats)]
     return statistics.median(walls), walls
 
 
@@ -255,7 +263,7 @@ def agreement(model, ours, peer, layer, probes_npy):
 AGREE_TOL = 2e-2
 
 
-def one_layer(a, layer, model, data, shapes, peak, out, peer_ok, tmp):
+def one_layer(a, layer, model, data, shapes, peak, out, peer_ok, tmp):  # noqa: C901
     m, n, fwd_flops = shapes[layer]
     log(f"{layer}: {m} x {n}, {a.images} images")
     res = {"layer": layer, "m": m, "n": n, "rank": a.rank, "images": a.images,
@@ -266,10 +274,24 @@ def one_layer(a, layer, model, data, shapes, peak, out, peer_ok, tmp):
            "--layer", layer, "--method", "dalr", "--rank", str(a.rank), "--limit", str(a.images),
            "--batch", str(a.batch), "--workers", str(a.workers), "--device", a.device,
            "--precision", a.precision, "--no-error", "-q", "--out", ours_bin, "--report", rep]
-    wall, walls = timed(cmd, f"dalr-gpu compress ({layer})", a.repeats)
+    rss = []
+    wall, walls = timed(cmd, f"dalr-gpu compress ({layer})", a.repeats, rss=rss)
     report = json.load(open(rep))
     res["ours"] = {"end_to_end": {"seconds": wall, "walls": walls, "timing": report["timing_s"],
-                                  "command": " ".join(cmd)}}
+                                  "peak_rss_mib": max(rss), "command": " ".join(cmd),
+                                  "openblas_core": report.get("openblas_core")}}
+    if a.memory:
+        # The same job on 10x the images, once: the peak memory must not grow with N.
+        big = image_folder(a.data, 10 * a.images, tmp)
+        swap = {"--data": big, "--limit": str(10 * a.images), "--out": ours_bin + ".10x",
+                "--report": rep + ".10x"}
+        cmd10 = [swap.get(cmd[i - 1], v) if i else v for i, v in enumerate(cmd)]
+        rss10 = []
+        wall10, _ = run(cmd10, f"dalr-gpu compress ({layer}, 10x images)", rss=rss10)
+        os.remove(ours_bin + ".10x")
+        res["ours"]["memory"] = {"images": [a.images, 10 * a.images],
+                                 "peak_rss_mib": [max(rss), rss10[0]],
+                                 "ratio": rss10[0] / max(rss), "seconds_10x": wall10}
     res["ours"]["stages"], res["ours"]["bench_stream"] = dalr_stages(a, layer, model, data, m, n,
                                                                      out)
     res["ours"]["stages"]["write"] = {"seconds": report["timing_s"]["write"],
@@ -287,7 +309,8 @@ def one_layer(a, layer, model, data, shapes, peak, out, peer_ok, tmp):
                 "--device", a.device, "--precision", a.precision, "--repeats", str(a.repeats)]
         probes = os.path.join(tmp, f"probes-{layer}.npy")
         pcmd = base + ["--mode", "job", "--out", peer_bin, "--json", pj, "--save-probes", probes]
-        pwall, pwalls = timed(pcmd, f"peer job ({layer})", a.repeats, env=PEER_ENV)
+        prss = []
+        pwall, pwalls = timed(pcmd, f"peer job ({layer})", a.repeats, env=PEER_ENV, rss=prss)
         pjob = json.load(open(pj))
         scmd = base + ["--mode", "stages", "--solve-shape",
                        ",".join(map(str, a.solve_shape)), "--out", peer_bin + ".stages.bin",
@@ -304,7 +327,7 @@ def one_layer(a, layer, model, data, shapes, peak, out, peer_ok, tmp):
         if pst.get("h2d"):
             stages["h2d"] = {"seconds": pst["h2d"]["seconds"] * a.images / a.batch,
                              "bytes": pst["h2d"]["bytes"] * a.images // a.batch}
-        res["peer"] = {"end_to_end": {"seconds": pwall, "walls": pwalls,
+        res["peer"] = {"end_to_end": {"seconds": pwall, "walls": pwalls, "peak_rss_mib": max(prss),
                                       "timing": pjob["job"]["timing"], "command": " ".join(pcmd)},
                        "stages": stages, "solve_alone": pst["solve"],
                        "torch": pjob.get("torch"), "threads": pjob.get("threads")}
@@ -372,6 +395,16 @@ def table(a, res, solve, peak):
         peer["end_to_end"]["seconds"] if peer else None)
     row("end to end (in-job total)", ours["end_to_end"]["timing"]["total"],
         peer["end_to_end"]["timing"]["total"] if peer else None)
+    pr = peer["end_to_end"]["peak_rss_mib"] if peer else None
+    lines.append(f"| peak resident memory, end to end (MiB) | {ours['end_to_end']['peak_rss_mib']:.0f}"
+                 f" | {f'{pr:.0f}' if pr else '-'} | - | - | - |")
+    if "memory" in ours:
+        mm = ours["memory"]
+        lines.append("")
+        lines.append(f"Memory against the number of images: dalr-gpu's peak resident memory "
+                     f"{mm['peak_rss_mib'][0]:.0f} MiB at {mm['images'][0]} images, "
+                     f"{mm['peak_rss_mib'][1]:.0f} MiB at {mm['images'][1]} (ratio "
+                     f"{mm['ratio']:.3f}).")
     if "agreement" in res:
         ag = res["agreement"]
         lines.append("")
@@ -413,6 +446,9 @@ def main():
                          "fc7 4096,4096,5994 on the CPU)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true", help="skip the PyTorch peer")
+    ap.add_argument("--memory", action="store_true",
+                    help="also run dalr-gpu's job once on 10x the images and report both peak "
+                         "resident memories (flat: memory does not grow with N)")
     ap.add_argument("--out", default="bench-out", help="results folder")
     ap.add_argument("--quick", action="store_true",
                     help="CI smoke: the shipped example, 16 images, small solve, one repeat")
