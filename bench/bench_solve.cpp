@@ -58,7 +58,7 @@ nlohmann::json run(const dalr::bench::Options& a, const std::string& precision) 
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   dalr::cpu::use_best_openblas_kernels(argv);  // may start this program again
   CLI::App app{"CPU timing of the statistics pass and each method's solve for one layer shape"};
   dalr::bench::Options a;
@@ -73,4 +73,7 @@ int main(int argc, char** argv) {
   std::printf("%s\n", text.c_str());
   if (!a.json.empty()) std::ofstream(a.json) << text << "\n";
   return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "bench_solve: %s\n", e.what());
+  return 1;
 }

@@ -219,14 +219,15 @@ def dalr_stages(a, layer, model, data, m, n, out):
 def solve_alone(a, out):
     """The solve alone at --solve-shape: ours (bench_solve / bench_gpu) in seconds."""
     m, n, p = a.solve_shape
+    k = min(a.rank, m, n)
     js = os.path.join(out, "ours-solve.json")
     if a.device == "cuda":
         cmd = [os.path.join(a.build, "bench", "bench_gpu"), "--m", str(m), "--n", str(n),
-               "--p", str(p), "--k", str(a.rank), "--methods", "dalr", "--repeats",
+               "--p", str(p), "--k", str(k), "--methods", "dalr", "--repeats",
                str(a.repeats), "--json", js]
     else:
         cmd = [os.path.join(a.build, "bench", "bench_solve"), "--m", str(m), "--n", str(n),
-               "--p", str(p), "--k", str(a.rank), "--methods", "dalr", "--precision", "fp32",
+               "--p", str(p), "--k", str(k), "--methods", "dalr", "--precision", "fp32",
                "--repeats", str(a.repeats), "--json", js]
     run(cmd, "solve alone")
     r = json.load(open(js))
