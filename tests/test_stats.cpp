@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
 #include "dalr/stats.hpp"
@@ -130,6 +131,44 @@ TEST(Stats, RejectsNonFiniteActivationsNamingTheSample) {
   }
   d.x(4, 7) = INFINITY;
   EXPECT_THROW(accumulate<double>(d, 10), Error);
+}
+
+TEST(Stats, CpuAccumulatorGathersSmallBatchesToTheSameStatistics) {
+  // The CPU backend's accumulator holds small batches and runs one SYRK per block of up
+  // to 256 samples: batches smaller, larger and straddling the block, a gap in the sample
+  // numbers, and result() in the middle must all give LayerStats' statistics.
+  const uint64_t seed = test::test_seed(11);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Data d = make_data(19, 7, 700, seed);
+  auto backend = make_cpu_backend();
+  auto acc = backend->stats(19, 7, &d.w, &d.b, 8);
+  LayerStats<double> ref(19, 7);
+  const std::vector<std::pair<int64_t, int64_t>> batches = {
+      // (first column, columns)
+      {0, 3}, {3, 1}, {4, 250}, {254, 7}, {261, 300}, {561, 5}, {600, 40}, {650, 50}};
+  for (size_t i = 0; i < batches.size(); ++i) {
+    const auto [j, cols] = batches[i];
+    acc->add(d.x.ptr() + j * d.x.ld(), cols, d.x.ld(), j);
+    ref.add(d.x.ptr() + j * d.x.ld(), cols, d.x.ld(), &d.w, d.b.data(), j);
+    if (i == 3) expect_same(acc->result(), ref, 1e-13);
+  }
+  expect_same(acc->result(), ref, 1e-13);
+  expect_same(acc->finish(), ref, 1e-13);
+
+  // A NaN in a small batch is rejected by that add(), naming its sample; what came
+  // before it is kept.
+  auto acc2 = backend->stats(19, 7, &d.w, &d.b, 8);
+  LayerStats<double> before(19, 7);
+  acc2->add(d.x.ptr(), 5, d.x.ld(), 0);
+  before.add(d.x.ptr(), 5, d.x.ld(), &d.w, d.b.data(), 0);
+  d.x(2, 6) = NAN;
+  try {
+    acc2->add(d.x.ptr() + 5 * d.x.ld(), 4, d.x.ld(), 5);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sample 6, unit 2 is NaN"), std::string::npos) << e.what();
+  }
+  expect_same(acc2->finish(), before, 1e-13);
 }
 
 TEST(Stats, LoadRejectsOtherFiles) {
