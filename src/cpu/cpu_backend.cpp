@@ -25,15 +25,16 @@ class CpuStats final : public StatsAccumulator<T> {
                                  kCols)) {}
   void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) override {
     if (cols <= 0) return;
-    const int64_t n = st_.n();
-    if (ldx < n) throw Error("activation batch: leading dimension smaller than the width");
-    check_finite(x, n, cols, ldx, first_index);
     // Not contiguous with what is held, or too big to hold: what is held goes first.
     if (held_ > 0 && (first_index != first_ + held_ || held_ + cols > cap_)) flush();
-    if (cols >= cap_) {
+    if (cols >= cap_) {  // LayerStats::add checks it
       st_.add(x, cols, ldx, w_, b_ ? b_->data() : nullptr, first_index);
       return;
     }
+    // Held samples are checked now, so that the add() that brings a NaN rejects it.
+    const int64_t n = st_.n();
+    if (ldx < n) throw Error("activation batch: leading dimension smaller than the width");
+    check_finite(x, n, cols, ldx, first_index);
     if (held_ == 0) first_ = first_index;
     block_.resize(static_cast<size_t>(n * cap_));
     for (int64_t j = 0; j < cols; ++j) std::copy_n(x + j * ldx, n, block_.data() + (held_ + j) * n);
