@@ -89,14 +89,18 @@ std::string default_device() {
   return "cpu";
 }
 
+// With size > 0, size x size crops after resizing to size * 256 / 224 (VGG's 224 / 256).
+void use_crop(dalr::Arch& arch, int64_t size) {
+  if (size <= 0) return;
+  arch.input.resize = (size * 256 + 112) / 224;
+  arch.input.crop = {size, size};
+}
+
 // The vgg19 preset's tensors with He-initialised weights (zero biases), as a model file.
 // With size > 0 its dalr.input asks for size x size crops (resize size * 256 / 224).
 void write_vgg19(const std::string& path, int64_t size = 0) {
   dalr::Arch arch = dalr::vgg_preset("vgg19", 1000);
-  if (size > 0) {
-    arch.input.resize = (size * 256 + 112) / 224;
-    arch.input.crop = {size, size};
-  }
+  use_crop(arch, size);
   std::mt19937_64 rng(19);
   std::vector<dalr::TensorOut> tensors;
   for (const auto& l : arch.layers) {
@@ -144,10 +148,7 @@ Model load_model(const std::string& path, const std::string& layer, int64_t size
   Model m;
   m.file = std::make_unique<dalr::SafetensorsFile>(path);
   m.arch = dalr::load_arch(*m.file, "vgg19");
-  if (size > 0) {
-    m.arch.input.resize = (size * 256 + 112) / 224;
-    m.arch.input.crop = {size, size};
-  }
+  use_crop(m.arch, size);
   const auto& wi = m.file->at(layer + ".weight");
   if (wi.shape.size() != 2) throw dalr::Error("--layer " + layer + " is not a linear layer");
   m.w = dalr::from_row_major(m.file->read_f32(wi.name).data(), wi.shape[0], wi.shape[1]);
