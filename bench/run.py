@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 EXAMPLE = os.path.join(ROOT, "examples", "fashion2digits")
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import dalr_format  # noqa: E402  (the project's reader of its model files)
 
 
 def fail(msg):
@@ -56,22 +57,18 @@ T0 = time.time()
 # ---------------------------------------------------------------- model files
 
 
-def read_header(path):
-    """(header dict without metadata, metadata dict, data offset) of a safetensors file."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            fail(f"{path}: too short for a safetensors file")
-        (n,) = struct.unpack("<Q", raw)
-        header = json.loads(f.read(n).decode("utf-8"))
-    meta = header.pop("__metadata__", None) or {}
-    return header, meta, 8 + n
+def header_of(path):
+    """dalr_format.read_header, with its errors as the harness's one-line failure."""
+    try:
+        return dalr_format.read_header(path)
+    except (OSError, ValueError) as e:
+        fail(str(e))
 
 
 def read_tensor(path, name):
     """One F32 tensor of a safetensors file as a numpy array (memory-mapped)."""
     import numpy as np
-    header, _, base = read_header(path)
+    header, _, base = header_of(path)
     if name not in header:
         fail(f"{path}: no tensor {name}")
     info = header[name]
@@ -85,7 +82,7 @@ def read_tensor(path, name):
 def layer_shapes(model):
     """Per linear layer: (m, n, forward FLOPs per image up to its input), from the model's
     dalr.arch and dalr.input."""
-    _, meta, _ = read_header(model)
+    _, meta, _ = header_of(model)
     if "dalr.arch" not in meta:
         fail(f"{model} has no dalr.arch metadata")
     arch = json.loads(meta["dalr.arch"])

@@ -27,6 +27,7 @@ and ``NAME.1`` (m x k, with bias): ``Sequential(Linear(n, k, bias=False), Linear
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections import OrderedDict
 
@@ -53,20 +54,28 @@ IMAGENET_INPUT = {
 
 # ----------------------------------------------------------------------------- safetensors
 
+def read_header(path):
+    """(header: name -> {dtype, shape, data_offsets}, metadata dict, offset of the data) of
+    a safetensors file, reading only its header (a model of 548 MB stays on disk)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: too short for a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if 8 + n > os.path.getsize(path):
+            raise ValueError(f"{path}: header length {n} exceeds the file size")
+        header = json.loads(f.read(n).decode("utf-8"))
+    meta = header.pop("__metadata__", None) or {}
+    return header, meta, 8 + n
+
+
 def read_safetensors(path):
     """Returns (OrderedDict name -> float32/int64 numpy array, metadata dict).
 
     F32, F16, BF16 and F64 tensors come back as float32; I64/I32/U8 keep their type."""
+    header, meta, base = read_header(path)
     with open(path, "rb") as f:
         raw = f.read()
-    if len(raw) < 8:
-        raise ValueError(f"{path}: too short for a safetensors file")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if 8 + n > len(raw):
-        raise ValueError(f"{path}: header length {n} exceeds the file size")
-    header = json.loads(raw[8:8 + n].decode("utf-8"))
-    meta = header.pop("__metadata__", None) or {}
-    base = 8 + n
     tensors = OrderedDict()
     # keep file order (by offset) so that iteration is deterministic
     for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
