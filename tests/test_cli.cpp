@@ -346,7 +346,7 @@ TEST_F(Cli, UnwritableOutput) {
 TEST_F(Cli, UnknownMethodAndLambda) {
   expect_failure(base("dlar"), "unknown method 'dlar'");
   expect_failure(base("dalr") + " --lambda -1", "lambda must be");
-  expect_failure(base("dalr") + " --device cpu --precision fp16", "--precision must be");
+  expect_failure(base("dalr") + " --device cpu --precision fp8", "--precision must be");
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <initializer_list>
 #include <map>
@@ -14,6 +15,7 @@
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
 #include "dalr/safetensors.hpp"
+#include "io/half.hpp"
 #include "test_util.hpp"
 
 using namespace dalr;
@@ -748,6 +750,177 @@ TEST(Forward, DnnlConvMatchesIm2col) {
                        std::vector<double>(v.begin(), v.end())),
               1e-5)
         << name;
+}
+
+// ------------------------------------------------------------ 16-bit activation storage
+
+// Rounds to the 16-bit format directly from double (io/half.hpp), not through float.
+double ref_round(double v, ActStorage s) {
+  return s == ActStorage::Fp16 ? half_to_float(double_to_half(v))
+                               : bf16_to_float(double_to_bf16(v));
+}
+void ref_round(T4& x, ActStorage s) {
+  for (double& v : x.v) v = ref_round(v, s);
+}
+// Through float first, as the float pass reads its input and weights.
+std::vector<double> rounded(std::vector<double> v, ActStorage s) {
+  for (double& x : v) x = ref_round(static_cast<float>(x), s);
+  return v;
+}
+// The spacing of the format's values at |v| (subnormal spacing below the normal range).
+double ulp16(double v, ActStorage s) {
+  const int mant = s == ActStorage::Fp16 ? 10 : 7, emin = s == ActStorage::Fp16 ? -14 : -126;
+  const int e =
+      v == 0 ? emin : std::max(emin, static_cast<int>(std::floor(std::log2(std::fabs(v)))));
+  return std::ldexp(1.0, e - mant);
+}
+
+// Compares a layer computed by the emulation with the same layer computed here in
+// double from the same (representable) input and rounded once. They differ only where
+// the fp32 sum and the float64 sum land on two sides of a 16-bit rounding boundary: by
+// one unit of the format, plus the fp32 sum's own error where terms cancel (bounded by
+// 1e-5 of the layer's largest value for these short sums). So every value is within
+// that, and almost all are identical.
+void expect_one_rounding(const std::vector<double>& got, const std::vector<double>& want,
+                         ActStorage s, const std::string& what) {
+  SCOPED_TRACE(what);
+  ASSERT_EQ(got.size(), want.size());
+  double big = 0;
+  for (double v : want) big = std::max(big, std::fabs(v));
+  size_t same = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(ref_round(got[i], s), got[i]) << "value " << i << " is not representable";
+    EXPECT_LE(std::fabs(got[i] - want[i]),
+              ulp16(std::max(std::fabs(got[i]), std::fabs(want[i])), s) + 1e-5 * big)
+        << "value " << i << ": " << got[i] << " vs " << want[i];
+    same += got[i] == want[i];
+  }
+  EXPECT_GE(same, got.size() * 95 / 100) << same << " of " << got.size() << " identical";
+}
+
+TEST(Forward, SixteenBitStorageRoundsEveryLayerOnce) {
+  const uint64_t seed = test::test_seed(1616);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  test::TempDir dir;
+  const Arch a = parse_arch(kNet1, kInput);
+  const Tensors t = random_weights(a, rng);
+  write_model(dir.file("net1.safetensors"), a, t);
+  const SafetensorsFile file(dir.file("net1.safetensors"));
+  const T4 x = random_input(3, 3, 11, 13, rng);
+  const CpuForward<float> plain(a, file);
+
+  for (ActStorage s : {ActStorage::Fp16, ActStorage::Bf16}) {
+    SCOPED_TRACE(act_storage_name(s));
+    const CpuForward<float> fwd(a, file, s);
+    // The weights as the pass holds them: conv and linear rounded, the rest not. (The
+    // file holds float64: rounding it to 16 bits directly, not through float, moves one
+    // weight in a few thousand by a unit, and the outputs with it.)
+    Tensors tr = t;
+    for (const char* w : {"c1.weight", "c2.weight", "fc1.weight", "fc2.weight"})
+      tr[w] = rounded(t.at(w), s);
+    auto as_t4 = [&](const Matrix<float>& m, int64_t c, int64_t h, int64_t w) {
+      T4 r(m.cols, c, h, w);
+      r.v = as_double(m);
+      return r;
+    };
+
+    // The input, rounded (from float: the pass's input type).
+    const Matrix<float> in_c1 = run_as(fwd, x, "c1");
+    EXPECT_EQ(as_double(in_c1), rounded(x.v, s));
+    // conv 1 + bias (one rounding), relu, max pool: c2's input.
+    const T4 a1 = as_t4(in_c1, 3, 11, 13);
+    T4 y = ref_conv(a1, tr.at("c1.weight"), &tr.at("c1.bias"), 5, 3, 1, 1);
+    ref_round(y, s);
+    ref_relu(y);
+    y = ref_fixed_pool(y, 2, 2, true);
+    const Matrix<float> in_c2 = run_as(fwd, x, "c2");
+    expect_one_rounding(as_double(in_c2), y.v, s, "conv c1, relu, maxpool");
+    // conv 2: bn's input.
+    y = ref_conv(as_t4(in_c2, 5, 5, 6), tr.at("c2.weight"), &tr.at("c2.bias"), 4, 3, 2, 0);
+    ref_round(y, s);
+    const Matrix<float> in_bn = run_as(fwd, x, "bn");
+    expect_one_rounding(as_double(in_bn), y.v, s, "conv c2");
+    // batchnorm (rounded), relu, adaptive pool (rounded), flatten: fc1's input.
+    y = as_t4(in_bn, 4, 2, 2);
+    ref_bn(y, tr, "bn", 0.001);
+    ref_round(y, s);
+    ref_relu(y);
+    y = ref_adaptive(y, 2, 3);
+    ref_round(y, s);
+    const Matrix<float> in_fc1 = run_as(fwd, x, "fc1");
+    expect_one_rounding(as_double(in_fc1), ref_flatten(y).v, s, "batchnorm, relu, adaptive pool");
+    // fc1 + bias, relu: fc2's input; fc2: the output.
+    y = ref_linear(as_t4(in_fc1, 24, 1, 1), tr.at("fc1.weight"), &tr.at("fc1.bias"), 7);
+    ref_round(y, s);
+    ref_relu(y);
+    const Matrix<float> in_fc2 = run_as(fwd, x, "fc2");
+    expect_one_rounding(as_double(in_fc2), y.v, s, "fc1, relu");
+    y = ref_linear(as_t4(in_fc2, 7, 1, 1), tr.at("fc2.weight"), &tr.at("fc2.bias"), 3);
+    ref_round(y, s);
+    expect_one_rounding(as_double(run_as(fwd, x, "")), y.v, s, "fc2");
+
+    // Taps see what run() stops at.
+    std::vector<float> in(x.v.begin(), x.v.end());
+    std::map<std::string, std::vector<float>> got;
+    fwd.run_taps(in.data(), x.n, x.c, x.h, x.w, {"fc1", "c2"},
+                 [&](const std::string& name, const float* v, int64_t n, int64_t batch) {
+                   got[name].assign(v, v + n * batch);
+                 });
+    EXPECT_EQ(got["fc1"], in_fc1.data);
+    EXPECT_EQ(got["c2"], in_c2.data);
+
+    // Against fp32 the output moves by about the format's precision (2^-11 for fp16,
+    // 2^-8 for bf16, a few layers deep), and not by nothing.
+    const double eps = s == ActStorage::Fp16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
+    const double d = rel_diff(as_double(run_as(fwd, x, "")), as_double(run_as(plain, x, "")));
+    EXPECT_GT(d, eps / 100);
+    EXPECT_LT(d, eps * 20);
+  }
+
+  EXPECT_EQ(act_storage_for("fp16"), ActStorage::Fp16);
+  EXPECT_EQ(act_storage_for("bf16"), ActStorage::Bf16);
+  EXPECT_EQ(act_storage_for("tf32"), ActStorage::Fp32);
+  expect_error([&] { CpuForward<double>(a, file, ActStorage::Bf16); },
+               {"--precision bf16", "float forward pass"});
+}
+
+TEST(Forward, StorageRoundingMatchesTheFileFormats) {
+  // round_to_storage (the forward pass's rounding) against io/half.hpp's conversions, on
+  // random floats across the range, exact ties, overflow and subnormals.
+  const uint64_t seed = test::test_seed(7);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::vector<float> v = {0.f,
+                          -0.f,
+                          1.f,
+                          65504.f,
+                          65520.f,
+                          1e6f,
+                          -1e-8f,
+                          6e-8f,
+                          3e38f,
+                          -3.4e38f,
+                          1.f + std::ldexp(1.f, -8),
+                          1.f + 3 * std::ldexp(1.f, -8),
+                          1.f + std::ldexp(1.f, -11),
+                          1.f + 3 * std::ldexp(1.f, -11),
+                          INFINITY,
+                          -INFINITY};
+  std::uniform_int_distribution<uint32_t> bits;
+  for (int i = 0; i < 100000; ++i) {
+    uint32_t u = bits(rng);
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    if (!std::isnan(f)) v.push_back(f);
+  }
+  for (float f : v) {
+    EXPECT_EQ(round_to_storage(f, ActStorage::Bf16), bf16_to_float(float_to_bf16(f))) << f;
+    EXPECT_EQ(round_to_storage(f, ActStorage::Fp16), half_to_float(float_to_half(f))) << f;
+    EXPECT_EQ(round_to_storage(f, ActStorage::Fp32), f);
+  }
+  EXPECT_TRUE(std::isnan(round_to_storage(NAN, ActStorage::Bf16)));
+  EXPECT_TRUE(std::isnan(round_to_storage(NAN, ActStorage::Fp16)));
 }
 
 TEST(Forward, ShapeErrors) {

@@ -155,6 +155,52 @@ TEST_F(Stream, SeveralLayersInOnePass) {
   ASSERT_NO_THROW(CpuForward<float>(load_arch(both, ""), both));
 }
 
+// --precision bf16 / fp16 on the CPU: the forward pass rounds every layer's output to
+// 16 bits (the GPU's tensor-core storage, emulated) and the statistics and solve run in
+// fp32. The result equals an fp32 run on an activation file of the same rounded
+// activations, and differs from the fp32 stream by about the format's precision.
+TEST_F(Stream, SixteenBitStreamEqualsItsRoundedActivations) {
+  const std::string common =
+      " --layer classifier.0 --method dalr-exact --rank 5 --lambda 0.5 --device cpu -q "
+      "--model " +
+      model();
+  SafetensorsFile f(model());
+  const Arch arch = load_arch(f, "");
+  std::vector<float> in(images_.begin(), images_.end());
+  test::CommandResult plain = run_cli("compress --acts stream --data " + images() +
+                                      " --precision fp32 --out " + dir_.file("f32.bin") + common);
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  for (const auto& [name, storage] :
+       {std::pair<std::string, ActStorage>{"bf16", ActStorage::Bf16}, {"fp16", ActStorage::Fp16}}) {
+    SCOPED_TRACE(name);
+    const Matrix<float> x =
+        CpuForward<float>(arch, f, storage).run(in.data(), kImages, 2, 6, 6, "classifier.0");
+    write_npy(dir_.file(name + ".npy"), x.ptr(), kImages, x.rows);
+    const std::string s_out = dir_.file(name + "-s.bin"), a_out = dir_.file(name + "-a.bin");
+    test::CommandResult s =
+        run_cli("compress --acts stream --data " + images() + " --precision " + name + " --out " +
+                s_out + " --report " + dir_.file(name + ".json") + common);
+    ASSERT_EQ(s.exit_code, 0) << s.output;
+    test::CommandResult a = run_cli("compress --acts " + dir_.file(name + ".npy") +
+                                    " --precision fp32 --out " + a_out + common);
+    ASSERT_EQ(a.exit_code, 0) << a.output;
+    SafetensorsFile fs(s_out), fa(a_out), f32(dir_.file("f32.bin"));
+    // Same activations, both fp32 statistics and solves: summation order only.
+    EXPECT_LT(oracle::rel_diff(product(fs, "classifier.0"), product(fa, "classifier.0")), 1e-4);
+    const double moved =
+        oracle::rel_diff(product(fs, "classifier.0"), product(f32, "classifier.0"));
+    EXPECT_GT(moved, storage == ActStorage::Bf16 ? 1e-4 : 1e-5);
+    EXPECT_LT(moved, 0.1);
+    auto rep = nlohmann::json::parse(test::read_file(dir_.file(name + ".json")));
+    EXPECT_EQ(rep["precision"], name);
+  }
+  // An unknown precision names the choices.
+  test::CommandResult bad = run_cli("compress --acts stream --data " + images() +
+                                    " --precision fp8 --out " + dir_.file("x.bin") + common);
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("fp64, fp32, tf32, fp16 or bf16"), std::string::npos) << bad.output;
+}
+
 TEST_F(Stream, PresetForAPlainStateDictAndErrors) {
   auto fail = [&](const std::string& args, const std::string& words) {
     test::CommandResult r = run_cli(args + " --device cpu -q");

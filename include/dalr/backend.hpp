@@ -68,7 +68,8 @@ class Backend {
                                 const std::vector<double>& b, const LayerStats<double>& st) = 0;
 };
 
-std::unique_ptr<Backend> make_cpu_backend();
+// storage: how the backend's float forward passes store activations (ActStorage).
+std::unique_ptr<Backend> make_cpu_backend(ActStorage storage = ActStorage::Fp32);
 
 template <typename T>
 std::unique_ptr<Forward<T>> make_forward(Backend& b, const Arch& arch, const SafetensorsFile& w) {

@@ -6,7 +6,12 @@
 //
 // Precision: T = double runs in fp64 throughout (math is ignored). T = float with
 // Math::Exact forbids TF32 in both cuDNN (CUDNN_FMA_MATH) and cuBLAS (pedantic math);
-// Math::Tf32 lets both use TF32 tensor cores.
+// Math::Tf32 lets both use TF32 tensor cores. T = float with ActStorage::Fp16 or Bf16
+// (math is ignored) stores the activations and the conv and linear weights in that
+// 16-bit format, channels-last (NHWC) from the input to the flatten, and runs the
+// convolutions and linear layers on tensor cores with fp32 accumulation; biases and
+// batchnorm stay fp32. Taps and outputs are widened to float, in the C order of the
+// fp32 path. The CPU twin is CpuForward<float> with the same ActStorage.
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -31,9 +36,9 @@ class CudnnForward final : public Forward<T> {
 
   // Checks the weights against the arch (check_weights) and uploads them, converted to
   // T, once. The file may be closed afterwards. Throws dalr::Error if `device` does not
-  // exist.
+  // exist, or if `storage` is not Fp32 and T is not float.
   CudnnForward(const Arch& arch, const SafetensorsFile& weights, Math math = Math::Exact,
-               int device = 0);
+               int device = 0, ActStorage storage = ActStorage::Fp32);
   ~CudnnForward();
   CudnnForward(CudnnForward&&) noexcept;
   CudnnForward& operator=(CudnnForward&&) noexcept;

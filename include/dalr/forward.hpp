@@ -17,6 +17,23 @@
 namespace dalr {
 
 class SafetensorsFile;
+
+// How a float forward pass stores its activations between layers (--precision).
+// Fp32: as computed. Fp16 / Bf16: the input, the conv and linear weights and every
+// layer's output are rounded to that format (nearest, ties to even); the arithmetic
+// inside a layer stays fp32, and biases and batchnorm's scale and shift stay fp32.
+// On the GPU this is the tensor-core path (16-bit data, fp32 accumulation,
+// channels-last between convolutions); on the CPU the same rounding is emulated, so
+// the CPU twin shows what the format does to the activations, not a speed-up. Taps
+// and outputs are widened back to float (exactly), so the statistics and the solve
+// run in fp32 either way.
+enum class ActStorage { Fp32, Fp16, Bf16 };
+// "fp16" -> Fp16, "bf16" -> Bf16, any other precision -> Fp32.
+ActStorage act_storage_for(const std::string& precision);
+const char* act_storage_name(ActStorage s);  // "fp32", "fp16", "bf16"
+// x rounded to the storage format and widened back (x itself for Fp32).
+float round_to_storage(float x, ActStorage s);
+
 namespace cpu {
 class DnnlConv;
 }
@@ -84,8 +101,10 @@ template <typename T>  // float or double
 class CpuForward final : public Forward<T> {
  public:
   // Checks the weights against the arch (check_weights) and loads them, converted to T,
-  // once. The file may be closed afterwards.
-  CpuForward(const Arch& arch, const SafetensorsFile& weights);
+  // once. The file may be closed afterwards. A storage other than Fp32 needs T = float
+  // (throws dalr::Error otherwise).
+  CpuForward(const Arch& arch, const SafetensorsFile& weights,
+             ActStorage storage = ActStorage::Fp32);
 
   using Tap = typename Forward<T>::Tap;
   const Arch& arch() const override { return arch_; }
@@ -119,6 +138,7 @@ class CpuForward final : public Forward<T> {
     std::vector<T> bias;    // empty when the layer has none; bn: shift
   };
   Arch arch_;
+  ActStorage storage_ = ActStorage::Fp32;
   std::vector<Params> params_;  // one per layer, empty for layers without tensors
   // fp32 convolutions through oneDNN (cpu/dnnl_conv.hpp); null: im2col + BLAS.
   std::shared_ptr<cpu::DnnlConv> dnnl_;

@@ -19,7 +19,8 @@ const char* version() {
 
 std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision,
                                       bool quiet) {
-  if (device == "cpu") return make_cpu_backend();
+  const ActStorage storage = act_storage_for(precision);
+  if (device == "cpu") return make_cpu_backend(storage);
   int index = 0;
   if (device.rfind("cuda:", 0) == 0) {
     try {
@@ -32,16 +33,16 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
   }
 #ifdef DALR_HAVE_CUDA
   if (device != "auto" || cuda::available())
-    return cuda::make_backend(index, precision == "tf32" ? cuda::Math::Tf32 : cuda::Math::Exact);
+    return cuda::make_backend(index, precision == "tf32" ? cuda::Math::Tf32 : cuda::Math::Exact,
+                              storage);
   if (!quiet) std::cerr << "dalr-gpu: no CUDA device found; running on the CPU\n";
 #else
-  (void)precision;
   (void)index;
   if (device != "auto")
     throw Error("--device " + device + ": this dalr-gpu was built without CUDA (use --device cpu)");
   if (!quiet) std::cerr << "dalr-gpu: built without CUDA; running on the CPU\n";
 #endif
-  return make_cpu_backend();
+  return make_cpu_backend(storage);
 }
 
 namespace {
@@ -107,7 +108,9 @@ void Commands::add_sweep(CLI::App& app) {
                 "PREFIX-spectrum.svg");
   s->add_option("--precision", sopt_.precision,
                 "auto (fp64 on the CPU, fp32 on the GPU) | fp64 | fp32 | tf32: statistics and "
-                "solve (the test split always runs in fp32, as evaluate's default)");
+                "solve (the test split runs in fp32, as evaluate's default) | fp16 | bf16: "
+                "16-bit activations in both forward passes (tensor cores on the GPU, emulated "
+                "rounding on the CPU), statistics and solve in fp32");
   s->add_option("--lambda", slambda_, "Ridge lambda, absolute (dalr, dalr-exact)")->default_str("");
   s->add_option("--lambda-rel", sopt_.lambda_rel,
                 "Ridge relative to trace(C)/n when --lambda is not given");
@@ -199,7 +202,9 @@ Commands::Commands(CLI::App& app) {
                 "Save the accumulated statistics (C, means, maxima, count) to resume later");
   c->add_option("--precision", copt_.precision,
                 "auto (fp64 on the CPU, fp32 on the GPU) | fp64 | fp32 | tf32 (tensor cores, CUDA "
-                "only): accumulation and solve");
+                "only): forward pass, accumulation and solve | fp16 | bf16: 16-bit activations "
+                "in the forward pass (tensor cores and channels-last on the GPU, emulated "
+                "rounding on the CPU), accumulation and solve in fp32");
   c->add_option("--device", device_,
                 "auto (cuda when a device is present, else cpu) | cuda | cuda:N | cpu");
   c->add_option("--batch", copt_.batch,
@@ -230,7 +235,9 @@ Commands::Commands(CLI::App& app) {
   e->add_option("--compare", eopt_.compare, "Another model: report the top-1 agreement");
   e->add_option("--arch", eopt_.arch, "Preset for a state dict without dalr.arch metadata");
   e->add_option("--report", eopt_.report, "Write the JSON result here");
-  e->add_option("--precision", eopt_.precision, "fp32 | fp64 | tf32 (CUDA only)");
+  e->add_option("--precision", eopt_.precision,
+                "fp32 | fp64 | tf32 (CUDA only) | fp16 | bf16 (16-bit activations; emulated "
+                "rounding on the CPU)");
   e->add_option("--device", edevice_, "auto | cuda | cuda:N | cpu (as for compress)");
   e->add_option("--batch", eopt_.batch, "Images per forward batch");
   e->add_option("--workers", eopt_.workers, "Image decoding threads");

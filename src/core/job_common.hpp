@@ -27,16 +27,17 @@ inline std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
-// Runs f(T{}) with T = double for fp64, float for fp32 and tf32 (tf32 only on CUDA).
+// Runs f(T{}) with T = double for fp64, float for fp32, tf32 (only on CUDA), fp16 and
+// bf16 (16-bit activations in the forward pass, ActStorage; statistics and solve fp32).
 template <typename F>
 auto with_precision(const std::string& precision, const Backend& backend, F&& f) {
   if (precision == "fp64") return f(double{});
-  if (precision == "fp32" || precision == "tf32") {
+  if (precision == "fp32" || precision == "tf32" || precision == "fp16" || precision == "bf16") {
     if (precision == "tf32" && backend.name() == "cpu")
       throw Error("--precision tf32 needs --device cuda (TF32 is a tensor-core mode)");
     return f(float{});
   }
-  throw Error("--precision must be fp64, fp32 or tf32 (got '" + precision + "')");
+  throw Error("--precision must be fp64, fp32, tf32, fp16 or bf16 (got '" + precision + "')");
 }
 
 // Indices of the k largest values of column j of a (classes x batch) matrix, best first.

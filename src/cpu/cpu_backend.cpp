@@ -71,6 +71,7 @@ class CpuStats final : public StatsAccumulator<T> {
 
 class CpuBackend final : public Backend {
  public:
+  explicit CpuBackend(ActStorage storage) : storage_(storage) {}
   std::string name() const override { return "cpu"; }
   std::unique_ptr<StatsAccumulator<float>> stats(int64_t n, int64_t m, const Matrix<float>* w,
                                                  const std::vector<float>* b, int64_t) override {
@@ -81,10 +82,10 @@ class CpuBackend final : public Backend {
     return std::make_unique<CpuStats<double>>(n, m, w, b);
   }
   std::unique_ptr<Forward<float>> forward_f32(const Arch& a, const SafetensorsFile& w) override {
-    return std::make_unique<CpuForward<float>>(a, w);
+    return std::make_unique<CpuForward<float>>(a, w, storage_);
   }
   std::unique_ptr<Forward<double>> forward_f64(const Arch& a, const SafetensorsFile& w) override {
-    return std::make_unique<CpuForward<double>>(a, w);
+    return std::make_unique<CpuForward<double>>(a, w, storage_);
   }
   Factors<float> solve(const SolveOptions& o, const Matrix<float>& w, const std::vector<float>& b,
                        const LayerStats<float>& st) override {
@@ -94,12 +95,15 @@ class CpuBackend final : public Backend {
                         const std::vector<double>& b, const LayerStats<double>& st) override {
     return dalr::solve<double>(o, w, b, st);
   }
+
+ private:
+  ActStorage storage_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() {
-  return std::make_unique<CpuBackend>();
+std::unique_ptr<Backend> make_cpu_backend(ActStorage storage) {
+  return std::make_unique<CpuBackend>(storage);
 }
 
 }  // namespace dalr

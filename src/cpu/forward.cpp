@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -9,9 +11,22 @@
 #include "cpu/lapack.hpp"
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
+#include "io/half.hpp"
 
 namespace dalr {
 namespace {
+
+// Rounds every value of v to the storage format in place (see ActStorage).
+template <typename T>
+void round_all(std::vector<T>& v, ActStorage s) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (s == ActStorage::Fp32) return;
+    for (float& x : v) x = round_to_storage(x, s);
+  } else {
+    (void)v;
+    (void)s;
+  }
+}
 
 // Caffe's im2col: for an image (C, H, W) writes the (C*k*k) x (Ho*Wo) row-major patch
 // matrix, which is the column-major (Ho*Wo) x (C*k*k) matrix with leading dim Ho*Wo.
@@ -103,6 +118,45 @@ void linear(const std::vector<T>& x, int64_t batch, const LayerSpec& l,
 
 }  // namespace
 
+ActStorage act_storage_for(const std::string& precision) {
+  if (precision == "fp16") return ActStorage::Fp16;
+  if (precision == "bf16") return ActStorage::Bf16;
+  return ActStorage::Fp32;
+}
+
+const char* act_storage_name(ActStorage s) {
+  switch (s) {
+    case ActStorage::Fp16:
+      return "fp16";
+    case ActStorage::Bf16:
+      return "bf16";
+    case ActStorage::Fp32:
+      break;
+  }
+  return "fp32";
+}
+
+float round_to_storage(float x, ActStorage s) {
+  switch (s) {
+    case ActStorage::Fp16:
+      return half_to_float(float_to_half(x));
+    case ActStorage::Bf16: {
+      // float -> bf16 keeps float's exponent, so round-to-nearest-even on the bits is
+      // exact (overflow carries into the exponent and gives inf, as it should); NaN is
+      // kept as a NaN with the quiet bit set.
+      uint32_t u;
+      std::memcpy(&u, &x, sizeof u);
+      if ((u & 0x7fffffffu) > 0x7f800000u)
+        return bf16_to_float(static_cast<uint16_t>((u >> 16) | 0x40u));
+      u += 0x7fffu + ((u >> 16) & 1u);
+      return bf16_to_float(static_cast<uint16_t>(u >> 16));
+    }
+    case ActStorage::Fp32:
+      break;
+  }
+  return x;
+}
+
 template <typename T>
 void load_layer_params(const LayerSpec& l, const SafetensorsFile& weights, std::vector<T>* weight,
                        std::vector<T>* bias) {
@@ -134,11 +188,20 @@ template void load_layer_params(const LayerSpec&, const SafetensorsFile&, std::v
                                 std::vector<double>*);
 
 template <typename T>
-CpuForward<T>::CpuForward(const Arch& arch, const SafetensorsFile& weights) : arch_(arch) {
+CpuForward<T>::CpuForward(const Arch& arch, const SafetensorsFile& weights, ActStorage storage)
+    : arch_(arch), storage_(storage) {
+  if (!std::is_same_v<T, float> && storage != ActStorage::Fp32)
+    throw Error(std::string("--precision ") + act_storage_name(storage) +
+                " stores activations in 16 bits: it needs the float forward pass, not fp64");
   check_weights(arch_, weights);
   params_.resize(arch_.layers.size());
-  for (size_t i = 0; i < arch_.layers.size(); ++i)
+  for (size_t i = 0; i < arch_.layers.size(); ++i) {
     load_layer_params(arch_.layers[i], weights, &params_[i].weight, &params_[i].bias);
+    // 16-bit storage holds the conv and linear weights in 16 bits too (the GPU's
+    // tensor cores read them so); biases and batchnorm's folded scale and shift stay fp32.
+    const LayerType t = arch_.layers[i].type;
+    if (t == LayerType::Conv || t == LayerType::Linear) round_all(params_[i].weight, storage_);
+  }
   if constexpr (std::is_same_v<T, float>) dnnl_ = cpu::DnnlConv::create();
 }
 
@@ -214,6 +277,7 @@ Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t 
   // From `start` on, the input is that layer's input (run_from), else the image.
   const int64_t in_size = start == 0 ? batch * c * h * w : batch * shapes[start].numel();
   std::vector<T> cur(input, input + in_size), next;
+  round_all(cur, storage_);
   const auto is_tap = [&](size_t i) {
     return std::find(taps.begin(), taps.end(), i) != taps.end();
   };
@@ -274,6 +338,10 @@ Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t 
       case LayerType::Dropout:  // identity at inference
         break;
     }
+    // Each layer's output is stored in the storage format. (Layers that only select or
+    // move values, such as ReLU and max pooling, keep representable values, but a
+    // rounding is cheap next to the layer and keeps the rule simple.)
+    round_all(cur, storage_);
   }
   if (tap && std::find(taps.begin(), taps.end(), stop) != taps.end())
     (*tap)(arch_.layers[stop].name, cur.data(), shapes[stop].numel(), batch);

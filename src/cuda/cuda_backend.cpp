@@ -31,9 +31,10 @@ class CudaStats final : public StatsAccumulator<T> {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int device, Math math)
+  CudaBackend(int device, Math math, ActStorage storage)
       : device_(device),
         math_(math),
+        storage_(storage),
         name_("cuda:" + std::to_string(device) + " (" + device_name(device) + ")") {}
   std::string name() const override { return name_; }
   std::unique_ptr<StatsAccumulator<float>> stats(int64_t n, int64_t m, const Matrix<float>* w,
@@ -47,10 +48,10 @@ class CudaBackend final : public Backend {
     return std::make_unique<CudaStats<double>>(n, m, w, b, max_batch, math_, device_);
   }
   std::unique_ptr<Forward<float>> forward_f32(const Arch& a, const SafetensorsFile& w) override {
-    return std::make_unique<CudnnForward<float>>(a, w, math_, device_);
+    return std::make_unique<CudnnForward<float>>(a, w, math_, device_, storage_);
   }
   std::unique_ptr<Forward<double>> forward_f64(const Arch& a, const SafetensorsFile& w) override {
-    return std::make_unique<CudnnForward<double>>(a, w, math_, device_);
+    return std::make_unique<CudnnForward<double>>(a, w, math_, device_, storage_);
   }
   Factors<float> solve(const SolveOptions& o, const Matrix<float>& w, const std::vector<float>& b,
                        const LayerStats<float>& st) override {
@@ -64,17 +65,18 @@ class CudaBackend final : public Backend {
  private:
   int device_;
   Math math_;
+  ActStorage storage_;
   std::string name_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_backend(int device, Math math) {
+std::unique_ptr<Backend> make_backend(int device, Math math, ActStorage storage) {
   const int count = device_count();
   if (device < 0 || device >= count)
     throw Error("CUDA device " + std::to_string(device) + " does not exist (" +
                 std::to_string(count) + " found; use --device cpu)");
-  return std::make_unique<CudaBackend>(device, math);
+  return std::make_unique<CudaBackend>(device, math, storage);
 }
 
 }  // namespace dalr::cuda

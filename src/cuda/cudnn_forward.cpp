@@ -13,6 +13,13 @@
 // The host waits only on uploaded_i of the pass before last, so run_taps_device returns
 // as soon as its pass is queued and batch k+1 is copied and uploaded while batch k runs.
 // run and run_taps stay synchronous: they end by downloading and waiting.
+//
+// 16-bit storage (ActStorage::Fp16 / Bf16, T = float): the float input stage is rounded
+// into NHWC 16-bit activations; convolutions and pooling run on NHWC 16-bit tensors
+// (cuDNN, tensor-core math, fp32 compute), biases and batchnorm in a kernel that
+// computes in fp32 and rounds; at the first flatten, linear layer or tap the block is
+// permuted to NCHW (C order per sample), linear layers run as 16-bit GEMMs with fp32
+// accumulation (cublasGemmEx), and taps and outputs are widened into a float buffer.
 #include "dalr/cudnn_forward.hpp"
 
 #include <cublas_v2.h>
@@ -37,7 +44,9 @@
 #include "cuda/device_buffer.hpp"
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
+#include "io/half.hpp"
 #include "relu.cuh"
+#include "storage16.cuh"
 
 namespace dalr::cuda {
 namespace {
@@ -81,10 +90,16 @@ int to_int(int64_t v, const std::string& what) {
   return static_cast<int>(v);
 }
 
-void set_nchw(const TensorDesc& d, cudnnDataType_t type, int64_t n, const ActShape& s) {
-  DALR_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d.get(), CUDNN_TENSOR_NCHW, type, to_int(n, "batch"),
+void set_desc(const TensorDesc& d, cudnnTensorFormat_t format, cudnnDataType_t type, int64_t n,
+              const ActShape& s) {
+  DALR_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d.get(), format, type, to_int(n, "batch"),
                                               to_int(s.c, "channels"), to_int(s.h, "height"),
                                               to_int(s.w, "width")));
+}
+
+// Rounds host floats to 16-bit bit patterns (nearest, ties to even: CpuForward's rounding).
+uint16_t to_bits16(float v, ActStorage s) {
+  return s == ActStorage::Fp16 ? float_to_half(v) : float_to_bf16(v);
 }
 
 void gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
@@ -126,6 +141,9 @@ struct ConvPlan {
 
 template <typename T>
 struct LayerState {
+  // 16-bit storage: conv (O, k, k, C) (cuDNN's NHWC filter) / linear (out, in), rounded;
+  // `weight` then stays empty for conv and linear layers.
+  DeviceBuffer<uint16_t> weight16;
   DeviceBuffer<T> weight;  // conv (O, C, k, k) / linear (out, in) row-major; bn: scale
   DeviceBuffer<T> bias;    // empty when the layer has none; bn: shift
   int64_t bn_channels = 0;
@@ -177,8 +195,12 @@ void ensure_pinned(PinnedBuffer<T>& b, size_t n, const Context& ctx) {
 
 template <typename T>
 struct CudnnForward<T>::Impl {
-  Impl(const Arch& a, Math m, int device) : arch(a), math(m), ctx(device, m) {
+  Impl(const Arch& a, Math m, int device, ActStorage st)
+      : arch(a), math(m), storage(st), ctx(device, m) {
     DALR_CUDNN_CHECK(cudnnSetStream(cudnn.get(), ctx.stream()));
+    // 16-bit GEMMs on tensor cores, accumulating in fp32 (CUBLAS_COMPUTE_32F): the
+    // pedantic mode the context sets for Math::Exact would keep them off tensor cores.
+    if (s16()) DALR_CUBLAS_CHECK(cublasSetMathMode(ctx.cublas(), CUBLAS_DEFAULT_MATH));
   }
   ~Impl() {
     // A pass queued by run_taps_device may still read the buffers freed below.
@@ -189,6 +211,7 @@ struct CudnnForward<T>::Impl {
 
   Arch arch;
   Math math;
+  ActStorage storage;
   Context ctx;  // makes the device current first: the handle below is created on it
   CudnnHandle cudnn;
   TensorDesc xdesc, ydesc;  // reset for every layer
@@ -197,7 +220,21 @@ struct CudnnForward<T>::Impl {
   InputStage<T> stages[2];  // created after ctx: its events belong to the device
   int next_stage = 0;
   PinnedBuffer<T> out_stage;
+  DeviceBuffer<T> wide;  // 16-bit storage: a tap or the output widened to T (float)
   std::map<std::array<int64_t, 5>, ConvPlan> plans;  // (layer, batch, c, h, w)
+
+  bool s16() const { return storage != ActStorage::Fp32; }
+  kernels::Fmt16 fmt() const {
+    return storage == ActStorage::Fp16 ? kernels::Fmt16::Fp16 : kernels::Fmt16::Bf16;
+  }
+  // The activations' cuDNN type and layout (4-d tensors; after a flatten the block is
+  // the column-major matrix either way).
+  cudnnDataType_t act_type() const {
+    if (!s16()) return cudnn_type<T>();
+    return storage == ActStorage::Fp16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16;
+  }
+  cudnnTensorFormat_t act_format() const { return s16() ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW; }
+  size_t act_bytes() const { return s16() ? sizeof(uint16_t) : sizeof(T); }
 
   void load(const SafetensorsFile& weights);
   size_t index_of(const std::string& name) const;
@@ -209,10 +246,36 @@ struct CudnnForward<T>::Impl {
   InputStage<T>& upload_input(const T* input, size_t count);
   void download(const T* src, int64_t count);  // into out_stage, then waits
   const ConvPlan& plan(size_t i, int64_t batch, const ActShape& s, const ActShape& o);
-  void conv(size_t i, int64_t batch, const ActShape& s, const ActShape& o, const T* x, T* y);
-  void pool(size_t i, int64_t batch, const ActShape& s, const ActShape& o, const T* x, T* y);
-  void linear(size_t i, int64_t batch, const T* x, T* y);
+  void conv(size_t i, int64_t batch, const ActShape& s, const ActShape& o, const void* x, void* y);
+  void pool(size_t i, int64_t batch, const ActShape& s, const ActShape& o, const void* x, void* y);
+  void linear(size_t i, int64_t batch, const void* x, void* y);
+  // 16-bit storage: the kernels' float view of a layer's fp32 parameters (T is float).
+  const float* f32(const DeviceBuffer<T>& b) const;
+  // 16-bit storage: widens the n x batch block x (NCHW 16-bit) into `wide`.
+  const T* widen(const void* x, int64_t count);
 };
+
+template <typename T>
+const float* CudnnForward<T>::Impl::f32(const DeviceBuffer<T>& b) const {
+  if constexpr (std::is_same<T, float>::value) {
+    return b.empty() ? nullptr : b.data();
+  } else {
+    (void)b;
+    throw Error("internal: 16-bit storage with a double forward pass");
+  }
+}
+
+template <typename T>
+const T* CudnnForward<T>::Impl::widen(const void* x, int64_t count) {
+  ensure_device(wide, static_cast<size_t>(count), ctx);
+  if constexpr (std::is_same<T, float>::value) {
+    kernels::launch_widen16(static_cast<const uint16_t*>(x), count, wide.data(), fmt(),
+                            ctx.stream());
+  } else {
+    throw Error("internal: 16-bit storage with a double forward pass");
+  }
+  return wide.data();
+}
 
 template <typename T>
 void CudnnForward<T>::Impl::load(const SafetensorsFile& weights) {
@@ -224,7 +287,24 @@ void CudnnForward<T>::Impl::load(const SafetensorsFile& weights) {
     std::vector<T> wv, bv;
     load_layer_params(l, weights, &wv, &bv);
     if (l.type == LayerType::BatchNorm) st.bn_channels = static_cast<int64_t>(wv.size());
-    if (!wv.empty()) {
+    std::vector<uint16_t> w16;
+    if (s16() && (l.type == LayerType::Conv || l.type == LayerType::Linear)) {
+      // Rounded as CpuForward rounds them; conv filters reordered to (O, k, k, C).
+      w16.resize(wv.size());
+      if (l.type == LayerType::Conv) {
+        const int64_t cin = l.in, kk = l.kernel * l.kernel;
+        for (int64_t o = 0; o < l.out; ++o)
+          for (int64_t c = 0; c < cin; ++c)
+            for (int64_t r = 0; r < kk; ++r)
+              w16[static_cast<size_t>((o * kk + r) * cin + c)] = to_bits16(
+                  static_cast<float>(wv[static_cast<size_t>((o * cin + c) * kk + r)]), storage);
+      } else {
+        for (size_t j = 0; j < wv.size(); ++j)
+          w16[j] = to_bits16(static_cast<float>(wv[j]), storage);
+      }
+      st.weight16 = DeviceBuffer<uint16_t>(w16.size());
+      st.weight16.upload(w16.data(), w16.size(), stream);
+    } else if (!wv.empty()) {
       st.weight = DeviceBuffer<T>(wv.size());
       st.weight.upload(wv.data(), wv.size(), stream);
     }
@@ -238,13 +318,14 @@ void CudnnForward<T>::Impl::load(const SafetensorsFile& weights) {
       const int k = to_int(l.kernel, "kernel"), s = to_int(l.stride, "stride");
       const int p = to_int(l.pad, "pad");
       st.filter = std::make_unique<FilterDesc>();
-      DALR_CUDNN_CHECK(cudnnSetFilter4dDescriptor(st.filter->get(), cudnn_type<T>(),
-                                                  CUDNN_TENSOR_NCHW, to_int(l.out, "out"),
-                                                  to_int(l.in, "in"), k, k));
+      DALR_CUDNN_CHECK(cudnnSetFilter4dDescriptor(st.filter->get(), act_type(), act_format(),
+                                                  to_int(l.out, "out"), to_int(l.in, "in"), k, k));
       st.conv = std::make_unique<ConvDesc>();
+      // 16-bit data computes in fp32 (cuDNN's PSEUDO_HALF / PSEUDO_BFLOAT16 configs).
       DALR_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(st.conv->get(), p, p, s, s, 1, 1,
                                                        CUDNN_CROSS_CORRELATION, cudnn_type<T>()));
-      DALR_CUDNN_CHECK(cudnnSetConvolutionMathType(st.conv->get(), conv_math<T>(math)));
+      DALR_CUDNN_CHECK(cudnnSetConvolutionMathType(
+          st.conv->get(), s16() ? CUDNN_TENSOR_OP_MATH : conv_math<T>(math)));
     } else if (l.type == LayerType::MaxPool || l.type == LayerType::AvgPool) {
       const int k = to_int(l.kernel, "kernel"), s = to_int(l.stride, "stride");
       st.pool = std::make_unique<PoolDesc>();
@@ -353,7 +434,9 @@ const ConvPlan& CudnnForward<T>::Impl::plan(size_t i, int64_t batch, const ActSh
     return true;
   };
   for (int a = 0; a < found && !have; ++a)
-    if (perf[a].status == CUDNN_STATUS_SUCCESS && math_allowed<T>(perf[a].mathType, math))
+    if (perf[a].status == CUDNN_STATUS_SUCCESS &&
+        (s16() ? perf[a].mathType != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+               : math_allowed<T>(perf[a].mathType, math)))
       have = try_algo(perf[a].algo);
   if (!have) have = try_algo(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM);
   if (!have)
@@ -365,26 +448,33 @@ const ConvPlan& CudnnForward<T>::Impl::plan(size_t i, int64_t batch, const ActSh
 
 template <typename T>
 void CudnnForward<T>::Impl::conv(size_t i, int64_t batch, const ActShape& s, const ActShape& o,
-                                 const T* x, T* y) {
-  set_nchw(xdesc, cudnn_type<T>(), batch, s);
-  set_nchw(ydesc, cudnn_type<T>(), batch, o);
+                                 const void* x, void* y) {
+  set_desc(xdesc, act_format(), act_type(), batch, s);
+  set_desc(ydesc, act_format(), act_type(), batch, o);
   const ConvPlan& p = plan(i, batch, s, o);
   void* ws = p.workspace ? ctx.workspace(p.workspace) : nullptr;
-  const T one = 1, zero = 0;  // float scalars for float data, double for double
+  // float scalars for float and 16-bit data, double for double
+  const T one = 1, zero = 0;
   const LayerState<T>& st = layers[i];
-  DALR_CUDNN_CHECK(cudnnConvolutionForward(cudnn.get(), &one, xdesc.get(), x, st.filter->get(),
-                                           st.weight.data(), st.conv->get(), p.algo, ws,
-                                           p.workspace, &zero, ydesc.get(), y));
-  if (!st.bias.empty())
-    kernels::launch_channel_scale_shift<T>(y, batch, o.c, o.h * o.w, nullptr, st.bias.data(),
-                                           ctx.stream());
+  const void* wd = s16() ? static_cast<const void*>(st.weight16.data()) : st.weight.data();
+  DALR_CUDNN_CHECK(cudnnConvolutionForward(cudnn.get(), &one, xdesc.get(), x, st.filter->get(), wd,
+                                           st.conv->get(), p.algo, ws, p.workspace, &zero,
+                                           ydesc.get(), y));
+  if (st.bias.empty()) return;
+  if (s16())
+    kernels::launch_channel_scale_shift16(static_cast<uint16_t*>(y), batch, o.c, o.h * o.w,
+                                          /*channels_last=*/true, nullptr, f32(st.bias), fmt(),
+                                          ctx.stream());
+  else
+    kernels::launch_channel_scale_shift<T>(static_cast<T*>(y), batch, o.c, o.h * o.w, nullptr,
+                                           st.bias.data(), ctx.stream());
 }
 
 template <typename T>
 void CudnnForward<T>::Impl::pool(size_t i, int64_t batch, const ActShape& s, const ActShape& o,
-                                 const T* x, T* y) {
-  set_nchw(xdesc, cudnn_type<T>(), batch, s);
-  set_nchw(ydesc, cudnn_type<T>(), batch, o);
+                                 const void* x, void* y) {
+  set_desc(xdesc, act_format(), act_type(), batch, s);
+  set_desc(ydesc, act_format(), act_type(), batch, o);
   const LayerState<T>& st = layers[i];
   int dims[4] = {0, 0, 0, 0};
   DALR_CUDNN_CHECK(cudnnGetPooling2dForwardOutputDim(st.pool->get(), xdesc.get(), &dims[0],
@@ -398,15 +488,27 @@ void CudnnForward<T>::Impl::pool(size_t i, int64_t batch, const ActShape& s, con
 }
 
 template <typename T>
-void CudnnForward<T>::Impl::linear(size_t i, int64_t batch, const T* x, T* y) {
+void CudnnForward<T>::Impl::linear(size_t i, int64_t batch, const void* x, void* y) {
   // Y (out x batch) = W X; the row-major (out, in) weight is the column-major in x out W^T.
   const LayerSpec& l = arch.layers[i];
-  const int out = to_int(l.out, "out"), in = to_int(l.in, "in");
-  gemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out, to_int(batch, "batch"), in,
-       layers[i].weight.data(), in, x, in, y, out);
-  if (!layers[i].bias.empty())
-    kernels::launch_channel_scale_shift<T>(y, batch, l.out, 1, nullptr, layers[i].bias.data(),
-                                           ctx.stream());
+  const int out = to_int(l.out, "out"), in = to_int(l.in, "in"), cols = to_int(batch, "batch");
+  const LayerState<T>& st = layers[i];
+  if (s16()) {
+    const cudaDataType_t t = storage == ActStorage::Fp16 ? CUDA_R_16F : CUDA_R_16BF;
+    const float one = 1.f, zero = 0.f;
+    DALR_CUBLAS_CHECK(cublasGemmEx(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out, cols, in, &one,
+                                   st.weight16.data(), t, in, x, t, in, &zero, y, t, out,
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (!st.bias.empty())
+      kernels::launch_channel_scale_shift16(static_cast<uint16_t*>(y), batch, l.out, 1, false,
+                                            nullptr, f32(st.bias), fmt(), ctx.stream());
+    return;
+  }
+  gemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out, cols, in, st.weight.data(), in,
+       static_cast<const T*>(x), in, static_cast<T*>(y), out);
+  if (!st.bias.empty())
+    kernels::launch_channel_scale_shift<T>(static_cast<T*>(y), batch, l.out, 1, nullptr,
+                                           st.bias.data(), ctx.stream());
 }
 
 template <typename T>
@@ -433,8 +535,9 @@ void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64
   // ordered before this one; only growing a buffer waits for it.
   DALR_CUDA_CHECK(cudaSetDevice(ctx.device()));
   const cudaStream_t stream = ctx.stream();
-  ensure_device(act[0], most, ctx);
-  ensure_device(act[1], most, ctx);
+  const size_t act_elems = (most * act_bytes() + sizeof(T) - 1) / sizeof(T);
+  ensure_device(act[0], act_elems, ctx);
+  ensure_device(act[1], act_elems, ctx);
   InputStage<T>& in = upload_input(input, static_cast<size_t>(batch * shapes[0].numel()));
   // However the pass ends (a tap may throw), the next upload into this stage waits for
   // everything it queued.
@@ -442,14 +545,48 @@ void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64
 
   // x: the current activations, first the input stage; an out-of-place layer writes to
   // whichever of act[0], act[1] does not hold its input.
-  T* x = in.dev.data();
+  void* x = in.dev.data();
+  auto other = [&](const void* p) -> void* {
+    return p == act[0].data() ? static_cast<void*>(act[1].data())
+                              : static_cast<void*>(act[0].data());
+  };
+  // 16-bit storage: whether x is channels-last (NHWC) rather than C order per sample.
+  bool nhwc = false;
+  if constexpr (std::is_same<T, float>::value) {
+    if (s16()) {
+      void* y = other(x);
+      kernels::launch_round_to_nhwc16(static_cast<const float*>(x), batch, shapes[0].c,
+                                      shapes[0].h * shapes[0].w, static_cast<uint16_t*>(y), fmt(),
+                                      stream);
+      x = y;
+      nhwc = true;
+    }
+  }
+  // Permutes an NHWC block of shape s into `dst` (NCHW); a 1 x 1 image is both.
+  auto nchw_of = [&](const ActShape& s, void* dst) -> const void* {
+    if (!nhwc || s.h * s.w == 1) return x;
+    kernels::launch_nhwc_to_nchw16(static_cast<const uint16_t*>(x), batch, s.c, s.h * s.w,
+                                   static_cast<uint16_t*>(dst), stream);
+    return dst;
+  };
+  auto to_nchw = [&](const ActShape& s) {
+    if (!nhwc) return;
+    x = const_cast<void*>(nchw_of(s, other(x)));
+    nhwc = false;
+  };
+  // The block a tap or the output sees: x itself, or widened from 16 bits (through the
+  // free activation buffer when it must be permuted first).
+  auto view = [&](size_t i) -> const T* {
+    if (!s16()) return static_cast<const T*>(x);
+    return widen(nchw_of(shapes[i], other(x)), batch * shapes[i].numel());
+  };
   auto emit = [&](size_t i) {
     if (std::find(taps.begin(), taps.end(), i) == taps.end()) return;
     const int64_t n = shapes[i].numel();
     if (device_tap) {
-      (*device_tap)(arch.layers[i].name, x, n, batch, static_cast<void*>(stream));
+      (*device_tap)(arch.layers[i].name, view(i), n, batch, static_cast<void*>(stream));
     } else if (tap) {
-      download(x, n * batch);
+      download(view(i), n * batch);
       (*tap)(arch.layers[i].name, out_stage.data(), n, batch);
     }
   };
@@ -457,33 +594,53 @@ void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64
     emit(i);
     const LayerSpec& l = arch.layers[i];
     const ActShape &s = shapes[i], &o = shapes[i + 1];
-    T* y = x == act[0].data() ? act[1].data() : act[0].data();
+    void* y = other(x);
     switch (l.type) {
       case LayerType::Conv:
+        if (s16() && !nhwc) throw Error(layer_label(arch, i) + ": a convolution after a flatten");
         conv(i, batch, s, o, x, y);
         x = y;
         break;
       case LayerType::MaxPool:
       case LayerType::AvgPool:
+        if (s16() && !nhwc) throw Error(layer_label(arch, i) + ": pooling after a flatten");
         pool(i, batch, s, o, x, y);
         x = y;
         break;
       case LayerType::AdaptiveAvgPool:
-        kernels::launch_adaptive_avgpool<T>(x, batch * s.c, s.h, s.w, y, o.h, o.w, stream);
+        if (s16())
+          kernels::launch_adaptive_avgpool16(static_cast<const uint16_t*>(x), batch, s.c, s.h, s.w,
+                                             nhwc, static_cast<uint16_t*>(y), o.h, o.w, fmt(),
+                                             stream);
+        else
+          kernels::launch_adaptive_avgpool<T>(static_cast<const T*>(x), batch * s.c, s.h, s.w,
+                                              static_cast<T*>(y), o.h, o.w, stream);
         x = y;
         break;
       case LayerType::Linear:
-        linear(i, batch, x, y);
-        x = y;
+        to_nchw(s);
+        linear(i, batch, x, other(x));
+        x = other(x);
         break;
       case LayerType::Relu:
-        kernels::launch_relu<T>(x, batch * s.numel(), stream);
+        if (s16())
+          kernels::launch_relu16(static_cast<uint16_t*>(x), batch * s.numel(), fmt(), stream);
+        else
+          kernels::launch_relu<T>(static_cast<T*>(x), batch * s.numel(), stream);
         break;
       case LayerType::BatchNorm:
-        kernels::launch_channel_scale_shift<T>(x, batch, s.c, s.h * s.w, layers[i].weight.data(),
-                                               layers[i].bias.data(), stream);
+        if (s16())
+          kernels::launch_channel_scale_shift16(static_cast<uint16_t*>(x), batch, s.c, s.h * s.w,
+                                                nhwc, f32(layers[i].weight), f32(layers[i].bias),
+                                                fmt(), stream);
+        else
+          kernels::launch_channel_scale_shift<T>(static_cast<T*>(x), batch, s.c, s.h * s.w,
+                                                 layers[i].weight.data(), layers[i].bias.data(),
+                                                 stream);
         break;
       case LayerType::Flatten:  // NCHW is already C-order per sample
+        to_nchw(s);
+        break;
       case LayerType::Dropout:  // identity at inference
         break;
     }
@@ -491,7 +648,7 @@ void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64
   emit(stop);
   if (out) {
     const int64_t n = shapes[stop].numel();
-    download(x, n * batch);
+    download(view(stop), n * batch);
     out->rows = n;
     out->cols = batch;
     out->data.assign(out_stage.data(), out_stage.data() + n * batch);
@@ -500,9 +657,12 @@ void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64
 
 template <typename T>
 CudnnForward<T>::CudnnForward(const Arch& arch, const SafetensorsFile& weights, Math math,
-                              int device) {
+                              int device, ActStorage storage) {
+  if (!std::is_same<T, float>::value && storage != ActStorage::Fp32)
+    throw Error(std::string("--precision ") + act_storage_name(storage) +
+                " stores activations in 16 bits: it needs the float forward pass, not fp64");
   check_weights(arch, weights);
-  impl_ = std::make_unique<Impl>(arch, math, device);
+  impl_ = std::make_unique<Impl>(arch, math, device, storage);
   impl_->load(weights);
 }
 

@@ -8,7 +8,13 @@
 //
 // Tolerances (relative Frobenius error against the CPU in the same precision, where
 // only summation order and algorithms differ): fp64 1e-10; fp32 1e-4; TF32 (10-bit
-// mantissa products in conv and linear layers) 1e-2.
+// mantissa products in conv and linear layers) 1e-2. 16-bit storage, against the CPU's
+// emulation of the same storage: both round every layer's output, but a value near a
+// rounding boundary may land on either side, and the GPU rounds a conv's output before
+// adding the bias and again after (the CPU once): about the format's own precision per
+// layer, so 4 units of it: fp16 4 * 2^-11 = 2e-3, bf16 4 * 2^-8 = 1.6e-2. A layout bug
+// (NHWC read as NCHW) gives errors of order 1. Every value the GPU hands back must also
+// be representable in the format.
 // GPU tests skip without a device; the no-device error runs everywhere.
 #include <gtest/gtest.h>
 
@@ -113,8 +119,18 @@ Blocks collect_taps(const Fwd& f, const std::vector<T>& x, int64_t batch, int64_
   return out;
 }
 
+// Every value is what the storage format can hold (always true for fp32).
 template <typename T>
-void check_against_cpu(dc::Math math, double tol) {
+void expect_representable(const Matrix<T>& m, dalr::ActStorage s, const std::string& what) {
+  if (s == dalr::ActStorage::Fp32) return;
+  size_t bad = 0;
+  for (const T v : m.data) bad += dalr::round_to_storage(static_cast<float>(v), s) != v;
+  EXPECT_EQ(bad, 0u) << what << ": values the 16-bit format cannot hold";
+}
+
+template <typename T>
+void check_against_cpu(dc::Math math, double tol,
+                       dalr::ActStorage storage = dalr::ActStorage::Fp32) {
   DALR_SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(announce_seed(20240917));
   dalr::test::TempDir dir;
@@ -122,8 +138,8 @@ void check_against_cpu(dc::Math math, double tol) {
   const std::string path = dir.file("net.safetensors");
   dalr::test::write_random_model(path, arch, rng);
   const SafetensorsFile file(path);
-  const CpuForward<T> cpu(arch, file);
-  const CudnnForward<T> gpu(arch, file, math);
+  const CpuForward<T> cpu(arch, file, storage);
+  const CudnnForward<T> gpu(arch, file, math, 0, storage);
 
   struct Size {
     int64_t h, w;
@@ -137,6 +153,7 @@ void check_against_cpu(dc::Math math, double tol) {
         const Matrix<T> want = cpu.run(x.data(), batch, 3, sz.h, sz.w, stop);
         const Matrix<T> got = gpu.run(x.data(), batch, 3, sz.h, sz.w, stop);
         expect_close(got, want, tol, "stop '" + stop + "'" + at);
+        expect_representable(got, storage, "stop '" + stop + "'" + at);
         // Again: the cached algorithms and grown buffers give the same answer.
         const Matrix<T> again = gpu.run(x.data(), batch, 3, sz.h, sz.w, stop);
         expect_close(again, want, tol, "repeat, stop '" + stop + "'" + at);
@@ -148,6 +165,7 @@ void check_against_cpu(dc::Math math, double tol) {
       for (const auto& [name, m] : want) {
         ASSERT_EQ(got.count(name), 1u) << name << at;
         expect_close(got.at(name), m, tol, "tap '" + name + "'" + at);
+        expect_representable(got.at(name), storage, "tap '" + name + "'" + at);
       }
     }
 }
@@ -164,6 +182,14 @@ TEST(CudnnForward, MatchesCpuFp32) {
 
 TEST(CudnnForward, MatchesCpuTf32) {
   check_against_cpu<float>(dc::Math::Tf32, 1e-2);
+}
+
+TEST(CudnnForward, MatchesCpuFp16Storage) {
+  check_against_cpu<float>(dc::Math::Exact, 2e-3, dalr::ActStorage::Fp16);
+}
+
+TEST(CudnnForward, MatchesCpuBf16Storage) {
+  check_against_cpu<float>(dc::Math::Exact, 1.6e-2, dalr::ActStorage::Bf16);
 }
 
 TEST(CudnnForward, ErrorsMatchCpu) {
@@ -220,6 +246,11 @@ TEST(CudnnForward, MissingDeviceThrows) {
   if (!dc::available()) {  // and without any GPU, the default device too
     EXPECT_THROW(CudnnForward<double>(arch, file), dalr::Error);
   }
+  // 16-bit storage is for the float pass; said before any device is touched.
+  const std::string fp64 = dalr::test::error_message(
+      [&] { CudnnForward<double>(arch, file, dc::Math::Exact, 0, dalr::ActStorage::Fp16); });
+  EXPECT_NE(fp64.find("--precision fp16"), std::string::npos) << fp64;
+  EXPECT_NE(fp64.find("float forward pass"), std::string::npos) << fp64;
 }
 
 }  // namespace
