@@ -60,4 +60,14 @@ void launch_adaptive_avgpool16(const uint16_t* x, int64_t batch, int64_t c, int6
                                bool channels_last, uint16_t* y, int64_t ho, int64_t wo, Fmt16 f,
                                cudaStream_t stream);
 
+// Fixed-window pooling (max or average) over k x k windows every `stride` pixels, floor
+// mode without padding (PyTorch's MaxPool2d / AvgPool2d defaults): the twin of the CPU's
+// pool, used instead of cuDNN's for 16-bit data. Max: the first NaN of a window wins,
+// else the largest value (exact). Average: summed in float (iy outer, ix inner), divided
+// by k*k and rounded once. Layout and overlap as launch_adaptive_avgpool16; throws when
+// the windows do not fit the input.
+void launch_pool16(const uint16_t* x, int64_t batch, int64_t c, int64_t h, int64_t w,
+                   bool channels_last, int64_t kernel, int64_t stride, bool is_max, uint16_t* y,
+                   int64_t ho, int64_t wo, Fmt16 f, cudaStream_t stream);
+
 }  // namespace dalr::kernels

@@ -15,9 +15,9 @@
 // run and run_taps stay synchronous: they end by downloading and waiting.
 //
 // 16-bit storage (ActStorage::Fp16 / Bf16, T = float): the float input stage is rounded
-// into NHWC 16-bit activations; convolutions and pooling run on NHWC 16-bit tensors
-// (cuDNN, tensor-core math, fp32 compute), biases and batchnorm in a kernel that
-// computes in fp32 and rounds; at the first flatten, linear layer or tap the block is
+// into NHWC 16-bit activations; convolutions run on NHWC 16-bit tensors (cuDNN,
+// tensor-core math, fp32 compute), pooling, biases and batchnorm in kernels that compute
+// in fp32 and round (storage16.cuh); at the first flatten, linear layer or tap the block is
 // permuted to NCHW (C order per sample), linear layers run as 16-bit GEMMs with fp32
 // accumulation (cublasGemmEx), and taps and outputs are widened into a float buffer.
 #include "dalr/cudnn_forward.hpp"
@@ -473,9 +473,16 @@ void CudnnForward<T>::Impl::conv(size_t i, int64_t batch, const ActShape& s, con
 template <typename T>
 void CudnnForward<T>::Impl::pool(size_t i, int64_t batch, const ActShape& s, const ActShape& o,
                                  const void* x, void* y) {
+  const LayerState<T>& st = layers[i];
+  if (s16()) {  // the CPU's windows and NaN rule, in a kernel (see storage16.cuh)
+    const LayerSpec& l = arch.layers[i];
+    kernels::launch_pool16(static_cast<const uint16_t*>(x), batch, s.c, s.h, s.w,
+                           /*channels_last=*/true, l.kernel, l.stride, l.type == LayerType::MaxPool,
+                           static_cast<uint16_t*>(y), o.h, o.w, fmt(), ctx.stream());
+    return;
+  }
   set_desc(xdesc, act_format(), act_type(), batch, s);
   set_desc(ydesc, act_format(), act_type(), batch, o);
-  const LayerState<T>& st = layers[i];
   int dims[4] = {0, 0, 0, 0};
   DALR_CUDNN_CHECK(cudnnGetPooling2dForwardOutputDim(st.pool->get(), xdesc.get(), &dims[0],
                                                      &dims[1], &dims[2], &dims[3]));

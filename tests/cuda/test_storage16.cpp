@@ -439,6 +439,67 @@ TEST_P(Storage16, AdaptiveAvgPool) {
   }
 }
 
+// Fixed windows, max and average, NCHW and NHWC, with a ragged edge (floor mode) and a
+// NaN planted in one window (max must return it). Same arithmetic as the reference:
+// bit for bit.
+TEST_P(Storage16, FixedWindowPool) {
+  DALR_SKIP_WITHOUT_GPU();
+  const Fmt16 f = GetParam();
+  std::mt19937_64 rng(announce_seed(1606));
+  dc::Stream stream;
+  struct Pool {
+    int64_t batch, c, h, w, k, s;
+  };
+  const std::vector<Pool> pools = {{3, 5, 11, 9, 3, 2}, {2, 3, 8, 6, 2, 2}, {1, 4, 5, 7, 2, 1}};
+  for (const Pool& q : pools)
+    for (bool channels_last : {false, true})
+      for (bool is_max : {true, false}) {
+        const int64_t ho = (q.h - q.k) / q.s + 1, wo = (q.w - q.k) / q.s + 1;
+        SCOPED_TRACE("batch=" + std::to_string(q.batch) + " c=" + std::to_string(q.c) + " " +
+                     std::to_string(q.h) + "x" + std::to_string(q.w) + " k" + std::to_string(q.k) +
+                     " s" + std::to_string(q.s) + (channels_last ? " NHWC" : " NCHW") +
+                     (is_max ? " max" : " avg"));
+        std::vector<uint16_t> x =
+            random16(static_cast<size_t>(q.batch * q.c * q.h * q.w), f, rng, false);
+        if (is_max) x[x.size() / 2] = narrow(kNaN, f);
+        const size_t n = static_cast<size_t>(q.batch * q.c * ho * wo);
+        const auto dx = to_device(x, stream);
+        auto dy = to_device(std::vector<uint16_t>(n, poison16(f)), stream);
+        dk::launch_pool16(dx.data(), q.batch, q.c, q.h, q.w, channels_last, q.k, q.s, is_max,
+                          dy.data(), ho, wo, f, stream);
+        const std::vector<uint16_t> y = to_host(dy, stream);
+        auto at = [&](int64_t b, int64_t ch, int64_t r, int64_t col, int64_t h, int64_t w) {
+          return static_cast<size_t>(channels_last ? ((b * h + r) * w + col) * q.c + ch
+                                                   : ((b * q.c + ch) * h + r) * w + col);
+        };
+        std::vector<uint16_t> want(n);
+        size_t nans = 0;
+        for (int64_t b = 0; b < q.batch; ++b)
+          for (int64_t ch = 0; ch < q.c; ++ch)
+            for (int64_t oy = 0; oy < ho; ++oy)
+              for (int64_t ox = 0; ox < wo; ++ox) {
+                float acc = is_max ? -kInf : 0.f;
+                for (int64_t iy = oy * q.s; iy < oy * q.s + q.k; ++iy)
+                  for (int64_t ix = ox * q.s; ix < ox * q.s + q.k; ++ix) {
+                    const float v = widen(x[at(b, ch, iy, ix, q.h, q.w)], f);
+                    if (!is_max)
+                      acc += v;
+                    else if (v > acc || std::isnan(v))
+                      acc = v;
+                  }
+                if (!is_max) acc /= static_cast<float>(q.k * q.k);
+                nans += std::isnan(acc);
+                want[at(b, ch, oy, ox, ho, wo)] = narrow(acc, f);
+              }
+        if (is_max) {
+          EXPECT_LE(nans, 4u);
+        }
+        expect_all(
+            n, [&](size_t i) { return same16(y[i], want[i], f); },
+            [&](size_t i) { return "got " + hex16(y[i]) + " want " + hex16(want[i]); });
+      }
+}
+
 INSTANTIATE_TEST_SUITE_P(Formats, Storage16, ::testing::Values(Fmt16::Fp16, Fmt16::Bf16),
                          [](const ::testing::TestParamInfo<Fmt16>& info) {
                            return info.param == Fmt16::Fp16 ? std::string("Fp16")
@@ -551,6 +612,14 @@ TEST(Storage16Args, NegativeSizesUnknownFormatAndNullPointersThrow) {
                  dk::launch_adaptive_avgpool16(nullptr, 1, 1, 2, 2, true, p16, 1, 1, f, nullptr);
                }),
                "adaptive_avgpool16: x is a null pointer");
+  expect_error(error_message([&] {
+                 dk::launch_pool16(p16, 1, 1, 4, 4, true, 3, 2, true, p16, 2, 2, f, nullptr);
+               }),
+               "pool16: the windows of a 2x2 output (kernel 3, stride 2) do not fit a 4x4 input");
+  expect_error(error_message([&] {
+                 dk::launch_pool16(p16, 1, 1, 4, 4, false, 0, 2, false, p16, 2, 2, f, nullptr);
+               }),
+               "pool16: non-positive kernel 0");
   expect_error(error_message([&] { dk::launch_relu16(p16, 4, static_cast<Fmt16>(7), nullptr); }),
                "relu16: unknown 16-bit format 7");
   const int64_t big = int64_t(1) << 40;
