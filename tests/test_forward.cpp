@@ -906,8 +906,21 @@ TEST(Forward, StorageRoundingMatchesTheFileFormats) {
                           1.f + std::ldexp(1.f, -11),
                           1.f + 3 * std::ldexp(1.f, -11),
                           INFINITY,
-                          -INFINITY};
+                          -INFINITY,
+                          65519.99f,
+                          -65520.f,
+                          65536.f,
+                          std::ldexp(1.f, -25),
+                          3 * std::ldexp(1.f, -25),
+                          -5 * std::ldexp(1.f, -25),
+                          std::nextafter(std::ldexp(1.f, -14), 0.f),
+                          std::ldexp(1.f, -14),
+                          std::ldexp(1.f, -24) * 1.5f,
+                          std::ldexp(1.f, -149)};
   std::uniform_int_distribution<uint32_t> bits;
+  // Random bits, and random values in fp16's subnormal range (2^-24 to 2^-14).
+  std::uniform_real_distribution<float> tiny(-std::ldexp(1.f, -14), std::ldexp(1.f, -14));
+  for (int i = 0; i < 20000; ++i) v.push_back(tiny(rng));
   for (int i = 0; i < 100000; ++i) {
     uint32_t u = bits(rng);
     float f;

@@ -138,8 +138,27 @@ const char* act_storage_name(ActStorage s) {
 
 float round_to_storage(float x, ActStorage s) {
   switch (s) {
-    case ActStorage::Fp16:
-      return half_to_float(float_to_half(x));
+    case ActStorage::Fp16: {
+      // Within float, without converting: fp16 keeps 10 of float's 23 mantissa bits
+      // down to 2^-14, and below that multiples of 2^-24.
+      uint32_t u;
+      std::memcpy(&u, &x, sizeof u);
+      const uint32_t a = u & 0x7fffffffu;
+      if (a >= 0x7f800000u) return a > 0x7f800000u ? half_to_float(float_to_half(x)) : x;
+      float r;
+      if (a < 0x38800000u) {  // |x| < 2^-14: float's spacing at 0.5 is 2^-24, so the sum
+        float m;              // rounds |x| to a multiple of 2^-24, to nearest even
+        std::memcpy(&m, &a, sizeof m);
+        volatile float sum = m + 0.5f;  // kept apart from the subtraction
+        r = sum - 0.5f;
+      } else {
+        uint32_t v = a + 0xfffu + ((a >> 13) & 1u);
+        v &= ~0x1fffu;
+        std::memcpy(&r, &v, sizeof r);
+        if (r >= 65520.f) r = INFINITY;  // past the largest half (65504) and its tie
+      }
+      return (u >> 31) ? -r : r;
+    }
     case ActStorage::Bf16: {
       // float -> bf16 keeps float's exponent, so round-to-nearest-even on the bits is
       // exact (overflow carries into the exponent and gives inf, as it should); NaN is
