@@ -42,7 +42,7 @@ using json = nlohmann::json;
 namespace {
 
 struct Args {
-  std::string data, model, device, layer = "classifier.0", json;
+  std::string data, model, device, layer = "classifier.0", json, precision = "fp32";
   int64_t images = 64, batch = 16, size = 0, repeats = 3, child = 0;
   int workers = 4;
   bool no_memory = false;
@@ -74,10 +74,21 @@ struct TempDir {
   }
 };
 
-std::unique_ptr<dalr::Backend> make_backend(const std::string& device) {
-  if (device == "cpu") return dalr::make_cpu_backend();
+// precision: fp32 | tf32 (CUDA) | fp16 | bf16 (16-bit activations; statistics fp32), as
+// dalr-gpu's --precision for a float job.
+std::unique_ptr<dalr::Backend> make_backend(const std::string& device,
+                                            const std::string& precision) {
+  if (precision != "fp32" && precision != "tf32" && precision != "fp16" && precision != "bf16")
+    throw dalr::Error("--precision must be fp32, tf32, fp16 or bf16 (got '" + precision + "')");
+  const dalr::ActStorage storage = dalr::act_storage_for(precision);
+  if (device == "cpu") {
+    if (precision == "tf32") throw dalr::Error("--precision tf32 needs --device cuda");
+    return dalr::make_cpu_backend(storage);
+  }
 #ifdef DALR_HAVE_CUDA
-  if (device == "cuda") return dalr::cuda::make_backend(0);
+  if (device == "cuda")
+    return dalr::cuda::make_backend(
+        0, precision == "tf32" ? dalr::cuda::Math::Tf32 : dalr::cuda::Math::Exact, storage);
 #endif
   throw dalr::Error("--device " + device + " is not available in this build (cpu or cuda)");
 }
@@ -190,7 +201,7 @@ json run_child(const Args& a, const std::string& model, const std::string& dir, 
                     std::to_string(count) + " --data " + quote(dir) + " --model " + quote(model) +
                     " --device " + a.device + " --layer " + quote(a.layer) + " --batch " +
                     std::to_string(a.batch) + " --workers " + std::to_string(a.workers) +
-                    " --size " + std::to_string(a.size);
+                    " --size " + std::to_string(a.size) + " --precision " + a.precision;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) throw dalr::Error("cannot start " + cmd);
   std::string out;
@@ -259,9 +270,9 @@ json separate(const Args& a, dalr::Backend& backend, const Model& m, const std::
 }
 
 void print_table(const json& r) {
-  std::printf("bench_stream: %s, %s, layer %s (n = %lld), batch %lld, %d workers\n",
-              r["device"].get<std::string>().c_str(), r["model"].get<std::string>().c_str(),
-              r["layer"].get<std::string>().c_str(),
+  std::printf("bench_stream: %s, %s, %s, layer %s (n = %lld), batch %lld, %d workers\n",
+              r["device"].get<std::string>().c_str(), r["precision"].get<std::string>().c_str(),
+              r["model"].get<std::string>().c_str(), r["layer"].get<std::string>().c_str(),
               static_cast<long long>(r["statistics"]["n"].get<int64_t>()),
               static_cast<long long>(r["batch"].get<int64_t>()), r["workers"].get<int>());
   const auto row = [](const char* what, const json& j) {
@@ -304,6 +315,10 @@ int main(int argc, char** argv) try {
   app.add_option("--size", a.size, "Crop size instead of the model's (0: the model's 224)")
       ->capture_default_str();
   app.add_option("--repeats", a.repeats, "Timed repeats after one warm-up")->capture_default_str();
+  app.add_option("--precision", a.precision,
+                 "fp32 | tf32 (CUDA) | fp16 | bf16: the forward pass's precision, as dalr-gpu's "
+                 "(statistics in fp32)")
+      ->capture_default_str();
   app.add_flag("--no-memory", a.no_memory, "Skip (d) and (e), the child runs at N and 10 N");
   app.add_option("--json", a.json, "Also write the JSON result to this file");
   app.add_option("--child", a.child)->group("");  // hidden: one overlapped run
@@ -320,7 +335,7 @@ int main(int argc, char** argv) try {
   if (a.device.empty()) a.device = default_device();
   if (a.images < 1 || a.batch < 1 || a.workers < 1) throw dalr::Error("sizes must be positive");
 
-  auto backend = make_backend(a.device);
+  auto backend = make_backend(a.device, a.precision);
   if (a.child > 0) {
     const Model m = load_model(a.model, a.layer, a.size);
     std::printf("%s\n", overlapped(a, *backend, m, a.data, a.child).dump().c_str());
@@ -328,6 +343,7 @@ int main(int argc, char** argv) try {
   }
   TempDir tmp;
   json r = {{"device", backend->name()},
+            {"precision", a.precision},
             {"layer", a.layer},
             {"batch", a.batch},
             {"workers", a.workers},

@@ -119,6 +119,12 @@ if [ -x "$BUILD/bench/bench_stream" ] && [ -d "$IMGS" ]; then
     --json "$LOG/bench_stream.json" >"$LOG/bench_stream.log" 2>&1
   note "bench_stream (GPU, VGG19 fc6, 512 and 5120 images): rc $? (bench_stream.log, .json)"
   BENCH_ROWS+=("$(sed -n '/, layer /,$p' "$LOG/bench_stream.log")")
+  # The same stages with 16-bit activations (tensor cores, channels-last), no memory runs.
+  timeout 60 "$BUILD/bench/bench_stream" --data "$IMGS" --device cuda --layer classifier.0 \
+    --images 512 --batch 64 --workers "$(nproc)" --repeats 3 --precision bf16 --no-memory \
+    --json "$LOG/bench_stream_bf16.json" >"$LOG/bench_stream_bf16.log" 2>&1
+  note "bench_stream (GPU, VGG19 fc6, bf16 activations, 512 images): rc $? (bench_stream_bf16.log)"
+  BENCH_ROWS+=("bf16 activations:" "$(sed -n '/, layer /,$p' "$LOG/bench_stream_bf16.log")")
 fi
 
 # The harness: dalr-gpu against the PyTorch peer (torch with CUDA: the python3 on PATH

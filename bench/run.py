@@ -2,7 +2,7 @@
 """The benchmark harness: dalr-gpu against its PyTorch peer and against the machine's floor.
 
     /usr/bin/python3 bench/run.py [--device cpu|cuda] [--images N] [--layers classifier.0,classifier.3]
-                                  [--rank 256] [--precision fp32|tf32] [--out bench-out] ...
+                                  [--rank 256] [--precision fp32|tf32|fp16|bf16] [--out bench-out] ...
     /usr/bin/python3 bench/run.py --quick      # CI smoke: the shipped example, a few images
 
 One run, one machine, both tools, the same images and the same random VGG19 (written by
@@ -198,7 +198,7 @@ def dalr_stages(a, layer, model, data, m, n, out):
     js = os.path.join(out, f"ours-stages-{layer}.json")
     cmd = [a.bench_stream, "--data", data, "--model", model, "--device", a.device, "--layer", layer,
            "--images", str(a.images), "--batch", str(a.batch), "--workers", str(a.workers),
-           "--repeats", str(a.repeats), "--no-memory", "--json", js]
+           "--repeats", str(a.repeats), "--precision", a.precision, "--no-memory", "--json", js]
     run(cmd, f"bench_stream ({layer})")
     r = json.load(open(js))
     # The statistics at their streaming rate: the final result() (a copy of C, once per
@@ -433,7 +433,9 @@ def main():
                     "classifier.3 on the GPU; classifier.3 on the CPU, where fc6's n = 25088 "
                     "solve takes minutes)")
     ap.add_argument("--rank", type=int, default=256)
-    ap.add_argument("--precision", choices=["fp32", "tf32"], default="fp32")
+    ap.add_argument("--precision", choices=["fp32", "tf32", "fp16", "bf16"], default="fp32",
+                    help="the forward pass's precision for both tools (fp16/bf16: 16-bit "
+                         "activations, statistics and solve fp32); not fp32: --device cuda only")
     ap.add_argument("--batch", type=int, help="images per batch (default 64 GPU, 8 CPU)")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--size", type=int, default=0,
@@ -461,7 +463,8 @@ def main():
         a.device = "cuda" if (shutil.which("nvidia-smi") and os.path.exists(
             os.path.join(a.build, "bench", "bench_gpu"))) else "cpu"
     if a.device == "cpu" and a.precision != "fp32":
-        fail("--precision tf32 needs --device cuda")
+        fail(f"--precision {a.precision} needs --device cuda (the peer runs fp32 only on the CPU, "
+             "and dalr-gpu's CPU fp16/bf16 is an emulation, not a speed-up)")
     if a.quick:
         a.model = a.model or os.path.join(EXAMPLE, "model.bin")
         a.data = a.data or os.path.join(EXAMPLE, "test")
