@@ -55,14 +55,7 @@ class Stream : public ::testing::Test {
     write_safetensors(model(), ts, arch_metadata(arch));
     write_safetensors(plain(), ts, {});  // a state dict without metadata
     images_ = vec(kImages * 2 * 6 * 6);
-    // NCHW images as a .npy of shape (N, C, H, W).
-    write_npy(dir_.file("raw.npy"), images_.data(), kImages, 72);
-    std::string bytes = test::read_file(dir_.file("raw.npy"));
-    const size_t at = bytes.find("(45, 72)");
-    ASSERT_NE(at, std::string::npos);
-    bytes.replace(at, 8, "(45,2,6,6)");  // same header length: the padding absorbs it
-    bytes.erase(bytes.find('\n') - 2, 2);
-    test::write_file(images(), bytes);
+    write_images(images(), images_);
     // The layer inputs the forward pass computes, written as activation files.
     SafetensorsFile f(model());
     const CpuForward<double> fwd(arch, f);
@@ -71,6 +64,16 @@ class Stream : public ::testing::Test {
       const Matrix<double> x = fwd.run(in.data(), kImages, 2, 6, 6, layer);
       write_npy(dir_.file(std::string(layer) + ".npy"), x.ptr(), kImages, x.rows);
     }
+  }
+  // NCHW images as a .npy of shape (N, C, H, W).
+  void write_images(const std::string& path, const std::vector<float>& v) const {
+    write_npy(dir_.file("raw.npy"), v.data(), kImages, 72);
+    std::string bytes = test::read_file(dir_.file("raw.npy"));
+    const size_t at = bytes.find("(45, 72)");
+    ASSERT_NE(at, std::string::npos);
+    bytes.replace(at, 8, "(45,2,6,6)");  // same header length: the padding absorbs it
+    bytes.erase(bytes.find('\n') - 2, 2);
+    test::write_file(path, bytes);
   }
   std::string model() const { return dir_.file("model.bin"); }
   std::string plain() const { return dir_.file("plain.safetensors"); }
@@ -194,6 +197,20 @@ TEST_F(Stream, SixteenBitStreamEqualsItsRoundedActivations) {
     auto rep = nlohmann::json::parse(test::read_file(dir_.file(name + ".json")));
     EXPECT_EQ(rep["precision"], name);
   }
+  // Images 1e5 times larger overflow fp16 (its largest value is 65504) but not bf16:
+  // the error names the cause.
+  std::vector<float> big = images_;
+  for (float& v : big) v *= 1e5f;
+  write_images(dir_.file("big.npy"), big);
+  test::CommandResult h = run_cli("compress --acts stream --data " + dir_.file("big.npy") +
+                                  " --precision fp16 --out " + dir_.file("big16.bin") + common);
+  EXPECT_NE(h.exit_code, 0);
+  EXPECT_NE(h.output.find("must be finite"), std::string::npos) << h.output;
+  EXPECT_NE(h.output.find("try --precision bf16"), std::string::npos) << h.output;
+  EXPECT_FALSE(test::file_exists(dir_.file("big16.bin")));
+  test::CommandResult hb = run_cli("compress --acts stream --data " + dir_.file("big.npy") +
+                                   " --precision bf16 --out " + dir_.file("big-bf.bin") + common);
+  EXPECT_EQ(hb.exit_code, 0) << hb.output;
   // An unknown precision names the choices.
   test::CommandResult bad = run_cli("compress --acts stream --data " + images() +
                                     " --precision fp8 --out " + dir_.file("x.bin") + common);

@@ -357,8 +357,12 @@ void stream_all(const CompressOptions& o, const SafetensorsFile& model, const Ar
   }
   DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
   std::unique_ptr<BatchSource> src = open_data(d, arch.input);
-  stream_statistics(*fwd, *src, names, raw, d);
-  for (size_t i = 0; i < jobs.size(); ++i) take_statistics(o, *accs[i], jobs[i]);
+  try {
+    stream_statistics(*fwd, *src, names, raw, d);
+    for (size_t i = 0; i < jobs.size(); ++i) take_statistics(o, *accs[i], jobs[i]);
+  } catch (const Error& e) {
+    throw with_precision_hint(e, o.precision);
+  }
   rep["data"] = {{"path", o.data},       {"images", src->size()}, {"skipped", src->skipped()},
                  {"shuffle", o.shuffle}, {"seed", o.seed},        {"limit", o.limit}};
   if (src->skipped() > 0)

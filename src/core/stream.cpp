@@ -110,6 +110,15 @@ void stream_statistics(const Forward<T>& fwd, BatchSource& src,
                 " images could be read (first: " + src.first_skip_reason() + ")");
 }
 
+Error with_precision_hint(const Error& e, const std::string& precision) {
+  const std::string msg = e.what();
+  if (precision != "fp16" || msg.find("the activations must be finite") == std::string::npos)
+    return e;
+  return Error(msg +
+               "; with --precision fp16, activations above 65504 overflow to Inf (and Inf - Inf "
+               "gives NaN): try --precision bf16, which has float's range");
+}
+
 template void stream_statistics(const Forward<float>&, BatchSource&,
                                 const std::vector<std::string>&,
                                 const std::vector<StatsAccumulator<float>*>&, const DataOptions&);

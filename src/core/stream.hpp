@@ -52,4 +52,8 @@ void stream_statistics(const Forward<T>& fwd, BatchSource& src,
                        const std::vector<std::string>& layers,
                        const std::vector<StatsAccumulator<T>*>& accs, const DataOptions& o);
 
+// An error of a statistics pass, with a hint when --precision fp16 is the likely cause
+// of a non-finite activation (fp16 overflows above 65504; Inf - Inf gives NaN).
+Error with_precision_hint(const Error& e, const std::string& precision);
+
 }  // namespace dalr

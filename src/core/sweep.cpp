@@ -187,8 +187,12 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
     auto acc = backend.stats(n, m, &w, &b, o.batch);
     DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
     std::unique_ptr<BatchSource> src = open_data(d, arch.input);
-    stream_statistics(*fwd, *src, {o.layer}, {acc.get()}, d);
-    st = acc->finish();
+    try {
+      stream_statistics(*fwd, *src, {o.layer}, {acc.get()}, d);
+      st = acc->finish();
+    } catch (const Error& e) {
+      throw with_precision_hint(e, o.precision);
+    }
     if (src->skipped())
       r.warnings.push_back("skipped " + std::to_string(src->skipped()) +
                            " training images (first: " + src->first_skip_reason() + ")");
