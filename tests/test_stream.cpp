@@ -211,6 +211,16 @@ TEST_F(Stream, SixteenBitStreamEqualsItsRoundedActivations) {
   test::CommandResult hb = run_cli("compress --acts stream --data " + dir_.file("big.npy") +
                                    " --precision bf16 --out " + dir_.file("big-bf.bin") + common);
   EXPECT_EQ(hb.exit_code, 0) << hb.output;
+  // evaluate refuses non-finite scores (the ranking would be meaningless), with the hint.
+  test::CommandResult e16 = run_cli("evaluate --model " + model() + " --data " +
+                                    dir_.file("big.npy") + " --precision fp16 --device cpu -q");
+  EXPECT_NE(e16.exit_code, 0);
+  EXPECT_NE(e16.output.find("output sample 0"), std::string::npos) << e16.output;
+  EXPECT_NE(e16.output.find("try --precision bf16"), std::string::npos) << e16.output;
+  EXPECT_EQ(run_cli("evaluate --model " + model() + " --data " + dir_.file("big.npy") +
+                    " --precision bf16 --device cpu -q")
+                .exit_code,
+            0);
   // An unknown precision names the choices.
   test::CommandResult bad = run_cli("compress --acts stream --data " + images() +
                                     " --precision fp8 --out " + dir_.file("x.bin") + common);

@@ -7,6 +7,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "core/finite.hpp"
 #include "core/job_common.hpp"
 #include "core/stream.hpp"
 #include "dalr/backend.hpp"
@@ -45,6 +46,15 @@ EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
     const Matrix<T> logits = fwd->run(in.data(), got, c, h, w);
     Matrix<T> logits2;
     if (other) logits2 = other->run(in.data(), got, c, h, w);
+    // A NaN or Inf score would make the ranking, and so the accuracy, meaningless.
+    try {
+      check_finite(logits.ptr(), logits.rows, got, logits.rows, r.images, o.model + ": output");
+      if (other)
+        check_finite(logits2.ptr(), logits2.rows, got, logits2.rows, r.images,
+                     o.compare + ": output");
+    } catch (const Error& e) {
+      throw with_precision_hint(e, o.precision);
+    }
     for (int64_t j = 0; j < got; ++j) {
       const std::vector<int64_t> best = top_k(logits, j, 5);
       const int64_t label = labels.empty() ? -1 : labels[static_cast<size_t>(j)];
