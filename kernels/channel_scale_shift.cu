@@ -9,17 +9,18 @@ namespace dalr::kernels {
 template <typename T>
 __global__ void channel_scale_shift_kernel(T* __restrict__ x, int64_t n, int64_t channels,
                                            int64_t hw, const T* __restrict__ scale,
-                                           const T* __restrict__ shift) {
+                                           const T* __restrict__ shift, bool relu) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const int64_t c = (i / hw) % channels;
-    x[i] = scale ? x[i] * scale[c] + shift[c] : x[i] + shift[c];
+    const T v = scale ? x[i] * scale[c] + shift[c] : x[i] + shift[c];
+    x[i] = !relu || v > T(0) ? v : (v == v ? T(0) : v);
   }
 }
 
 template <typename T>
 void launch_channel_scale_shift(T* x, int64_t batch, int64_t channels, int64_t hw, const T* scale,
-                                const T* shift, cudaStream_t stream) {
+                                const T* shift, cudaStream_t stream, bool relu) {
   if (batch < 0 || channels < 0 || hw < 0 || !shift)
     throw Error("channel_scale_shift: bad arguments batch=" + std::to_string(batch) +
                 " channels=" + std::to_string(channels) + " hw=" + std::to_string(hw));
@@ -27,14 +28,14 @@ void launch_channel_scale_shift(T* x, int64_t batch, int64_t channels, int64_t h
   if (n == 0) return;
   constexpr int threads = 256;
   const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, int64_t(1) << 20);
-  channel_scale_shift_kernel<T>
-      <<<static_cast<unsigned>(blocks), threads, 0, stream>>>(x, n, channels, hw, scale, shift);
+  channel_scale_shift_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+      x, n, channels, hw, scale, shift, relu);
   DALR_CUDA_CHECK_LAUNCH();
 }
 
 template void launch_channel_scale_shift<float>(float*, int64_t, int64_t, int64_t, const float*,
-                                                const float*, cudaStream_t);
+                                                const float*, cudaStream_t, bool);
 template void launch_channel_scale_shift<double>(double*, int64_t, int64_t, int64_t, const double*,
-                                                 const double*, cudaStream_t);
+                                                 const double*, cudaStream_t, bool);
 
 }  // namespace dalr::kernels

@@ -9,9 +9,10 @@
 
 namespace dalr::kernels {
 
-// All pointers are device pointers; scale may be null. Checks the launch.
+// All pointers are device pointers; scale may be null. With relu, the ReLU that follows
+// is applied in the same pass (NaN stays NaN, as kernels/relu.cuh). Checks the launch.
 template <typename T>
 void launch_channel_scale_shift(T* x, int64_t batch, int64_t channels, int64_t hw, const T* scale,
-                                const T* shift, cudaStream_t stream);
+                                const T* shift, cudaStream_t stream, bool relu = false);
 
 }  // namespace dalr::kernels

@@ -89,12 +89,14 @@ template <Fmt16 F>
 __global__ void channel_scale_shift16_kernel(uint16_t* __restrict__ x, int64_t n, int64_t channels,
                                              int64_t hw, bool channels_last,
                                              const float* __restrict__ scale,
-                                             const float* __restrict__ shift) {
+                                             const float* __restrict__ shift, bool relu) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const int64_t ch = channels_last ? i % channels : (i / hw) % channels;
     float v = widen<F>(x[i]);
     v = scale ? v * scale[ch] + shift[ch] : v + shift[ch];
+    // ReLU before rounding gives what rounding first would: rounding keeps the sign.
+    if (relu && !(v > 0.f) && v == v) v = 0.f;
     x[i] = narrow<F>(v);
   }
 }
@@ -248,7 +250,7 @@ void launch_relu16(uint16_t* x, int64_t n, Fmt16 f, cudaStream_t stream) {
 
 void launch_channel_scale_shift16(uint16_t* x, int64_t batch, int64_t channels, int64_t hw,
                                   bool channels_last, const float* scale, const float* shift,
-                                  Fmt16 f, cudaStream_t stream) {
+                                  Fmt16 f, cudaStream_t stream, bool relu) {
   const char* what = "channel_scale_shift16";
   require_format(what, f);
   require_size(what, "batch", batch);
@@ -260,7 +262,8 @@ void launch_channel_scale_shift16(uint16_t* x, int64_t batch, int64_t channels, 
   require_pointer(what, "shift", shift);  // scale may be null: 1
   auto* kernel = f == Fmt16::Fp16 ? channel_scale_shift16_kernel<Fmt16::Fp16>
                                   : channel_scale_shift16_kernel<Fmt16::Bf16>;
-  kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, channels, hw, channels_last, scale, shift);
+  kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, channels, hw, channels_last, scale, shift,
+                                                 relu);
   DALR_CUDA_CHECK_LAUNCH();
 }
 

@@ -45,10 +45,12 @@ void launch_relu16(uint16_t* x, int64_t n, Fmt16 f, cudaStream_t stream);
 // round(float(x) + shift[ch]); shift must not be null. scale and shift are float arrays
 // of `channels` values. The data are `batch` blocks of channels x hw values: NCHW when
 // channels_last is false (the channel of element i is (i / hw) % channels), NHWC when
-// true (the channel is i % channels). Inference batchnorm and conv/linear biases.
+// true (the channel is i % channels). Inference batchnorm and conv/linear biases; with
+// relu, the ReLU that follows too (before the rounding, which keeps the sign: the same
+// result as rounding first), in the same pass.
 void launch_channel_scale_shift16(uint16_t* x, int64_t batch, int64_t channels, int64_t hw,
                                   bool channels_last, const float* scale, const float* shift,
-                                  Fmt16 f, cudaStream_t stream);
+                                  Fmt16 f, cudaStream_t stream, bool relu = false);
 
 // Adaptive average pooling with PyTorch's bins (see adaptive_pool.cuh): output (oy, ox)
 // averages rows [floor(oy*h/ho), ceil((oy+1)*h/ho)) and columns [floor(ox*w/wo),

@@ -246,9 +246,11 @@ struct CudnnForward<T>::Impl {
   InputStage<T>& upload_input(const T* input, size_t count);
   void download(const T* src, int64_t count);  // into out_stage, then waits
   const ConvPlan& plan(size_t i, int64_t batch, const ActShape& s, const ActShape& o);
-  void conv(size_t i, int64_t batch, const ActShape& s, const ActShape& o, const void* x, void* y);
+  // relu: the ReLU after the layer runs in the bias kernel (the layer has a bias).
+  void conv(size_t i, int64_t batch, const ActShape& s, const ActShape& o, const void* x, void* y,
+            bool relu);
   void pool(size_t i, int64_t batch, const ActShape& s, const ActShape& o, const void* x, void* y);
-  void linear(size_t i, int64_t batch, const void* x, void* y);
+  void linear(size_t i, int64_t batch, const void* x, void* y, bool relu);
   // 16-bit storage: the kernels' float view of a layer's fp32 parameters (T is float).
   const float* f32(const DeviceBuffer<T>& b) const;
   // 16-bit storage: widens the n x batch block x (NCHW 16-bit) into `wide`.
@@ -448,7 +450,7 @@ const ConvPlan& CudnnForward<T>::Impl::plan(size_t i, int64_t batch, const ActSh
 
 template <typename T>
 void CudnnForward<T>::Impl::conv(size_t i, int64_t batch, const ActShape& s, const ActShape& o,
-                                 const void* x, void* y) {
+                                 const void* x, void* y, bool relu) {
   set_desc(xdesc, act_format(), act_type(), batch, s);
   set_desc(ydesc, act_format(), act_type(), batch, o);
   const ConvPlan& p = plan(i, batch, s, o);
@@ -464,10 +466,10 @@ void CudnnForward<T>::Impl::conv(size_t i, int64_t batch, const ActShape& s, con
   if (s16())
     kernels::launch_channel_scale_shift16(static_cast<uint16_t*>(y), batch, o.c, o.h * o.w,
                                           /*channels_last=*/true, nullptr, f32(st.bias), fmt(),
-                                          ctx.stream());
+                                          ctx.stream(), relu);
   else
     kernels::launch_channel_scale_shift<T>(static_cast<T*>(y), batch, o.c, o.h * o.w, nullptr,
-                                           st.bias.data(), ctx.stream());
+                                           st.bias.data(), ctx.stream(), relu);
 }
 
 template <typename T>
@@ -495,7 +497,7 @@ void CudnnForward<T>::Impl::pool(size_t i, int64_t batch, const ActShape& s, con
 }
 
 template <typename T>
-void CudnnForward<T>::Impl::linear(size_t i, int64_t batch, const void* x, void* y) {
+void CudnnForward<T>::Impl::linear(size_t i, int64_t batch, const void* x, void* y, bool relu) {
   // Y (out x batch) = W X; the row-major (out, in) weight is the column-major in x out W^T.
   const LayerSpec& l = arch.layers[i];
   const int out = to_int(l.out, "out"), in = to_int(l.in, "in"), cols = to_int(batch, "batch");
@@ -508,14 +510,14 @@ void CudnnForward<T>::Impl::linear(size_t i, int64_t batch, const void* x, void*
                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (!st.bias.empty())
       kernels::launch_channel_scale_shift16(static_cast<uint16_t*>(y), batch, l.out, 1, false,
-                                            nullptr, f32(st.bias), fmt(), ctx.stream());
+                                            nullptr, f32(st.bias), fmt(), ctx.stream(), relu);
     return;
   }
   gemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out, cols, in, st.weight.data(), in,
        static_cast<const T*>(x), in, static_cast<T*>(y), out);
   if (!st.bias.empty())
     kernels::launch_channel_scale_shift<T>(static_cast<T*>(y), batch, l.out, 1, nullptr,
-                                           st.bias.data(), ctx.stream());
+                                           st.bias.data(), ctx.stream(), relu);
 }
 
 template <typename T>
@@ -597,17 +599,26 @@ void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64
       (*tap)(arch.layers[i].name, out_stage.data(), n, batch);
     }
   };
+  // A ReLU right after a conv or linear layer with a bias runs in its bias kernel (one
+  // pass over the activations instead of two), unless its input is tapped.
+  auto fuse_relu = [&](size_t i) {
+    return !layers[i].bias.empty() && i + 1 < stop && arch.layers[i + 1].type == LayerType::Relu &&
+           std::find(taps.begin(), taps.end(), i + 1) == taps.end();
+  };
   for (size_t i = 0; i < stop; ++i) {
     emit(i);
     const LayerSpec& l = arch.layers[i];
     const ActShape &s = shapes[i], &o = shapes[i + 1];
     void* y = other(x);
     switch (l.type) {
-      case LayerType::Conv:
+      case LayerType::Conv: {
         if (s16() && !nhwc) throw Error(layer_label(arch, i) + ": a convolution after a flatten");
-        conv(i, batch, s, o, x, y);
+        const bool relu = fuse_relu(i);
+        conv(i, batch, s, o, x, y, relu);
         x = y;
+        if (relu) ++i;  // the ReLU keeps the shape: shapes[i + 1] is its output too
         break;
+      }
       case LayerType::MaxPool:
       case LayerType::AvgPool:
         if (s16() && !nhwc) throw Error(layer_label(arch, i) + ": pooling after a flatten");
@@ -624,11 +635,14 @@ void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64
                                               static_cast<T*>(y), o.h, o.w, stream);
         x = y;
         break;
-      case LayerType::Linear:
+      case LayerType::Linear: {
         to_nchw(s);
-        linear(i, batch, x, other(x));
+        const bool relu = fuse_relu(i);
+        linear(i, batch, x, other(x), relu);
         x = other(x);
+        if (relu) ++i;
         break;
+      }
       case LayerType::Relu:
         if (s16())
           kernels::launch_relu16(static_cast<uint16_t*>(x), batch * s.numel(), fmt(), stream);

@@ -344,9 +344,13 @@ TEST_P(Storage16, ChannelScaleShift) {
   std::normal_distribution<float> nd(0.f, 1.f);
   for (const Shape& s : kShapes) {
     for (bool channels_last : {false, true}) {
-      for (bool with_scale : {false, true}) {
+      for (int variant = 0; variant < 3; ++variant) {
+        // shift only; scale and shift; shift then the fused ReLU
+        const bool with_scale = variant == 1, relu = variant == 2;
         SCOPED_TRACE(describe(s) + (channels_last ? " NHWC" : " NCHW") +
-                     (with_scale ? " scale" : " no scale"));
+                     (with_scale ? " scale"
+                      : relu     ? " no scale, relu"
+                                 : " no scale"));
         const size_t n = static_cast<size_t>(s.batch * s.c * s.hw);
         const std::vector<uint16_t> x = random16(n, f, rng, true);
         std::vector<float> scale(static_cast<size_t>(s.c)), shift(scale.size());
@@ -356,19 +360,24 @@ TEST_P(Storage16, ChannelScaleShift) {
         const auto dscale = to_device(scale, stream), dshift = to_device(shift, stream);
         dk::launch_channel_scale_shift16(dx.data(), s.batch, s.c, s.hw, channels_last,
                                          with_scale ? dscale.data() : nullptr, dshift.data(), f,
-                                         stream);
+                                         stream, relu);
         const std::vector<uint16_t> y = to_host(dx, stream);
         auto channel = [&](size_t i) {
           const int64_t k = static_cast<int64_t>(i);
           return static_cast<size_t>(channels_last ? k % s.c : (k / s.hw) % s.c);
         };
+        // The ReLU as the CPU twin applies it, after the layer's rounding (-0 and
+        // negatives to +0, NaN kept).
+        auto relu16 = [&](uint16_t b) {
+          return relu && (b & 0x8000u) && !is_nan16(b, f) ? uint16_t(0) : b;
+        };
         auto fused = [&](size_t i) {
           const float v = widen(x[i], f), t = shift[channel(i)];
-          return narrow(with_scale ? std::fma(v, scale[channel(i)], t) : v + t, f);
+          return relu16(narrow(with_scale ? std::fma(v, scale[channel(i)], t) : v + t, f));
         };
         auto separate = [&](size_t i) {
           const float v = widen(x[i], f), t = shift[channel(i)];
-          if (!with_scale) return narrow(v + t, f);
+          if (!with_scale) return relu16(narrow(v + t, f));
           volatile float product = v * scale[channel(i)];  // no contraction here
           return narrow(product + t, f);
         };
