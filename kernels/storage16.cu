@@ -94,7 +94,8 @@ __global__ void channel_scale_shift16_kernel(uint16_t* __restrict__ x, int64_t n
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const int64_t ch = channels_last ? i % channels : (i / hw) % channels;
     float v = widen<F>(x[i]);
-    v = scale ? v * scale[ch] + shift[ch] : v + shift[ch];
+    // Multiply, then add, each rounded (no FMA contraction), as the CPU twin computes.
+    v = scale ? __fadd_rn(__fmul_rn(v, scale[ch]), shift[ch]) : v + shift[ch];
     // ReLU before rounding gives what rounding first would: rounding keeps the sign.
     if (relu && !(v > 0.f) && v == v) v = 0.f;
     x[i] = narrow<F>(v);

@@ -767,6 +767,21 @@ std::vector<double> rounded(std::vector<double> v, ActStorage s) {
   for (double& x : v) x = ref_round(static_cast<float>(x), s);
   return v;
 }
+// A conv or linear product, stored (rounded), then its bias added (read as float, as
+// the float pass reads it) and the sum stored: the 16-bit pass's two roundings. Returns
+// the stored product.
+std::vector<double> ref_bias_after_rounding(T4& y, const std::vector<double>& bias, ActStorage s) {
+  ref_round(y, s);
+  const std::vector<double> product = y.v;
+  for (int64_t b = 0; b < y.n; ++b)
+    for (int64_t c = 0; c < y.c; ++c)
+      for (int64_t i = 0; i < y.h; ++i)
+        for (int64_t j = 0; j < y.w; ++j)
+          y.at(b, c, i, j) += static_cast<float>(bias[static_cast<size_t>(c)]);
+  ref_round(y, s);
+  return product;
+}
+
 // The spacing of the format's values at |v| (subnormal spacing below the normal range).
 double ulp16(double v, ActStorage s) {
   const int mant = s == ActStorage::Fp16 ? 10 : 7, emin = s == ActStorage::Fp16 ? -14 : -126;
@@ -776,13 +791,15 @@ double ulp16(double v, ActStorage s) {
 }
 
 // Compares a layer computed by the emulation with the same layer computed here in
-// double from the same (representable) input and rounded once. They differ only where
-// the fp32 sum and the float64 sum land on two sides of a 16-bit rounding boundary: by
-// one unit of the format, plus the fp32 sum's own error where terms cancel (bounded by
-// 1e-5 of the layer's largest value for these short sums). So every value is within
-// that, and almost all are identical.
+// double from the same (representable) input, with the same roundings. They differ only
+// where the fp32 sum and the float64 sum land on two sides of a 16-bit rounding
+// boundary: by one unit of the format, plus the fp32 sum's own error where terms cancel
+// (bounded by 1e-5 of the layer's largest value for these short sums). Where the
+// product was stored before the bias was added (`product`), a unit of the product may
+// carry into the result too. So every value is within that, and almost all identical.
 void expect_one_rounding(const std::vector<double>& got, const std::vector<double>& want,
-                         ActStorage s, const std::string& what) {
+                         ActStorage s, const std::string& what,
+                         const std::vector<double>* product = nullptr) {
   SCOPED_TRACE(what);
   ASSERT_EQ(got.size(), want.size());
   double big = 0;
@@ -790,8 +807,9 @@ void expect_one_rounding(const std::vector<double>& got, const std::vector<doubl
   size_t same = 0;
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_EQ(ref_round(got[i], s), got[i]) << "value " << i << " is not representable";
-    EXPECT_LE(std::fabs(got[i] - want[i]),
-              ulp16(std::max(std::fabs(got[i]), std::fabs(want[i])), s) + 1e-5 * big)
+    double tol = ulp16(std::max(std::fabs(got[i]), std::fabs(want[i])), s) + 1e-5 * big;
+    if (product) tol += ulp16((*product)[i], s);
+    EXPECT_LE(std::fabs(got[i] - want[i]), tol)
         << "value " << i << ": " << got[i] << " vs " << want[i];
     same += got[i] == want[i];
   }
@@ -828,19 +846,23 @@ TEST(Forward, SixteenBitStorageRoundsEveryLayerOnce) {
     // The input, rounded (from float: the pass's input type).
     const Matrix<float> in_c1 = run_as(fwd, x, "c1");
     EXPECT_EQ(as_double(in_c1), rounded(x.v, s));
-    // conv 1 + bias (one rounding), relu, max pool: c2's input.
+    // conv 1, + bias, relu, max pool: c2's input.
     const T4 a1 = as_t4(in_c1, 3, 11, 13);
-    T4 y = ref_conv(a1, tr.at("c1.weight"), &tr.at("c1.bias"), 5, 3, 1, 1);
-    ref_round(y, s);
+    T4 y = ref_conv(a1, tr.at("c1.weight"), nullptr, 5, 3, 1, 1);
+    T4 p1;  // the stored product, through the same relu and max pool (for its units)
+    p1 = y;
+    p1.v = ref_bias_after_rounding(y, tr.at("c1.bias"), s);
+    for (double& v : p1.v) v = std::fabs(v);
     ref_relu(y);
     y = ref_fixed_pool(y, 2, 2, true);
+    p1 = ref_fixed_pool(p1, 2, 2, true);  // the largest product of each window bounds its unit
     const Matrix<float> in_c2 = run_as(fwd, x, "c2");
-    expect_one_rounding(as_double(in_c2), y.v, s, "conv c1, relu, maxpool");
+    expect_one_rounding(as_double(in_c2), y.v, s, "conv c1, relu, maxpool", &p1.v);
     // conv 2: bn's input.
-    y = ref_conv(as_t4(in_c2, 5, 5, 6), tr.at("c2.weight"), &tr.at("c2.bias"), 4, 3, 2, 0);
-    ref_round(y, s);
+    y = ref_conv(as_t4(in_c2, 5, 5, 6), tr.at("c2.weight"), nullptr, 4, 3, 2, 0);
+    const std::vector<double> p2 = ref_bias_after_rounding(y, tr.at("c2.bias"), s);
     const Matrix<float> in_bn = run_as(fwd, x, "bn");
-    expect_one_rounding(as_double(in_bn), y.v, s, "conv c2");
+    expect_one_rounding(as_double(in_bn), y.v, s, "conv c2", &p2);
     // batchnorm (rounded), relu, adaptive pool (rounded), flatten: fc1's input.
     y = as_t4(in_bn, 4, 2, 2);
     ref_bn(y, tr, "bn", 0.001);
@@ -851,14 +873,14 @@ TEST(Forward, SixteenBitStorageRoundsEveryLayerOnce) {
     const Matrix<float> in_fc1 = run_as(fwd, x, "fc1");
     expect_one_rounding(as_double(in_fc1), ref_flatten(y).v, s, "batchnorm, relu, adaptive pool");
     // fc1 + bias, relu: fc2's input; fc2: the output.
-    y = ref_linear(as_t4(in_fc1, 24, 1, 1), tr.at("fc1.weight"), &tr.at("fc1.bias"), 7);
-    ref_round(y, s);
+    y = ref_linear(as_t4(in_fc1, 24, 1, 1), tr.at("fc1.weight"), nullptr, 7);
+    const std::vector<double> p3 = ref_bias_after_rounding(y, tr.at("fc1.bias"), s);
     ref_relu(y);
     const Matrix<float> in_fc2 = run_as(fwd, x, "fc2");
-    expect_one_rounding(as_double(in_fc2), y.v, s, "fc1, relu");
-    y = ref_linear(as_t4(in_fc2, 7, 1, 1), tr.at("fc2.weight"), &tr.at("fc2.bias"), 3);
-    ref_round(y, s);
-    expect_one_rounding(as_double(run_as(fwd, x, "")), y.v, s, "fc2");
+    expect_one_rounding(as_double(in_fc2), y.v, s, "fc1, relu", &p3);
+    y = ref_linear(as_t4(in_fc2, 7, 1, 1), tr.at("fc2.weight"), nullptr, 3);
+    const std::vector<double> p4 = ref_bias_after_rounding(y, tr.at("fc2.bias"), s);
+    expect_one_rounding(as_double(run_as(fwd, x, "")), y.v, s, "fc2", &p4);
 
     // Taps see what run() stops at.
     std::vector<float> in(x.v.begin(), x.v.end());

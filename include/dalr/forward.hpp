@@ -21,7 +21,8 @@ class SafetensorsFile;
 // How a float forward pass stores its activations between layers (--precision).
 // Fp32: as computed. Fp16 / Bf16: the input, the conv and linear weights and every
 // layer's output are rounded to that format (nearest, ties to even); the arithmetic
-// inside a layer stays fp32, and biases and batchnorm's scale and shift stay fp32.
+// inside a layer stays fp32, and biases and batchnorm's scale and shift stay fp32. A
+// conv or linear layer with a bias is two roundings: its product, then product + bias.
 // On the GPU this is the tensor-core path (16-bit data, fp32 accumulation,
 // channels-last between convolutions); on the CPU the same rounding is emulated, so
 // the CPU twin shows what the format does to the activations, not a speed-up. Taps

@@ -75,6 +75,17 @@ void conv(const std::vector<T>& x, int64_t batch, const ActShape& s, const ActSh
   }
 }
 
+// v (batch blocks of channels x hw) += bias per channel.
+template <typename T>
+void add_channel_bias(std::vector<T>& v, int64_t batch, int64_t channels, int64_t hw,
+                      const std::vector<T>& bias) {
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t c = 0; c < channels; ++c) {
+      T* p = v.data() + (b * channels + c) * hw;
+      for (int64_t j = 0; j < hw; ++j) p[j] += bias[static_cast<size_t>(c)];
+    }
+}
+
 template <typename T>
 void pool(const std::vector<T>& x, int64_t batch, const ActShape& s, const ActShape& o,
           const LayerSpec& l, std::vector<T>& y) {
@@ -301,6 +312,12 @@ Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t 
     return std::find(taps.begin(), taps.end(), i) != taps.end();
   };
   [[maybe_unused]] cpu::DnnlConv::Layout layout = nullptr;  // of cur; only between two convs
+  // 16-bit storage: a conv or linear layer's product is stored (rounded) before its bias
+  // is added, as on the GPU, where cuDNN and cuBLAS write the 16-bit product and a kernel
+  // adds the bias in fp32 and rounds again (PyTorch's autocast adds a conv's bias the
+  // same way).
+  const bool split_bias = storage_ != ActStorage::Fp32;
+  const std::vector<T> no_bias;
   for (size_t i = start; i < stop; ++i) {
     if (tap && std::find(taps.begin(), taps.end(), i) != taps.end())
       (*tap)(arch_.layers[i].name, cur.data(), shapes[i].numel(), batch);
@@ -314,19 +331,28 @@ Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t 
             // The ReLU right after fuses into the conv, unless its input is wanted (a tap
             // on it, or the pass stops there). A conv that feeds another conv directly
             // hands over its own layout, saving two reorders.
-            const bool relu =
-                i + 1 < stop && arch_.layers[i + 1].type == LayerType::Relu && !is_tap(i + 1);
+            const bool relu = !split_bias && i + 1 < stop &&
+                              arch_.layers[i + 1].type == LayerType::Relu && !is_tap(i + 1);
             const size_t j = i + (relu ? 2 : 1);
-            const bool keep = j < stop && arch_.layers[j].type == LayerType::Conv && !is_tap(j);
-            layout = dnnl_->run(i, cur.data(), layout, batch, s, o, l, p.weight, p.bias, relu, keep,
-                                &next);
+            const bool keep =
+                !split_bias && j < stop && arch_.layers[j].type == LayerType::Conv && !is_tap(j);
+            layout = dnnl_->run(i, cur.data(), layout, batch, s, o, l, p.weight,
+                                split_bias ? no_bias : p.bias, relu, keep, &next);
             cur.swap(next);
+            if (split_bias && !p.bias.empty()) {
+              round_all(cur, storage_);
+              add_channel_bias(cur, batch, o.c, o.h * o.w, p.bias);
+            }
             if (relu) ++i;
             break;
           }
         }
-        conv(cur, batch, s, o, l, p.weight, p.bias, next);
+        conv(cur, batch, s, o, l, p.weight, split_bias ? no_bias : p.bias, next);
         cur.swap(next);
+        if (split_bias && !p.bias.empty()) {
+          round_all(cur, storage_);
+          add_channel_bias(cur, batch, o.c, o.h * o.w, p.bias);
+        }
         break;
       case LayerType::MaxPool:
       case LayerType::AvgPool:
@@ -335,8 +361,12 @@ Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t 
         cur.swap(next);
         break;
       case LayerType::Linear:
-        linear(cur, batch, l, p.weight, p.bias, next);
+        linear(cur, batch, l, p.weight, split_bias ? no_bias : p.bias, next);
         cur.swap(next);
+        if (split_bias && !p.bias.empty()) {
+          round_all(cur, storage_);
+          add_channel_bias(cur, batch, l.out, 1, p.bias);
+        }
         break;
       case LayerType::Relu:
         for (T& v : cur) v = v > T(0) ? v : (v == v ? T(0) : v);  // NaN stays NaN, as torch

@@ -200,7 +200,13 @@ struct CudnnForward<T>::Impl {
     DALR_CUDNN_CHECK(cudnnSetStream(cudnn.get(), ctx.stream()));
     // 16-bit GEMMs on tensor cores, accumulating in fp32 (CUBLAS_COMPUTE_32F): the
     // pedantic mode the context sets for Math::Exact would keep them off tensor cores.
-    if (s16()) DALR_CUBLAS_CHECK(cublasSetMathMode(ctx.cublas(), CUBLAS_DEFAULT_MATH));
+    // Split-K partial sums stay fp32 too (else they may be added, and overflow, in the
+    // 16-bit output type).
+    if (s16())
+      DALR_CUBLAS_CHECK(cublasSetMathMode(
+          ctx.cublas(),
+          static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
+                                    CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
   }
   ~Impl() {
     // A pass queued by run_taps_device may still read the buffers freed below.
@@ -459,9 +465,21 @@ void CudnnForward<T>::Impl::conv(size_t i, int64_t batch, const ActShape& s, con
   const T one = 1, zero = 0;
   const LayerState<T>& st = layers[i];
   const void* wd = s16() ? static_cast<const void*>(st.weight16.data()) : st.weight.data();
-  DALR_CUDNN_CHECK(cudnnConvolutionForward(cudnn.get(), &one, xdesc.get(), x, st.filter->get(), wd,
-                                           st.conv->get(), p.algo, ws, p.workspace, &zero,
-                                           ydesc.get(), y));
+  cudnnStatus_t status =
+      cudnnConvolutionForward(cudnn.get(), &one, xdesc.get(), x, st.filter->get(), wd,
+                              st.conv->get(), p.algo, ws, p.workspace, &zero, ydesc.get(), y);
+  if (status == CUDNN_STATUS_NOT_SUPPORTED && p.algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM) {
+    // The heuristic's choice passed the workspace query but not the call (seen with
+    // channels-last 16-bit tensors of few channels): IMPLICIT_GEMM, which supports every
+    // shape and needs no workspace, from now on for this shape.
+    ConvPlan& fallback =
+        plans[std::array<int64_t, 5>{static_cast<int64_t>(i), batch, s.c, s.h, s.w}];
+    fallback = ConvPlan{};
+    status =
+        cudnnConvolutionForward(cudnn.get(), &one, xdesc.get(), x, st.filter->get(), wd,
+                                st.conv->get(), fallback.algo, nullptr, 0, &zero, ydesc.get(), y);
+  }
+  DALR_CUDNN_CHECK(status);
   if (st.bias.empty()) return;
   if (s16())
     kernels::launch_channel_scale_shift16(static_cast<uint16_t*>(y), batch, o.c, o.h * o.w,

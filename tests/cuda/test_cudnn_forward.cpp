@@ -9,10 +9,11 @@
 // Tolerances (relative Frobenius error against the CPU in the same precision, where
 // only summation order and algorithms differ): fp64 1e-10; fp32 1e-4; TF32 (10-bit
 // mantissa products in conv and linear layers) 1e-2. 16-bit storage, against the CPU's
-// emulation of the same storage: both round every layer's output, but a value near a
-// rounding boundary may land on either side, and the GPU rounds a conv's output before
-// adding the bias and again after (the CPU once): about the format's own precision per
-// layer, so 4 units of it: fp16 4 * 2^-11 = 2e-3, bf16 4 * 2^-8 = 1.6e-2. A layout bug
+// emulation of the same storage: both round every layer's output (a conv or linear
+// product, then product + bias), but a value near a rounding boundary may land on either
+// side (different summation orders) and the flip propagates: well under the format's
+// own precision per layer, so 4 units of it: fp16 4 * 2^-11 = 2e-3, bf16 4 * 2^-8 =
+// 1.6e-2. A layout bug
 // (NHWC read as NCHW) gives errors of order 1. Every value the GPU hands back must also
 // be representable in the format.
 // GPU tests skip without a device; the no-device error runs everywhere.
