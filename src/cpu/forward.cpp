@@ -314,8 +314,7 @@ Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t 
   [[maybe_unused]] cpu::DnnlConv::Layout layout = nullptr;  // of cur; only between two convs
   // 16-bit storage: a conv or linear layer's product is stored (rounded) before its bias
   // is added, as on the GPU, where cuDNN and cuBLAS write the 16-bit product and a kernel
-  // adds the bias in fp32 and rounds again (PyTorch's autocast adds a conv's bias the
-  // same way).
+  // adds the bias in fp32 and rounds again.
   const bool split_bias = storage_ != ActStorage::Fp32;
   const std::vector<T> no_bias;
   for (size_t i = start; i < stop; ++i) {
