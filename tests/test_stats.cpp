@@ -3,9 +3,11 @@
 
 #include <cmath>
 
+#include "core/recon.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
+#include "dalr/solver.hpp"
 #include "dalr/stats.hpp"
 #include "oracle.hpp"
 #include "test_util.hpp"
@@ -181,6 +183,72 @@ TEST(Stats, LoadRejectsOtherFiles) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("not a dalr-gpu statistics file"), std::string::npos);
   }
+}
+
+// ------------------------------------------------------------ error from statistics
+
+// The reconstruction error computed from C, s and p alone (Eq. 13 without the samples)
+// against the same error summed over the samples in float64, for a factoring and a
+// pruning method, in both precisions, with odd sizes; and at full rank, where the
+// error is (nearly) zero and a cancellation would show.
+template <typename T>
+void check_error_from_statistics(double tol) {
+  const uint64_t seed = test::test_seed(4242);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const int64_t n = 23, m = 11, p = 37;
+  const Data d = make_data(n, m, p, seed);
+  const LayerStats<T> st = accumulate<T>(d, 5);
+  const Matrix<T> w = oracle::from_double<T>(d.w);
+  const std::vector<T> b(d.b.begin(), d.b.end());
+  for (const Method method : {Method::Dalr, Method::Svd, Method::PruneMean})
+    for (const int64_t k : {int64_t(4), int64_t(11)}) {
+      SCOPED_TRACE(std::string(method_name(method)) + " rank " + std::to_string(k));
+      const Factors<T> f = solve<T>({method, k, 0.3}, w, b, st);
+      // Y = W X + b and Yhat from the factors, sample by sample, in float64.
+      const oracle::Mat wd = oracle::to_double(w);
+      const oracle::Mat bd = oracle::to_double(f.b);
+      long double err2 = 0, ref2 = 0;
+      for (int64_t s = 0; s < p; ++s) {
+        std::vector<double> x(static_cast<size_t>(n));
+        for (int64_t j = 0; j < n; ++j) x[j] = static_cast<double>(static_cast<T>(d.x(j, s)));
+        std::vector<double> bx(static_cast<size_t>(f.b.rows), 0.0), yh(static_cast<size_t>(m));
+        for (int64_t r = 0; r < f.b.rows; ++r)
+          for (int64_t j = 0; j < n; ++j) bx[r] += bd(r, j) * x[j];
+        if (is_pruning(method)) {
+          std::fill(yh.begin(), yh.end(), 0.0);
+          for (int64_t r = 0; r < f.b.rows; ++r)
+            yh[f.kept_units[r]] = bx[r] + static_cast<double>(f.bias[r]);
+        } else {
+          for (int64_t i = 0; i < m; ++i) {
+            yh[i] = static_cast<double>(f.bias[i]);
+            for (int64_t r = 0; r < f.b.rows; ++r) yh[i] += static_cast<double>(f.a(i, r)) * bx[r];
+          }
+        }
+        for (int64_t i = 0; i < m; ++i) {
+          double y = static_cast<double>(b[i]);
+          for (int64_t j = 0; j < n; ++j) y += wd(i, j) * x[j];
+          err2 += (y - yh[i]) * (y - yh[i]);
+          ref2 += y * y;
+        }
+      }
+      const double abs = std::sqrt(static_cast<double>(err2));
+      const double ref = std::sqrt(static_cast<double>(ref2));
+      const ReconError e = reconstruction_error(st, w, b, f);
+      EXPECT_EQ(e.samples, p);
+      EXPECT_NEAR(e.ref, ref, tol * ref);
+      // Relative to the reference: at full rank the error itself is rounding noise.
+      EXPECT_NEAR(e.abs, abs, tol * ref) << "error " << abs << " of " << ref;
+      EXPECT_NEAR(e.rel, abs / ref, tol);
+      if (k == 4 && !is_pruning(method)) EXPECT_GT(abs, 1e-3 * ref);  // not a trivial case
+    }
+}
+
+TEST(Recon, ErrorFromStatisticsMatchesTheSamplesFp64) {
+  check_error_from_statistics<double>(1e-10);
+}
+
+TEST(Recon, ErrorFromStatisticsMatchesTheSamplesFp32) {
+  check_error_from_statistics<float>(2e-5);
 }
 
 }  // namespace

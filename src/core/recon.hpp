@@ -25,7 +25,8 @@ ReconError reconstruction_error(NpyReader& acts, const Matrix<T>& w, const std::
 
 // The same error from the statistics alone (when the samples are not kept, as when
 // they stream from images): ||D X + d 1^T||^2 = <D C, D> + 2 d.(D s) + p |d|^2 with
-// D = W - A B, d = b - bias, C = X X^T, s = X 1. Costs two m x n x n products.
+// D = W - A B, d = b - bias, C = X X^T, s = X 1. Costs one m x n x n product (W C; then
+// D C = W C - A (B C)) and a k x n x n one.
 template <typename T>
 ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
                                 const std::vector<T>& b, const Factors<T>& f);
