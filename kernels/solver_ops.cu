@@ -94,4 +94,36 @@ DALR_INSTANTIATE(float)
 DALR_INSTANTIATE(double)
 #undef DALR_INSTANTIATE
 
+template <typename T>
+__global__ void dot_partials_kernel(const T* __restrict__ x, const T* __restrict__ y, int64_t n,
+                                    double* __restrict__ partials) {
+  __shared__ double sum[kSolverOpsThreads];
+  double acc = 0;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    acc += double(x[i]) * double(y[i]);
+  sum[threadIdx.x] = acc;
+  __syncthreads();
+  for (int half = kSolverOpsThreads / 2; half > 0; half /= 2) {
+    if (int(threadIdx.x) < half) sum[threadIdx.x] += sum[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partials[blockIdx.x] = sum[0];
+}
+
+template <typename T>
+void launch_dot_partials(const T* x, const T* y, int64_t n, double* partials, cudaStream_t stream) {
+  if (n < 0) throw Error("dot_partials: negative size " + std::to_string(n));
+  if (!partials) throw Error("dot_partials: partials is a null pointer");
+  if (n > 0 && (!x || !y)) throw Error("dot_partials: x or y is a null pointer");
+  // Every block writes its partial, zero when it has no element: the host sums all.
+  dot_partials_kernel<T><<<kDotBlocks, kSolverOpsThreads, 0, stream>>>(x, y, n, partials);
+  DALR_CUDA_CHECK_LAUNCH();
+}
+
+template void launch_dot_partials<float>(const float*, const float*, int64_t, double*,
+                                         cudaStream_t);
+template void launch_dot_partials<double>(const double*, const double*, int64_t, double*,
+                                          cudaStream_t);
+
 }  // namespace dalr::kernels

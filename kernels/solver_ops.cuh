@@ -27,4 +27,13 @@ template <typename T>
 void launch_reverse_columns(const T* src, int64_t lds, int64_t last, T* dst, int64_t ldd,
                             int64_t rows, int64_t cols, cudaStream_t stream);
 
+// Blocks of the deterministic dot product below (partials has this many entries).
+constexpr int kDotBlocks = 1024;
+
+// partials[b] = the part of sum_i x[i] * y[i] (i < n, contiguous) that block b adds up,
+// accumulated in double; the caller sums the kDotBlocks partials on the host in a fixed
+// order, so the result does not depend on scheduling (no atomics).
+template <typename T>
+void launch_dot_partials(const T* x, const T* y, int64_t n, double* partials, cudaStream_t stream);
+
 }  // namespace dalr::kernels

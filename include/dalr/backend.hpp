@@ -66,6 +66,14 @@ class Backend {
                                const std::vector<float>& b, const LayerStats<float>& st) = 0;
   virtual Factors<double> solve(const SolveOptions& opt, const Matrix<double>& w,
                                 const std::vector<double>& b, const LayerStats<double>& st) = 0;
+  // The factors' reconstruction error over the samples behind `st`, from the statistics
+  // alone (C, s, p): the CPU's reconstruction_error (src/core/recon.hpp), one m x n x n
+  // product with C on this backend.
+  virtual ReconError reconstruction_error(const LayerStats<float>& st, const Matrix<float>& w,
+                                          const std::vector<float>& b, const Factors<float>& f) = 0;
+  virtual ReconError reconstruction_error(const LayerStats<double>& st, const Matrix<double>& w,
+                                          const std::vector<double>& b,
+                                          const Factors<double>& f) = 0;
 };
 
 // storage: how the backend's float forward passes store activations (ActStorage).

@@ -71,6 +71,15 @@ template <typename T>
 Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
                  const LayerStats<T>& stats, Math math = Math::Exact, int device = 0);
 
+// dalr::reconstruction_error from the statistics (src/core/recon.hpp) on the GPU: uploads
+// C, W and the factors, forms W C and D C = W C - A (B C) with cuBLAS and their inner
+// products in double on the device; the O(m) rest on the host. Pruning runs the CPU's
+// (as its solve does). Checks the device memory it needs first.
+template <typename T>
+ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
+                                const std::vector<T>& b, const Factors<T>& f,
+                                Math math = Math::Exact, int device = 0);
+
 // The CUDA implementation of dalr::Backend on one device (throws if it does not exist).
 // `math` rules the statistics, the solve and a float forward pass with 32-bit storage;
 // `storage` says how float forward passes store activations (ActStorage: fp16/bf16 run

@@ -38,6 +38,16 @@ struct Factors {
   double energy_kept = 0.0;      // sum of the top `rank` of spectrum / sum of all
 };
 
+// The reconstruction error of Eq. 13 over a set of samples: ||Y - Yhat||_F with Y = W X + b
+// and Yhat the compressed layer's output (pre-activation; for pruning the dropped units'
+// outputs count as zero).
+struct ReconError {
+  double abs = 0;  // ||Y - Yhat||_F
+  double ref = 0;  // ||Y||_F
+  double rel = 0;  // abs / ref
+  int64_t samples = 0;
+};
+
 // Checks shapes and the rank (1 <= rank <= min(m, n), or <= m for pruning), then
 // solves. `stats` must have n == W.cols (and m == W.rows for pruning).
 template <typename T>

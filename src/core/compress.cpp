@@ -696,7 +696,7 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
       for (double rel : {1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0}) {
         const double lam = default_lambda(j.st, rel);
         const Factors<T> f = backend.solve({method, j.rank, lam}, j.l.w, j.l.b, j.st);
-        const double err = reconstruction_error(j.held, j.l.w, j.l.b, f).rel;
+        const double err = backend.reconstruction_error(j.held, j.l.w, j.l.b, f).rel;
         curve.push_back({{"lambda_rel", rel}, {"lambda", lam}, {"held_out_rel_error", err}});
         if (best < 0 || err < best) best = err, lambda_rel = rel;
       }
@@ -718,7 +718,7 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
       NpyReader r(o.acts);
       j.rep["error_train"] = recon_json(reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
     } else {
-      j.rep["error_train"] = recon_json(reconstruction_error(j.st, j.l.w, j.l.b, j.fac));
+      j.rep["error_train"] = recon_json(backend.reconstruction_error(j.st, j.l.w, j.l.b, j.fac));
     }
     if (!o.acts_test.empty()) {
       if (jobs.size() > 1) throw Error("--acts-test needs a single --layer");

@@ -12,13 +12,6 @@
 
 namespace dalr {
 
-struct ReconError {
-  double abs = 0;  // ||Y - Yhat||_F
-  double ref = 0;  // ||Y||_F
-  double rel = 0;  // abs / ref
-  int64_t samples = 0;
-};
-
 template <typename T>
 ReconError reconstruction_error(NpyReader& acts, const Matrix<T>& w, const std::vector<T>& b,
                                 const Factors<T>& f, int64_t batch);

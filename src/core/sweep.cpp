@@ -242,7 +242,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
       }
       auto ts = Clock::now();
       const Factors<T> fac = backend.solve({method, p.kept, p.lambda}, w, b, st);
-      const ReconError e = reconstruction_error(st, w, b, fac);
+      const ReconError e = backend.reconstruction_error(st, w, b, fac);
       p.solve_s = seconds_since(ts);
       p.error_abs = e.abs;
       p.error_rel = e.rel;

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "core/finite.hpp"
+#include "core/recon.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 
@@ -94,6 +95,14 @@ class CpuBackend final : public Backend {
   Factors<double> solve(const SolveOptions& o, const Matrix<double>& w,
                         const std::vector<double>& b, const LayerStats<double>& st) override {
     return dalr::solve<double>(o, w, b, st);
+  }
+  ReconError reconstruction_error(const LayerStats<float>& st, const Matrix<float>& w,
+                                  const std::vector<float>& b, const Factors<float>& f) override {
+    return dalr::reconstruction_error(st, w, b, f);
+  }
+  ReconError reconstruction_error(const LayerStats<double>& st, const Matrix<double>& w,
+                                  const std::vector<double>& b, const Factors<double>& f) override {
+    return dalr::reconstruction_error(st, w, b, f);
   }
 
  private:

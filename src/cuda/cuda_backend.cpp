@@ -61,6 +61,14 @@ class CudaBackend final : public Backend {
                         const std::vector<double>& b, const LayerStats<double>& st) override {
     return cuda::solve<double>(o, w, b, st, math_, device_);
   }
+  ReconError reconstruction_error(const LayerStats<float>& st, const Matrix<float>& w,
+                                  const std::vector<float>& b, const Factors<float>& f) override {
+    return cuda::reconstruction_error<float>(st, w, b, f, math_, device_);
+  }
+  ReconError reconstruction_error(const LayerStats<double>& st, const Matrix<double>& w,
+                                  const std::vector<double>& b, const Factors<double>& f) override {
+    return cuda::reconstruction_error<double>(st, w, b, f, math_, device_);
+  }
 
  private:
   int device_;

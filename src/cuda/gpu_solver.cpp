@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/recon.hpp"
 #include "core/solver_common.hpp"
 #include "cuda/context.hpp"
 #include "cuda/cuda_check.hpp"
@@ -67,6 +68,17 @@ cublasStatus_t blas_geam(cublasHandle_t h, cublasOperation_t ta, cublasOperation
   return cublasDgeam_64(h, ta, tb, m, n, alpha, a, lda, beta, b, ldb, c, ldc);
 }
 
+cublasStatus_t blas_gemv(cublasHandle_t h, int64_t m, int64_t n, const float* a, int64_t lda,
+                         const float* x, float* y) {
+  const float one = 1, zero = 0;
+  return cublasSgemv_64(h, CUBLAS_OP_N, m, n, &one, a, lda, x, 1, &zero, y, 1);
+}
+cublasStatus_t blas_gemv(cublasHandle_t h, int64_t m, int64_t n, const double* a, int64_t lda,
+                         const double* x, double* y) {
+  const double one = 1, zero = 0;
+  return cublasDgemv_64(h, CUBLAS_OP_N, m, n, &one, a, lda, x, 1, &zero, y, 1);
+}
+
 cublasOperation_t op(bool trans) {
   return trans ? CUBLAS_OP_T : CUBLAS_OP_N;
 }
@@ -97,6 +109,32 @@ class Ops {
     const T one = 1, zero = 0;
     DALR_CUBLAS_CHECK(
         blas_gemm(ctx_.cublas(), op(ta), op(tb), m, n, k, &one, a, lda, b, ldb, &zero, c, ldc));
+  }
+
+  // c (m x n) -= a b (a: m x k, b: k x n).
+  void gemm_subtract(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                     int64_t ldb, T* c, int64_t ldc) {
+    const T minus_one = -1, one = 1;
+    DALR_CUBLAS_CHECK(blas_gemm(ctx_.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &minus_one, a,
+                                lda, b, ldb, &one, c, ldc));
+  }
+
+  // y (m) = a x (a: m x n).
+  void gemv(int64_t m, int64_t n, const T* a, int64_t lda, const T* x, T* y) {
+    DALR_CUBLAS_CHECK(blas_gemv(ctx_.cublas(), m, n, a, lda, x, y));
+  }
+
+  // sum_i x[i] y[i] over n contiguous elements, accumulated in double in a fixed order
+  // (waits for the stream).
+  double dot(const T* x, const T* y, int64_t n) {
+    DeviceBuffer<double> partials(static_cast<size_t>(dk::kDotBlocks));
+    dk::launch_dot_partials(x, y, n, partials.data(), stream());
+    std::vector<double> h(static_cast<size_t>(dk::kDotBlocks));
+    partials.download(h.data(), h.size(), stream());
+    ctx_.synchronize();
+    long double sum = 0;
+    for (double v : h) sum += v;
+    return static_cast<double>(sum);
   }
 
   // c (m x n) = a s, s symmetric n x n of which only the lower triangle is read.
@@ -339,6 +377,65 @@ void solve_svd(Ops<T>& ops, const Matrix<T>& w, int64_t k, Factors<T>& f) {
   for (size_t i = 0; i < sv.size(); ++i) f.spectrum[i] = double(sv[i]) * double(sv[i]);
 }
 
+// ||E X + e 1^T||^2 = <E C, E> + 2 e.(E s) + p |e|^2 from the device products <E C, E>
+// (quad) and E s (es, downloaded): the CPU's residual2 with the n^2 work on the GPU.
+double residual2(double quad, const std::vector<double>& es, const std::vector<double>& ev,
+                 int64_t count) {
+  long double lin = 0, cst = 0;
+  for (size_t i = 0; i < ev.size(); ++i) {
+    lin += static_cast<long double>(ev[i]) * es[i];
+    cst += static_cast<long double>(ev[i]) * ev[i];
+  }
+  return static_cast<double>(quad + 2 * lin + static_cast<long double>(count) * cst);
+}
+
+template <typename T>
+ReconError recon_dense(Ops<T>& ops, const LayerStats<T>& st, const Matrix<T>& w,
+                       const std::vector<T>& b, const Factors<T>& f) {
+  const int64_t m = w.rows, n = w.cols, k = f.b.rows;
+  const cudaStream_t s = ops.stream();
+  const std::vector<T> sx(st.sum_x().begin(), st.sum_x().end());  // s = X 1, in T for gemv
+  DeviceBuffer<T> d_c = device_matrix<T>(n, n), d_w = device_matrix<T>(m, n);
+  DeviceBuffer<T> d_a = device_matrix<T>(m, k), d_b = device_matrix<T>(k, n);
+  DeviceBuffer<T> d_s(static_cast<size_t>(n)), d_es(static_cast<size_t>(m));
+  d_c.upload(st.gram().ptr(), d_c.size(), s);
+  d_w.upload(w.ptr(), d_w.size(), s);
+  d_a.upload(f.a.ptr(), d_a.size(), s);
+  d_b.upload(f.b.ptr(), d_b.size(), s);
+  d_s.upload(sx.data(), sx.size(), s);
+  auto es_of = [&](const T* e) {  // E s, on the host in double
+    ops.gemv(m, n, e, m, d_s.data(), d_es.data());
+    const std::vector<T> h = ops.download(d_es, m);
+    return std::vector<double>(h.begin(), h.end());
+  };
+
+  // The reference: W C, <W C, W>, W s.
+  DeviceBuffer<T> d_wc = device_matrix<T>(m, n);
+  ops.symm_right_lower(m, n, d_c.data(), n, d_w.data(), m, d_wc.data(), m);
+  const double ref_quad = ops.dot(d_wc.data(), d_w.data(), m * n);
+  const std::vector<double> bv(b.begin(), b.end());
+  const double ref2 = residual2(ref_quad, es_of(d_w.data()), bv, st.count());
+
+  // The error: D = W - A B and D C = W C - A (B C), both in place.
+  if (k > 0) {
+    DeviceBuffer<T> d_bc = device_matrix<T>(k, n);
+    ops.symm_right_lower(k, n, d_c.data(), n, d_b.data(), k, d_bc.data(), k);
+    ops.gemm_subtract(m, n, k, d_a.data(), m, d_b.data(), k, d_w.data(), m);
+    ops.gemm_subtract(m, n, k, d_a.data(), m, d_bc.data(), k, d_wc.data(), m);
+  }
+  const double err_quad = ops.dot(d_wc.data(), d_w.data(), m * n);
+  std::vector<double> dv(b.begin(), b.end());
+  for (int64_t i = 0; i < m; ++i) dv[i] -= static_cast<double>(f.bias[static_cast<size_t>(i)]);
+  const double err2 = residual2(err_quad, es_of(d_w.data()), dv, st.count());
+
+  ReconError r;
+  r.samples = st.count();
+  r.abs = std::sqrt(std::max(err2, 0.0));
+  r.ref = std::sqrt(std::max(ref2, 0.0));
+  r.rel = r.ref > 0 ? r.abs / r.ref : 0.0;
+  return r;
+}
+
 std::string job_name(Method method, int64_t m, int64_t n, int64_t k) {
   return std::string("the ") + method_name(method) + " solve of a " + std::to_string(m) + " x " +
          std::to_string(n) + " layer at rank " + std::to_string(k);
@@ -410,6 +507,38 @@ Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<
   f.energy_kept = dalr::detail::energy_fraction(f.spectrum, k);
   return f;
 }
+
+template <typename T>
+ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
+                                const std::vector<T>& b, const Factors<T>& f, Math math,
+                                int device) {
+  const int64_t m = w.rows, n = w.cols, k = f.b.rows;
+  if (st.n() != n || f.b.cols != n || static_cast<int64_t>(b.size()) != m)
+    throw Error("reconstruction_error: the statistics (n = " + std::to_string(st.n()) +
+                "), the factors (n = " + std::to_string(f.b.cols) + ") or the bias (" +
+                std::to_string(b.size()) + ") do not fit a " + std::to_string(m) + " x " +
+                std::to_string(n) + " layer");
+  // Pruning keeps rows of W: the CPU's row updates, as its solve runs on the CPU too.
+  if (is_pruning(f.method)) return dalr::reconstruction_error(st, w, b, f);
+  if (f.a.rows != m || f.a.cols != k || static_cast<int64_t>(f.bias.size()) != m)
+    throw Error("reconstruction_error: the factors do not fit a " + std::to_string(m) + " x " +
+                std::to_string(n) + " layer");
+  Context ctx(device, math);
+  // C, W (becomes D), W C (becomes D C), A, B, B C, s, W s.
+  const double elems = double(n) * n + 2.0 * m * n + double(m) * k + 2.0 * k * n + n + m;
+  require_device_memory(
+      static_cast<size_t>(elems * sizeof(T)) + (64u << 20),
+      "the reconstruction error of a " + std::to_string(m) + " x " + std::to_string(n) + " layer");
+  Ops<T> ops(ctx);
+  return recon_dense(ops, st, w, b, f);
+}
+
+template ReconError reconstruction_error(const LayerStats<float>&, const Matrix<float>&,
+                                         const std::vector<float>&, const Factors<float>&, Math,
+                                         int);
+template ReconError reconstruction_error(const LayerStats<double>&, const Matrix<double>&,
+                                         const std::vector<double>&, const Factors<double>&, Math,
+                                         int);
 
 template Factors<float> solve(const SolveOptions&, const Matrix<float>&, const std::vector<float>&,
                               const LayerStats<float>&, Math, int);

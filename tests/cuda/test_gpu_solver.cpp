@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/recon.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/error.hpp"
 #include "dalr/solver.hpp"
@@ -392,6 +393,44 @@ TEST(GpuSolver, RepeatedSolvesAgree) {
     const Factors<double> f2 = dc::solve<double>(opt, in.w, in.b, in.stats);
     expect_same(f2, f1, in, 1e-12);
   }
+}
+
+// The reconstruction error from the statistics on the GPU against the CPU's, for the
+// same factors: every method (pruning delegates to the CPU, so it must match exactly),
+// fp64 to 1e-10 and fp32 to 1e-4 of the reference norm (the two products with C differ
+// by summation order; the error is a difference of such sums), at a middle and the full
+// rank, on shapes with more blocks than the dot product's 1024.
+template <typename T>
+void recon_matches_cpu(double tol) {
+  DALR_SKIP_WITHOUT_GPU();
+  const uint64_t seed = test::test_seed(909);
+  std::cout << "[ seed     ] " << seed << " (set DALR_TEST_SEED to change)\n";
+  for (const Shape sh : {Shape{9, 11, 31, 4}, Shape{300, 513, 129, 40}, Shape{23, 10, 27, 10}}) {
+    const Problem pr = make_problem(sh.m, sh.n, sh.p, seed);
+    const Inputs<T> in = inputs_of<T>(pr);
+    for (Method method : kAllMethods) {
+      SCOPED_TRACE(std::string(method_name(method)) + " m" + std::to_string(sh.m) + " n" +
+                   std::to_string(sh.n) + " k" + std::to_string(sh.k));
+      const Factors<T> f =
+          dalr::solve<T>({method, sh.k, default_lambda(in.stats, 0.1)}, in.w, in.b, in.stats);
+      const ReconError cpu = dalr::reconstruction_error(in.stats, in.w, in.b, f);
+      const ReconError gpu = dc::reconstruction_error<T>(in.stats, in.w, in.b, f);
+      EXPECT_EQ(gpu.samples, cpu.samples);
+      EXPECT_NEAR(gpu.ref, cpu.ref, tol * cpu.ref);
+      EXPECT_NEAR(gpu.abs, cpu.abs, tol * cpu.ref) << "CPU error " << cpu.abs;
+      if (is_pruning(method)) {
+        EXPECT_EQ(gpu.abs, cpu.abs);
+      }
+    }
+  }
+}
+
+TEST(GpuRecon, DoubleMatchesCpu) {
+  recon_matches_cpu<double>(1e-10);
+}
+
+TEST(GpuRecon, FloatMatchesCpu) {
+  recon_matches_cpu<float>(1e-4);
 }
 
 }  // namespace
