@@ -196,8 +196,9 @@ Commands::Commands(CLI::App& app) {
   c->add_option("--stats", copt_.stats_in,
                 "Start from saved statistics (with --acts: add more data to them)");
   c->add_flag("--no-error", copt_.no_error,
-              "Skip the reconstruction error on the training statistics (2 m n^2 flops; "
-              "minutes at VGG19 fc6 on a CPU): the report's error_train is null");
+              "Skip the reconstruction error on the training statistics (2 (m + k) n^2 "
+              "flops, on the job's device; most of a minute at VGG19 fc6 on a small CPU): "
+              "the report's error_train is null");
   c->add_option("--save-stats", copt_.save_stats,
                 "Save the accumulated statistics (C, means, maxima, count) to resume later");
   c->add_option("--precision", copt_.precision,
