@@ -252,3 +252,29 @@ TEST(Recon, ErrorFromStatisticsMatchesTheSamplesFp32) {
 }
 
 }  // namespace
+
+namespace {
+
+// The device copy of C a backend may attach (LayerStats::DeviceCopy) follows C: copies
+// of the statistics share it, and add() and merge(), which change C, drop it.
+TEST(Stats, DeviceCopyIsDroppedWhenCChanges) {
+  struct Tag : LayerStats<double>::DeviceCopy {};
+  const Data d = make_data(7, 3, 12, 5);
+  LayerStats<double> st = accumulate<double>(d, 4, 0, 6);
+  EXPECT_EQ(st.device_copy(), nullptr);
+  st.attach_device_copy(std::make_shared<Tag>());
+  ASSERT_NE(st.device_copy(), nullptr);
+  const LayerStats<double> copy = st;
+  EXPECT_EQ(copy.device_copy(), st.device_copy());
+  LayerStats<double> merged = st;
+  merged.merge(accumulate<double>(d, 4, 6, 12));
+  EXPECT_EQ(merged.device_copy(), nullptr);
+  LayerStats<double> added = st;
+  Matrix<double> x = d.x;
+  added.add(x.ptr() + 6 * x.ld(), 2, x.ld(), &d.w, d.b.data(), 6);
+  EXPECT_EQ(added.device_copy(), nullptr);
+  EXPECT_NE(copy.device_copy(), nullptr);              // the others keep theirs
+  added.add(x.ptr(), 0, x.ld(), &d.w, d.b.data(), 0);  // an empty batch changes nothing
+}
+
+}  // namespace

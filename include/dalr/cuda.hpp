@@ -56,6 +56,11 @@ class GpuStats {
   void add_device(const T* x, int64_t cols, int64_t ldx, int64_t first_index, void* stream);
   // Waits for the device and returns the statistics (C symmetric, sums, maxima, count).
   LayerStats<T> result();
+  // result() at the end: C also stays on the device, attached to the statistics
+  // (LayerStats::DeviceCopy), where cuda::solve and cuda::reconstruction_error on this
+  // device read it instead of uploading it. Nothing may follow (add, merge and result
+  // throw).
+  LayerStats<T> finish();
   // Adds statistics accumulated earlier (resume) before more batches arrive.
   void merge(const LayerStats<T>& earlier);
 

@@ -9,6 +9,7 @@
 // Statistics can be saved, loaded, merged and resumed with more data.
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,17 @@ class LayerStats {
            int64_t first_index = 0);
   void merge(const LayerStats& other);  // same n and m, else throws
 
+  // A copy of C that the backend which accumulated it keeps on its device (the GPU's
+  // statistics keep their C there), so that the same backend's solve and error need not
+  // upload C again. Opaque here; shared by copies of these statistics; dropped by add()
+  // and merge(), which change C.
+  class DeviceCopy {
+   public:
+    virtual ~DeviceCopy() = default;
+  };
+  void attach_device_copy(std::shared_ptr<const DeviceCopy> copy) { device_ = std::move(copy); }
+  const DeviceCopy* device_copy() const { return device_.get(); }
+
   int64_t n() const { return n_; }
   int64_t m() const { return m_; }
   int64_t count() const { return count_; }
@@ -60,6 +72,7 @@ class LayerStats {
   mutable bool symmetric_ = true;
   std::vector<double> sum_x_, max_x_, sum_y_, max_y_;
   std::vector<T> y_scratch_;
+  std::shared_ptr<const DeviceCopy> device_;
 };
 
 }  // namespace dalr

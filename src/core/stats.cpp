@@ -61,6 +61,7 @@ void LayerStats<T>::add(const T* x, int64_t cols, int64_t ldx, const Matrix<T>* 
   if (cols <= 0) return;
   if (ldx < n_) throw Error("activation batch: leading dimension smaller than the width");
   check_finite(x, n_, cols, ldx, first_index);
+  device_.reset();  // C changes: a device copy of it is stale
   // C += X X^T, lower triangle (the same call as cublas<t>syrk on the GPU).
   cpu::syrk(CblasLower, CblasNoTrans, n_, cols, T(1), x, ldx, T(1), gram_.ptr(), gram_.ld());
   symmetric_ = false;
@@ -84,6 +85,7 @@ void LayerStats<T>::merge(const LayerStats& o) {
                 std::to_string(o.n_) + ", m " + std::to_string(m_) + " vs " + std::to_string(o.m_) +
                 ")");
   const Matrix<T>& og = o.gram();
+  device_.reset();
   for (int64_t j = 0; j < n_; ++j)
     for (int64_t i = j; i < n_; ++i) gram_(i, j) += og(i, j);
   symmetric_ = false;

@@ -24,6 +24,7 @@ class CudaStats final : public StatsAccumulator<T> {
   }
   void merge(const LayerStats<T>& earlier) override { gs_.merge(earlier); }
   LayerStats<T> result() override { return gs_.result(); }
+  LayerStats<T> finish() override { return gs_.finish(); }
 
  private:
   GpuStats<T> gs_;

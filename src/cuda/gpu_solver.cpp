@@ -22,6 +22,7 @@
 #include "cuda/context.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/device_buffer.hpp"
+#include "cuda/device_gram.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/error.hpp"
 #include "solver_ops.cuh"
@@ -102,6 +103,17 @@ class Ops {
  public:
   explicit Ops(Context& ctx) : ctx_(ctx) {}
   cudaStream_t stream() const { return ctx_.stream(); }
+  int device() const { return ctx_.device(); }
+
+  // d (n x n) = C of st: a device-to-device copy when st carries C on this device
+  // (GpuStats::finish), else an upload of the host copy.
+  void load_gram(const LayerStats<T>& st, DeviceBuffer<T>& d) {
+    if (const T* g = device_gram(st, device())) {
+      DALR_CUDA_CHECK(cudaMemcpyAsync(d.data(), g, d.bytes(), cudaMemcpyDeviceToDevice, stream()));
+      return;
+    }
+    d.upload(st.gram().ptr(), d.size(), stream());
+  }
 
   // c (m x n) = op(a) op(b).
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
@@ -301,12 +313,11 @@ void top_eigenvectors(Ops<T>& ops, DeviceBuffer<T>& s, int64_t m, int64_t k, Dev
 template <typename T>
 void solve_dalr(Ops<T>& ops, const Matrix<T>& w, const LayerStats<T>& st, int64_t k, double lambda,
                 bool exact, Factors<T>& f) {
-  const Matrix<T>& c = st.gram();
   const int64_t m = w.rows, n = w.cols;
   const cudaStream_t s = ops.stream();
   DeviceBuffer<T> d_w = device_matrix<T>(m, n), d_c = device_matrix<T>(n, n);
   d_w.upload(w.ptr(), d_w.size(), s);
-  d_c.upload(c.ptr(), d_c.size(), s);
+  ops.load_gram(st, d_c);  // the ridge below factors it in place: a copy, never the original
   DeviceBuffer<T> d_wc = device_matrix<T>(m, n);  // W C
   ops.symm_right_lower(m, n, d_c.data(), n, d_w.data(), m, d_wc.data(), m);
   // C is not needed after W C (stream order): the ridge factors it in place.
@@ -395,10 +406,17 @@ ReconError recon_dense(Ops<T>& ops, const LayerStats<T>& st, const Matrix<T>& w,
   const int64_t m = w.rows, n = w.cols, k = f.b.rows;
   const cudaStream_t s = ops.stream();
   const std::vector<T> sx(st.sum_x().begin(), st.sum_x().end());  // s = X 1, in T for gemv
-  DeviceBuffer<T> d_c = device_matrix<T>(n, n), d_w = device_matrix<T>(m, n);
+  // C: read in place when the statistics keep it on this device, else uploaded.
+  DeviceBuffer<T> d_c;
+  const T* c = device_gram(st, ops.device());
+  if (!c) {
+    d_c = device_matrix<T>(n, n);
+    d_c.upload(st.gram().ptr(), d_c.size(), s);
+    c = d_c.data();
+  }
+  DeviceBuffer<T> d_w = device_matrix<T>(m, n);
   DeviceBuffer<T> d_a = device_matrix<T>(m, k), d_b = device_matrix<T>(k, n);
   DeviceBuffer<T> d_s(static_cast<size_t>(n)), d_es(static_cast<size_t>(m));
-  d_c.upload(st.gram().ptr(), d_c.size(), s);
   d_w.upload(w.ptr(), d_w.size(), s);
   d_a.upload(f.a.ptr(), d_a.size(), s);
   d_b.upload(f.b.ptr(), d_b.size(), s);
@@ -411,7 +429,7 @@ ReconError recon_dense(Ops<T>& ops, const LayerStats<T>& st, const Matrix<T>& w,
 
   // The reference: W C, <W C, W>, W s.
   DeviceBuffer<T> d_wc = device_matrix<T>(m, n);
-  ops.symm_right_lower(m, n, d_c.data(), n, d_w.data(), m, d_wc.data(), m);
+  ops.symm_right_lower(m, n, c, n, d_w.data(), m, d_wc.data(), m);
   const double ref_quad = ops.dot(d_wc.data(), d_w.data(), m * n);
   const std::vector<double> bv(b.begin(), b.end());
   const double ref2 = residual2(ref_quad, es_of(d_w.data()), bv, st.count());
@@ -419,7 +437,7 @@ ReconError recon_dense(Ops<T>& ops, const LayerStats<T>& st, const Matrix<T>& w,
   // The error: D = W - A B and D C = W C - A (B C), both in place.
   if (k > 0) {
     DeviceBuffer<T> d_bc = device_matrix<T>(k, n);
-    ops.symm_right_lower(k, n, d_c.data(), n, d_b.data(), k, d_bc.data(), k);
+    ops.symm_right_lower(k, n, c, n, d_b.data(), k, d_bc.data(), k);
     ops.gemm_subtract(m, n, k, d_a.data(), m, d_b.data(), k, d_w.data(), m);
     ops.gemm_subtract(m, n, k, d_a.data(), m, d_bc.data(), k, d_wc.data(), m);
   }
@@ -524,8 +542,10 @@ ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
     throw Error("reconstruction_error: the factors do not fit a " + std::to_string(m) + " x " +
                 std::to_string(n) + " layer");
   Context ctx(device, math);
-  // C, W (becomes D), W C (becomes D C), A, B, B C, s, W s.
-  const double elems = double(n) * n + 2.0 * m * n + double(m) * k + 2.0 * k * n + n + m;
+  // C (unless the statistics keep it on this device), W (becomes D), W C (becomes D C),
+  // A, B, B C, s, W s.
+  const double c_elems = device_gram(st, ctx.device()) ? 0.0 : double(n) * n;
+  const double elems = c_elems + 2.0 * m * n + double(m) * k + 2.0 * k * n + n + m;
   require_device_memory(
       static_cast<size_t>(elems * sizeof(T)) + (64u << 20),
       "the reconstruction error of a " + std::to_string(m) + " x " + std::to_string(n) + " layer");

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,7 @@
 #include "cuda/context.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/device_buffer.hpp"
+#include "cuda/device_gram.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/error.hpp"
 #include "non_finite.cuh"
@@ -176,6 +178,7 @@ struct GpuStats<T>::Impl {
   // Statistics merged from earlier runs, kept on the host: they are tiny and are folded
   // in by result(). (The Gram part is added on the device, into C.)
   std::vector<double> merged_sum_x, merged_max_x, merged_sum_y, merged_max_y;
+  bool finished = false;  // finish() handed C over: nothing may follow
 
   Impl(int64_t n_, int64_t m_, const Matrix<T>* w_, const std::vector<T>* b_, int64_t max_batch_,
        Math math, int device)
@@ -440,6 +443,18 @@ struct GpuStats<T>::Impl {
     return LayerStats<T>::from_parts(count, std::move(gram), std::move(sx), std::move(mx),
                                      std::move(sy), std::move(my));
   }
+
+  // result(), with C left on the device and attached to the statistics (DeviceGram).
+  LayerStats<T> finish() {
+    LayerStats<T> st = result();
+    st.attach_device_copy(std::make_shared<DeviceGram<T>>(ctx.device(), n, std::move(c)));
+    finished = true;
+    return st;
+  }
+
+  void require_open() const {
+    if (finished) throw Error("GpuStats: finish() was called; no batch may follow");
+  }
 };
 
 template <typename T>
@@ -452,22 +467,32 @@ GpuStats<T>::~GpuStats() = default;
 
 template <typename T>
 void GpuStats<T>::add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) {
+  impl_->require_open();
   impl_->add(x, cols, ldx, first_index);
 }
 
 template <typename T>
 void GpuStats<T>::add_device(const T* dx, int64_t cols, int64_t ldx, int64_t first_index,
                              void* stream) {
+  impl_->require_open();
   impl_->add_device(dx, cols, ldx, first_index, stream);
 }
 
 template <typename T>
 LayerStats<T> GpuStats<T>::result() {
+  impl_->require_open();
   return impl_->result();
 }
 
 template <typename T>
+LayerStats<T> GpuStats<T>::finish() {
+  impl_->require_open();
+  return impl_->finish();
+}
+
+template <typename T>
 void GpuStats<T>::merge(const LayerStats<T>& earlier) {
+  impl_->require_open();
   impl_->merge(earlier);
 }
 

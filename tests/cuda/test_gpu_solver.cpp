@@ -433,4 +433,38 @@ TEST(GpuRecon, FloatMatchesCpu) {
   recon_matches_cpu<float>(1e-4);
 }
 
+// GpuStats::finish() keeps C on the device (LayerStats::DeviceCopy); the solve and the
+// error read it there instead of uploading the host copy. Same bits in both copies (the
+// lower triangle, all that is read), so the same answers exactly; and nothing may be
+// added after finish().
+TEST(GpuSolver, StatisticsKeptOnTheDeviceGiveTheSameAnswers) {
+  DALR_SKIP_WITHOUT_GPU();
+  const uint64_t seed = test::test_seed(4711);
+  std::cout << "[ seed     ] " << seed << " (set DALR_TEST_SEED to change)\n";
+  const Problem pr = make_problem(33, 65, 20, seed);
+  const Inputs<float> in = inputs_of<float>(pr);
+  const Matrix<float> x = oracle::from_double<float>(pr.x);
+  dc::GpuStats<float> gs(x.rows, in.w.rows, &in.w, &in.b, 8);
+  for (int64_t j = 0; j < x.cols; j += 8)
+    gs.add(x.ptr() + j * x.ld(), std::min<int64_t>(8, x.cols - j), x.ld(), j);
+  const LayerStats<float> on_device = gs.finish();
+  ASSERT_NE(on_device.device_copy(), nullptr);
+  LayerStats<float> on_host = on_device;
+  on_host.attach_device_copy(nullptr);
+  for (Method method : {Method::Dalr, Method::DalrExact, Method::SvdBc}) {
+    SCOPED_TRACE(method_name(method));
+    const SolveOptions opt{method, 5, default_lambda(on_host, 0.1)};
+    const Factors<float> a = dc::solve<float>(opt, in.w, in.b, on_device);
+    const Factors<float> b = dc::solve<float>(opt, in.w, in.b, on_host);
+    EXPECT_EQ(a.a.data, b.a.data);
+    EXPECT_EQ(a.b.data, b.b.data);
+    const ReconError ea = dc::reconstruction_error<float>(on_device, in.w, in.b, a);
+    const ReconError eb = dc::reconstruction_error<float>(on_host, in.w, in.b, a);
+    EXPECT_EQ(ea.abs, eb.abs);
+    EXPECT_EQ(ea.ref, eb.ref);
+  }
+  const std::string m = dalr::test::error_message([&] { gs.add(x.ptr(), 1, x.ld(), 0); });
+  EXPECT_TRUE(contains(m, "finish() was called")) << m;
+}
+
 }  // namespace
