@@ -255,26 +255,74 @@ TEST(Recon, ErrorFromStatisticsMatchesTheSamplesFp32) {
 
 namespace {
 
+// A device copy of C as a backend would keep it (here in host memory), counting how
+// often the statistics fetch it.
+struct FakeDeviceCopy : LayerStats<double>::DeviceCopy {
+  explicit FakeDeviceCopy(Matrix<double> c) : c(std::move(c)) {}
+  void download(double* host) const override {
+    ++downloads;
+    for (int64_t j = 0; j < c.cols; ++j)
+      for (int64_t i = 0; i < c.rows; ++i)  // only the lower triangle is meaningful
+        host[i + j * c.rows] = i >= j ? c(i, j) : -1e300;
+  }
+  double trace() const override {
+    ++traces;
+    double t = 0;
+    for (int64_t i = 0; i < c.rows; ++i) t += c(i, i);
+    return t;
+  }
+  Matrix<double> c;
+  mutable int downloads = 0, traces = 0;
+};
+
 // The device copy of C a backend may attach (LayerStats::DeviceCopy) follows C: copies
-// of the statistics share it, and add() and merge(), which change C, drop it.
-TEST(Stats, DeviceCopyIsDroppedWhenCChanges) {
-  struct Tag : LayerStats<double>::DeviceCopy {};
+// of the statistics share it, and add() and merge(), which change C, drop it. Statistics
+// made from a device copy alone fetch C once, when the host first reads it; the trace
+// never needs it.
+TEST(Stats, DeviceCopyFollowsC) {
   const Data d = make_data(7, 3, 12, 5);
-  LayerStats<double> st = accumulate<double>(d, 4, 0, 6);
+  const LayerStats<double> ref = accumulate<double>(d, 4, 0, 6);
+  LayerStats<double> st = ref;
   EXPECT_EQ(st.device_copy(), nullptr);
-  st.attach_device_copy(std::make_shared<Tag>());
-  ASSERT_NE(st.device_copy(), nullptr);
+  auto fake = std::make_shared<FakeDeviceCopy>(ref.gram());
+  st.attach_device_copy(fake);
+  ASSERT_EQ(st.device_copy(), fake.get());
   const LayerStats<double> copy = st;
   EXPECT_EQ(copy.device_copy(), st.device_copy());
   LayerStats<double> merged = st;
   merged.merge(accumulate<double>(d, 4, 6, 12));
   EXPECT_EQ(merged.device_copy(), nullptr);
+  expect_same(merged, accumulate<double>(d, 4, 0, 12), 1e-12);
   LayerStats<double> added = st;
-  Matrix<double> x = d.x;
-  added.add(x.ptr() + 6 * x.ld(), 2, x.ld(), &d.w, d.b.data(), 6);
+  added.add(d.x.ptr() + 6 * d.x.ld(), 2, d.x.ld(), &d.w, d.b.data(), 6);
   EXPECT_EQ(added.device_copy(), nullptr);
-  EXPECT_NE(copy.device_copy(), nullptr);              // the others keep theirs
-  added.add(x.ptr(), 0, x.ld(), &d.w, d.b.data(), 0);  // an empty batch changes nothing
+  EXPECT_NE(copy.device_copy(), nullptr);  // the others keep theirs
+  EXPECT_EQ(fake->downloads, 0);           // st had C on the host all along
+
+  // Only on the device: the trace asks the copy; gram() downloads once and fills the
+  // upper triangle; add() after that keeps working on the host.
+  auto only = std::make_shared<FakeDeviceCopy>(ref.gram());
+  LayerStats<double> dev = LayerStats<double>::from_device(ref.count(), ref.n(), only, ref.sum_x(),
+                                                           ref.max_x(), ref.sum_y(), ref.max_y());
+  EXPECT_EQ(dev.gram_trace(), ref.gram_trace());
+  EXPECT_EQ(only->traces, 1);
+  EXPECT_EQ(only->downloads, 0);
+  const LayerStats<double> dev_copy = dev;  // shares the copy, fetches on its own
+  EXPECT_EQ(dev.gram().data, ref.gram().data);
+  EXPECT_EQ(dev.gram().data, ref.gram().data);
+  EXPECT_EQ(only->downloads, 1);
+  EXPECT_EQ(dev.gram_trace(), ref.gram_trace());
+  EXPECT_EQ(only->traces, 1);
+  dev.add(d.x.ptr() + 6 * d.x.ld(), 6, d.x.ld(), &d.w, d.b.data(), 6);
+  expect_same(dev, accumulate<double>(d, 4, 0, 12), 1e-12);
+  EXPECT_EQ(dev.device_copy(), nullptr);
+  // Detaching keeps C: it comes to the host first.
+  LayerStats<double> detached = dev_copy;
+  detached.attach_device_copy(nullptr);
+  EXPECT_EQ(only->downloads, 2);
+  EXPECT_EQ(detached.gram().data, ref.gram().data);
+  EXPECT_THROW(LayerStats<double>::from_device(1, 7, nullptr, ref.sum_x(), ref.max_x(), {}, {}),
+               Error);
 }
 
 }  // namespace

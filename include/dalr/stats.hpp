@@ -39,13 +39,21 @@ class LayerStats {
 
   // A copy of C that the backend which accumulated it keeps on its device (the GPU's
   // statistics keep their C there), so that the same backend's solve and error need not
-  // upload C again. Opaque here; shared by copies of these statistics; dropped by add()
-  // and merge(), which change C.
+  // upload C again. Shared by copies of these statistics; dropped by add() and merge(),
+  // which change C.
   class DeviceCopy {
    public:
     virtual ~DeviceCopy() = default;
+    // C's lower triangle (at least) into host (n x n, column-major).
+    virtual void download(T* host) const = 0;
+    virtual double trace() const = 0;
   };
-  void attach_device_copy(std::shared_ptr<const DeviceCopy> copy) { device_ = std::move(copy); }
+  // Statistics whose C exists only as `device` until something reads it on the host
+  // (gram(), save(), add(), merge()): then it is downloaded once.
+  static LayerStats from_device(int64_t count, int64_t n, std::shared_ptr<const DeviceCopy> device,
+                                std::vector<double> sum_x, std::vector<double> max_x,
+                                std::vector<double> sum_y, std::vector<double> max_y);
+  void attach_device_copy(std::shared_ptr<const DeviceCopy> copy);  // keeps C on the host
   const DeviceCopy* device_copy() const { return device_.get(); }
 
   int64_t n() const { return n_; }
@@ -73,6 +81,8 @@ class LayerStats {
   std::vector<double> sum_x_, max_x_, sum_y_, max_y_;
   std::vector<T> y_scratch_;
   std::shared_ptr<const DeviceCopy> device_;
+  mutable bool host_missing_ = false;  // C is only in device_ (from_device)
+  void materialize() const;            // downloads C from device_ when host_missing_
 };
 
 }  // namespace dalr

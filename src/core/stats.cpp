@@ -56,11 +56,51 @@ LayerStats<T> LayerStats<T>::from_parts(int64_t count, Matrix<T> gram, std::vect
 }
 
 template <typename T>
+LayerStats<T> LayerStats<T>::from_device(int64_t count, int64_t n,
+                                         std::shared_ptr<const DeviceCopy> device,
+                                         std::vector<double> sum_x, std::vector<double> max_x,
+                                         std::vector<double> sum_y, std::vector<double> max_y) {
+  const int64_t m = static_cast<int64_t>(sum_y.size());
+  if (!device || n <= 0 || static_cast<int64_t>(sum_x.size()) != n ||
+      static_cast<int64_t>(max_x.size()) != n || static_cast<int64_t>(max_y.size()) != m ||
+      count < 0)
+    throw Error("statistics parts have inconsistent shapes");
+  LayerStats s;
+  s.n_ = n;
+  s.m_ = m;
+  s.count_ = count;
+  s.device_ = std::move(device);
+  s.host_missing_ = true;
+  s.sum_x_ = std::move(sum_x);
+  s.max_x_ = std::move(max_x);
+  s.sum_y_ = std::move(sum_y);
+  s.max_y_ = std::move(max_y);
+  return s;
+}
+
+template <typename T>
+void LayerStats<T>::attach_device_copy(std::shared_ptr<const DeviceCopy> copy) {
+  materialize();  // a C that only the old copy held comes to the host first
+  device_ = std::move(copy);
+}
+
+template <typename T>
+void LayerStats<T>::materialize() const {
+  if (!host_missing_) return;
+  Matrix<T> g(n_, n_);
+  device_->download(g.ptr());
+  gram_ = std::move(g);
+  symmetric_ = false;  // the device holds the lower triangle
+  host_missing_ = false;
+}
+
+template <typename T>
 void LayerStats<T>::add(const T* x, int64_t cols, int64_t ldx, const Matrix<T>* w, const T* b,
                         int64_t first_index) {
   if (cols <= 0) return;
   if (ldx < n_) throw Error("activation batch: leading dimension smaller than the width");
   check_finite(x, n_, cols, ldx, first_index);
+  materialize();
   device_.reset();  // C changes: a device copy of it is stale
   // C += X X^T, lower triangle (the same call as cublas<t>syrk on the GPU).
   cpu::syrk(CblasLower, CblasNoTrans, n_, cols, T(1), x, ldx, T(1), gram_.ptr(), gram_.ld());
@@ -85,6 +125,7 @@ void LayerStats<T>::merge(const LayerStats& o) {
                 std::to_string(o.n_) + ", m " + std::to_string(m_) + " vs " + std::to_string(o.m_) +
                 ")");
   const Matrix<T>& og = o.gram();
+  materialize();
   device_.reset();
   for (int64_t j = 0; j < n_; ++j)
     for (int64_t i = j; i < n_; ++i) gram_(i, j) += og(i, j);
@@ -102,6 +143,7 @@ void LayerStats<T>::merge(const LayerStats& o) {
 
 template <typename T>
 const Matrix<T>& LayerStats<T>::gram() const {
+  materialize();
   if (!symmetric_) {
     for (int64_t j = 0; j < n_; ++j)
       for (int64_t i = j + 1; i < n_; ++i) gram_(j, i) = gram_(i, j);
@@ -126,6 +168,7 @@ std::vector<double> LayerStats<T>::mean_y() const {
 
 template <typename T>
 double LayerStats<T>::gram_trace() const {
+  if (host_missing_) return device_->trace();
   double t = 0;
   for (int64_t i = 0; i < n_; ++i) t += static_cast<double>(gram_(i, i));
   return t;

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "cuda/device_buffer.hpp"
 #include "dalr/stats.hpp"
@@ -32,7 +33,43 @@ class DeviceGram final : public LayerStats<T>::DeviceCopy {
   int64_t n() const { return n_; }
   const T* data() const { return c_.data(); }
 
+  // The whole n x n buffer (the lower triangle is C's) into host memory.
+  void download(T* host) const override {
+    const DeviceScope on(device_);
+    DALR_CUDA_CHECK(cudaMemcpy(host, c_.data(), c_.bytes(), cudaMemcpyDeviceToHost));
+  }
+  // The diagonal alone comes to the host: n values, one pitch apart.
+  double trace() const override {
+    const DeviceScope on(device_);
+    std::vector<T> d(static_cast<size_t>(n_));
+    DALR_CUDA_CHECK(cudaMemcpy2D(d.data(), sizeof(T), c_.data(),
+                                 static_cast<size_t>(n_ + 1) * sizeof(T), sizeof(T),
+                                 static_cast<size_t>(n_), cudaMemcpyDeviceToHost));
+    double t = 0;
+    for (T v : d) t += static_cast<double>(v);
+    return t;
+  }
+
  private:
+  // Makes `device` current for a scope and restores the caller's device after.
+  class DeviceScope {
+   public:
+    explicit DeviceScope(int device) {
+      if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
+      if (previous_ != device) DALR_CUDA_CHECK(cudaSetDevice(device));
+    }
+    ~DeviceScope() {
+      int now = -1;
+      if (previous_ >= 0 && cudaGetDevice(&now) == cudaSuccess && now != previous_)
+        DALR_CUDA_CHECK_NOTHROW(cudaSetDevice(previous_));
+    }
+    DeviceScope(const DeviceScope&) = delete;
+    DeviceScope& operator=(const DeviceScope&) = delete;
+
+   private:
+    int previous_ = -1;
+  };
+
   int device_;
   int64_t n_;
   DeviceBuffer<T> c_;

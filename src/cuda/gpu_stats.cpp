@@ -418,7 +418,17 @@ struct GpuStats<T>::Impl {
     }
   }
 
-  LayerStats<T> result() {
+  LayerStats<T> result() { return collect(/*keep_c=*/false); }
+
+  // result() without the download of C: C stays on the device (DeviceGram) and comes
+  // to the host only if something there reads it (LayerStats::from_device).
+  LayerStats<T> finish() {
+    LayerStats<T> st = collect(/*keep_c=*/true);
+    finished = true;
+    return st;
+  }
+
+  LayerStats<T> collect(bool keep_c) {
     bind();
     const cudaStream_t s = ctx.stream();
     const size_t un = static_cast<size_t>(n), um = static_cast<size_t>(m);
@@ -427,8 +437,11 @@ struct GpuStats<T>::Impl {
     unsigned long long bad = kernels::kAllFinite;
     DALR_CUDA_CHECK(
         cudaMemcpyAsync(&bad, first_bad.data(), sizeof(bad), cudaMemcpyDeviceToHost, s));
-    Matrix<T> gram(n, n);
-    c.download(gram.ptr(), un * un, s);
+    Matrix<T> gram;
+    if (!keep_c) {
+      gram = Matrix<T>(n, n);
+      c.download(gram.ptr(), un * un, s);
+    }
     std::vector<double> sx(un), mx(un), sy(um), my(um);
     sum_x.download(sx.data(), un, s);
     max_x.download(mx.data(), un, s);
@@ -440,16 +453,12 @@ struct GpuStats<T>::Impl {
     throw_if_bad(bad);
     fold(sx, mx, merged_sum_x, merged_max_x);
     fold(sy, my, merged_sum_y, merged_max_y);
-    return LayerStats<T>::from_parts(count, std::move(gram), std::move(sx), std::move(mx),
-                                     std::move(sy), std::move(my));
-  }
-
-  // result(), with C left on the device and attached to the statistics (DeviceGram).
-  LayerStats<T> finish() {
-    LayerStats<T> st = result();
-    st.attach_device_copy(std::make_shared<DeviceGram<T>>(ctx.device(), n, std::move(c)));
-    finished = true;
-    return st;
+    if (!keep_c)
+      return LayerStats<T>::from_parts(count, std::move(gram), std::move(sx), std::move(mx),
+                                       std::move(sy), std::move(my));
+    return LayerStats<T>::from_device(
+        count, n, std::make_shared<DeviceGram<T>>(ctx.device(), n, std::move(c)), std::move(sx),
+        std::move(mx), std::move(sy), std::move(my));
   }
 
   void require_open() const {
