@@ -6,7 +6,7 @@
 #   bench/device_check.sh LOGDIR
 # Needs: nvcc, CMake, a C++ compiler; build dependencies from the system or from
 # .devdeps/*.deb (made by bench/device_deps.sh where apt works); for the streaming
-# benchmark, build/bench-images (bench/make_bench_images.py, carried). Budget: about 6 min, 9 at the timeouts.
+# benchmark, build/bench-images (bench/make_bench_images.py, carried). Budget: about 6 min, 10 at the timeouts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=$(mkdir -p "${1:-device-logs}" && cd "${1:-device-logs}" && pwd)
@@ -120,7 +120,7 @@ if [ -x "$BUILD/bench/bench_stream" ] && [ -d "$IMGS" ]; then
   note "bench_stream (GPU, VGG19 fc6, 512 and 5120 images): rc $? (bench_stream.log, .json)"
   BENCH_ROWS+=("$(sed -n '/, layer /,$p' "$LOG/bench_stream.log")")
   # The same stages with 16-bit activations (tensor cores, channels-last), no memory runs.
-  timeout 60 "$BUILD/bench/bench_stream" --data "$IMGS" --device cuda --layer classifier.0 \
+  timeout 45 "$BUILD/bench/bench_stream" --data "$IMGS" --device cuda --layer classifier.0 \
     --images 512 --batch 64 --workers "$(nproc)" --repeats 3 --precision bf16 --no-memory \
     --json "$LOG/bench_stream_bf16.json" >"$LOG/bench_stream_bf16.log" 2>&1
   note "bench_stream (GPU, VGG19 fc6, bf16 activations, 512 images): rc $? (bench_stream_bf16.log)"
