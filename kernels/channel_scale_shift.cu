@@ -6,6 +6,20 @@
 
 namespace dalr::kernels {
 
+// Multiply, then add, each rounded (no FMA contraction): what the CPU twin computes.
+__device__ __forceinline__ float mul_rn(float a, float b) {
+  return __fmul_rn(a, b);
+}
+__device__ __forceinline__ double mul_rn(double a, double b) {
+  return __dmul_rn(a, b);
+}
+__device__ __forceinline__ float add_rn(float a, float b) {
+  return __fadd_rn(a, b);
+}
+__device__ __forceinline__ double add_rn(double a, double b) {
+  return __dadd_rn(a, b);
+}
+
 template <typename T>
 __global__ void channel_scale_shift_kernel(T* __restrict__ x, int64_t n, int64_t channels,
                                            int64_t hw, const T* __restrict__ scale,
@@ -13,7 +27,7 @@ __global__ void channel_scale_shift_kernel(T* __restrict__ x, int64_t n, int64_t
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const int64_t c = (i / hw) % channels;
-    const T v = scale ? x[i] * scale[c] + shift[c] : x[i] + shift[c];
+    const T v = scale ? add_rn(mul_rn(x[i], scale[c]), shift[c]) : x[i] + shift[c];
     x[i] = !relu || v > T(0) ? v : (v == v ? T(0) : v);
   }
 }

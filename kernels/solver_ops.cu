@@ -95,6 +95,32 @@ DALR_INSTANTIATE(double)
 #undef DALR_INSTANTIATE
 
 template <typename T>
+__global__ void row_dot_double_kernel(const T* __restrict__ e, int64_t m, int64_t n, int64_t lde,
+                                      const double* __restrict__ s, double* __restrict__ y) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < m; i += stride) {
+    double acc = 0;
+    for (int64_t j = 0; j < n; ++j) acc += double(e[i + j * lde]) * s[j];
+    y[i] = acc;
+  }
+}
+
+template <typename T>
+void launch_row_dot_double(const T* e, int64_t m, int64_t n, int64_t lde, const double* s,
+                           double* y, cudaStream_t stream) {
+  check_shape("row_dot_double", m, n, lde);
+  if (m == 0) return;
+  if (!y || (n > 0 && (!e || !s))) throw Error("row_dot_double: a null pointer");
+  row_dot_double_kernel<T><<<blocks_for(m), kSolverOpsThreads, 0, stream>>>(e, m, n, lde, s, y);
+  DALR_CUDA_CHECK_LAUNCH();
+}
+
+template void launch_row_dot_double<float>(const float*, int64_t, int64_t, int64_t, const double*,
+                                           double*, cudaStream_t);
+template void launch_row_dot_double<double>(const double*, int64_t, int64_t, int64_t, const double*,
+                                            double*, cudaStream_t);
+
+template <typename T>
 __global__ void dot_partials_kernel(const T* __restrict__ x, const T* __restrict__ y, int64_t n,
                                     double* __restrict__ partials) {
   __shared__ double sum[kSolverOpsThreads];

@@ -27,6 +27,13 @@ template <typename T>
 void launch_reverse_columns(const T* src, int64_t lds, int64_t last, T* dst, int64_t ldd,
                             int64_t rows, int64_t cols, cudaStream_t stream);
 
+// y[i] = sum_j e(i, j) * s[j] for i < m, j ascending, accumulated in double: E s for a
+// column-major e (ld lde) and a double s. One thread per row (consecutive rows read
+// consecutive memory for each j).
+template <typename T>
+void launch_row_dot_double(const T* e, int64_t m, int64_t n, int64_t lde, const double* s,
+                           double* y, cudaStream_t stream);
+
 // Blocks of the deterministic dot product below (partials has this many entries).
 constexpr int kDotBlocks = 1024;
 

@@ -81,8 +81,10 @@ class LayerStats {
   std::vector<double> sum_x_, max_x_, sum_y_, max_y_;
   std::vector<T> y_scratch_;
   std::shared_ptr<const DeviceCopy> device_;
-  mutable bool host_missing_ = false;  // C is only in device_ (from_device)
-  void materialize() const;            // downloads C from device_ when host_missing_
+  // C is only in device_ (from_device). Fetched by const readers: like the upper
+  // triangle's fill, not safe for concurrent reads of one object.
+  mutable bool host_missing_ = false;
+  void materialize() const;  // downloads C from device_ when host_missing_
 };
 
 }  // namespace dalr

@@ -87,6 +87,7 @@ void LayerStats<T>::attach_device_copy(std::shared_ptr<const DeviceCopy> copy) {
 template <typename T>
 void LayerStats<T>::materialize() const {
   if (!host_missing_) return;
+  if (!device_) throw Error("internal: statistics whose C is neither on the host nor a device");
   Matrix<T> g(n_, n_);
   device_->download(g.ptr());
   gram_ = std::move(g);

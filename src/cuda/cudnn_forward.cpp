@@ -113,6 +113,15 @@ void gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, i
   DALR_CUBLAS_CHECK(cublasDgemm(h, ta, tb, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc));
 }
 
+// cuDNN 9 reports NOT_SUPPORTED as a category with sub-codes (_SHAPE, _LAYOUT, ...).
+bool not_supported(cudnnStatus_t s) {
+#ifdef CUDNN_STATUS_CATEGORY
+  return CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED;
+#else
+  return s == CUDNN_STATUS_NOT_SUPPORTED;
+#endif
+}
+
 // The conv descriptor's math type is the precision policy for cuDNN. For float data,
 // CUDNN_DEFAULT_MATH permits TF32 tensor cores on sm_80 and newer, CUDNN_FMA_MATH
 // restricts cuDNN to FMA kernels (no TF32): Exact. Tf32 uses CUDNN_DEFAULT_MATH rather
@@ -468,7 +477,10 @@ void CudnnForward<T>::Impl::conv(size_t i, int64_t batch, const ActShape& s, con
   cudnnStatus_t status =
       cudnnConvolutionForward(cudnn.get(), &one, xdesc.get(), x, st.filter->get(), wd,
                               st.conv->get(), p.algo, ws, p.workspace, &zero, ydesc.get(), y);
-  if (status == CUDNN_STATUS_NOT_SUPPORTED && p.algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM) {
+  if (not_supported(status) && p.algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM) {
+    // A refused launch may leave a runtime error behind that a later launch check
+    // would report: clear it before trying again.
+    (void)cudaGetLastError();
     // The heuristic's choice passed the workspace query but not the call (seen with
     // channels-last 16-bit tensors of few channels): IMPLICIT_GEMM, which supports every
     // shape and needs no workspace, from now on for this shape.

@@ -69,17 +69,6 @@ cublasStatus_t blas_geam(cublasHandle_t h, cublasOperation_t ta, cublasOperation
   return cublasDgeam_64(h, ta, tb, m, n, alpha, a, lda, beta, b, ldb, c, ldc);
 }
 
-cublasStatus_t blas_gemv(cublasHandle_t h, int64_t m, int64_t n, const float* a, int64_t lda,
-                         const float* x, float* y) {
-  const float one = 1, zero = 0;
-  return cublasSgemv_64(h, CUBLAS_OP_N, m, n, &one, a, lda, x, 1, &zero, y, 1);
-}
-cublasStatus_t blas_gemv(cublasHandle_t h, int64_t m, int64_t n, const double* a, int64_t lda,
-                         const double* x, double* y) {
-  const double one = 1, zero = 0;
-  return cublasDgemv_64(h, CUBLAS_OP_N, m, n, &one, a, lda, x, 1, &zero, y, 1);
-}
-
 cublasOperation_t op(bool trans) {
   return trans ? CUBLAS_OP_T : CUBLAS_OP_N;
 }
@@ -129,11 +118,6 @@ class Ops {
     const T minus_one = -1, one = 1;
     DALR_CUBLAS_CHECK(blas_gemm(ctx_.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &minus_one, a,
                                 lda, b, ldb, &one, c, ldc));
-  }
-
-  // y (m) = a x (a: m x n).
-  void gemv(int64_t m, int64_t n, const T* a, int64_t lda, const T* x, T* y) {
-    DALR_CUBLAS_CHECK(blas_gemv(ctx_.cublas(), m, n, a, lda, x, y));
   }
 
   // sum_i x[i] y[i] over n contiguous elements, accumulated in double in a fixed order
@@ -405,7 +389,7 @@ ReconError recon_dense(Ops<T>& ops, const LayerStats<T>& st, const Matrix<T>& w,
                        const std::vector<T>& b, const Factors<T>& f) {
   const int64_t m = w.rows, n = w.cols, k = f.b.rows;
   const cudaStream_t s = ops.stream();
-  const std::vector<T> sx(st.sum_x().begin(), st.sum_x().end());  // s = X 1, in T for gemv
+  const std::vector<double>& sx = st.sum_x();  // s = X 1, in double as the CPU reads it
   // C: read in place when the statistics keep it on this device, else uploaded.
   DeviceBuffer<T> d_c;
   const T* c = device_gram(st, ops.device());
@@ -416,15 +400,17 @@ ReconError recon_dense(Ops<T>& ops, const LayerStats<T>& st, const Matrix<T>& w,
   }
   DeviceBuffer<T> d_w = device_matrix<T>(m, n);
   DeviceBuffer<T> d_a = device_matrix<T>(m, k), d_b = device_matrix<T>(k, n);
-  DeviceBuffer<T> d_s(static_cast<size_t>(n)), d_es(static_cast<size_t>(m));
+  DeviceBuffer<double> d_s(static_cast<size_t>(n)), d_es(static_cast<size_t>(m));
   d_w.upload(w.ptr(), d_w.size(), s);
   d_a.upload(f.a.ptr(), d_a.size(), s);
   d_b.upload(f.b.ptr(), d_b.size(), s);
   d_s.upload(sx.data(), sx.size(), s);
-  auto es_of = [&](const T* e) {  // E s, on the host in double
-    ops.gemv(m, n, e, m, d_s.data(), d_es.data());
-    const std::vector<T> h = ops.download(d_es, m);
-    return std::vector<double>(h.begin(), h.end());
+  auto es_of = [&](const T* e) {  // E s, accumulated in double as the CPU's, on the host
+    dk::launch_row_dot_double(e, m, n, m, d_s.data(), d_es.data(), s);
+    std::vector<double> h(static_cast<size_t>(m));
+    d_es.download(h.data(), h.size(), s);
+    DALR_CUDA_CHECK(cudaStreamSynchronize(s));
+    return h;
   };
 
   // The reference: W C, <W C, W>, W s.
@@ -541,7 +527,10 @@ ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
   if (f.a.rows != m || f.a.cols != k || static_cast<int64_t>(f.bias.size()) != m)
     throw Error("reconstruction_error: the factors do not fit a " + std::to_string(m) + " x " +
                 std::to_string(n) + " layer");
-  Context ctx(device, math);
+  // Always exact products: the error is a difference of sums of products (D C = W C -
+  // A (B C)), and TF32's 5e-4 would swamp errors of a few percent.
+  (void)math;
+  Context ctx(device, Math::Exact);
   // C (unless the statistics keep it on this device), W (becomes D), W C (becomes D C),
   // A, B, B C, s, W s.
   const double c_elems = device_gram(st, ctx.device()) ? 0.0 : double(n) * n;
