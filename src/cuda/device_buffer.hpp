@@ -49,22 +49,20 @@ inline void check_count(size_t n, size_t cap, const char* what) {
 
 }  // namespace detail
 
-template <typename T>
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t n)
-      : ptr_(n ? static_cast<T*>(
-                     detail::device_malloc(detail::checked_bytes(n, sizeof(T), "DeviceBuffer")))
-               : nullptr),
-        n_(n) {}
-  ~DeviceBuffer() { reset(); }
+namespace detail {
 
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept
+// Sole owner of an array of n T that `Free` (cudaFree or cudaFreeHost) releases:
+// move-only, released on destruction or reset(), never throwing there.
+template <typename T, cudaError_t (*Free)(void*)>
+class OwnedArray {
+ public:
+  OwnedArray() = default;
+  ~OwnedArray() { reset(); }
+  OwnedArray(const OwnedArray&) = delete;
+  OwnedArray& operator=(const OwnedArray&) = delete;
+  OwnedArray(OwnedArray&& o) noexcept
       : ptr_(std::exchange(o.ptr_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+  OwnedArray& operator=(OwnedArray&& o) noexcept {
     if (this != &o) {
       reset();
       ptr_ = std::exchange(o.ptr_, nullptr);
@@ -79,142 +77,130 @@ class DeviceBuffer {
   size_t bytes() const { return n_ * sizeof(T); }
   bool empty() const { return n_ == 0; }
 
+  void reset() noexcept {
+    if (ptr_) DALR_CUDA_CHECK_NOTHROW(Free(ptr_));
+    ptr_ = nullptr;
+    n_ = 0;
+  }
+
+ protected:
+  OwnedArray(T* p, size_t n) : ptr_(p), n_(n) {}
+
+ private:
+  T* ptr_ = nullptr;
+  size_t n_ = 0;
+};
+
+// Sole owner of a CUDA handle (event, stream) that `Destroy` releases: move-only.
+template <typename H, cudaError_t (*Destroy)(H)>
+class OwnedHandle {
+ public:
+  ~OwnedHandle() { reset(); }
+  OwnedHandle(const OwnedHandle&) = delete;
+  OwnedHandle& operator=(const OwnedHandle&) = delete;
+  OwnedHandle(OwnedHandle&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+  OwnedHandle& operator=(OwnedHandle&& o) noexcept {
+    if (this != &o) {
+      reset();
+      h_ = std::exchange(o.h_, nullptr);
+    }
+    return *this;
+  }
+
+  H get() const { return h_; }
+  void reset() noexcept {
+    if (h_) DALR_CUDA_CHECK_NOTHROW(Destroy(h_));
+    h_ = nullptr;
+  }
+
+ protected:
+  OwnedHandle() = default;
+  H h_ = nullptr;
+};
+
+}  // namespace detail
+
+// Device memory.
+template <typename T>
+class DeviceBuffer : public detail::OwnedArray<T, cudaFree> {
+  using Base = detail::OwnedArray<T, cudaFree>;
+
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t n)
+      : Base(n ? static_cast<T*>(
+                     detail::device_malloc(detail::checked_bytes(n, sizeof(T), "DeviceBuffer")))
+               : nullptr,
+             n) {}
+
   DeviceBuffer clone(cudaStream_t stream) const {
-    DeviceBuffer out(n_);
-    if (n_)
-      DALR_CUDA_CHECK(cudaMemcpyAsync(out.ptr_, ptr_, bytes(), cudaMemcpyDeviceToDevice, stream));
+    DeviceBuffer out(this->size());
+    if (!this->empty())
+      DALR_CUDA_CHECK(cudaMemcpyAsync(out.data(), this->data(), this->bytes(),
+                                      cudaMemcpyDeviceToDevice, stream));
     return out;
   }
   // Copies n elements from host src into the start of the buffer.
   void upload(const T* src, size_t n, cudaStream_t stream) {
-    detail::check_count(n, n_, "DeviceBuffer::upload");
+    detail::check_count(n, this->size(), "DeviceBuffer::upload");
     if (n)
-      DALR_CUDA_CHECK(cudaMemcpyAsync(ptr_, src, n * sizeof(T), cudaMemcpyHostToDevice, stream));
+      DALR_CUDA_CHECK(
+          cudaMemcpyAsync(this->data(), src, n * sizeof(T), cudaMemcpyHostToDevice, stream));
   }
   // Copies the first n elements of the buffer to host dst.
   void download(T* dst, size_t n, cudaStream_t stream) const {
-    detail::check_count(n, n_, "DeviceBuffer::download");
+    detail::check_count(n, this->size(), "DeviceBuffer::download");
     if (n)
-      DALR_CUDA_CHECK(cudaMemcpyAsync(dst, ptr_, n * sizeof(T), cudaMemcpyDeviceToHost, stream));
+      DALR_CUDA_CHECK(
+          cudaMemcpyAsync(dst, this->data(), n * sizeof(T), cudaMemcpyDeviceToHost, stream));
   }
-
-  void reset() noexcept {
-    if (ptr_) DALR_CUDA_CHECK_NOTHROW(cudaFree(ptr_));
-    ptr_ = nullptr;
-    n_ = 0;
-  }
-
- private:
-  T* ptr_ = nullptr;
-  size_t n_ = 0;
 };
 
 // Page-locked host memory: the host side of asynchronous copies.
 template <typename T>
-class PinnedBuffer {
+class PinnedBuffer : public detail::OwnedArray<T, cudaFreeHost> {
+  using Base = detail::OwnedArray<T, cudaFreeHost>;
+
  public:
   PinnedBuffer() = default;
-  explicit PinnedBuffer(size_t n) : n_(n) {
-    if (n) {
-      void* p = nullptr;
-      DALR_CUDA_CHECK(cudaMallocHost(&p, detail::checked_bytes(n, sizeof(T), "PinnedBuffer")));
-      ptr_ = static_cast<T*>(p);
-    }
-  }
-  ~PinnedBuffer() { reset(); }
+  explicit PinnedBuffer(size_t n) : Base(allocate(n), n) {}
 
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  PinnedBuffer(PinnedBuffer&& o) noexcept
-      : ptr_(std::exchange(o.ptr_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
-    if (this != &o) {
-      reset();
-      ptr_ = std::exchange(o.ptr_, nullptr);
-      n_ = std::exchange(o.n_, 0);
-    }
-    return *this;
-  }
-
-  T* data() { return ptr_; }
-  const T* data() const { return ptr_; }
-  size_t size() const { return n_; }
-  T& operator[](size_t i) { return ptr_[i]; }
-  const T& operator[](size_t i) const { return ptr_[i]; }
-
-  void reset() noexcept {
-    if (ptr_) DALR_CUDA_CHECK_NOTHROW(cudaFreeHost(ptr_));
-    ptr_ = nullptr;
-    n_ = 0;
-  }
+  T& operator[](size_t i) { return this->data()[i]; }
+  const T& operator[](size_t i) const { return this->data()[i]; }
 
  private:
-  T* ptr_ = nullptr;
-  size_t n_ = 0;
+  static T* allocate(size_t n) {
+    if (!n) return nullptr;
+    void* p = nullptr;
+    DALR_CUDA_CHECK(cudaMallocHost(&p, detail::checked_bytes(n, sizeof(T), "PinnedBuffer")));
+    return static_cast<T*>(p);
+  }
 };
 
-class Event {
+class Event : public detail::OwnedHandle<cudaEvent_t, cudaEventDestroy> {
  public:
   explicit Event(unsigned flags = cudaEventDefault) {
-    DALR_CUDA_CHECK(cudaEventCreateWithFlags(&ev_, flags));
-  }
-  ~Event() { reset(); }
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
-  Event(Event&& o) noexcept : ev_(std::exchange(o.ev_, nullptr)) {}
-  Event& operator=(Event&& o) noexcept {
-    if (this != &o) {
-      reset();
-      ev_ = std::exchange(o.ev_, nullptr);
-    }
-    return *this;
+    DALR_CUDA_CHECK(cudaEventCreateWithFlags(&h_, flags));
   }
 
-  cudaEvent_t get() const { return ev_; }
-  void record(cudaStream_t s) { DALR_CUDA_CHECK(cudaEventRecord(ev_, s)); }
-  void synchronize() const { DALR_CUDA_CHECK(cudaEventSynchronize(ev_)); }
+  void record(cudaStream_t s) { DALR_CUDA_CHECK(cudaEventRecord(h_, s)); }
+  void synchronize() const { DALR_CUDA_CHECK(cudaEventSynchronize(h_)); }
   // Milliseconds from start to this event (both recorded, timing enabled).
   float elapsed_ms_since(const Event& start) const {
     float ms = 0.f;
-    DALR_CUDA_CHECK(cudaEventElapsedTime(&ms, start.ev_, ev_));
+    DALR_CUDA_CHECK(cudaEventElapsedTime(&ms, start.h_, h_));
     return ms;
   }
-  void reset() noexcept {
-    if (ev_) DALR_CUDA_CHECK_NOTHROW(cudaEventDestroy(ev_));
-    ev_ = nullptr;
-  }
-
- private:
-  cudaEvent_t ev_ = nullptr;
 };
 
-class Stream {
+class Stream : public detail::OwnedHandle<cudaStream_t, cudaStreamDestroy> {
  public:
   // Non-blocking: work here does not serialise with the legacy default stream.
-  Stream() { DALR_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~Stream() { reset(); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  Stream(Stream&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
-  Stream& operator=(Stream&& o) noexcept {
-    if (this != &o) {
-      reset();
-      s_ = std::exchange(o.s_, nullptr);
-    }
-    return *this;
-  }
+  Stream() { DALR_CUDA_CHECK(cudaStreamCreateWithFlags(&h_, cudaStreamNonBlocking)); }
 
-  cudaStream_t get() const { return s_; }
-  operator cudaStream_t() const { return s_; }
-  void synchronize() const { DALR_CUDA_CHECK(cudaStreamSynchronize(s_)); }
-  void wait(const Event& e) const { DALR_CUDA_CHECK(cudaStreamWaitEvent(s_, e.get(), 0)); }
-  void reset() noexcept {
-    if (s_) DALR_CUDA_CHECK_NOTHROW(cudaStreamDestroy(s_));
-    s_ = nullptr;
-  }
-
- private:
-  cudaStream_t s_ = nullptr;
+  operator cudaStream_t() const { return h_; }
+  void synchronize() const { DALR_CUDA_CHECK(cudaStreamSynchronize(h_)); }
+  void wait(const Event& e) const { DALR_CUDA_CHECK(cudaStreamWaitEvent(h_, e.get(), 0)); }
 };
 
 }  // namespace dalr::cuda
