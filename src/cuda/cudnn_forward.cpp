@@ -260,7 +260,8 @@ struct CudnnForward<T>::Impl {
             Matrix<T>* out);
   InputStage<T>& upload_input(const T* input, size_t count);
   void download(const T* src, int64_t count);  // into out_stage, then waits
-  const ConvPlan& plan(size_t i, int64_t batch, const ActShape& s, const ActShape& o);
+  const ConvPlan& plan(size_t i, int64_t batch, const ActShape& s, const ActShape& o, const void* x,
+                       void* y);
   // relu: the ReLU after the layer runs in the bias kernel (the layer has a bias).
   void conv(size_t i, int64_t batch, const ActShape& s, const ActShape& o, const void* x, void* y,
             bool relu);
@@ -406,13 +407,19 @@ void CudnnForward<T>::Impl::download(const T* src, int64_t count) {
   ctx.synchronize();
 }
 
-// The algorithm for layer i at this input shape, chosen once: the first of cuDNN's
-// heuristic ranking that the precision policy allows, that this descriptor supports
-// (its workspace query succeeds) and whose workspace fits in half the free memory;
-// IMPLICIT_GEMM (no workspace, supports every shape) otherwise.
+// The algorithm for layer i at this input shape, chosen once:
+//  1. the fastest that cudnnFindConvolutionForwardAlgorithmEx measures on the pass's own
+//     buffers (it runs each candidate; y is rewritten by the convolution right after)
+//     that the precision policy allows and whose workspace fits the budget below, as
+//     PyTorch's cudnn.benchmark does;
+//  2. else the first of cuDNN's heuristic ranking that the policy allows, that this
+//     descriptor supports (its workspace query succeeds) and whose workspace fits;
+//  3. else IMPLICIT_GEMM (no workspace, supports every shape).
+// The measured choice can differ from run to run when two algorithms time alike, so
+// results are reproducible to rounding, not to the bit, across processes.
 template <typename T>
 const ConvPlan& CudnnForward<T>::Impl::plan(size_t i, int64_t batch, const ActShape& s,
-                                            const ActShape& o) {
+                                            const ActShape& o, const void* x, void* y) {
   const std::array<int64_t, 5> key{static_cast<int64_t>(i), batch, s.c, s.h, s.w};
   auto it = plans.find(key);
   if (it != plans.end()) return it->second;
@@ -439,6 +446,32 @@ const ConvPlan& CudnnForward<T>::Impl::plan(size_t i, int64_t batch, const ActSh
   Context::memory(&free_b, &total_b);
   ConvPlan chosen;
   bool have = false;
+  auto allowed = [&](cudnnMathType_t t) {
+    return s16() ? t != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION : math_allowed<T>(t, math);
+  };
+
+  // 1. Measured, with a workspace of at most an eighth of the free memory and 512 MiB.
+  {
+    const size_t budget = std::min<size_t>(free_b / 8, size_t(512) << 20);
+    void* ws = budget ? ctx.workspace(budget) : nullptr;
+    const void* wd = s16() ? static_cast<const void*>(st.weight16.data()) : st.weight.data();
+    std::vector<cudnnConvolutionFwdAlgoPerf_t> timed(perf.size());
+    int returned = 0;
+    const cudnnStatus_t status = cudnnFindConvolutionForwardAlgorithmEx(
+        cudnn.get(), xdesc.get(), x, st.filter->get(), wd, st.conv->get(), ydesc.get(), y,
+        static_cast<int>(timed.size()), &returned, timed.data(), ws, budget);
+    if (status == CUDNN_STATUS_SUCCESS) {
+      for (int a = 0; a < returned && !have; ++a)  // fastest first
+        if (timed[a].status == CUDNN_STATUS_SUCCESS && allowed(timed[a].mathType) &&
+            timed[a].memory <= budget) {
+          chosen.algo = timed[a].algo;
+          chosen.workspace = timed[a].memory;
+          have = true;
+        }
+    } else {
+      (void)cudaGetLastError();  // a refused candidate's launch error must not linger
+    }
+  }
   auto try_algo = [&](cudnnConvolutionFwdAlgo_t algo) {
     size_t bytes = 0;
     if (cudnnGetConvolutionForwardWorkspaceSize(cudnn.get(), xdesc.get(), st.filter->get(),
@@ -450,10 +483,9 @@ const ConvPlan& CudnnForward<T>::Impl::plan(size_t i, int64_t batch, const ActSh
     chosen.workspace = bytes;
     return true;
   };
+  // 2. The heuristic's ranking.
   for (int a = 0; a < found && !have; ++a)
-    if (perf[a].status == CUDNN_STATUS_SUCCESS &&
-        (s16() ? perf[a].mathType != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
-               : math_allowed<T>(perf[a].mathType, math)))
+    if (perf[a].status == CUDNN_STATUS_SUCCESS && allowed(perf[a].mathType))
       have = try_algo(perf[a].algo);
   if (!have) have = try_algo(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM);
   if (!have)
@@ -468,7 +500,7 @@ void CudnnForward<T>::Impl::conv(size_t i, int64_t batch, const ActShape& s, con
                                  const void* x, void* y, bool relu) {
   set_desc(xdesc, act_format(), act_type(), batch, s);
   set_desc(ydesc, act_format(), act_type(), batch, o);
-  const ConvPlan& p = plan(i, batch, s, o);
+  const ConvPlan& p = plan(i, batch, s, o, x, y);
   void* ws = p.workspace ? ctx.workspace(p.workspace) : nullptr;
   // float scalars for float and 16-bit data, double for double
   const T one = 1, zero = 0;
