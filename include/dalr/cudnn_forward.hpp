@@ -1,7 +1,9 @@
 #pragma once
 // The forward pass of an Arch on the GPU: the twin of CpuForward<T> (dalr/forward.hpp),
-// with the same inputs, outputs, errors and tap semantics. Convolutions and fixed-window
-// pooling run through cuDNN, linear layers through cuBLAS, the rest in small kernels.
+// with the same inputs, outputs, errors and tap semantics. Convolutions (algorithms
+// measured once per shape) and fixed-window pooling run through cuDNN, linear layers
+// through cuBLAS, the rest in small kernels (a ReLU after a biased layer fused into its
+// bias kernel); with 16-bit storage, pooling runs in a kernel too.
 // Plain C++: no CUDA headers. Built only with CUDA (DALR_HAVE_CUDA).
 //
 // Precision: T = double runs in fp64 throughout (math is ignored). T = float with
@@ -10,8 +12,9 @@
 // (math is ignored) stores the activations and the conv and linear weights in that
 // 16-bit format, channels-last (NHWC) from the input to the flatten, and runs the
 // convolutions and linear layers on tensor cores with fp32 accumulation; biases and
-// batchnorm stay fp32. Taps and outputs are widened to float, in the C order of the
-// fp32 path. The CPU twin is CpuForward<float> with the same ActStorage.
+// batchnorm stay fp32 (a biased layer rounds its product, then product + bias). Taps and
+// outputs are widened to float, in the C order of the fp32 path. The CPU twin is
+// CpuForward<float> with the same ActStorage.
 #include <cstdint>
 #include <memory>
 #include <string>
