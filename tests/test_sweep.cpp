@@ -117,6 +117,41 @@ TEST_F(Sweep, PointsEqualCompressPlusEvaluate) {
   }
 }
 
+// With 16-bit activations (emulated on the CPU), a point still equals compress +
+// evaluate at the same precision: the head rounds the compressed layers' weights and
+// products as the forward pass does on the written model. One factoring and one pruning
+// method.
+TEST_F(Sweep, Bf16PointsEqualCompressPlusEvaluateAtBf16) {
+  const std::string prefix = dir_.file("b");
+  const std::string bf16 = " --precision bf16";
+  const auto r = run_cli("sweep " + kCommon + bf16 + " " + kTrain + " --test " + kEx + "test " +
+                         "--test-limit 300 --methods dalr,prune-mean --ranks 16 --out " + prefix);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json s = read_json(prefix + ".json");
+  ASSERT_EQ(s["points"].size(), 2u);
+  EXPECT_EQ(s["precision"], "bf16");
+  const auto base = run_cli("evaluate --model " + kEx + "model.bin --data " + kEx + "test " +
+                            kTest + bf16 + " --device cpu -q --report " + dir_.file("base.json"));
+  ASSERT_EQ(base.exit_code, 0) << base.output;
+  EXPECT_EQ(s["uncompressed"]["top1"], read_json(dir_.file("base.json"))["top1"]);
+  for (const json& p : s["points"]) {
+    const std::string m = p["method"], k = std::to_string(p["rank"].get<int64_t>());
+    SCOPED_TRACE(m + " k=" + k);
+    const std::string model = dir_.file(m + k + "-bf16.bin"), ev = dir_.file(m + k + ".eval.json");
+    const std::string next = m.rfind("prune", 0) == 0 ? " --next-layer classifier.3" : "";
+    const auto c = run_cli("compress " + kCommon + bf16 + " --acts stream " + kTrain +
+                           " --method " + m + " --rank " + k + next + " --out " + model);
+    ASSERT_EQ(c.exit_code, 0) << c.output;
+    const auto e = run_cli("evaluate --model " + model + " --data " + kEx + "test " + kTest + bf16 +
+                           " --compare " + kEx + "model.bin --device cpu -q --report " + ev);
+    ASSERT_EQ(e.exit_code, 0) << e.output;
+    const json er = read_json(ev);
+    EXPECT_EQ(p["top1"], er["top1"]);
+    EXPECT_EQ(p["top5"], er["top5"]);
+    EXPECT_EQ(p["agreement"], er["agreement"]);
+  }
+}
+
 TEST_F(Sweep, WritesFilesAndWellFormedPlots) {
   const std::string prefix = dir_.file("out/run");
   std::filesystem::create_directories(dir_.file("out"));
@@ -208,6 +243,43 @@ TEST(RunFrom, ContinuesTheForwardPassExactly) {
   const Matrix<float> y = fwd.run_from("classifier.6", x6.ptr(), 5);
   EXPECT_EQ(fwd.run_from("classifier.6", y.ptr(), 5, /*after=*/true).data, full.data);
   EXPECT_THROW(fwd.run_from("nope", x.ptr(), 5), Error);
+}
+
+}  // namespace
+
+namespace {
+
+// What the sweep's and the joint search's heads rely on: the factored layer applied by
+// hand (apply_linear, with the model's weights rounded as CpuForward rounds them) and
+// the rest of the original network (run_from, after the layer) give the compressed
+// model's output bit for bit, in fp32 and with 16-bit activations.
+TEST(RunFrom, HandAppliedFactorsGiveTheCompressedModelsBits) {
+  test::TempDir dir;
+  const std::string out = dir.file("c.bin");
+  const auto c = run_cli("compress " + kCommon + " --acts stream --data " + kEx +
+                         "train --limit 200 --method dalr --rank 16 --out " + out);
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  SafetensorsFile f(kEx + "model.bin"), fc(out);
+  const Arch arch = load_arch(f, ""), arch_c = load_arch(fc, "");
+  std::mt19937_64 rng(test::test_seed(12));
+  std::normal_distribution<float> nd;
+  std::vector<float> img(7 * 32 * 32);
+  for (auto& v : img) v = nd(rng);
+  const TensorInfo& bt = fc.at("classifier.0.0.weight");
+  const TensorInfo& at = fc.at("classifier.0.1.weight");
+  const int64_t k = bt.shape[0], n = bt.shape[1], m = at.shape[0];
+  for (ActStorage s : {ActStorage::Fp32, ActStorage::Bf16, ActStorage::Fp16}) {
+    SCOPED_TRACE(act_storage_name(s));
+    const CpuForward<float> orig(arch, f, s), comp(arch_c, fc, s);
+    const Matrix<float> want = comp.run(img.data(), 7, 1, 32, 32);
+    const Matrix<float> x = orig.run(img.data(), 7, 1, 32, 32, "classifier.0");
+    const std::vector<float> b = rounded_to_storage(fc.read<float>("classifier.0.0.weight"), s);
+    const std::vector<float> a = rounded_to_storage(fc.read<float>("classifier.0.1.weight"), s);
+    const Matrix<float> t = apply_linear(b, {}, n, k, x.ptr(), 7, s);
+    const Matrix<float> y =
+        apply_linear(a, fc.read<float>("classifier.0.1.bias"), k, m, t.ptr(), 7, s);
+    EXPECT_EQ(orig.run_from("classifier.0", y.ptr(), 7, /*after=*/true).data, want.data);
+  }
 }
 
 }  // namespace

@@ -93,10 +93,17 @@ Matrix<T> Forward<T>::run_from(const std::string&, const T*, int64_t, bool) cons
 
 // y = W x + b for a batch of columns, with the same BLAS call as the forward pass's
 // linear layer (so a layer applied by hand gives the bits a model file would give).
-// weight: (out, in) row-major; bias: empty or out; x: in x batch column-major.
+// weight: (out, in) row-major; bias: empty or out; x: in x batch column-major. With
+// 16-bit storage (T = float; weight and x already rounded, as CpuForward holds them)
+// the result is stored as CpuForward stores a linear layer's: the product rounded,
+// then product + bias rounded.
 template <typename T>
 Matrix<T> apply_linear(const std::vector<T>& weight, const std::vector<T>& bias, int64_t in,
-                       int64_t out, const T* x, int64_t batch);
+                       int64_t out, const T* x, int64_t batch,
+                       ActStorage storage = ActStorage::Fp32);
+
+// v with every value rounded to the storage format (v itself for Fp32).
+std::vector<float> rounded_to_storage(std::vector<float> v, ActStorage s);
 
 template <typename T>  // float or double
 class CpuForward final : public Forward<T> {

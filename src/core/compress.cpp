@@ -411,11 +411,14 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
   std::vector<FloatLayer> original(jobs.size());
   std::vector<double> lambdas(jobs.size());
   std::vector<std::map<int64_t, FloatLayer>> cache(jobs.size());
+  // With 16-bit storage, weights rounded and products stored as CpuForward does, so the
+  // search scores what `evaluate --precision` would.
+  const ActStorage storage = act_storage_for(o.precision);
   auto to_f = [](const std::vector<T>& v) { return std::vector<float>(v.begin(), v.end()); };
   for (size_t i = 0; i < jobs.size(); ++i) {
     const auto& j = jobs[i];
     full[i] = std::min(j.l.w.rows, j.l.w.cols);
-    original[i].b_rows = to_f(to_row_major(j.l.w));
+    original[i].b_rows = rounded_to_storage(to_f(to_row_major(j.l.w)), storage);
     original[i].bias = to_f(j.l.b);
     lambdas[i] = o.lambda ? *o.lambda : default_lambda(j.st, o.lambda_rel);
   }
@@ -428,7 +431,8 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
     const Factors<T> f =
         backend.solve({method, k, lambdas[i]}, jobs[i].l.w, jobs[i].l.b, jobs[i].st);
     t_solve += seconds_since(ts);
-    FloatLayer fl{to_f(to_row_major(f.b)), to_f(to_row_major(f.a)), to_f(f.bias)};
+    FloatLayer fl{rounded_to_storage(to_f(to_row_major(f.b)), storage),
+                  rounded_to_storage(to_f(to_row_major(f.a)), storage), to_f(f.bias)};
     return cache[i].emplace(k, std::move(fl)).first->second;
   };
 
@@ -436,7 +440,7 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
   const Features feat =
       cache_features(d, jobs[first].name, "--val", arch, model, backend, warnings);
   const double features_s = seconds_since(t0);
-  const CpuForward<float> head(arch, model);
+  const CpuForward<float> head(arch, model, storage);
   const Scores base = score(feat, {}, nullptr, [&](const float* x, int64_t cols) {
     return head.run_from(jobs[first].name, x, cols);
   });
@@ -450,10 +454,10 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
         const float* in = q == 0 ? x : y.ptr();
         const FloatLayer& fl = layer_at(i, k);
         if (k == full[i]) {
-          y = apply_linear(fl.b_rows, fl.bias, n, m, in, cols);
+          y = apply_linear(fl.b_rows, fl.bias, n, m, in, cols, storage);
         } else {
-          const Matrix<float> t = apply_linear(fl.b_rows, {}, n, k, in, cols);
-          y = apply_linear(fl.a_rows, fl.bias, k, m, t.ptr(), cols);
+          const Matrix<float> t = apply_linear(fl.b_rows, {}, n, k, in, cols, storage);
+          y = apply_linear(fl.a_rows, fl.bias, k, m, t.ptr(), cols, storage);
         }
         if (q + 1 < order.size() && has_relu_after(q))
           for (float& v : y.data) v = v > 0.f ? v : (v == v ? 0.f : v);

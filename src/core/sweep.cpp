@@ -69,6 +69,7 @@ void check_options(const SweepOptions& o) {
 
 // What a point's head needs: the compressed layer in float, as a model file stores it.
 struct Head {
+  ActStorage storage = ActStorage::Fp32;  // weights below already rounded to it
   bool pruning = false;
   int64_t k = 0;
   std::vector<float> b_rows, a_rows, bias;  // B (k x n), A (m x k) row-major; bias
@@ -82,16 +83,19 @@ struct Network {
   int64_t next_rows = 0;
 };
 
+// With 16-bit storage the weights are rounded as CpuForward rounds a model file's, so
+// the head gives the bits `evaluate --precision` gives on the compressed model.
 template <typename T>
-Head make_head(const Factors<T>& f, const Network& net, int64_t m) {
+Head make_head(const Factors<T>& f, const Network& net, int64_t m, ActStorage storage) {
   Head h;
+  h.storage = storage;
   h.pruning = is_pruning(f.method);
   h.k = f.rank;
   auto to_f = [](const std::vector<T>& v) { return std::vector<float>(v.begin(), v.end()); };
-  h.b_rows = to_f(to_row_major(f.b));
+  h.b_rows = rounded_to_storage(to_f(to_row_major(f.b)), storage);
   h.bias = to_f(f.bias);
   if (!h.pruning) {
-    h.a_rows = to_f(to_row_major(f.a));
+    h.a_rows = rounded_to_storage(to_f(to_row_major(f.a)), storage);
     return h;
   }
   h.next_w.resize(static_cast<size_t>(net.next_rows * h.k));
@@ -99,6 +103,7 @@ Head make_head(const Factors<T>& f, const Network& net, int64_t m) {
     for (int64_t r = 0; r < h.k; ++r)
       h.next_w[static_cast<size_t>(i * h.k + r)] =
           net.next_w[static_cast<size_t>(i * m + f.kept_units[static_cast<size_t>(r)])];
+  h.next_w = rounded_to_storage(std::move(h.next_w), storage);
   return h;
 }
 
@@ -107,15 +112,16 @@ Matrix<float> run_head(const CpuForward<float>& fwd, const Network& net, const H
                        const float* x, int64_t n, int64_t m, int64_t cols) {
   const LayerSpec& l = net.arch.layers[net.layer];
   if (!h.pruning) {
-    const Matrix<float> t = apply_linear(h.b_rows, {}, n, h.k, x, cols);
-    const Matrix<float> y = apply_linear(h.a_rows, h.bias, h.k, m, t.ptr(), cols);
+    const Matrix<float> t = apply_linear(h.b_rows, {}, n, h.k, x, cols, h.storage);
+    const Matrix<float> y = apply_linear(h.a_rows, h.bias, h.k, m, t.ptr(), cols, h.storage);
     return fwd.run_from(l.name, y.ptr(), cols, /*after=*/true);
   }
-  Matrix<float> y = apply_linear(h.b_rows, h.bias, n, h.k, x, cols);
+  Matrix<float> y = apply_linear(h.b_rows, h.bias, n, h.k, x, cols, h.storage);
   for (size_t i = net.layer + 1; i < net.next; ++i)  // relu / dropout only (checked)
     if (net.arch.layers[i].type == LayerType::Relu)
       for (float& v : y.data) v = v > 0.f ? v : (v == v ? 0.f : v);
-  const Matrix<float> z = apply_linear(h.next_w, net.next_b, h.k, net.next_rows, y.ptr(), cols);
+  const Matrix<float> z =
+      apply_linear(h.next_w, net.next_b, h.k, net.next_rows, y.ptr(), cols, h.storage);
   return fwd.run_from(net.arch.layers[net.next].name, z.ptr(), cols, /*after=*/true);
 }
 
@@ -206,7 +212,8 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
   const DataOptions td{o.test, o.workers, o.test_limit, o.shuffle, o.seed, o.batch, o.quiet};
   const Features feat = cache_features(td, o.layer, "--test", arch, model, backend, r.warnings);
   r.test_images = feat.count;
-  const CpuForward<float> head(arch, model);
+  const ActStorage storage = act_storage_for(o.precision);
+  const CpuForward<float> head(arch, model, storage);
   std::vector<int64_t> base_pred;
   const Scores base = score(feat, {}, &base_pred, [&](const float* x, int64_t cols) {
     return head.run_from(o.layer, x, cols);
@@ -255,7 +262,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
         spectrum_kept = true;
       }
       ts = Clock::now();
-      const Head h = make_head(fac, net, m);
+      const Head h = make_head(fac, net, m, storage);
       const Scores s = score(feat, base_pred, nullptr, [&](const float* x, int64_t cols) {
         return run_head(head, net, h, x, n, m, cols);
       });

@@ -271,9 +271,14 @@ Matrix<T> CpuForward<T>::run_from(const std::string& layer, const T* input, int6
               start);
 }
 
+std::vector<float> rounded_to_storage(std::vector<float> v, ActStorage s) {
+  round_all(v, s);
+  return v;
+}
+
 template <typename T>
 Matrix<T> apply_linear(const std::vector<T>& weight, const std::vector<T>& bias, int64_t in,
-                       int64_t out, const T* x, int64_t batch) {
+                       int64_t out, const T* x, int64_t batch, ActStorage storage) {
   if (static_cast<int64_t>(weight.size()) != in * out ||
       (!bias.empty() && static_cast<int64_t>(bias.size()) != out))
     throw Error("apply_linear: weight or bias does not match " + std::to_string(out) + " x " +
@@ -283,7 +288,17 @@ Matrix<T> apply_linear(const std::vector<T>& weight, const std::vector<T>& bias,
   l.in = in;
   l.out = out;
   std::vector<T> xs(x, x + in * batch), y;
-  linear(xs, batch, l, weight, bias, y);
+  if (storage != ActStorage::Fp32 && std::is_same_v<T, float>) {
+    // CpuForward's rule for a 16-bit linear layer (see walk): product, then + bias.
+    linear(xs, batch, l, weight, std::vector<T>{}, y);
+    round_all(y, storage);
+    if (!bias.empty()) {
+      add_channel_bias(y, batch, out, 1, bias);
+      round_all(y, storage);
+    }
+  } else {
+    linear(xs, batch, l, weight, bias, y);
+  }
   Matrix<T> m;
   m.rows = out;
   m.cols = batch;
@@ -292,9 +307,9 @@ Matrix<T> apply_linear(const std::vector<T>& weight, const std::vector<T>& bias,
 }
 
 template Matrix<float> apply_linear(const std::vector<float>&, const std::vector<float>&, int64_t,
-                                    int64_t, const float*, int64_t);
+                                    int64_t, const float*, int64_t, ActStorage);
 template Matrix<double> apply_linear(const std::vector<double>&, const std::vector<double>&,
-                                     int64_t, int64_t, const double*, int64_t);
+                                     int64_t, int64_t, const double*, int64_t, ActStorage);
 
 template <typename T>
 Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
