@@ -287,8 +287,10 @@ Matrix<T> apply_linear(const std::vector<T>& weight, const std::vector<T>& bias,
   l.type = LayerType::Linear;
   l.in = in;
   l.out = out;
+  if (storage != ActStorage::Fp32 && !std::is_same_v<T, float>)
+    throw Error("apply_linear: 16-bit storage needs float data");
   std::vector<T> xs(x, x + in * batch), y;
-  if (storage != ActStorage::Fp32 && std::is_same_v<T, float>) {
+  if (storage != ActStorage::Fp32) {
     // CpuForward's rule for a 16-bit linear layer (see walk): product, then + bias.
     linear(xs, batch, l, weight, std::vector<T>{}, y);
     round_all(y, storage);

@@ -113,13 +113,16 @@ void gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, i
   DALR_CUBLAS_CHECK(cublasDgemm(h, ta, tb, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc));
 }
 
-// cuDNN 9 reports NOT_SUPPORTED as a category with sub-codes (_SHAPE, _LAYOUT, ...).
-bool not_supported(cudnnStatus_t s) {
+// cuDNN 9 reports statuses as categories with sub-codes (NOT_SUPPORTED_SHAPE, ...).
+bool in_category(cudnnStatus_t s, cudnnStatus_t category) {
 #ifdef CUDNN_STATUS_CATEGORY
-  return CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED;
+  return CUDNN_STATUS_CATEGORY(s) == category;
 #else
-  return s == CUDNN_STATUS_NOT_SUPPORTED;
+  return s == category;
 #endif
+}
+bool not_supported(cudnnStatus_t s) {
+  return in_category(s, CUDNN_STATUS_NOT_SUPPORTED);
 }
 
 // The conv descriptor's math type is the precision policy for cuDNN. For float data,
@@ -450,16 +453,24 @@ const ConvPlan& CudnnForward<T>::Impl::plan(size_t i, int64_t batch, const ActSh
     return s16() ? t != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION : math_allowed<T>(t, math);
   };
 
-  // 1. Measured, with a workspace of at most an eighth of the free memory and 512 MiB.
+  // 1. Measured, with a workspace of its own (at most an eighth of the free memory and
+  // 512 MiB, freed after: the pass keeps only what the chosen algorithm needs).
   {
-    const size_t budget = std::min<size_t>(free_b / 8, size_t(512) << 20);
-    void* ws = budget ? ctx.workspace(budget) : nullptr;
+    size_t budget = std::min<size_t>(free_b / 8, size_t(512) << 20);
+    DeviceBuffer<unsigned char> find_ws;
+    try {
+      ctx.synchronize();  // the pass's queued work may still use memory freed below
+      find_ws = DeviceBuffer<unsigned char>(budget);
+    } catch (const Error&) {
+      budget = 0;  // no room to measure: the candidates that need no workspace
+    }
     const void* wd = s16() ? static_cast<const void*>(st.weight16.data()) : st.weight.data();
     std::vector<cudnnConvolutionFwdAlgoPerf_t> timed(perf.size());
     int returned = 0;
     const cudnnStatus_t status = cudnnFindConvolutionForwardAlgorithmEx(
         cudnn.get(), xdesc.get(), x, st.filter->get(), wd, st.conv->get(), ydesc.get(), y,
-        static_cast<int>(timed.size()), &returned, timed.data(), ws, budget);
+        static_cast<int>(timed.size()), &returned, timed.data(), budget ? find_ws.data() : nullptr,
+        budget);
     if (status == CUDNN_STATUS_SUCCESS) {
       for (int a = 0; a < returned && !have; ++a)  // fastest first
         if (timed[a].status == CUDNN_STATUS_SUCCESS && allowed(timed[a].mathType) &&
@@ -468,8 +479,11 @@ const ConvPlan& CudnnForward<T>::Impl::plan(size_t i, int64_t batch, const ActSh
           chosen.workspace = timed[a].memory;
           have = true;
         }
-    } else {
+    } else if (not_supported(status) || status == CUDNN_STATUS_ALLOC_FAILED ||
+               in_category(status, CUDNN_STATUS_BAD_PARAM)) {
       (void)cudaGetLastError();  // a refused candidate's launch error must not linger
+    } else {
+      DALR_CUDNN_CHECK(status);  // an execution failure: say so here, not later
     }
   }
   auto try_algo = [&](cudnnConvolutionFwdAlgo_t algo) {
