@@ -187,6 +187,14 @@ int64_t element_count(const char* what, std::initializer_list<int64_t> sizes) {
   return n;
 }
 
+// The elements of batch blocks of c channels of hw values, each size non-negative.
+int64_t bchw_count(const char* what, int64_t batch, int64_t c, int64_t hw) {
+  require_size(what, "batch", batch);
+  require_size(what, "channels", c);
+  require_size(what, "hw", hw);
+  return element_count(what, {batch, c, hw});
+}
+
 unsigned blocks_for(int64_t n) {
   return static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 20));
 }
@@ -199,10 +207,7 @@ void launch_round_to_nhwc16(const float* x, int64_t batch, int64_t c, int64_t hw
                             Fmt16 f, cudaStream_t stream) {
   const char* what = "round_to_nhwc16";
   require_format(what, f);
-  require_size(what, "batch", batch);
-  require_size(what, "channels", c);
-  require_size(what, "hw", hw);
-  const int64_t n = element_count(what, {batch, c, hw});
+  const int64_t n = bchw_count(what, batch, c, hw);
   if (n == 0) return;
   require_pointer(what, "x", x);
   require_pointer(what, "y", y);
@@ -227,10 +232,7 @@ void launch_widen16(const uint16_t* x, int64_t n, float* y, Fmt16 f, cudaStream_
 void launch_nhwc_to_nchw16(const uint16_t* x, int64_t batch, int64_t c, int64_t hw, uint16_t* y,
                            cudaStream_t stream) {
   const char* what = "nhwc_to_nchw16";
-  require_size(what, "batch", batch);
-  require_size(what, "channels", c);
-  require_size(what, "hw", hw);
-  const int64_t n = element_count(what, {batch, c, hw});
+  const int64_t n = bchw_count(what, batch, c, hw);
   if (n == 0) return;
   require_pointer(what, "x", x);
   require_pointer(what, "y", y);
@@ -254,10 +256,7 @@ void launch_channel_scale_shift16(uint16_t* x, int64_t batch, int64_t channels, 
                                   Fmt16 f, cudaStream_t stream, bool relu) {
   const char* what = "channel_scale_shift16";
   require_format(what, f);
-  require_size(what, "batch", batch);
-  require_size(what, "channels", channels);
-  require_size(what, "hw", hw);
-  const int64_t n = element_count(what, {batch, channels, hw});
+  const int64_t n = bchw_count(what, batch, channels, hw);
   if (n == 0) return;
   require_pointer(what, "x", x);
   require_pointer(what, "shift", shift);  // scale may be null: 1

@@ -84,6 +84,11 @@ class LayerStats {
   // C is only in device_ (from_device). Fetched by const readers: like the upper
   // triangle's fill, not safe for concurrent reads of one object.
   mutable bool host_missing_ = false;
+  // Statistics with the sums and maxima of n inputs and count samples, no C yet; throws
+  // on inconsistent shapes.
+  static LayerStats with_sums(int64_t count, int64_t n, std::vector<double> sum_x,
+                              std::vector<double> max_x, std::vector<double> sum_y,
+                              std::vector<double> max_y);
   void materialize() const;  // downloads C from device_ when host_missing_
 };
 

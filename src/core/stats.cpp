@@ -34,11 +34,11 @@ LayerStats<T>::LayerStats(int64_t n, int64_t m)
 }
 
 template <typename T>
-LayerStats<T> LayerStats<T>::from_parts(int64_t count, Matrix<T> gram, std::vector<double> sum_x,
-                                        std::vector<double> max_x, std::vector<double> sum_y,
-                                        std::vector<double> max_y) {
-  const int64_t n = gram.rows, m = static_cast<int64_t>(sum_y.size());
-  if (gram.cols != n || static_cast<int64_t>(sum_x.size()) != n ||
+LayerStats<T> LayerStats<T>::with_sums(int64_t count, int64_t n, std::vector<double> sum_x,
+                                       std::vector<double> max_x, std::vector<double> sum_y,
+                                       std::vector<double> max_y) {
+  const int64_t m = static_cast<int64_t>(sum_y.size());
+  if (n <= 0 || static_cast<int64_t>(sum_x.size()) != n ||
       static_cast<int64_t>(max_x.size()) != n || static_cast<int64_t>(max_y.size()) != m ||
       count < 0)
     throw Error("statistics parts have inconsistent shapes");
@@ -46,8 +46,6 @@ LayerStats<T> LayerStats<T>::from_parts(int64_t count, Matrix<T> gram, std::vect
   s.n_ = n;
   s.m_ = m;
   s.count_ = count;
-  s.gram_ = std::move(gram);
-  s.symmetric_ = false;  // re-fill the upper triangle from the lower on first use
   s.sum_x_ = std::move(sum_x);
   s.max_x_ = std::move(max_x);
   s.sum_y_ = std::move(sum_y);
@@ -56,25 +54,27 @@ LayerStats<T> LayerStats<T>::from_parts(int64_t count, Matrix<T> gram, std::vect
 }
 
 template <typename T>
+LayerStats<T> LayerStats<T>::from_parts(int64_t count, Matrix<T> gram, std::vector<double> sum_x,
+                                        std::vector<double> max_x, std::vector<double> sum_y,
+                                        std::vector<double> max_y) {
+  if (gram.cols != gram.rows) throw Error("statistics parts have inconsistent shapes");
+  LayerStats s = with_sums(count, gram.rows, std::move(sum_x), std::move(max_x), std::move(sum_y),
+                           std::move(max_y));
+  s.gram_ = std::move(gram);
+  s.symmetric_ = false;  // re-fill the upper triangle from the lower on first use
+  return s;
+}
+
+template <typename T>
 LayerStats<T> LayerStats<T>::from_device(int64_t count, int64_t n,
                                          std::shared_ptr<const DeviceCopy> device,
                                          std::vector<double> sum_x, std::vector<double> max_x,
                                          std::vector<double> sum_y, std::vector<double> max_y) {
-  const int64_t m = static_cast<int64_t>(sum_y.size());
-  if (!device || n <= 0 || static_cast<int64_t>(sum_x.size()) != n ||
-      static_cast<int64_t>(max_x.size()) != n || static_cast<int64_t>(max_y.size()) != m ||
-      count < 0)
-    throw Error("statistics parts have inconsistent shapes");
-  LayerStats s;
-  s.n_ = n;
-  s.m_ = m;
-  s.count_ = count;
+  if (!device) throw Error("statistics parts have inconsistent shapes");
+  LayerStats s =
+      with_sums(count, n, std::move(sum_x), std::move(max_x), std::move(sum_y), std::move(max_y));
   s.device_ = std::move(device);
   s.host_missing_ = true;
-  s.sum_x_ = std::move(sum_x);
-  s.max_x_ = std::move(max_x);
-  s.sum_y_ = std::move(sum_y);
-  s.max_y_ = std::move(max_y);
   return s;
 }
 
