@@ -1,6 +1,8 @@
 #include "core/recon.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/finite.hpp"
 #include "cpu/lapack.hpp"
@@ -53,21 +55,37 @@ namespace {
 // ||E X + e 1^T||^2 from E C (given), C's s and p: <E C, E> + 2 e.(E s) + p |e|^2,
 // accumulated in long double.
 template <typename T>
-double residual2(const LayerStats<T>& st, const Matrix<T>& e, const Matrix<T>& ec,
-                 const std::vector<double>& ev) {
+double residual2_of(const LayerStats<T>& st, const Matrix<T>& e, const Matrix<T>& ec,
+                    const std::vector<double>& ev) {
   const int64_t m = e.rows, n = e.cols;
-  long double quad = 0, lin = 0, cst = 0;
+  long double quad = 0;
   for (int64_t i = 0; i < e.size(); ++i) quad += static_cast<long double>(ec.data[i]) * e.data[i];
-  for (int64_t i = 0; i < m; ++i) {
-    long double es = 0;
-    for (int64_t j = 0; j < n; ++j) es += static_cast<long double>(e(i, j)) * st.sum_x()[j];
-    lin += ev[i] * es;
-    cst += static_cast<long double>(ev[i]) * ev[i];
-  }
-  return static_cast<double>(quad + 2 * lin + static_cast<long double>(st.count()) * cst);
+  std::vector<long double> es(static_cast<size_t>(m), 0.0L);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) es[i] += static_cast<long double>(e(i, j)) * st.sum_x()[j];
+  return residual2(quad, es, ev, st.count());
 }
 
 }  // namespace
+
+double residual2(long double quad, const std::vector<long double>& es,
+                 const std::vector<double>& ev, int64_t count) {
+  long double lin = 0, cst = 0;
+  for (size_t i = 0; i < ev.size(); ++i) {
+    lin += ev[i] * es[i];
+    cst += static_cast<long double>(ev[i]) * ev[i];
+  }
+  return static_cast<double>(quad + 2 * lin + static_cast<long double>(count) * cst);
+}
+
+ReconError recon_from(double err2, double ref2, int64_t samples) {
+  ReconError r;
+  r.samples = samples;
+  r.abs = std::sqrt(std::max(err2, 0.0));
+  r.ref = std::sqrt(std::max(ref2, 0.0));
+  r.rel = r.ref > 0 ? r.abs / r.ref : 0.0;
+  return r;
+}
 
 // One product with C, not two: W C (m n^2) gives the reference, and D C = W C - A (B C)
 // (B C costs k n^2) the error, with D = W - A B formed explicitly for the inner product.
@@ -106,12 +124,7 @@ ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
     }
     for (int64_t i = 0; i < m; ++i) dv[i] -= static_cast<double>(f.bias[static_cast<size_t>(i)]);
   }
-  ReconError r;
-  r.samples = st.count();
-  r.abs = std::sqrt(std::max(residual2(st, d, dc, dv), 0.0));
-  r.ref = std::sqrt(std::max(residual2(st, w, wc, bv), 0.0));
-  r.rel = r.ref > 0 ? r.abs / r.ref : 0.0;
-  return r;
+  return recon_from(residual2_of(st, d, dc, dv), residual2_of(st, w, wc, bv), st.count());
 }
 
 template ReconError reconstruction_error(const LayerStats<float>&, const Matrix<float>&,

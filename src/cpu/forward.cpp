@@ -86,6 +86,16 @@ void add_channel_bias(std::vector<T>& v, int64_t batch, int64_t channels, int64_
     }
 }
 
+// 16-bit storage's rule for a conv or linear layer with a bias: its product v is stored
+// (rounded) before the bias is added; the sum is rounded with the layer's output.
+template <typename T>
+void add_bias_to_stored(std::vector<T>& v, int64_t batch, int64_t channels, int64_t hw,
+                        const std::vector<T>& bias, ActStorage s) {
+  if (bias.empty()) return;
+  round_all(v, s);
+  add_channel_bias(v, batch, channels, hw, bias);
+}
+
 template <typename T>
 void pool(const std::vector<T>& x, int64_t batch, const ActShape& s, const ActShape& o,
           const LayerSpec& l, std::vector<T>& y) {
@@ -293,11 +303,8 @@ Matrix<T> apply_linear(const std::vector<T>& weight, const std::vector<T>& bias,
   if (storage != ActStorage::Fp32) {
     // CpuForward's rule for a 16-bit linear layer (see walk): product, then + bias.
     linear(xs, batch, l, weight, std::vector<T>{}, y);
+    add_bias_to_stored(y, batch, out, 1, bias, storage);
     round_all(y, storage);
-    if (!bias.empty()) {
-      add_channel_bias(y, batch, out, 1, bias);
-      round_all(y, storage);
-    }
   } else {
     linear(xs, batch, l, weight, bias, y);
   }
@@ -355,20 +362,14 @@ Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t 
             layout = dnnl_->run(i, cur.data(), layout, batch, s, o, l, p.weight,
                                 split_bias ? no_bias : p.bias, relu, keep, &next);
             cur.swap(next);
-            if (split_bias && !p.bias.empty()) {
-              round_all(cur, storage_);
-              add_channel_bias(cur, batch, o.c, o.h * o.w, p.bias);
-            }
+            if (split_bias) add_bias_to_stored(cur, batch, o.c, o.h * o.w, p.bias, storage_);
             if (relu) ++i;
             break;
           }
         }
         conv(cur, batch, s, o, l, p.weight, split_bias ? no_bias : p.bias, next);
         cur.swap(next);
-        if (split_bias && !p.bias.empty()) {
-          round_all(cur, storage_);
-          add_channel_bias(cur, batch, o.c, o.h * o.w, p.bias);
-        }
+        if (split_bias) add_bias_to_stored(cur, batch, o.c, o.h * o.w, p.bias, storage_);
         break;
       case LayerType::MaxPool:
       case LayerType::AvgPool:
@@ -379,10 +380,7 @@ Matrix<T> CpuForward<T>::walk(const T* input, int64_t batch, int64_t c, int64_t 
       case LayerType::Linear:
         linear(cur, batch, l, p.weight, split_bias ? no_bias : p.bias, next);
         cur.swap(next);
-        if (split_bias && !p.bias.empty()) {
-          round_all(cur, storage_);
-          add_channel_bias(cur, batch, l.out, 1, p.bias);
-        }
+        if (split_bias) add_bias_to_stored(cur, batch, l.out, 1, p.bias, storage_);
         break;
       case LayerType::Relu:
         for (T& v : cur) v = v > T(0) ? v : (v == v ? T(0) : v);  // NaN stays NaN, as torch

@@ -372,18 +372,6 @@ void solve_svd(Ops<T>& ops, const Matrix<T>& w, int64_t k, Factors<T>& f) {
   for (size_t i = 0; i < sv.size(); ++i) f.spectrum[i] = double(sv[i]) * double(sv[i]);
 }
 
-// ||E X + e 1^T||^2 = <E C, E> + 2 e.(E s) + p |e|^2 from the device products <E C, E>
-// (quad) and E s (es, downloaded): the CPU's residual2 with the n^2 work on the GPU.
-double residual2(double quad, const std::vector<double>& es, const std::vector<double>& ev,
-                 int64_t count) {
-  long double lin = 0, cst = 0;
-  for (size_t i = 0; i < ev.size(); ++i) {
-    lin += static_cast<long double>(ev[i]) * es[i];
-    cst += static_cast<long double>(ev[i]) * ev[i];
-  }
-  return static_cast<double>(quad + 2 * lin + static_cast<long double>(count) * cst);
-}
-
 template <typename T>
 ReconError recon_dense(Ops<T>& ops, const LayerStats<T>& st, const Matrix<T>& w,
                        const std::vector<T>& b, const Factors<T>& f) {
@@ -405,12 +393,12 @@ ReconError recon_dense(Ops<T>& ops, const LayerStats<T>& st, const Matrix<T>& w,
   d_a.upload(f.a.ptr(), d_a.size(), s);
   d_b.upload(f.b.ptr(), d_b.size(), s);
   d_s.upload(sx.data(), sx.size(), s);
-  auto es_of = [&](const T* e) {  // E s, accumulated in double as the CPU's, on the host
+  auto es_of = [&](const T* e) {  // E s, accumulated in double on the device
     dk::launch_row_dot_double(e, m, n, m, d_s.data(), d_es.data(), s);
     std::vector<double> h(static_cast<size_t>(m));
     d_es.download(h.data(), h.size(), s);
     DALR_CUDA_CHECK(cudaStreamSynchronize(s));
-    return h;
+    return std::vector<long double>(h.begin(), h.end());
   };
 
   // The reference: W C, <W C, W>, W s.
@@ -432,12 +420,7 @@ ReconError recon_dense(Ops<T>& ops, const LayerStats<T>& st, const Matrix<T>& w,
   for (int64_t i = 0; i < m; ++i) dv[i] -= static_cast<double>(f.bias[static_cast<size_t>(i)]);
   const double err2 = residual2(err_quad, es_of(d_w.data()), dv, st.count());
 
-  ReconError r;
-  r.samples = st.count();
-  r.abs = std::sqrt(std::max(err2, 0.0));
-  r.ref = std::sqrt(std::max(ref2, 0.0));
-  r.rel = r.ref > 0 ? r.abs / r.ref : 0.0;
-  return r;
+  return recon_from(err2, ref2, st.count());
 }
 
 std::string job_name(Method method, int64_t m, int64_t n, int64_t k) {

@@ -391,6 +391,14 @@ TEST_P(Storage16, ChannelScaleShift) {
   }
 }
 
+// The offset of (image b, channel ch, row r, column col) in a batch of c-channel h x w
+// images, channels-last (NHWC) or not (NCHW): the pooling tests' layouts.
+size_t pixel_index(bool channels_last, int64_t c, int64_t h, int64_t w, int64_t b, int64_t ch,
+                   int64_t r, int64_t col) {
+  return static_cast<size_t>(channels_last ? ((b * h + r) * w + col) * c + ch
+                                           : ((b * c + ch) * h + r) * w + col);
+}
+
 // Same window, same float summation order (iy outer, ix inner), the same IEEE division
 // (nvcc's default -prec-div=true) and one rounding on both sides, and no product to
 // contract: the results must match bit for bit.
@@ -420,8 +428,7 @@ TEST_P(Storage16, AdaptiveAvgPool) {
       const std::vector<uint16_t> y = to_host(dy, stream);
 
       auto at = [&](int64_t b, int64_t ch, int64_t r, int64_t col, int64_t h, int64_t w) {
-        return static_cast<size_t>(channels_last ? ((b * h + r) * w + col) * q.c + ch
-                                                 : ((b * q.c + ch) * h + r) * w + col);
+        return pixel_index(channels_last, q.c, h, w, b, ch, r, col);
       };
       std::vector<uint16_t> want(n);
       for (int64_t b = 0; b < q.batch; ++b)
@@ -477,8 +484,7 @@ TEST_P(Storage16, FixedWindowPool) {
                           dy.data(), ho, wo, f, stream);
         const std::vector<uint16_t> y = to_host(dy, stream);
         auto at = [&](int64_t b, int64_t ch, int64_t r, int64_t col, int64_t h, int64_t w) {
-          return static_cast<size_t>(channels_last ? ((b * h + r) * w + col) * q.c + ch
-                                                   : ((b * q.c + ch) * h + r) * w + col);
+          return pixel_index(channels_last, q.c, h, w, b, ch, r, col);
         };
         std::vector<uint16_t> want(n);
         size_t nans = 0;
