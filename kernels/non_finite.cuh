@@ -1,6 +1,6 @@
 #pragma once
 // Finds the first NaN/Inf of a batch on the GPU, for batches that never visit the host:
-// the device twin of dalr::check_finite (src/core/finite.hpp). Instead of throwing, it
+// the device twin of dalr::check_finite (src/common/finite.hpp). Instead of throwing, it
 // lowers a device word to a key that orders values as check_finite scans them (sample,
 // then unit), so the host can later name the same value check_finite would have named.
 #include <cuda_runtime.h>

@@ -17,6 +17,7 @@
 #include "dalr/safetensors.hpp"
 #include "io/half.hpp"
 #include "test_util.hpp"
+#include "cpu/forward.hpp"
 
 using namespace dalr;
 

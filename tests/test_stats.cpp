@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "core/recon.hpp"
+#include "cpu/recon.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"

@@ -13,6 +13,7 @@
 #include "dalr/safetensors.hpp"
 #include "oracle.hpp"
 #include "test_util.hpp"
+#include "cpu/forward.hpp"
 
 using namespace dalr;
 using test::run_cli;

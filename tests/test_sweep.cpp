@@ -12,6 +12,7 @@
 #include "dalr/forward.hpp"
 #include "dalr/safetensors.hpp"
 #include "test_util.hpp"
+#include "cpu/forward.hpp"
 
 using namespace dalr;
 using test::run_cli;

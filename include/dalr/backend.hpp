@@ -67,7 +67,7 @@ class Backend {
   virtual Factors<double> solve(const SolveOptions& opt, const Matrix<double>& w,
                                 const std::vector<double>& b, const LayerStats<double>& st) = 0;
   // The factors' reconstruction error over the samples behind `st`, from the statistics
-  // alone (C, s, p): the CPU's reconstruction_error (src/core/recon.hpp), one m x n x n
+  // alone (C, s, p): the CPU's reconstruction_error (src/cpu/recon.hpp), one m x n x n
   // product with C on this backend.
   virtual ReconError reconstruction_error(const LayerStats<float>& st, const Matrix<float>& w,
                                           const std::vector<float>& b, const Factors<float>& f) = 0;
@@ -75,6 +75,12 @@ class Backend {
                                           const std::vector<double>& b,
                                           const Factors<double>& f) = 0;
 };
+
+// OpenBLAS's CPU kernels (src/cpu/blas_core.hpp): call first thing in main, before any
+// thread starts; may start the program again with the best kernels this CPU runs.
+void prepare_cpu_kernels(char** argv);
+// The kernel family OpenBLAS uses, e.g. "SkylakeX" (for reports).
+std::string cpu_kernel_family();
 
 // storage: how the backend's float forward passes store activations (ActStorage).
 std::unique_ptr<Backend> make_cpu_backend(ActStorage storage = ActStorage::Fp32);

@@ -76,7 +76,7 @@ template <typename T>
 Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
                  const LayerStats<T>& stats, Math math = Math::Exact, int device = 0);
 
-// dalr::reconstruction_error from the statistics (src/core/recon.hpp) on the GPU: uploads
+// dalr::reconstruction_error from the statistics (src/cpu/recon.hpp) on the GPU: uploads
 // C, W and the factors, forms W C and D C = W C - A (B C) with cuBLAS and their inner
 // products in double on the device; the O(m) rest on the host. Pruning runs the CPU's
 // (as its solve does). Checks the device memory it needs first.

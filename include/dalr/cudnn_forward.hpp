@@ -1,5 +1,5 @@
 #pragma once
-// The forward pass of an Arch on the GPU: the twin of CpuForward<T> (dalr/forward.hpp),
+// The forward pass of an Arch on the GPU: the twin of CpuForward<T> (src/cpu/forward.hpp),
 // with the same inputs, outputs, errors and tap semantics. Convolutions (algorithms
 // measured once per shape) and fixed-window pooling run through cuDNN, linear layers
 // through cuBLAS, the rest in small kernels (a ReLU after a biased layer fused into its

@@ -1,6 +1,6 @@
 #pragma once
-// The forward pass of an Arch on the CPU: the oracle the GPU pipeline is tested
-// against, and the engine for --device cpu. Images come in as a batch of NCHW tensors
+// The forward pass of an Arch, as both backends offer it (Backend::forward_f32/f64;
+// the CPU's is src/cpu/forward.hpp, the GPU's dalr/cudnn_forward.hpp). Images come in as a batch of NCHW tensors
 // (row-major, one image after another), already preprocessed (InputSpec's scale, mean
 // and std applied); activations leave as a column-major (features x batch) matrix,
 // one sample per column, the layout the statistics and solvers take.
@@ -34,17 +34,8 @@ ActStorage act_storage_for(const std::string& precision);
 const char* act_storage_name(ActStorage s);  // "fp32", "fp16", "bf16"
 // x rounded to the storage format and widened back (x itself for Fp32).
 float round_to_storage(float x, ActStorage s);
-
-namespace cpu {
-class DnnlConv;
-}
-
-// A layer's parameters in T, as both forward passes use them: conv/linear weight and
-// bias as stored; batchnorm folded (in double) into a per-channel scale (weight) and
-// shift (bias). Empty for layers without tensors.
-template <typename T>
-void load_layer_params(const LayerSpec& l, const SafetensorsFile& weights, std::vector<T>* weight,
-                       std::vector<T>* bias);
+// v with every value rounded to the storage format (v itself for Fp32).
+std::vector<float> rounded_to_storage(std::vector<float> v, ActStorage s);
 
 // What both forward passes (CPU: CpuForward, GPU: cuda::CudnnForward) offer, so that
 // the job code runs on either through Backend::forward.
@@ -90,69 +81,5 @@ template <typename T>
 Matrix<T> Forward<T>::run_from(const std::string&, const T*, int64_t, bool) const {
   throw Error("run_from is not supported on this backend (use the CPU forward pass)");
 }
-
-// y = W x + b for a batch of columns, with the same BLAS call as the forward pass's
-// linear layer (so a layer applied by hand gives the bits a model file would give).
-// weight: (out, in) row-major; bias: empty or out; x: in x batch column-major. With
-// 16-bit storage (T = float; weight and x already rounded, as CpuForward holds them)
-// the result is stored as CpuForward stores a linear layer's: the product rounded,
-// then product + bias rounded.
-template <typename T>
-Matrix<T> apply_linear(const std::vector<T>& weight, const std::vector<T>& bias, int64_t in,
-                       int64_t out, const T* x, int64_t batch,
-                       ActStorage storage = ActStorage::Fp32);
-
-// v with every value rounded to the storage format (v itself for Fp32).
-std::vector<float> rounded_to_storage(std::vector<float> v, ActStorage s);
-
-template <typename T>  // float or double
-class CpuForward final : public Forward<T> {
- public:
-  // Checks the weights against the arch (check_weights) and loads them, converted to T,
-  // once. The file may be closed afterwards. A storage other than Fp32 needs T = float
-  // (throws dalr::Error otherwise).
-  CpuForward(const Arch& arch, const SafetensorsFile& weights,
-             ActStorage storage = ActStorage::Fp32);
-
-  using Tap = typename Forward<T>::Tap;
-  const Arch& arch() const override { return arch_; }
-
-  // Runs the layers in order on `batch` images of c x h x w. With stop_at_layer_input
-  // the name of a layer (typically the linear layer to compress), returns that layer's
-  // input flattened in C order (n x batch); with an empty name, the network's output
-  // (classes x batch). Shapes are checked before any work (layer_input_shapes); an
-  // unknown layer name throws dalr::Error listing the named layers.
-  Matrix<T> run(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
-                const std::string& stop_at_layer_input = "") const override;
-
-  // One pass that hands the input of each named layer in `taps` to `tap` (as an
-  // n x batch column-major block, valid during the call), stopping after the last one:
-  // several layers' statistics from one forward pass.
-  void run_taps(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
-                const std::vector<std::string>& taps, const Tap& tap) const override;
-
-  // The layers from `layer` (included; with `after`, excluded) to the end, on the input
-  // of the first layer that runs (features x batch; sizes as for the arch's input image).
-  Matrix<T> run_from(const std::string& layer, const T* input, int64_t batch,
-                     bool after = false) const override;
-
- private:
-  size_t index_of(const std::string& name) const;  // throws listing the named layers
-  Matrix<T> walk(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w, size_t stop,
-                 const std::vector<size_t>& taps, const Tap* tap, size_t start = 0) const;
-
-  struct Params {
-    std::vector<T> weight;  // conv (O, C, k, k) / linear (out, in) row-major; bn: scale
-    std::vector<T> bias;    // empty when the layer has none; bn: shift
-  };
-  Arch arch_;
-  ActStorage storage_ = ActStorage::Fp32;
-  std::vector<Params> params_;  // one per layer, empty for layers without tensors
-  // fp32 convolutions through oneDNN (cpu/dnnl_conv.hpp); null: im2col + BLAS.
-  std::shared_ptr<cpu::DnnlConv> dnnl_;
-};
-
-extern template class CpuForward<float>;
-extern template class CpuForward<double>;
 
 }  // namespace dalr

@@ -8,11 +8,11 @@
 #include <vector>
 
 #include "cli/commands.hpp"
-#include "cpu/blas_core.hpp"
+#include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 
 int main(int argc, char** argv) {
-  dalr::cpu::use_best_openblas_kernels(argv);  // may start this program again
+  dalr::prepare_cpu_kernels(argv);  // may start this program again
   // The verb may be omitted: `dalr-gpu --model ...` means `dalr-gpu compress --model ...`.
   std::vector<std::string> args(argv, argv + argc);
   if (args.size() > 1 && args[1].size() > 1 && args[1][0] == '-' && args[1] != "-h" &&

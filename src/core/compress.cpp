@@ -9,12 +9,11 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "core/finite.hpp"
+#include "common/finite.hpp"
 #include "core/head.hpp"
 #include "core/job_common.hpp"
-#include "core/recon.hpp"
+#include "cpu/recon.hpp"
 #include "core/stream.hpp"
-#include "cpu/blas_core.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
@@ -25,6 +24,7 @@
 #include "dalr/solver.hpp"
 #include "dalr/stats.hpp"
 #include "io/atomic_file.hpp"
+#include "cpu/forward.hpp"
 
 namespace dalr {
 
@@ -781,7 +781,7 @@ CompressResult run(const CompressOptions& o, Backend& backend) {
   }
   rep["precision"] = o.precision;
   rep["device"] = backend.name();
-  rep["openblas_core"] = cpu::openblas_core();  // the CPU kernels (see cpu/blas_core.hpp)
+  rep["openblas_core"] = cpu_kernel_family();  // the CPU kernels (see cpu/blas_core.hpp)
   rep["timing_s"] = timing;
   rep["warnings"] = res.warnings;
   rep["out"] = o.out;

@@ -7,7 +7,7 @@
 #include <numeric>
 #include <sstream>
 
-#include "core/finite.hpp"
+#include "common/finite.hpp"
 #include "core/job_common.hpp"
 #include "core/stream.hpp"
 #include "dalr/backend.hpp"

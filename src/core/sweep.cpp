@@ -8,7 +8,7 @@
 
 #include "core/head.hpp"
 #include "core/job_common.hpp"
-#include "core/recon.hpp"
+#include "cpu/recon.hpp"
 #include "core/stream.hpp"
 #include "core/sweep_report.hpp"
 #include "dalr/arch.hpp"
@@ -18,6 +18,7 @@
 #include "dalr/safetensors.hpp"
 #include "dalr/solver.hpp"
 #include "io/atomic_file.hpp"
+#include "cpu/forward.hpp"
 
 namespace dalr {
 

@@ -2,8 +2,10 @@
 #include <utility>
 #include <vector>
 
-#include "core/finite.hpp"
-#include "core/recon.hpp"
+#include "common/finite.hpp"
+#include "cpu/blas_core.hpp"
+#include "cpu/forward.hpp"
+#include "cpu/recon.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 
@@ -110,6 +112,14 @@ class CpuBackend final : public Backend {
 };
 
 }  // namespace
+
+void prepare_cpu_kernels(char** argv) {
+  cpu::use_best_openblas_kernels(argv);
+}
+
+std::string cpu_kernel_family() {
+  return cpu::openblas_core();
+}
 
 std::unique_ptr<Backend> make_cpu_backend(ActStorage storage) {
   return std::make_unique<CpuBackend>(storage);

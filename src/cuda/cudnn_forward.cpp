@@ -45,6 +45,7 @@
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
 #include "io/half.hpp"
+#include "io/layer_params.hpp"
 #include "relu.cuh"
 #include "storage16.cuh"
 

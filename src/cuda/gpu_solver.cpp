@@ -1,4 +1,4 @@
-// dalr::cuda::solve: the GPU twin of dalr::solve (src/core/solver.cpp), step for step.
+// dalr::cuda::solve: the GPU twin of dalr::solve (src/cpu/solver.cpp), step for step.
 // W and C are uploaded once; the products (cuBLAS), eigensolves, Cholesky and SVD
 // (cuSOLVER's 64-bit X API) stay on the device until A, B and the spectrum come back.
 // Only vectors cross the bus in between: eigenvalues of C, to decide on the host, with
@@ -17,8 +17,8 @@
 #include <utility>
 #include <vector>
 
-#include "core/recon.hpp"
-#include "core/solver_common.hpp"
+#include "cpu/recon.hpp"
+#include "common/solver_common.hpp"
 #include "cuda/context.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/device_buffer.hpp"

@@ -1,4 +1,4 @@
-// GpuStats<T>: the GPU twin of LayerStats<T> (src/core/stats.cpp).
+// GpuStats<T>: the GPU twin of LayerStats<T> (src/cpu/stats.cpp).
 //
 // Streaming with two staging slots, each a pinned host buffer, a device buffer (n x
 // max_batch) and two events:
@@ -30,7 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "core/finite.hpp"
+#include "common/finite.hpp"
 #include "cuda/context.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/device_buffer.hpp"

@@ -37,6 +37,7 @@
 #include "gpu_test.hpp"
 #include "random_model.hpp"
 #include "test_util.hpp"
+#include "cpu/forward.hpp"
 
 namespace dc = dalr::cuda;
 using dalr::Arch;

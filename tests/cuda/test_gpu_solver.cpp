@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "core/recon.hpp"
+#include "cpu/recon.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/error.hpp"
 #include "dalr/solver.hpp"

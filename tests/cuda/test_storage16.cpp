@@ -32,6 +32,7 @@
 #include "io/half.hpp"
 #include "storage16.cuh"
 #include "test_util.hpp"
+#include "cpu/forward.hpp"
 
 namespace dalr::kernels {
 // For gtest's messages ("where GetParam() = Bf16").

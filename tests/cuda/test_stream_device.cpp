@@ -40,6 +40,8 @@
 #include "oracle.hpp"
 #include "random_model.hpp"
 #include "test_util.hpp"
+#include "cpu/forward.hpp"
+#include "io/layer_params.hpp"
 
 namespace dc = dalr::cuda;
 using dalr::Arch;

@@ -1,5 +1,5 @@
 #pragma once
-// Host parts of the solver that both backends share (src/core/solver.cpp and
+// Host parts of the solver that both backends share (src/cpu/solver.cpp and
 // src/cuda/gpu_solver.cpp), so that they check the same things with the same words.
 #include <cstdint>
 #include <vector>

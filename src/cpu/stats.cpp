@@ -3,7 +3,7 @@
 #include <cmath>
 #include <limits>
 
-#include "core/finite.hpp"
+#include "common/finite.hpp"
 #include "cpu/lapack.hpp"
 #include "cpu/row_stats.hpp"
 #include "dalr/error.hpp"

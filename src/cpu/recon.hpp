@@ -9,6 +9,7 @@
 #include "dalr/npy.hpp"
 #include "dalr/solver.hpp"
 #include "dalr/stats.hpp"
+#include "common/recon_common.hpp"
 
 namespace dalr {
 
@@ -23,14 +24,5 @@ ReconError reconstruction_error(NpyReader& acts, const Matrix<T>& w, const std::
 template <typename T>
 ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
                                 const std::vector<T>& b, const Factors<T>& f);
-
-// The part of the statistics formula every backend shares: ||E X + e 1^T||^2 =
-// quad + 2 e.(E s) + p |e|^2 from quad = <E C, E> and es = E s, in long double.
-double residual2(long double quad, const std::vector<long double>& es,
-                 const std::vector<double>& ev, int64_t count);
-
-// The error from the squared residuals of the approximation (err2) and of the layer
-// itself (ref2); negative rounding noise counts as zero.
-ReconError recon_from(double err2, double ref2, int64_t samples);
 
 }  // namespace dalr

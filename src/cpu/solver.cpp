@@ -5,16 +5,13 @@
 #include <limits>
 #include <numeric>
 
-#include "core/solver_common.hpp"
+#include "common/solver_common.hpp"
 #include "cpu/lapack.hpp"
 #include "dalr/error.hpp"
 
 namespace dalr {
 
 namespace {
-
-const std::vector<std::string> kMethodNames = {"dalr",   "dalr-exact", "svd",
-                                               "svd-bc", "prune-mean", "prune-max"};
 
 template <typename T>
 Matrix<T> transpose(const Matrix<T>& x) {
@@ -167,145 +164,6 @@ void solve_prune(const Matrix<T>& w, const std::vector<T>& b, const LayerStats<T
 
 }  // namespace
 
-namespace detail {
-
-template <typename T>
-void check_solve_arguments(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
-                           const LayerStats<T>& stats) {
-  const int64_t m = w.rows, n = w.cols, k = opt.rank;
-  if (static_cast<int64_t>(b.size()) != m)
-    throw Error("bias has " + std::to_string(b.size()) + " values, the weight has " +
-                std::to_string(m) + " rows");
-  if (stats.n() != n)
-    throw Error("activations have " + std::to_string(stats.n()) + " features, the layer takes " +
-                std::to_string(n));
-  const int64_t max_rank = is_pruning(opt.method) ? m : std::min(m, n);
-  if (k < 1 || k > max_rank)
-    throw Error(std::string(is_pruning(opt.method) ? "kept units " : "rank ") + std::to_string(k) +
-                " is out of range: it must be between 1 and " + std::to_string(max_rank) +
-                " for a " + std::to_string(m) + " x " + std::to_string(n) + " layer");
-  if (opt.method != Method::Svd && stats.count() == 0)
-    throw Error(std::string("method ") + method_name(opt.method) + " needs activations (got none)");
-  if (is_pruning(opt.method) && stats.m() != m)
-    throw Error("pruning needs the statistics of the layer's outputs");
-
-  if (needs_gram(opt.method) && (!(opt.lambda >= 0) || !std::isfinite(opt.lambda)))
-    throw Error("lambda must be a finite number >= 0 (got " + std::to_string(opt.lambda) + ")");
-}
-
-double energy_fraction(const std::vector<double>& spectrum, int64_t k) {
-  double top = 0, all = 0;
-  for (size_t i = 0; i < spectrum.size(); ++i) {
-    const double v = std::max(spectrum[i], 0.0);
-    all += v;
-    if (static_cast<int64_t>(i) < k) top += v;
-  }
-  return all > 0 ? top / all : 0.0;
-}
-
-// bias + (W - A B) xbar: the mean residual of the low-rank layer, added back.
-template <typename T>
-void compensate_bias(const Matrix<T>& w, const LayerStats<T>& st, Factors<T>& f) {
-  const std::vector<double> xbar = st.mean_x();
-  const int64_t m = w.rows, n = w.cols, k = f.b.rows;
-  std::vector<double> bx(static_cast<size_t>(k), 0.0);
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = 0; i < k; ++i) bx[i] += double(f.b(i, j)) * xbar[j];
-  for (int64_t i = 0; i < m; ++i) {
-    double r = 0;
-    for (int64_t j = 0; j < n; ++j) r += double(w(i, j)) * xbar[j];
-    for (int64_t l = 0; l < k; ++l) r -= double(f.a(i, l)) * bx[l];
-    f.bias[i] = static_cast<T>(double(f.bias[i]) + r);
-  }
-}
-
-template void check_solve_arguments(const SolveOptions&, const Matrix<float>&,
-                                    const std::vector<float>&, const LayerStats<float>&);
-template void check_solve_arguments(const SolveOptions&, const Matrix<double>&,
-                                    const std::vector<double>&, const LayerStats<double>&);
-template void compensate_bias(const Matrix<float>&, const LayerStats<float>&, Factors<float>&);
-template void compensate_bias(const Matrix<double>&, const LayerStats<double>&, Factors<double>&);
-
-}  // namespace detail
-
-Method method_from_name(const std::string& name) {
-  for (size_t i = 0; i < kMethodNames.size(); ++i)
-    if (kMethodNames[i] == name) return static_cast<Method>(i);
-  std::string all;
-  for (const auto& s : kMethodNames) all += (all.empty() ? "" : ", ") + s;
-  throw Error("unknown method '" + name + "' (valid: " + all + ")");
-}
-
-const char* method_name(Method m) {
-  return kMethodNames[static_cast<size_t>(m)].c_str();
-}
-const std::vector<std::string>& method_names() {
-  return kMethodNames;
-}
-bool is_pruning(Method m) {
-  return m == Method::PruneMean || m == Method::PruneMax;
-}
-bool needs_gram(Method m) {
-  return m == Method::Dalr || m == Method::DalrExact;
-}
-
-int64_t rank_for_keep(Method method, int64_t m, int64_t n, double keep) {
-  if (!(keep > 0 && keep <= 1)) throw Error("--keep must be a fraction in (0, 1]");
-  const double r =
-      is_pruning(method) ? keep * double(m) : keep * double(m) * double(n) / double(m + n);
-  return std::max<int64_t>(1, static_cast<int64_t>(std::floor(r)));
-}
-
-int64_t units_for_rank(int64_t m, int64_t n, int64_t k) {
-  return std::clamp<int64_t>(k * (m + n) / n, 1, m);
-}
-
-int64_t params_after(Method method, int64_t m, int64_t n, int64_t rank) {
-  return is_pruning(method) ? rank * n + rank : rank * n + m * rank + m;
-}
-
-std::vector<int64_t> allocate_ranks(const std::vector<std::pair<int64_t, int64_t>>& shapes,
-                                    const std::vector<std::vector<double>>& spectra,
-                                    double budget) {
-  if (!(budget > 0 && budget <= 1)) throw Error("--budget must be a fraction in (0, 1]");
-  if (shapes.size() != spectra.size() || shapes.empty())
-    throw Error("allocate_ranks: one spectrum per layer is needed");
-  double total = 0;
-  for (const auto& [m, n] : shapes) total += double(m) * double(n);
-  const double limit = budget * total;
-  std::vector<int64_t> k(shapes.size(), 1);
-  std::vector<double> energy(shapes.size(), 0);
-  double used = 0;
-  for (size_t i = 0; i < shapes.size(); ++i) {
-    used += double(shapes[i].first + shapes[i].second);
-    for (double v : spectra[i]) energy[i] += std::max(v, 0.0);
-  }
-  if (used > limit)
-    throw Error("--budget " + std::to_string(budget) +
-                " is too small: rank 1 in every layer already needs " +
-                std::to_string(static_cast<int64_t>(used)) + " weights");
-  for (;;) {
-    size_t best = shapes.size();
-    double best_gain = -1;
-    for (size_t i = 0; i < shapes.size(); ++i) {
-      const auto [m, n] = shapes[i];
-      const double cost = double(m + n);
-      if (k[i] >= std::min(m, n) || used + cost > limit) continue;
-      const size_t next = static_cast<size_t>(k[i]);
-      const double v = next < spectra[i].size() ? std::max(spectra[i][next], 0.0) : 0.0;
-      const double gain = (energy[i] > 0 ? v / energy[i] : 0.0) / cost;
-      if (gain > best_gain) best_gain = gain, best = i;
-    }
-    if (best == shapes.size()) return k;
-    ++k[best];
-    used += double(shapes[best].first + shapes[best].second);
-  }
-}
-
-template <typename T>
-double default_lambda(const LayerStats<T>& stats, double rel) {
-  return rel * stats.gram_trace() / static_cast<double>(stats.n());
-}
 
 template <typename T>
 Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
@@ -337,7 +195,5 @@ template Factors<float> solve(const SolveOptions&, const Matrix<float>&, const s
                               const LayerStats<float>&);
 template Factors<double> solve(const SolveOptions&, const Matrix<double>&,
                                const std::vector<double>&, const LayerStats<double>&);
-template double default_lambda(const LayerStats<float>&, double);
-template double default_lambda(const LayerStats<double>&, double);
 
 }  // namespace dalr

@@ -1,0 +1,75 @@
+// Rank policy of the jobs: ranks from a kept fraction, pruning budgets, parameter counts,
+// the allocation of one budget over several layers, and the default ridge.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dalr/error.hpp"
+#include "dalr/solver.hpp"
+
+namespace dalr {
+
+int64_t rank_for_keep(Method method, int64_t m, int64_t n, double keep) {
+  if (!(keep > 0 && keep <= 1)) throw Error("--keep must be a fraction in (0, 1]");
+  const double r =
+      is_pruning(method) ? keep * double(m) : keep * double(m) * double(n) / double(m + n);
+  return std::max<int64_t>(1, static_cast<int64_t>(std::floor(r)));
+}
+
+int64_t units_for_rank(int64_t m, int64_t n, int64_t k) {
+  return std::clamp<int64_t>(k * (m + n) / n, 1, m);
+}
+
+int64_t params_after(Method method, int64_t m, int64_t n, int64_t rank) {
+  return is_pruning(method) ? rank * n + rank : rank * n + m * rank + m;
+}
+
+std::vector<int64_t> allocate_ranks(const std::vector<std::pair<int64_t, int64_t>>& shapes,
+                                    const std::vector<std::vector<double>>& spectra,
+                                    double budget) {
+  if (!(budget > 0 && budget <= 1)) throw Error("--budget must be a fraction in (0, 1]");
+  if (shapes.size() != spectra.size() || shapes.empty())
+    throw Error("allocate_ranks: one spectrum per layer is needed");
+  double total = 0;
+  for (const auto& [m, n] : shapes) total += double(m) * double(n);
+  const double limit = budget * total;
+  std::vector<int64_t> k(shapes.size(), 1);
+  std::vector<double> energy(shapes.size(), 0);
+  double used = 0;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    used += double(shapes[i].first + shapes[i].second);
+    for (double v : spectra[i]) energy[i] += std::max(v, 0.0);
+  }
+  if (used > limit)
+    throw Error("--budget " + std::to_string(budget) +
+                " is too small: rank 1 in every layer already needs " +
+                std::to_string(static_cast<int64_t>(used)) + " weights");
+  for (;;) {
+    size_t best = shapes.size();
+    double best_gain = -1;
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      const auto [m, n] = shapes[i];
+      const double cost = double(m + n);
+      if (k[i] >= std::min(m, n) || used + cost > limit) continue;
+      const size_t next = static_cast<size_t>(k[i]);
+      const double v = next < spectra[i].size() ? std::max(spectra[i][next], 0.0) : 0.0;
+      const double gain = (energy[i] > 0 ? v / energy[i] : 0.0) / cost;
+      if (gain > best_gain) best_gain = gain, best = i;
+    }
+    if (best == shapes.size()) return k;
+    ++k[best];
+    used += double(shapes[best].first + shapes[best].second);
+  }
+}
+
+template <typename T>
+double default_lambda(const LayerStats<T>& stats, double rel) {
+  return rel * stats.gram_trace() / static_cast<double>(stats.n());
+}
+
+template double default_lambda(const LayerStats<float>&, double);
+template double default_lambda(const LayerStats<double>&, double);
+
+}  // namespace dalr

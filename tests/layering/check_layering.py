@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""The folder rule of docs/architecture.md, checked on every build.
+
+Each folder of src/ may include only the folders listed for it below (and the public
+headers in include/dalr/, which include nothing of src/). The allowed edges form a
+chain, so no include cycle between folders can exist:
+
+    cli -> core -> cpu, cuda (never: the jobs reach the GPU through dalr::Backend)
+    cuda -> cpu -> io -> common
+
+A backend (cpu, cuda) never includes the jobs (core) or the command line (cli).
+kernels/ holds device code and includes only kernels/ and cuda/cuda_check.hpp.
+
+Usage: check_layering.py SOURCE_DIR    (exit 0: the rule holds; 1: it lists what breaks it)
+"""
+import os
+import re
+import sys
+
+ALLOWED = {
+    "common": {"common"},
+    "io": {"io", "common"},
+    "cpu": {"cpu", "io", "common"},
+    # The GPU backend runs a few host parts through its CPU twin (pruning's error).
+    "cuda": {"cuda", "cpu", "io", "common"},
+    # The jobs: only through dalr::Backend, except the CPU-only error over an activation
+    # file (cpu/recon.hpp) and the CPU forward pass's linear layer (cpu/forward.hpp).
+    "core": {"core", "cpu", "io", "common"},
+    "cli": {"cli", "core", "io", "common"},
+}
+CORE_CPU_HEADERS = {"cpu/recon.hpp", "cpu/forward.hpp"}
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+def includes(path):
+    with open(path, encoding="utf-8") as f:
+        return INCLUDE.findall(f.read())
+
+
+def main(root):
+    problems = []
+    src = os.path.join(root, "src")
+    for folder in sorted(os.listdir(src)):
+        d = os.path.join(src, folder)
+        if not os.path.isdir(d):
+            continue
+        if folder not in ALLOWED:
+            problems.append(f"src/{folder}/ is not in the folder rule (tests/layering)")
+            continue
+        for name in sorted(os.listdir(d)):
+            for inc in includes(os.path.join(d, name)):
+                top = inc.split("/")[0] if "/" in inc else None
+                if top in (None, "dalr"):
+                    continue  # public headers, or a kernel header (.cuh) of kernels/
+                if top not in ALLOWED[folder]:
+                    problems.append(f"src/{folder}/{name} includes {inc}: "
+                                    f"src/{folder}/ may include only {sorted(ALLOWED[folder])}")
+                elif folder == "core" and top == "cpu" and inc not in CORE_CPU_HEADERS:
+                    problems.append(f"src/core/{name} includes {inc}: the jobs reach the "
+                                    f"backends through dalr::Backend")
+    for name in sorted(os.listdir(os.path.join(root, "include", "dalr"))):
+        for inc in includes(os.path.join(root, "include", "dalr", name)):
+            if not inc.startswith("dalr/"):
+                problems.append(f"include/dalr/{name} includes {inc}: public headers "
+                                f"include only dalr/")
+    for name in sorted(os.listdir(os.path.join(root, "kernels"))):
+        for inc in includes(os.path.join(root, "kernels", name)):
+            if "/" in inc and inc != "cuda/cuda_check.hpp":
+                problems.append(f"kernels/{name} includes {inc}")
+    for p in problems:
+        print("layering:", p)
+    print(f"layering: {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def self_test():
+    """The check fails on a tree that breaks the rule (a backend including a job)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as t:
+        for d in ("src/core", "src/cpu", "include/dalr", "kernels"):
+            os.makedirs(os.path.join(t, d))
+        with open(os.path.join(t, "src/core/job.cpp"), "w") as f:
+            f.write('#include "cpu/forward.hpp"\n#include "dalr/backend.hpp"\n')
+        with open(os.path.join(t, "src/cpu/solver.cpp"), "w") as f:
+            f.write('#include "common/finite.hpp"\n')
+        good = main(t)
+        with open(os.path.join(t, "src/cpu/solver.cpp"), "a") as f:
+            f.write('#include "core/job.hpp"\n')
+        bad = main(t)
+    ok = good == 0 and bad == 1
+    print("layering self-test:", "ok" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--self-test"]:
+        sys.exit(self_test())
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "."))
