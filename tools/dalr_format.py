@@ -106,11 +106,12 @@ def write_safetensors(path, tensors, metadata=None):
     off = 0
     for name, arr in tensors.items():
         a = np.asarray(arr)
+        shape = a.shape  # ascontiguousarray makes a 0-d array 1-d: keep scalars scalar
         if a.dtype.kind in "iu":
-            a = np.ascontiguousarray(a, dtype="<i8")
+            a = np.ascontiguousarray(a, dtype="<i8").reshape(shape)
             dt = "I64"
         else:
-            a = np.ascontiguousarray(a, dtype="<f4")
+            a = np.ascontiguousarray(a, dtype="<f4").reshape(shape)
             dt = "F32"
         data = a.tobytes()
         header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(data)]}

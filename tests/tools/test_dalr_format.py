@@ -46,6 +46,26 @@ with tempfile.TemporaryDirectory() as d:
     check(info.get("total_params") == 84 and info.get("metadata", {}).get("origin") == "python",
           "shapes and metadata survive")
 
+    # A scalar tensor (batchnorm's num_batches_tracked) keeps its shape () through Python,
+    # and through the engine: the README's "own model" recipe loads the result back.
+    plain = os.path.join(d, "plain.safetensors")
+    F.write_safetensors(plain, {"fc.weight": tensors["classifier.3.weight"],
+                                "fc.bias": tensors["classifier.3.bias"],
+                                "bn.num_batches_tracked": np.array(5, dtype=np.int64)})
+    check(F.read_header(plain)[0]["bn.num_batches_tracked"]["shape"] == [],
+          "a 0-d tensor is written with shape []")
+    small = os.path.join(d, "small.safetensors")
+    r = subprocess.run([dalr_gpu, "--model", plain, "--layer", "fc", "--acts",
+                        os.path.join(example, "acts_train.npy"), "--rank", "8", "--out", small,
+                        "--device", "cpu", "-q"], capture_output=True, text=True)
+    check(r.returncode == 0, "a plain state dict without dalr.arch compresses from --acts: " +
+          r.stderr.strip())
+    if r.returncode == 0:
+        t, _ = F.read_safetensors(small)
+        check(sorted(t) == ["bn.num_batches_tracked", "fc.0.weight", "fc.1.bias", "fc.1.weight"]
+              and t["bn.num_batches_tracked"].shape == () and
+              int(t["bn.num_batches_tracked"]) == 5, "the other tensors come back unchanged")
+
     # C++ writes (compresses classifier.3 from the shipped activations), Python reads.
     out_bin = os.path.join(d, "c.bin")
     r = subprocess.run([dalr_gpu, "compress", "--model", os.path.join(example, "model.bin"),
