@@ -39,6 +39,7 @@
 
 #include "adaptive_pool.cuh"
 #include "channel_scale_shift.cuh"
+#include "cuda/blas.hpp"
 #include "cuda/context.hpp"
 #include "cuda/cudnn_check.hpp"
 #include "cuda/device_buffer.hpp"
@@ -100,17 +101,6 @@ void set_desc(const TensorDesc& d, cudnnTensorFormat_t format, cudnnDataType_t t
 // Rounds host floats to 16-bit bit patterns (nearest, ties to even: CpuForward's rounding).
 uint16_t to_bits16(float v, ActStorage s) {
   return s == ActStorage::Fp16 ? float_to_half(v) : float_to_bf16(v);
-}
-
-void gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-          const float* a, int lda, const float* b, int ldb, float* c, int ldc) {
-  const float one = 1.f, zero = 0.f;
-  DALR_CUBLAS_CHECK(cublasSgemm(h, ta, tb, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc));
-}
-void gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-          const double* a, int lda, const double* b, int ldb, double* c, int ldc) {
-  const double one = 1.0, zero = 0.0;
-  DALR_CUBLAS_CHECK(cublasDgemm(h, ta, tb, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc));
 }
 
 // cuDNN 9 reports statuses as categories with sub-codes (NOT_SUPPORTED_SHAPE, ...).
@@ -581,16 +571,18 @@ void CudnnForward<T>::Impl::linear(size_t i, int64_t batch, const void* x, void*
   if (s16()) {
     const cudaDataType_t t = storage == ActStorage::Fp16 ? CUDA_R_16F : CUDA_R_16BF;
     const float one = 1.f, zero = 0.f;
-    DALR_CUBLAS_CHECK(cublasGemmEx(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out, cols, in, &one,
-                                   st.weight16.data(), t, in, x, t, in, &zero, y, t, out,
-                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    DALR_CUBLAS_CHECK(blas::gemm_ex(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out, cols, in, &one,
+                                    st.weight16.data(), t, in, x, t, in, &zero, y, t, out,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (!st.bias.empty())
       kernels::launch_channel_scale_shift16(static_cast<uint16_t*>(y), batch, l.out, 1, false,
                                             nullptr, f32(st.bias), fmt(), ctx.stream(), relu);
     return;
   }
-  gemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out, cols, in, st.weight.data(), in,
-       static_cast<const T*>(x), in, static_cast<T*>(y), out);
+  const T one = 1, zero = 0;
+  DALR_CUBLAS_CHECK(blas::gemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out, cols, in, &one,
+                               st.weight.data(), in, static_cast<const T*>(x), in, &zero,
+                               static_cast<T*>(y), out));
   if (!st.bias.empty())
     kernels::launch_channel_scale_shift<T>(static_cast<T*>(y), batch, l.out, 1, nullptr,
                                            st.bias.data(), ctx.stream(), relu);

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "core/finite.hpp"
+#include "cuda/blas.hpp"
 #include "cuda/context.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/device_buffer.hpp"
@@ -48,37 +49,6 @@ constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 // cuBLAS's own workspace and cudaMalloc's rounding are not in our byte count.
 constexpr size_t kSlackBytes = size_t(64) << 20;
 
-// Typed cuBLAS wrappers (host pointer mode: alpha and beta are read during the call).
-inline cublasStatus_t syrk_lower(cublasHandle_t h, int n, int k, const float* a, int lda,
-                                 float beta, float* c, int ldc) {
-  const float one = 1.f;
-  return cublasSsyrk(h, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, n, k, &one, a, lda, &beta, c, ldc);
-}
-inline cublasStatus_t syrk_lower(cublasHandle_t h, int n, int k, const double* a, int lda,
-                                 double beta, double* c, int ldc) {
-  const double one = 1.0;
-  return cublasDsyrk(h, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, n, k, &one, a, lda, &beta, c, ldc);
-}
-inline cublasStatus_t gemm_nn(cublasHandle_t h, int m, int n, int k, const float* a, int lda,
-                              const float* b, int ldb, float* c, int ldc) {
-  const float one = 1.f, zero = 0.f;
-  return cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc);
-}
-inline cublasStatus_t gemm_nn(cublasHandle_t h, int m, int n, int k, const double* a, int lda,
-                              const double* b, int ldb, double* c, int ldc) {
-  const double one = 1.0, zero = 0.0;
-  return cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc);
-}
-// y += x over `count` contiguous elements (64-bit count: a chunk of C can pass 2^31).
-inline cublasStatus_t add_into(cublasHandle_t h, int64_t count, const float* x, float* y) {
-  const float one = 1.f;
-  return cublasSaxpy_64(h, count, &one, x, 1, y, 1);
-}
-inline cublasStatus_t add_into(cublasHandle_t h, int64_t count, const double* x, double* y) {
-  const double one = 1.0;
-  return cublasDaxpy_64(h, count, &one, x, 1, y, 1);
-}
-
 // a * b in size_t, throwing instead of wrapping around.
 size_t mul_size(size_t a, size_t b) {
   if (b != 0 && a > SIZE_MAX / b) throw Error("GPU statistics: size overflows size_t");
@@ -90,7 +60,7 @@ size_t add_size(size_t a, size_t b) {
   return a + b;
 }
 
-// cuBLAS's (32-bit) dimensions.
+// The statistics' dimension limit (kept when the cuBLAS calls moved to the 64-bit API).
 void check_dim(int64_t v, const char* what) {
   if (v > INT_MAX)
     throw Error(std::string("GPU statistics: ") + what + " = " + std::to_string(v) +
@@ -292,15 +262,16 @@ struct GpuStats<T>::Impl {
   // stream, which already waits for the buffer's upload.
   void accumulate(Slot& sl, int64_t cols) {
     const cudaStream_t s = ctx.stream();
-    const int in = static_cast<int>(n), ic = static_cast<int>(cols), im = static_cast<int>(m);
+    const T one = 1, zero = 0;
     // C += X X^T, lower triangle: the call LayerStats makes with cblas_<t>syrk.
-    DALR_CUBLAS_CHECK(syrk_lower(ctx.cublas(), in, ic, sl.dev.data(), in, T(1), c.data(), in));
+    DALR_CUBLAS_CHECK(blas::syrk(ctx.cublas(), CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, n, cols, &one,
+                                 sl.dev.data(), n, &one, c.data(), n));
     kernels::launch_row_sum_max<T>(sl.dev.data(), n, cols, n, nullptr, false, sum_x.data(),
                                    max_x.data(), s);
     if (m > 0) {
       // Y = W X (m x cols), then sums and maxima of relu(Y + b).
-      DALR_CUBLAS_CHECK(
-          gemm_nn(ctx.cublas(), im, ic, in, w.data(), im, sl.dev.data(), in, y.data(), im));
+      DALR_CUBLAS_CHECK(blas::gemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, m, cols, n, &one,
+                                   w.data(), m, sl.dev.data(), n, &zero, y.data(), m));
       kernels::launch_row_sum_max<T>(y.data(), m, cols, m, b.data(), true, sum_y.data(),
                                      max_y.data(), s);
     }
@@ -401,8 +372,9 @@ struct GpuStats<T>::Impl {
       Slot& sl = acquire();
       std::memcpy(sl.host.data(), g.ptr() + static_cast<size_t>(j0) * un, elems * sizeof(T));
       upload(sl, elems);
-      DALR_CUBLAS_CHECK(add_into(ctx.cublas(), static_cast<int64_t>(elems), sl.dev.data(),
-                                 c.data() + static_cast<size_t>(j0) * un));
+      const T one = 1;  // C(:, j0 : j0 + cols) += the chunk
+      DALR_CUBLAS_CHECK(blas::axpy(ctx.cublas(), static_cast<int64_t>(elems), &one, sl.dev.data(),
+                                   1, c.data() + static_cast<size_t>(j0) * un, 1));
       release(sl);
     }
     fold(merged_sum_x, merged_max_x, e.sum_x(), e.max_x());
