@@ -37,7 +37,6 @@ class CudnnObject {
  private:
   S* p_ = nullptr;
 };
-using CudnnHandle = CudnnObject<cudnnContext, cudnnCreate, cudnnDestroy>;
 using TensorDesc =
     CudnnObject<cudnnTensorStruct, cudnnCreateTensorDescriptor, cudnnDestroyTensorDescriptor>;
 using FilterDesc =

@@ -181,7 +181,19 @@ CudnnForward<T>::CudnnForward(const Arch& arch, const SafetensorsFile& weights, 
     throw Error(std::string("--precision ") + act_storage_name(storage) +
                 " stores activations in 16 bits: it needs the float forward pass, not fp64");
   check_weights(arch, weights);
-  impl_ = std::make_unique<Impl>(arch, math, device, storage);
+  impl_ = std::make_unique<Impl>(arch, std::make_shared<Context>(device, math), storage);
+  impl_->load(weights);
+}
+
+template <typename T>
+CudnnForward<T>::CudnnForward(const Arch& arch, const SafetensorsFile& weights,
+                              std::shared_ptr<Context> ctx, ActStorage storage) {
+  if (!std::is_same<T, float>::value && storage != ActStorage::Fp32)
+    throw Error(std::string("--precision ") + act_storage_name(storage) +
+                " stores activations in 16 bits: it needs the float forward pass, not fp64");
+  if (!ctx) throw Error("CudnnForward: no CUDA context");
+  check_weights(arch, weights);
+  impl_ = std::make_unique<Impl>(arch, std::move(ctx), storage);
   impl_->load(weights);
 }
 

@@ -90,19 +90,14 @@ void ensure_pinned(PinnedBuffer<T>& b, size_t n, const Context& ctx) {
 
 template <typename T>
 struct CudnnForward<T>::Impl {
-  Impl(const Arch& a, Math m, int device, ActStorage st)
-      : arch(a), math(m), storage(st), ctx(device, m) {
-    DALR_CUDNN_CHECK(cudnnSetStream(cudnn.get(), ctx.stream()));
-    // 16-bit GEMMs on tensor cores, accumulating in fp32 (CUBLAS_COMPUTE_32F): the
-    // pedantic mode the context sets for Math::Exact would keep them off tensor cores.
-    // Split-K partial sums stay fp32 too (else they may be added, and overflow, in the
-    // 16-bit output type).
-    if (s16())
-      DALR_CUBLAS_CHECK(cublasSetMathMode(
-          ctx.cublas(),
-          static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
-                                    CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
-  }
+  // ctx: the context to run on (the backend's, or one of the forward's own).
+  Impl(const Arch& a, std::shared_ptr<Context> c, ActStorage st)
+      : arch(a),
+        math(c->math()),  // read before `owner` takes c (declaration order)
+        storage(st),
+        owner(current(std::move(c))),
+        ctx(*owner),
+        cudnn(ctx.cudnn()) {}
   ~Impl() {
     // A pass queued by run_taps_device may still read the buffers freed below.
     DALR_CUDA_CHECK_NOTHROW(cudaSetDevice(ctx.device()));
@@ -113,8 +108,12 @@ struct CudnnForward<T>::Impl {
   Arch arch;
   Math math;
   ActStorage storage;
-  Context ctx;  // makes the device current first: the handle below is created on it
-  fwd::CudnnHandle cudnn;
+  // The context is released after everything below (allocated on it). It may be shared
+  // (the backend's): its streams then carry other work too (the statistics the taps
+  // feed), ordered with this pass's by the stream and the events of the stages.
+  std::shared_ptr<Context> owner;
+  Context& ctx;
+  cudnnHandle_t cudnn;           // ctx's, bound to its compute stream
   fwd::TensorDesc xdesc, ydesc;  // reset for every layer
   std::vector<fwd::LayerState<T>> layers;
   DeviceBuffer<T> act[2];
@@ -124,6 +123,19 @@ struct CudnnForward<T>::Impl {
   DeviceBuffer<T> wide;  // 16-bit storage: a tap or the output widened to T (float)
   std::map<std::array<int64_t, 5>, fwd::ConvPlan> plans;  // (layer, batch, c, h, w)
 
+  // Makes ctx's device current before the members below are created on it.
+  static std::shared_ptr<Context> current(std::shared_ptr<Context> c) {
+    c->make_current();
+    return c;
+  }
+  // The cuBLAS math of the 16-bit GEMMs, set around them (the context's is its policy's):
+  // tensor cores, accumulating in fp32 (CUBLAS_COMPUTE_32F); the pedantic mode the
+  // context sets for Math::Exact would keep them off tensor cores. Split-K partial sums
+  // stay fp32 too (else they may be added, and overflow, in the 16-bit output type).
+  static cublasMath_t gemm16_math() {
+    return static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
+                                     CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
+  }
   bool s16() const { return storage != ActStorage::Fp32; }
   kernels::Fmt16 fmt() const {
     return storage == ActStorage::Fp16 ? kernels::Fmt16::Fp16 : kernels::Fmt16::Bf16;

@@ -51,11 +51,11 @@ const ConvPlan& CudnnForward<T>::Impl::plan(size_t i, int64_t batch, const ActSh
                 std::to_string(o.h) + "x" + std::to_string(o.w));
 
   int max_algos = 0;
-  DALR_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(cudnn.get(), &max_algos));
+  DALR_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(cudnn, &max_algos));
   std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(static_cast<size_t>(std::max(max_algos, 1)));
   int found = 0;
   DALR_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
-      cudnn.get(), xdesc.get(), st.filter->get(), st.conv->get(), ydesc.get(),
+      cudnn, xdesc.get(), st.filter->get(), st.conv->get(), ydesc.get(),
       static_cast<int>(perf.size()), &found, perf.data()));
 
   size_t free_b = 0, total_b = 0;
@@ -81,7 +81,7 @@ const ConvPlan& CudnnForward<T>::Impl::plan(size_t i, int64_t batch, const ActSh
     std::vector<cudnnConvolutionFwdAlgoPerf_t> timed(perf.size());
     int returned = 0;
     const cudnnStatus_t status = cudnnFindConvolutionForwardAlgorithmEx(
-        cudnn.get(), xdesc.get(), x, st.filter->get(), wd, st.conv->get(), ydesc.get(), y,
+        cudnn, xdesc.get(), x, st.filter->get(), wd, st.conv->get(), ydesc.get(), y,
         static_cast<int>(timed.size()), &returned, timed.data(), budget ? find_ws.data() : nullptr,
         budget);
     if (status == CUDNN_STATUS_SUCCESS) {
@@ -101,7 +101,7 @@ const ConvPlan& CudnnForward<T>::Impl::plan(size_t i, int64_t batch, const ActSh
   }
   auto try_algo = [&](cudnnConvolutionFwdAlgo_t algo) {
     size_t bytes = 0;
-    if (cudnnGetConvolutionForwardWorkspaceSize(cudnn.get(), xdesc.get(), st.filter->get(),
+    if (cudnnGetConvolutionForwardWorkspaceSize(cudnn, xdesc.get(), st.filter->get(),
                                                 st.conv->get(), ydesc.get(), algo,
                                                 &bytes) != CUDNN_STATUS_SUCCESS)
       return false;
@@ -134,8 +134,8 @@ void CudnnForward<T>::Impl::conv(size_t i, int64_t batch, const ActShape& s, con
   const LayerState<T>& st = layers[i];
   const void* wd = s16() ? static_cast<const void*>(st.weight16.data()) : st.weight.data();
   cudnnStatus_t status =
-      cudnnConvolutionForward(cudnn.get(), &one, xdesc.get(), x, st.filter->get(), wd,
-                              st.conv->get(), p.algo, ws, p.workspace, &zero, ydesc.get(), y);
+      cudnnConvolutionForward(cudnn, &one, xdesc.get(), x, st.filter->get(), wd, st.conv->get(),
+                              p.algo, ws, p.workspace, &zero, ydesc.get(), y);
   if (not_supported(status) && p.algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM) {
     // A refused launch may leave a runtime error behind that a later launch check
     // would report: clear it before trying again.
@@ -147,8 +147,8 @@ void CudnnForward<T>::Impl::conv(size_t i, int64_t batch, const ActShape& s, con
         plans[std::array<int64_t, 5>{static_cast<int64_t>(i), batch, s.c, s.h, s.w}];
     fallback = ConvPlan{};
     status =
-        cudnnConvolutionForward(cudnn.get(), &one, xdesc.get(), x, st.filter->get(), wd,
-                                st.conv->get(), fallback.algo, nullptr, 0, &zero, ydesc.get(), y);
+        cudnnConvolutionForward(cudnn, &one, xdesc.get(), x, st.filter->get(), wd, st.conv->get(),
+                                fallback.algo, nullptr, 0, &zero, ydesc.get(), y);
   }
   DALR_CUDNN_CHECK(status);
   if (st.bias.empty()) return;
@@ -181,8 +181,8 @@ void CudnnForward<T>::Impl::pool(size_t i, int64_t batch, const ActShape& s, con
     throw Error("internal: cuDNN's output shape for " + layer_label(arch, i) +
                 " differs from the arch's");
   const T one = 1, zero = 0;
-  DALR_CUDNN_CHECK(cudnnPoolingForward(cudnn.get(), st.pool->get(), &one, xdesc.get(), x, &zero,
-                                       ydesc.get(), y));
+  DALR_CUDNN_CHECK(
+      cudnnPoolingForward(cudnn, st.pool->get(), &one, xdesc.get(), x, &zero, ydesc.get(), y));
 }
 
 template <typename T>
@@ -194,6 +194,7 @@ void CudnnForward<T>::Impl::linear(size_t i, int64_t batch, const void* x, void*
   if (s16()) {
     const cudaDataType_t t = storage == ActStorage::Fp16 ? CUDA_R_16F : CUDA_R_16BF;
     const float one = 1.f, zero = 0.f;
+    const CublasMathScope tensor_cores(ctx.cublas(), gemm16_math());
     DALR_CUBLAS_CHECK(blas::gemm_ex(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out, cols, in, &one,
                                     st.weight16.data(), t, in, x, t, in, &zero, y, t, out,
                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));

@@ -75,27 +75,36 @@ ReconError recon_dense(Ops<T>& ops, const LayerStats<T>& st, const Matrix<T>& w,
   return recon_from(err2, ref2, st.count());
 }
 
-}  // namespace
-
+// The argument checks, before any device work; true when the error is the CPU's to
+// compute (pruning keeps rows of W: the CPU's row updates, as its solve runs on the CPU).
 template <typename T>
-ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
-                                const std::vector<T>& b, const Factors<T>& f, Math math,
-                                int device) {
+bool on_the_cpu(const LayerStats<T>& st, const Matrix<T>& w, const std::vector<T>& b,
+                const Factors<T>& f) {
   const int64_t m = w.rows, n = w.cols, k = f.b.rows;
   if (st.n() != n || f.b.cols != n || static_cast<int64_t>(b.size()) != m)
     throw Error("reconstruction_error: the statistics (n = " + std::to_string(st.n()) +
                 "), the factors (n = " + std::to_string(f.b.cols) + ") or the bias (" +
                 std::to_string(b.size()) + ") do not fit a " + std::to_string(m) + " x " +
                 std::to_string(n) + " layer");
-  // Pruning keeps rows of W: the CPU's row updates, as its solve runs on the CPU too.
-  if (is_pruning(f.method)) return dalr::reconstruction_error(st, w, b, f);
+  if (is_pruning(f.method)) return true;
   if (f.a.rows != m || f.a.cols != k || static_cast<int64_t>(f.bias.size()) != m)
     throw Error("reconstruction_error: the factors do not fit a " + std::to_string(m) + " x " +
                 std::to_string(n) + " layer");
-  // Always exact products: the error is a difference of sums of products (D C = W C -
-  // A (B C)), and TF32's 5e-4 would swamp errors of a few percent.
-  (void)math;
-  Context ctx(device, Math::Exact);
+  return false;
+}
+
+template <typename T>
+ReconError recon_on(Context& ctx, const LayerStats<T>& st, const Matrix<T>& w,
+                    const std::vector<T>& b, const Factors<T>& f) {
+  const int64_t m = w.rows, n = w.cols, k = f.b.rows;
+  ctx.make_current();
+  // Always exact products, whatever the context's math: the error is a difference of
+  // sums of products (D C = W C - A (B C)), and TF32's 5e-4 would swamp errors of a few
+  // percent.
+  const CublasMathScope exact(ctx.cublas(), cublas_math(Math::Exact));
+  // Nothing here uses the workspace: free what a forward pass left (the memory check
+  // below then sees what a context of its own would).
+  ctx.release_workspace();
   // C (unless the statistics keep it on this device), W (becomes D), W C (becomes D C),
   // A, B, B C, s, W s.
   const double c_elems = device_gram(st, ctx.device()) ? 0.0 : double(n) * n;
@@ -107,11 +116,35 @@ ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
   return recon_dense(ops, st, w, b, f);
 }
 
+}  // namespace
+
+template <typename T>
+ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
+                                const std::vector<T>& b, const Factors<T>& f, Math math,
+                                int device) {
+  if (on_the_cpu(st, w, b, f)) return dalr::reconstruction_error(st, w, b, f);
+  (void)math;  // always exact (see recon_on)
+  Context ctx(device, Math::Exact);
+  return recon_on(ctx, st, w, b, f);
+}
+
+template <typename T>
+ReconError reconstruction_error(Context& ctx, const LayerStats<T>& st, const Matrix<T>& w,
+                                const std::vector<T>& b, const Factors<T>& f) {
+  if (on_the_cpu(st, w, b, f)) return dalr::reconstruction_error(st, w, b, f);
+  return recon_on(ctx, st, w, b, f);
+}
+
 template ReconError reconstruction_error(const LayerStats<float>&, const Matrix<float>&,
                                          const std::vector<float>&, const Factors<float>&, Math,
                                          int);
 template ReconError reconstruction_error(const LayerStats<double>&, const Matrix<double>&,
                                          const std::vector<double>&, const Factors<double>&, Math,
                                          int);
+
+template ReconError reconstruction_error(Context&, const LayerStats<float>&, const Matrix<float>&,
+                                         const std::vector<float>&, const Factors<float>&);
+template ReconError reconstruction_error(Context&, const LayerStats<double>&, const Matrix<double>&,
+                                         const std::vector<double>&, const Factors<double>&);
 
 }  // namespace dalr::cuda

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <string>
 #include <utility>
@@ -219,16 +220,35 @@ size_t solve_bytes(Method method, int64_t m, int64_t n, int64_t k, size_t elem_s
                                                              : static_cast<size_t>(bytes);
 }
 
-template <typename T>
-Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
-                 const LayerStats<T>& stats, Math math, int device) {
-  dalr::detail::check_solve_arguments(opt, w, b, stats);
-  // Pruning ranks units by their mean or max activation: a sort on the host, nothing for
-  // a GPU to do. The CPU solver is the implementation (and needs no device).
-  if (is_pruning(opt.method)) return dalr::solve(opt, w, b, stats);
+namespace {
 
+// Frees the context's workspace when a solve starts and however it ends, so that a solve
+// on the backend's long-lived context holds device memory only while it runs, as the
+// context of its own that it once made did (and finds the same free memory first).
+class WorkspaceScope {
+ public:
+  explicit WorkspaceScope(Context& ctx) : ctx_(ctx) { ctx_.release_workspace(); }
+  ~WorkspaceScope() {
+    try {
+      ctx_.release_workspace();
+    } catch (const std::exception&) {
+      // A failed synchronisation: the stream's error surfaces at its next checked call.
+    }
+  }
+  WorkspaceScope(const WorkspaceScope&) = delete;
+  WorkspaceScope& operator=(const WorkspaceScope&) = delete;
+
+ private:
+  Context& ctx_;
+};
+
+// solve() after the argument checks, for a method that runs on the GPU.
+template <typename T>
+Factors<T> solve_on(Context& ctx, const SolveOptions& opt, const Matrix<T>& w,
+                    const LayerStats<T>& stats, const std::vector<T>& b) {
   const int64_t m = w.rows, n = w.cols, k = opt.rank;
-  Context ctx(device, math);  // throws dalr::Error when the device does not exist
+  ctx.make_current();
+  const WorkspaceScope workspace(ctx);
   require_device_memory(solve_bytes(opt.method, m, n, k, sizeof(T)), job_name(opt.method, m, n, k));
   Ops<T> ops(ctx);
 
@@ -250,9 +270,34 @@ Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<
   return f;
 }
 
+}  // namespace
+
+template <typename T>
+Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                 const LayerStats<T>& stats, Math math, int device) {
+  dalr::detail::check_solve_arguments(opt, w, b, stats);
+  // Pruning ranks units by their mean or max activation: a sort on the host, nothing for
+  // a GPU to do. The CPU solver is the implementation (and needs no device).
+  if (is_pruning(opt.method)) return dalr::solve(opt, w, b, stats);
+  Context ctx(device, math);  // throws dalr::Error when the device does not exist
+  return solve_on(ctx, opt, w, stats, b);
+}
+
+template <typename T>
+Factors<T> solve(Context& ctx, const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                 const LayerStats<T>& stats) {
+  dalr::detail::check_solve_arguments(opt, w, b, stats);
+  if (is_pruning(opt.method)) return dalr::solve(opt, w, b, stats);  // as above
+  return solve_on(ctx, opt, w, stats, b);
+}
+
 template Factors<float> solve(const SolveOptions&, const Matrix<float>&, const std::vector<float>&,
                               const LayerStats<float>&, Math, int);
 template Factors<double> solve(const SolveOptions&, const Matrix<double>&,
                                const std::vector<double>&, const LayerStats<double>&, Math, int);
+template Factors<float> solve(Context&, const SolveOptions&, const Matrix<float>&,
+                              const std::vector<float>&, const LayerStats<float>&);
+template Factors<double> solve(Context&, const SolveOptions&, const Matrix<double>&,
+                               const std::vector<double>&, const LayerStats<double>&);
 
 }  // namespace dalr::cuda

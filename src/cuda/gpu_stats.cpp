@@ -90,13 +90,14 @@ void validate(int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b,
   }
 }
 
-// Argument errors come before device errors: validates, then passes the device through
-// (so that the Context member is only created for valid arguments).
+// Argument errors come before device errors: validates, then returns the shared context,
+// or without one makes a context of its own (only for valid arguments).
 template <typename T>
-int validated(int device, int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b,
-              int64_t max_batch) {
+std::shared_ptr<Context> validated(std::shared_ptr<Context> shared, int device, Math math,
+                                   int64_t n, int64_t m, const Matrix<T>* w,
+                                   const std::vector<T>* b, int64_t max_batch) {
   validate(n, m, w, b, max_batch);
-  return device;
+  return shared ? std::move(shared) : std::make_shared<Context>(device, math);
 }
 
 // Device bytes the statistics hold: C, two X buffers, W, b, Y, four double vectors.
@@ -137,7 +138,11 @@ struct GpuStats<T>::Impl {
     PinnedBuffer<unsigned long long> seen;
   };
 
-  Context ctx;  // first member: destroyed last, after everything allocated on it
+  // First members: the context is released last, after everything allocated on it. It
+  // may be shared (the backend's): its streams then carry other work too, which the
+  // events below neither wait for nor disturb.
+  std::shared_ptr<Context> owner;
+  Context& ctx;
   int64_t n, m, max_batch;
   int64_t count = 0;
   DeviceBuffer<T> c, w, b, y;
@@ -150,9 +155,11 @@ struct GpuStats<T>::Impl {
   std::vector<double> merged_sum_x, merged_max_x, merged_sum_y, merged_max_y;
   bool finished = false;  // finish() handed C over: nothing may follow
 
-  Impl(int64_t n_, int64_t m_, const Matrix<T>* w_, const std::vector<T>* b_, int64_t max_batch_,
-       Math math, int device)
-      : ctx(validated(device, n_, m_, w_, b_, max_batch_), math),
+  // shared: the context to run on, or null to make one on `device` with `math`.
+  Impl(std::shared_ptr<Context> shared, int device, Math math, int64_t n_, int64_t m_,
+       const Matrix<T>* w_, const std::vector<T>* b_, int64_t max_batch_)
+      : owner(validated(std::move(shared), device, math, n_, m_, w_, b_, max_batch_)),
+        ctx(*owner),
         n(n_),
         m(m_),
         max_batch(max_batch_),
@@ -160,6 +167,7 @@ struct GpuStats<T>::Impl {
         merged_max_x(static_cast<size_t>(n_), kNegInf),
         merged_sum_y(static_cast<size_t>(m_), 0.0),
         merged_max_y(static_cast<size_t>(m_), kNegInf) {
+    bind();  // a shared context's device need not be current; everything below is on it
     const size_t un = static_cast<size_t>(n), um = static_cast<size_t>(m),
                  ub = static_cast<size_t>(max_batch);
     const size_t need = add_size(device_bytes<T>(n, m, max_batch), kSlackBytes);
@@ -441,7 +449,16 @@ struct GpuStats<T>::Impl {
 template <typename T>
 GpuStats<T>::GpuStats(int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b,
                       int64_t max_batch, Math math, int device)
-    : impl_(std::make_unique<Impl>(n, m, w, b, max_batch, math, device)) {}
+    : impl_(std::make_unique<Impl>(nullptr, device, math, n, m, w, b, max_batch)) {}
+
+template <typename T>
+GpuStats<T>::GpuStats(std::shared_ptr<Context> ctx, int64_t n, int64_t m, const Matrix<T>* w,
+                      const std::vector<T>* b, int64_t max_batch) {
+  if (!ctx) throw Error("GpuStats: no CUDA context");
+  const int device = ctx->device();
+  const Math math = ctx->math();
+  impl_ = std::make_unique<Impl>(std::move(ctx), device, math, n, m, w, b, max_batch);
+}
 
 template <typename T>
 GpuStats<T>::~GpuStats() = default;
