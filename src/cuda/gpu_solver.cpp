@@ -179,8 +179,22 @@ void solve_svd(Ops<T>& ops, const Matrix<T>& w, int64_t k, Factors<T>& f) {
   for (size_t i = 0; i < sv.size(); ++i) f.spectrum[i] = double(sv[i]) * double(sv[i]);
 }
 
+// A method's name for a message, or its number when it is none of the enum's values.
+std::string method_label(Method method) {
+  switch (method) {
+    case Method::Dalr:
+    case Method::DalrExact:
+    case Method::Svd:
+    case Method::SvdBc:
+    case Method::PruneMean:
+    case Method::PruneMax:
+      return method_name(method);
+  }
+  return "#" + std::to_string(static_cast<int>(method));
+}
+
 std::string job_name(Method method, int64_t m, int64_t n, int64_t k) {
-  return std::string("the ") + method_name(method) + " solve of a " + std::to_string(m) + " x " +
+  return "the " + method_label(method) + " solve of a " + std::to_string(m) + " x " +
          std::to_string(n) + " layer at rank " + std::to_string(k);
 }
 
@@ -208,11 +222,15 @@ size_t solve_bytes(Method method, int64_t m, int64_t n, int64_t k, size_t elem_s
       elems = 4 * M * N + N * N + M * M + M + 2 * N + M * K + K * N;
       elems += std::max(syevd_ws(M), syevd_ws(N));
       break;
-    default:  // svd, svd-bc
+    case Method::Svd:
+    case Method::SvdBc:
       // W, its transpose when wide, s, U, VT, A, B
       elems = 2 * M * N + R + big * R + R * R + M * K + K * N;
       elems += big * R + R * R + 64 * (big + R);
       break;
+    case Method::PruneMean:
+    case Method::PruneMax:
+      return 0;  // returned above
   }
   // cuBLAS/cuSOLVER handles and their internal scratch: a fixed reserve.
   const double bytes = elems * double(elem_size) + double(64u << 20);
@@ -253,21 +271,25 @@ Factors<T> solve_on(Context& ctx, const SolveOptions& opt, const Matrix<T>& w,
   Ops<T> ops(ctx);
 
   Factors<T> f = dalr::detail::start_factors(opt, b);
+  // Every method named, no default: a new one is a compiler warning here (-Wswitch), and
+  // a value outside the enum reaches the throw instead of returning empty factors.
   switch (opt.method) {
     case Method::Dalr:
     case Method::DalrExact:
       solve_dalr(ops, w, stats, k, opt.lambda, opt.method == Method::DalrExact, f);
-      break;
+      f.energy_kept = dalr::detail::energy_fraction(f.spectrum, k);
+      return f;
     case Method::Svd:
     case Method::SvdBc:
       solve_svd(ops, w, k, f);
       if (opt.method == Method::SvdBc) dalr::detail::compensate_bias(w, stats, f);
-      break;
-    default:
-      break;  // pruning returned above
+      f.energy_kept = dalr::detail::energy_fraction(f.spectrum, k);
+      return f;
+    case Method::PruneMean:
+    case Method::PruneMax:
+      break;  // the CPU's (solve() returned before calling here)
   }
-  f.energy_kept = dalr::detail::energy_fraction(f.spectrum, k);
-  return f;
+  throw Error(std::string("the GPU solver has no method '") + method_label(opt.method) + "'");
 }
 
 }  // namespace
