@@ -22,6 +22,7 @@
 #include "bench_common.hpp"
 #include "bench_cuda.hpp"
 #include "cpu/blas_core.hpp"
+#include "cuda/blas.hpp"
 #include "cuda/context.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/solver.hpp"
@@ -31,6 +32,7 @@ using dalr::Matrix;
 using json = nlohmann::json;
 
 using dalr::bench::device_median;
+namespace blas = dalr::cuda::blas;
 
 int main(int argc, char** argv) try {
   dalr::cpu::use_best_openblas_kernels(argv);  // may start this program again
@@ -67,8 +69,8 @@ int main(int argc, char** argv) try {
     cudaMemsetAsync(B.data(), 0, B.bytes(), ctx.stream());
     const float one = 1, zero = 0;
     const double t = device_median(a.repeats, ctx.stream(), [&] {
-      cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, s, s, s, &one, A.data(), s, B.data(), s,
-                  &zero, C.data(), s);
+      blas::gemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, s, s, s, &one, A.data(), s, B.data(), s,
+                 &zero, C.data(), s);
     });
     out["peak_fp32_gemm_tflops"] = 2.0 * s * s * s / t / 1e12;
   }
@@ -79,12 +81,12 @@ int main(int argc, char** argv) try {
     const float one = 1;
     const double flops = double(a.n) * a.n * a.batch;  // SYRK: half of GEMM's 2 n^2 p
     const double ts = device_median(a.repeats, ctx.stream(), [&] {
-      cublasSsyrk(ctx.cublas(), CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, a.n, a.batch, &one, X.data(),
-                  a.n, &one, C.data(), a.n);
+      blas::syrk(ctx.cublas(), CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, a.n, a.batch, &one, X.data(),
+                 a.n, &one, C.data(), a.n);
     });
     const double tg = device_median(a.repeats, ctx.stream(), [&] {
-      cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, a.n, a.n, a.batch, &one, X.data(), a.n,
-                  X.data(), a.n, &one, C.data(), a.n);
+      blas::gemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, a.n, a.n, a.batch, &one, X.data(), a.n,
+                 X.data(), a.n, &one, C.data(), a.n);
     });
     out["syrk_batch_s"] = ts;
     out["gemm_batch_s"] = tg;

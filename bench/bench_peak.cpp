@@ -30,6 +30,7 @@
 #include <cuda_runtime.h>
 
 #include "bench_cuda.hpp"
+#include "cuda/blas.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/device_buffer.hpp"
 #include "dalr/cuda.hpp"
@@ -78,6 +79,7 @@ json cpu_peaks(int64_t s, int64_t bytes, int64_t repeats) {
 
 #ifdef DALR_HAVE_CUDA
 namespace cu = dalr::cuda;
+namespace blas = dalr::cuda::blas;
 
 using dalr::bench::device_median;
 
@@ -111,9 +113,9 @@ json gpu_peaks(int64_t s, int64_t bytes, int64_t repeats) {
   for (const auto& k : cases) {
     const cudaDataType_t out = k.in;  // fp16/bf16 outputs, as a network's layers write them
     const double t = device_median(repeats, stream.get(), [&] {
-      DALR_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, s, s, s, &one, a.data(), k.in, s,
-                                     b.data(), k.in, s, &zero, c.data(), out, s, k.compute,
-                                     CUBLAS_GEMM_DEFAULT));
+      DALR_CUBLAS_CHECK(blas::gemm_ex(h, CUBLAS_OP_N, CUBLAS_OP_N, s, s, s, &one, a.data(), k.in, s,
+                                      b.data(), k.in, s, &zero, c.data(), out, s, k.compute,
+                                      CUBLAS_GEMM_DEFAULT));
     });
     r["gemm_tflops"][k.name] = 2.0 * s * s * s / t / 1e12;
   }

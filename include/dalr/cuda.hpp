@@ -16,6 +16,11 @@
 
 namespace dalr::cuda {
 
+// One GPU's streams, library handles and workspace (src/cuda/context.hpp). The CUDA
+// backend owns one per device and passes it to everything it makes; the overloads below
+// that take a device instead make a context of their own for the call or object.
+class Context;
+
 // Number of usable devices; 0 without a device or driver. Never throws.
 int device_count() noexcept;
 inline bool available() noexcept {
@@ -39,6 +44,9 @@ class GpuStats {
   // the columns of one add().
   GpuStats(int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b, int64_t max_batch,
            Math math = Math::Exact, int device = 0);
+  // The same on a shared context (its device and math), which the object keeps alive.
+  GpuStats(std::shared_ptr<Context> ctx, int64_t n, int64_t m, const Matrix<T>* w,
+           const std::vector<T>* b, int64_t max_batch);
   ~GpuStats();
   GpuStats(const GpuStats&) = delete;
   GpuStats& operator=(const GpuStats&) = delete;
@@ -75,6 +83,11 @@ class GpuStats {
 template <typename T>
 Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
                  const LayerStats<T>& stats, Math math = Math::Exact, int device = 0);
+// The same on ctx's stream and handles (its device and math). Gives back any workspace
+// it grew before returning.
+template <typename T>
+Factors<T> solve(Context& ctx, const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                 const LayerStats<T>& stats);
 
 // dalr::reconstruction_error from the statistics (src/cpu/recon.hpp) on the GPU: uploads
 // C, W and the factors, forms W C and D C = W C - A (B C) with cuBLAS and their inner
@@ -84,6 +97,10 @@ template <typename T>
 ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
                                 const std::vector<T>& b, const Factors<T>& f,
                                 Math math = Math::Exact, int device = 0);
+// The same on ctx's stream and handles (its device; always exact math, whatever ctx's).
+template <typename T>
+ReconError reconstruction_error(Context& ctx, const LayerStats<T>& st, const Matrix<T>& w,
+                                const std::vector<T>& b, const Factors<T>& f);
 
 // The CUDA implementation of dalr::Backend on one device (throws if it does not exist).
 // `math` rules the statistics, the solve and a float forward pass with 32-bit storage;

@@ -42,6 +42,10 @@ class CudnnForward final : public Forward<T> {
   // exist, or if `storage` is not Fp32 and T is not float.
   CudnnForward(const Arch& arch, const SafetensorsFile& weights, Math math = Math::Exact,
                int device = 0, ActStorage storage = ActStorage::Fp32);
+  // The same on a shared context (the CUDA backend's: its device and math), which the
+  // object keeps alive. The pass then runs on the context's streams and handles.
+  CudnnForward(const Arch& arch, const SafetensorsFile& weights, std::shared_ptr<Context> ctx,
+               ActStorage storage = ActStorage::Fp32);
   ~CudnnForward();
   CudnnForward(CudnnForward&&) noexcept;
   CudnnForward& operator=(CudnnForward&&) noexcept;
@@ -64,10 +68,10 @@ class CudnnForward final : public Forward<T> {
                 const std::vector<std::string>& taps, const Tap& tap) const override;
 
   // As run_taps, but `tap` receives a DEVICE pointer and this object's compute stream
-  // (Forward<T>::DeviceTap): the blocks never leave the GPU. `input` is copied into one
-  // of two pinned stages before the call returns; the call does not wait for the GPU,
-  // only (when the stage it refills is still being uploaded) for the upload of the pass
-  // before last. Errors of the queued work surface at a later call that waits.
+  // (its context's; Forward<T>::DeviceTap): the blocks never leave the GPU. `input` is copied into
+  // one of two pinned stages before the call returns; the call does not wait for the GPU, only
+  // (when the stage it refills is still being uploaded) for the upload of the pass before last.
+  // Errors of the queued work surface at a later call that waits.
   bool supports_device_taps() const override { return true; }
   void run_taps_device(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
                        const std::vector<std::string>& taps, const DeviceTap& tap) const override;

@@ -1,6 +1,10 @@
 #include "cuda/context.hpp"
 
+#include <cudnn.h>
+
 #include <string>
+
+#include "cuda/cudnn_check.hpp"
 
 namespace dalr::cuda {
 
@@ -15,21 +19,37 @@ int select(int device) {
 }
 }  // namespace
 
-Context::Context(int device, Math math) : device_(select(device)), info_(1) {
+cublasMath_t cublas_math(Math math) {
+  // Exact: no TF32, no reduced-precision reductions. Tf32 only when the user asks.
+  return math == Math::Tf32
+             ? CUBLAS_TF32_TENSOR_OP_MATH
+             : static_cast<cublasMath_t>(CUBLAS_PEDANTIC_MATH |
+                                         CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
+}
+
+CublasMathScope::CublasMathScope(cublasHandle_t h, cublasMath_t mode) : h_(h) {
+  DALR_CUBLAS_CHECK(cublasGetMathMode(h_, &previous_));
+  DALR_CUBLAS_CHECK(cublasSetMathMode(h_, mode));
+}
+
+CublasMathScope::~CublasMathScope() {
+  const cublasStatus_t s = cublasSetMathMode(h_, previous_);
+  if (s != CUBLAS_STATUS_SUCCESS)
+    std::fprintf(stderr, "dalr: restoring the cuBLAS math mode failed: %s\n",
+                 cublasGetStatusName(s));
+}
+
+Context::Context(int device, Math math) : device_(select(device)), math_(math), info_(1) {
   DALR_CUBLAS_CHECK(cublasCreate(&cublas_));
   DALR_CUBLAS_CHECK(cublasSetStream(cublas_, compute_.get()));
-  // Exact: no TF32, no reduced-precision reductions. Tf32 only when the user asks.
-  DALR_CUBLAS_CHECK(cublasSetMathMode(
-      cublas_, math == Math::Tf32
-                   ? CUBLAS_TF32_TENSOR_OP_MATH
-                   : static_cast<cublasMath_t>(CUBLAS_PEDANTIC_MATH |
-                                               CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+  DALR_CUBLAS_CHECK(cublasSetMathMode(cublas_, cublas_math(math)));
   DALR_CUSOLVER_CHECK(cusolverDnCreate(&cusolver_));
   DALR_CUSOLVER_CHECK(cusolverDnSetStream(cusolver_, compute_.get()));
   DALR_CUSOLVER_CHECK(cusolverDnCreateParams(&params_));
 }
 
 Context::~Context() {
+  if (cudnn_) DALR_CUDNN_CHECK_NOTHROW(cudnnDestroy(cudnn_));
   if (params_) cusolverDnDestroyParams(params_);
   if (cusolver_) cusolverDnDestroy(cusolver_);
   if (cublas_) cublasDestroy(cublas_);
@@ -42,6 +62,29 @@ void* Context::workspace(size_t bytes) {
     work_ = DeviceBuffer<unsigned char>(bytes);
   }
   return work_.data();
+}
+
+void Context::make_current() const {
+  DALR_CUDA_CHECK(cudaSetDevice(device_));
+}
+
+cudnnContext* Context::cudnn() {
+  if (!cudnn_) {
+    make_current();  // the handle belongs to the current device
+    cudnnHandle_t h = nullptr;
+    DALR_CUDNN_CHECK(cudnnCreate(&h));
+    const cudnnStatus_t s = cudnnSetStream(h, compute_.get());
+    if (s != CUDNN_STATUS_SUCCESS) DALR_CUDNN_CHECK_NOTHROW(cudnnDestroy(h));
+    DALR_CUDNN_CHECK(s);
+    cudnn_ = h;
+  }
+  return cudnn_;
+}
+
+void Context::release_workspace() {
+  if (work_.empty()) return;
+  synchronize();  // work in flight may still use it
+  work_ = DeviceBuffer<unsigned char>();
 }
 
 void Context::check_info(const char* routine, const char* hint) {

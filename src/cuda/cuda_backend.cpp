@@ -1,5 +1,6 @@
 #include <memory>
 
+#include "cuda/context.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/cudnn_forward.hpp"
 #include "dalr/error.hpp"
@@ -11,9 +12,9 @@ namespace {
 template <typename T>
 class CudaStats final : public StatsAccumulator<T> {
  public:
-  CudaStats(int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b, int64_t max_batch,
-            Math math, int device)
-      : gs_(n, m, w, b, max_batch, math, device) {}
+  CudaStats(std::shared_ptr<Context> ctx, int64_t n, int64_t m, const Matrix<T>* w,
+            const std::vector<T>* b, int64_t max_batch)
+      : gs_(std::move(ctx), n, m, w, b, max_batch) {}
   void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) override {
     gs_.add(x, cols, ldx, first_index);
   }
@@ -30,6 +31,9 @@ class CudaStats final : public StatsAccumulator<T> {
   GpuStats<T> gs_;
 };
 
+// Owns the device's one Context (made on first use) and hands it to everything it makes:
+// the statistics and forward passes share it (and keep it alive), the solves and errors
+// run on it. Single-threaded, as the jobs drive it.
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, Math math, ActStorage storage)
@@ -41,41 +45,47 @@ class CudaBackend final : public Backend {
   std::unique_ptr<StatsAccumulator<float>> stats(int64_t n, int64_t m, const Matrix<float>* w,
                                                  const std::vector<float>* b,
                                                  int64_t max_batch) override {
-    return std::make_unique<CudaStats<float>>(n, m, w, b, max_batch, math_, device_);
+    return std::make_unique<CudaStats<float>>(context(), n, m, w, b, max_batch);
   }
   std::unique_ptr<StatsAccumulator<double>> stats(int64_t n, int64_t m, const Matrix<double>* w,
                                                   const std::vector<double>* b,
                                                   int64_t max_batch) override {
-    return std::make_unique<CudaStats<double>>(n, m, w, b, max_batch, math_, device_);
+    return std::make_unique<CudaStats<double>>(context(), n, m, w, b, max_batch);
   }
   std::unique_ptr<Forward<float>> forward_f32(const Arch& a, const SafetensorsFile& w) override {
-    return std::make_unique<CudnnForward<float>>(a, w, math_, device_, storage_);
+    return std::make_unique<CudnnForward<float>>(a, w, context(), storage_);
   }
   std::unique_ptr<Forward<double>> forward_f64(const Arch& a, const SafetensorsFile& w) override {
-    return std::make_unique<CudnnForward<double>>(a, w, math_, device_, storage_);
+    return std::make_unique<CudnnForward<double>>(a, w, context(), storage_);
   }
   Factors<float> solve(const SolveOptions& o, const Matrix<float>& w, const std::vector<float>& b,
                        const LayerStats<float>& st) override {
-    return cuda::solve<float>(o, w, b, st, math_, device_);
+    return cuda::solve<float>(*context(), o, w, b, st);
   }
   Factors<double> solve(const SolveOptions& o, const Matrix<double>& w,
                         const std::vector<double>& b, const LayerStats<double>& st) override {
-    return cuda::solve<double>(o, w, b, st, math_, device_);
+    return cuda::solve<double>(*context(), o, w, b, st);
   }
   ReconError reconstruction_error(const LayerStats<float>& st, const Matrix<float>& w,
                                   const std::vector<float>& b, const Factors<float>& f) override {
-    return cuda::reconstruction_error<float>(st, w, b, f, math_, device_);
+    return cuda::reconstruction_error<float>(*context(), st, w, b, f);
   }
   ReconError reconstruction_error(const LayerStats<double>& st, const Matrix<double>& w,
                                   const std::vector<double>& b, const Factors<double>& f) override {
-    return cuda::reconstruction_error<double>(st, w, b, f, math_, device_);
+    return cuda::reconstruction_error<double>(*context(), st, w, b, f);
   }
 
  private:
+  const std::shared_ptr<Context>& context() {
+    if (!ctx_) ctx_ = std::make_shared<Context>(device_, math_);
+    return ctx_;
+  }
+
   int device_;
   Math math_;
   ActStorage storage_;
   std::string name_;
+  std::shared_ptr<Context> ctx_;
 };
 
 }  // namespace

@@ -7,22 +7,20 @@
 // CPU (O(mn) loops over data the host already holds).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
-#include <cusolverDn.h>
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <string>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
-#include "cpu/recon.hpp"
 #include "common/solver_common.hpp"
 #include "cuda/context.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/device_buffer.hpp"
-#include "cuda/device_gram.hpp"
+#include "cuda/device_ops.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/error.hpp"
 #include "solver_ops.cuh"
@@ -32,197 +30,6 @@ namespace dalr::cuda {
 namespace {
 
 namespace dk = dalr::kernels;
-
-template <typename T>
-constexpr cudaDataType kDataType = std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_64F;
-
-// ---- typed cuBLAS wrappers (64-bit integer API; alpha and beta are host pointers)
-
-cublasStatus_t blas_symm(cublasHandle_t h, cublasSideMode_t side, cublasFillMode_t uplo, int64_t m,
-                         int64_t n, const float* alpha, const float* a, int64_t lda, const float* b,
-                         int64_t ldb, const float* beta, float* c, int64_t ldc) {
-  return cublasSsymm_64(h, side, uplo, m, n, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-cublasStatus_t blas_symm(cublasHandle_t h, cublasSideMode_t side, cublasFillMode_t uplo, int64_t m,
-                         int64_t n, const double* alpha, const double* a, int64_t lda,
-                         const double* b, int64_t ldb, const double* beta, double* c, int64_t ldc) {
-  return cublasDsymm_64(h, side, uplo, m, n, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-cublasStatus_t blas_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
-                         int64_t n, int64_t k, const float* alpha, const float* a, int64_t lda,
-                         const float* b, int64_t ldb, const float* beta, float* c, int64_t ldc) {
-  return cublasSgemm_64(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-cublasStatus_t blas_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
-                         int64_t n, int64_t k, const double* alpha, const double* a, int64_t lda,
-                         const double* b, int64_t ldb, const double* beta, double* c, int64_t ldc) {
-  return cublasDgemm_64(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-cublasStatus_t blas_geam(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
-                         int64_t n, const float* alpha, const float* a, int64_t lda,
-                         const float* beta, const float* b, int64_t ldb, float* c, int64_t ldc) {
-  return cublasSgeam_64(h, ta, tb, m, n, alpha, a, lda, beta, b, ldb, c, ldc);
-}
-cublasStatus_t blas_geam(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
-                         int64_t n, const double* alpha, const double* a, int64_t lda,
-                         const double* beta, const double* b, int64_t ldb, double* c, int64_t ldc) {
-  return cublasDgeam_64(h, ta, tb, m, n, alpha, a, lda, beta, b, ldb, c, ldc);
-}
-
-cublasOperation_t op(bool trans) {
-  return trans ? CUBLAS_OP_T : CUBLAS_OP_N;
-}
-
-template <typename T>
-DeviceBuffer<T> device_matrix(int64_t rows, int64_t cols) {
-  return DeviceBuffer<T>(static_cast<size_t>(rows) * static_cast<size_t>(cols));
-}
-
-const char* kNoConvergence =
-    "the eigensolver did not converge (input has NaN/Inf or is badly scaled)";
-const char* kNotPd =
-    "the matrix is not positive definite (C + lambda I needs lambda > 0 when C is singular)";
-
-// The BLAS/LAPACK steps of the solver on one context's stream, with the same argument
-// shapes as the cpu:: wrappers the CPU solver calls. Matrices are column-major device
-// pointers; every cuSOLVER call queries its device and host workspace first and checks
-// devInfo after (which synchronises the stream).
-template <typename T>
-class Ops {
- public:
-  explicit Ops(Context& ctx) : ctx_(ctx) {}
-  cudaStream_t stream() const { return ctx_.stream(); }
-  int device() const { return ctx_.device(); }
-
-  // d (n x n) = C of st: a device-to-device copy when st carries C on this device
-  // (GpuStats::finish), else an upload of the host copy.
-  void load_gram(const LayerStats<T>& st, DeviceBuffer<T>& d) {
-    if (const T* g = device_gram(st, device())) {
-      DALR_CUDA_CHECK(cudaMemcpyAsync(d.data(), g, d.bytes(), cudaMemcpyDeviceToDevice, stream()));
-      return;
-    }
-    d.upload(st.gram().ptr(), d.size(), stream());
-  }
-
-  // c (m x n) = op(a) op(b).
-  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
-            int64_t ldb, T* c, int64_t ldc) {
-    const T one = 1, zero = 0;
-    DALR_CUBLAS_CHECK(
-        blas_gemm(ctx_.cublas(), op(ta), op(tb), m, n, k, &one, a, lda, b, ldb, &zero, c, ldc));
-  }
-
-  // c (m x n) -= a b (a: m x k, b: k x n).
-  void gemm_subtract(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
-                     int64_t ldb, T* c, int64_t ldc) {
-    const T minus_one = -1, one = 1;
-    DALR_CUBLAS_CHECK(blas_gemm(ctx_.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &minus_one, a,
-                                lda, b, ldb, &one, c, ldc));
-  }
-
-  // sum_i x[i] y[i] over n contiguous elements, accumulated in double in a fixed order
-  // (waits for the stream).
-  double dot(const T* x, const T* y, int64_t n) {
-    DeviceBuffer<double> partials(static_cast<size_t>(dk::kDotBlocks));
-    dk::launch_dot_partials(x, y, n, partials.data(), stream());
-    std::vector<double> h(static_cast<size_t>(dk::kDotBlocks));
-    partials.download(h.data(), h.size(), stream());
-    ctx_.synchronize();
-    long double sum = 0;
-    for (double v : h) sum += v;
-    return static_cast<double>(sum);
-  }
-
-  // c (m x n) = a s, s symmetric n x n of which only the lower triangle is read.
-  void symm_right_lower(int64_t m, int64_t n, const T* s, int64_t lds, const T* a, int64_t lda,
-                        T* c, int64_t ldc) {
-    const T one = 1, zero = 0;
-    DALR_CUBLAS_CHECK(blas_symm(ctx_.cublas(), CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_LOWER, m, n,
-                                &one, s, lds, a, lda, &zero, c, ldc));
-  }
-
-  // c (cols x rows) = a^T for a (rows x cols). geam computes 1 a^T + 0 b^T; b is a
-  // itself, a valid operand of the right shape that does not overlap c.
-  void transpose(const T* a, int64_t rows, int64_t cols, int64_t lda, T* c, int64_t ldc) {
-    const T one = 1, zero = 0;
-    DALR_CUBLAS_CHECK(blas_geam(ctx_.cublas(), CUBLAS_OP_T, CUBLAS_OP_T, cols, rows, &one, a, lda,
-                                &zero, a, lda, c, ldc));
-  }
-
-  // Eigenvectors overwrite a (n x n, lower triangle read); eigenvalues ascending in w.
-  void syevd(int64_t n, T* a, int64_t lda, T* w) {
-    constexpr cudaDataType t = kDataType<T>;
-    size_t dev_bytes = 0, host_bytes = 0;
-    DALR_CUSOLVER_CHECK(cusolverDnXsyevd_bufferSize(
-        ctx_.cusolver(), ctx_.cusolver_params(), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER,
-        n, t, a, lda, t, w, t, &dev_bytes, &host_bytes));
-    void* dev_ws = device_workspace(dev_bytes);
-    std::vector<unsigned char> host_ws(host_bytes);
-    DALR_CUSOLVER_CHECK(cusolverDnXsyevd(ctx_.cusolver(), ctx_.cusolver_params(),
-                                         CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, t, a,
-                                         lda, t, w, t, dev_ws, dev_bytes, host_bytes_ptr(host_ws),
-                                         host_bytes, ctx_.dev_info()));
-    ctx_.check_info("Xsyevd", kNoConvergence);  // host_ws lives until the stream is idle
-  }
-
-  // Cholesky factor L (lower) of a (n x n) in place.
-  void potrf(int64_t n, T* a, int64_t lda) {
-    constexpr cudaDataType t = kDataType<T>;
-    size_t dev_bytes = 0, host_bytes = 0;
-    DALR_CUSOLVER_CHECK(cusolverDnXpotrf_bufferSize(ctx_.cusolver(), ctx_.cusolver_params(),
-                                                    CUBLAS_FILL_MODE_LOWER, n, t, a, lda, t,
-                                                    &dev_bytes, &host_bytes));
-    void* dev_ws = device_workspace(dev_bytes);
-    std::vector<unsigned char> host_ws(host_bytes);
-    DALR_CUSOLVER_CHECK(cusolverDnXpotrf(ctx_.cusolver(), ctx_.cusolver_params(),
-                                         CUBLAS_FILL_MODE_LOWER, n, t, a, lda, t, dev_ws, dev_bytes,
-                                         host_bytes_ptr(host_ws), host_bytes, ctx_.dev_info()));
-    ctx_.check_info("Xpotrf", kNotPd);
-  }
-
-  // b (n x nrhs) <- (L L^T)^-1 b with the factor from potrf.
-  void potrs(int64_t n, int64_t nrhs, const T* l, int64_t ldl, T* b, int64_t ldb) {
-    constexpr cudaDataType t = kDataType<T>;
-    DALR_CUSOLVER_CHECK(cusolverDnXpotrs(ctx_.cusolver(), ctx_.cusolver_params(),
-                                         CUBLAS_FILL_MODE_LOWER, n, nrhs, t, l, ldl, t, b, ldb,
-                                         ctx_.dev_info()));
-    ctx_.check_info("Xpotrs", nullptr);
-  }
-
-  // Thin SVD of a (m x n, m >= n as cuSOLVER requires; destroyed):
-  // a = u (m x n) diag(s) vt (n x n), singular values descending.
-  void gesvd(int64_t m, int64_t n, T* a, int64_t lda, T* s, T* u, int64_t ldu, T* vt,
-             int64_t ldvt) {
-    constexpr cudaDataType t = kDataType<T>;
-    const signed char job = 'S';
-    size_t dev_bytes = 0, host_bytes = 0;
-    DALR_CUSOLVER_CHECK(cusolverDnXgesvd_bufferSize(ctx_.cusolver(), ctx_.cusolver_params(), job,
-                                                    job, m, n, t, a, lda, t, s, t, u, ldu, t, vt,
-                                                    ldvt, t, &dev_bytes, &host_bytes));
-    void* dev_ws = device_workspace(dev_bytes);
-    std::vector<unsigned char> host_ws(host_bytes);
-    DALR_CUSOLVER_CHECK(cusolverDnXgesvd(ctx_.cusolver(), ctx_.cusolver_params(), job, job, m, n, t,
-                                         a, lda, t, s, t, u, ldu, t, vt, ldvt, t, dev_ws, dev_bytes,
-                                         host_bytes_ptr(host_ws), host_bytes, ctx_.dev_info()));
-    ctx_.check_info("Xgesvd", "the SVD did not converge (input has NaN/Inf?)");
-  }
-
-  // The first `count` elements of a device buffer, on the host (waits for the stream).
-  std::vector<T> download(const DeviceBuffer<T>& d, int64_t count) {
-    std::vector<T> h(static_cast<size_t>(count));
-    d.download(h.data(), h.size(), stream());
-    ctx_.synchronize();
-    return h;
-  }
-
- private:
-  static void* host_bytes_ptr(std::vector<unsigned char>& v) {
-    return v.empty() ? nullptr : v.data();
-  }
-  // Never a null pointer, even when cuSOLVER asks for no device workspace.
-  void* device_workspace(size_t bytes) { return ctx_.workspace(std::max<size_t>(bytes, 256)); }
-  Context& ctx_;
-};
 
 // (C + lambda I)^-1 by Cholesky when lambda > 0, the pseudo-inverse C^+ through the
 // eigendecomposition when lambda == 0 (eigenvalues <= n * eps * max dropped): the
@@ -372,59 +179,22 @@ void solve_svd(Ops<T>& ops, const Matrix<T>& w, int64_t k, Factors<T>& f) {
   for (size_t i = 0; i < sv.size(); ++i) f.spectrum[i] = double(sv[i]) * double(sv[i]);
 }
 
-template <typename T>
-ReconError recon_dense(Ops<T>& ops, const LayerStats<T>& st, const Matrix<T>& w,
-                       const std::vector<T>& b, const Factors<T>& f) {
-  const int64_t m = w.rows, n = w.cols, k = f.b.rows;
-  const cudaStream_t s = ops.stream();
-  const std::vector<double>& sx = st.sum_x();  // s = X 1, in double as the CPU reads it
-  // C: read in place when the statistics keep it on this device, else uploaded.
-  DeviceBuffer<T> d_c;
-  const T* c = device_gram(st, ops.device());
-  if (!c) {
-    d_c = device_matrix<T>(n, n);
-    d_c.upload(st.gram().ptr(), d_c.size(), s);
-    c = d_c.data();
+// A method's name for a message, or its number when it is none of the enum's values.
+std::string method_label(Method method) {
+  switch (method) {
+    case Method::Dalr:
+    case Method::DalrExact:
+    case Method::Svd:
+    case Method::SvdBc:
+    case Method::PruneMean:
+    case Method::PruneMax:
+      return method_name(method);
   }
-  DeviceBuffer<T> d_w = device_matrix<T>(m, n);
-  DeviceBuffer<T> d_a = device_matrix<T>(m, k), d_b = device_matrix<T>(k, n);
-  DeviceBuffer<double> d_s(static_cast<size_t>(n)), d_es(static_cast<size_t>(m));
-  d_w.upload(w.ptr(), d_w.size(), s);
-  d_a.upload(f.a.ptr(), d_a.size(), s);
-  d_b.upload(f.b.ptr(), d_b.size(), s);
-  d_s.upload(sx.data(), sx.size(), s);
-  auto es_of = [&](const T* e) {  // E s, accumulated in double on the device
-    dk::launch_row_dot_double(e, m, n, m, d_s.data(), d_es.data(), s);
-    std::vector<double> h(static_cast<size_t>(m));
-    d_es.download(h.data(), h.size(), s);
-    DALR_CUDA_CHECK(cudaStreamSynchronize(s));
-    return std::vector<long double>(h.begin(), h.end());
-  };
-
-  // The reference: W C, <W C, W>, W s.
-  DeviceBuffer<T> d_wc = device_matrix<T>(m, n);
-  ops.symm_right_lower(m, n, c, n, d_w.data(), m, d_wc.data(), m);
-  const double ref_quad = ops.dot(d_wc.data(), d_w.data(), m * n);
-  const std::vector<double> bv(b.begin(), b.end());
-  const double ref2 = residual2(ref_quad, es_of(d_w.data()), bv, st.count());
-
-  // The error: D = W - A B and D C = W C - A (B C), both in place.
-  if (k > 0) {
-    DeviceBuffer<T> d_bc = device_matrix<T>(k, n);
-    ops.symm_right_lower(k, n, c, n, d_b.data(), k, d_bc.data(), k);
-    ops.gemm_subtract(m, n, k, d_a.data(), m, d_b.data(), k, d_w.data(), m);
-    ops.gemm_subtract(m, n, k, d_a.data(), m, d_bc.data(), k, d_wc.data(), m);
-  }
-  const double err_quad = ops.dot(d_wc.data(), d_w.data(), m * n);
-  std::vector<double> dv(b.begin(), b.end());
-  for (int64_t i = 0; i < m; ++i) dv[i] -= static_cast<double>(f.bias[static_cast<size_t>(i)]);
-  const double err2 = residual2(err_quad, es_of(d_w.data()), dv, st.count());
-
-  return recon_from(err2, ref2, st.count());
+  return "#" + std::to_string(static_cast<int>(method));
 }
 
 std::string job_name(Method method, int64_t m, int64_t n, int64_t k) {
-  return std::string("the ") + method_name(method) + " solve of a " + std::to_string(m) + " x " +
+  return "the " + method_label(method) + " solve of a " + std::to_string(m) + " x " +
          std::to_string(n) + " layer at rank " + std::to_string(k);
 }
 
@@ -452,17 +222,77 @@ size_t solve_bytes(Method method, int64_t m, int64_t n, int64_t k, size_t elem_s
       elems = 4 * M * N + N * N + M * M + M + 2 * N + M * K + K * N;
       elems += std::max(syevd_ws(M), syevd_ws(N));
       break;
-    default:  // svd, svd-bc
+    case Method::Svd:
+    case Method::SvdBc:
       // W, its transpose when wide, s, U, VT, A, B
       elems = 2 * M * N + R + big * R + R * R + M * K + K * N;
       elems += big * R + R * R + 64 * (big + R);
       break;
+    case Method::PruneMean:
+    case Method::PruneMax:
+      return 0;  // returned above
   }
   // cuBLAS/cuSOLVER handles and their internal scratch: a fixed reserve.
   const double bytes = elems * double(elem_size) + double(64u << 20);
   return bytes >= double(std::numeric_limits<size_t>::max()) ? std::numeric_limits<size_t>::max()
                                                              : static_cast<size_t>(bytes);
 }
+
+namespace {
+
+// Frees the context's workspace when a solve starts and however it ends, so that a solve
+// on the backend's long-lived context holds device memory only while it runs, as the
+// context of its own that it once made did (and finds the same free memory first).
+class WorkspaceScope {
+ public:
+  explicit WorkspaceScope(Context& ctx) : ctx_(ctx) { ctx_.release_workspace(); }
+  ~WorkspaceScope() {
+    try {
+      ctx_.release_workspace();
+    } catch (const std::exception&) {
+      // A failed synchronisation: the stream's error surfaces at its next checked call.
+    }
+  }
+  WorkspaceScope(const WorkspaceScope&) = delete;
+  WorkspaceScope& operator=(const WorkspaceScope&) = delete;
+
+ private:
+  Context& ctx_;
+};
+
+// solve() after the argument checks, for a method that runs on the GPU.
+template <typename T>
+Factors<T> solve_on(Context& ctx, const SolveOptions& opt, const Matrix<T>& w,
+                    const LayerStats<T>& stats, const std::vector<T>& b) {
+  const int64_t m = w.rows, n = w.cols, k = opt.rank;
+  ctx.make_current();
+  const WorkspaceScope workspace(ctx);
+  require_device_memory(solve_bytes(opt.method, m, n, k, sizeof(T)), job_name(opt.method, m, n, k));
+  Ops<T> ops(ctx);
+
+  Factors<T> f = dalr::detail::start_factors(opt, b);
+  // Every method named, no default: a new one is a compiler warning here (-Wswitch), and
+  // a value outside the enum reaches the throw instead of returning empty factors.
+  switch (opt.method) {
+    case Method::Dalr:
+    case Method::DalrExact:
+      solve_dalr(ops, w, stats, k, opt.lambda, opt.method == Method::DalrExact, f);
+      f.energy_kept = dalr::detail::energy_fraction(f.spectrum, k);
+      return f;
+    case Method::Svd:
+    case Method::SvdBc:
+      solve_svd(ops, w, k, f);
+      if (opt.method == Method::SvdBc) dalr::detail::compensate_bias(w, stats, f);
+      f.energy_kept = dalr::detail::energy_fraction(f.spectrum, k);
+      return f;
+    case Method::PruneMean:
+    case Method::PruneMax:
+      break;  // the CPU's (solve() returned before calling here)
+  }
+  throw Error(std::string("the GPU solver has no method '") + method_label(opt.method) + "'");
+}
+
+}  // namespace
 
 template <typename T>
 Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
@@ -471,70 +301,25 @@ Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<
   // Pruning ranks units by their mean or max activation: a sort on the host, nothing for
   // a GPU to do. The CPU solver is the implementation (and needs no device).
   if (is_pruning(opt.method)) return dalr::solve(opt, w, b, stats);
-
-  const int64_t m = w.rows, n = w.cols, k = opt.rank;
   Context ctx(device, math);  // throws dalr::Error when the device does not exist
-  require_device_memory(solve_bytes(opt.method, m, n, k, sizeof(T)), job_name(opt.method, m, n, k));
-  Ops<T> ops(ctx);
-
-  Factors<T> f = dalr::detail::start_factors(opt, b);
-  switch (opt.method) {
-    case Method::Dalr:
-    case Method::DalrExact:
-      solve_dalr(ops, w, stats, k, opt.lambda, opt.method == Method::DalrExact, f);
-      break;
-    case Method::Svd:
-    case Method::SvdBc:
-      solve_svd(ops, w, k, f);
-      if (opt.method == Method::SvdBc) dalr::detail::compensate_bias(w, stats, f);
-      break;
-    default:
-      break;  // pruning returned above
-  }
-  f.energy_kept = dalr::detail::energy_fraction(f.spectrum, k);
-  return f;
+  return solve_on(ctx, opt, w, stats, b);
 }
 
 template <typename T>
-ReconError reconstruction_error(const LayerStats<T>& st, const Matrix<T>& w,
-                                const std::vector<T>& b, const Factors<T>& f, Math math,
-                                int device) {
-  const int64_t m = w.rows, n = w.cols, k = f.b.rows;
-  if (st.n() != n || f.b.cols != n || static_cast<int64_t>(b.size()) != m)
-    throw Error("reconstruction_error: the statistics (n = " + std::to_string(st.n()) +
-                "), the factors (n = " + std::to_string(f.b.cols) + ") or the bias (" +
-                std::to_string(b.size()) + ") do not fit a " + std::to_string(m) + " x " +
-                std::to_string(n) + " layer");
-  // Pruning keeps rows of W: the CPU's row updates, as its solve runs on the CPU too.
-  if (is_pruning(f.method)) return dalr::reconstruction_error(st, w, b, f);
-  if (f.a.rows != m || f.a.cols != k || static_cast<int64_t>(f.bias.size()) != m)
-    throw Error("reconstruction_error: the factors do not fit a " + std::to_string(m) + " x " +
-                std::to_string(n) + " layer");
-  // Always exact products: the error is a difference of sums of products (D C = W C -
-  // A (B C)), and TF32's 5e-4 would swamp errors of a few percent.
-  (void)math;
-  Context ctx(device, Math::Exact);
-  // C (unless the statistics keep it on this device), W (becomes D), W C (becomes D C),
-  // A, B, B C, s, W s.
-  const double c_elems = device_gram(st, ctx.device()) ? 0.0 : double(n) * n;
-  const double elems = c_elems + 2.0 * m * n + double(m) * k + 2.0 * k * n + n + m;
-  require_device_memory(
-      static_cast<size_t>(elems * sizeof(T)) + (64u << 20),
-      "the reconstruction error of a " + std::to_string(m) + " x " + std::to_string(n) + " layer");
-  Ops<T> ops(ctx);
-  return recon_dense(ops, st, w, b, f);
+Factors<T> solve(Context& ctx, const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                 const LayerStats<T>& stats) {
+  dalr::detail::check_solve_arguments(opt, w, b, stats);
+  if (is_pruning(opt.method)) return dalr::solve(opt, w, b, stats);  // as above
+  return solve_on(ctx, opt, w, stats, b);
 }
-
-template ReconError reconstruction_error(const LayerStats<float>&, const Matrix<float>&,
-                                         const std::vector<float>&, const Factors<float>&, Math,
-                                         int);
-template ReconError reconstruction_error(const LayerStats<double>&, const Matrix<double>&,
-                                         const std::vector<double>&, const Factors<double>&, Math,
-                                         int);
 
 template Factors<float> solve(const SolveOptions&, const Matrix<float>&, const std::vector<float>&,
                               const LayerStats<float>&, Math, int);
 template Factors<double> solve(const SolveOptions&, const Matrix<double>&,
                                const std::vector<double>&, const LayerStats<double>&, Math, int);
+template Factors<float> solve(Context&, const SolveOptions&, const Matrix<float>&,
+                              const std::vector<float>&, const LayerStats<float>&);
+template Factors<double> solve(Context&, const SolveOptions&, const Matrix<double>&,
+                               const std::vector<double>&, const LayerStats<double>&);
 
 }  // namespace dalr::cuda

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "common/finite.hpp"
+#include "cuda/blas.hpp"
 #include "cuda/context.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/device_buffer.hpp"
@@ -48,37 +49,6 @@ constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 // cuBLAS's own workspace and cudaMalloc's rounding are not in our byte count.
 constexpr size_t kSlackBytes = size_t(64) << 20;
 
-// Typed cuBLAS wrappers (host pointer mode: alpha and beta are read during the call).
-inline cublasStatus_t syrk_lower(cublasHandle_t h, int n, int k, const float* a, int lda,
-                                 float beta, float* c, int ldc) {
-  const float one = 1.f;
-  return cublasSsyrk(h, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, n, k, &one, a, lda, &beta, c, ldc);
-}
-inline cublasStatus_t syrk_lower(cublasHandle_t h, int n, int k, const double* a, int lda,
-                                 double beta, double* c, int ldc) {
-  const double one = 1.0;
-  return cublasDsyrk(h, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, n, k, &one, a, lda, &beta, c, ldc);
-}
-inline cublasStatus_t gemm_nn(cublasHandle_t h, int m, int n, int k, const float* a, int lda,
-                              const float* b, int ldb, float* c, int ldc) {
-  const float one = 1.f, zero = 0.f;
-  return cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc);
-}
-inline cublasStatus_t gemm_nn(cublasHandle_t h, int m, int n, int k, const double* a, int lda,
-                              const double* b, int ldb, double* c, int ldc) {
-  const double one = 1.0, zero = 0.0;
-  return cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc);
-}
-// y += x over `count` contiguous elements (64-bit count: a chunk of C can pass 2^31).
-inline cublasStatus_t add_into(cublasHandle_t h, int64_t count, const float* x, float* y) {
-  const float one = 1.f;
-  return cublasSaxpy_64(h, count, &one, x, 1, y, 1);
-}
-inline cublasStatus_t add_into(cublasHandle_t h, int64_t count, const double* x, double* y) {
-  const double one = 1.0;
-  return cublasDaxpy_64(h, count, &one, x, 1, y, 1);
-}
-
 // a * b in size_t, throwing instead of wrapping around.
 size_t mul_size(size_t a, size_t b) {
   if (b != 0 && a > SIZE_MAX / b) throw Error("GPU statistics: size overflows size_t");
@@ -90,7 +60,7 @@ size_t add_size(size_t a, size_t b) {
   return a + b;
 }
 
-// cuBLAS's (32-bit) dimensions.
+// The statistics' dimension limit (kept when the cuBLAS calls moved to the 64-bit API).
 void check_dim(int64_t v, const char* what) {
   if (v > INT_MAX)
     throw Error(std::string("GPU statistics: ") + what + " = " + std::to_string(v) +
@@ -120,13 +90,14 @@ void validate(int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b,
   }
 }
 
-// Argument errors come before device errors: validates, then passes the device through
-// (so that the Context member is only created for valid arguments).
+// Argument errors come before device errors: validates, then returns the shared context,
+// or without one makes a context of its own (only for valid arguments).
 template <typename T>
-int validated(int device, int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b,
-              int64_t max_batch) {
+std::shared_ptr<Context> validated(std::shared_ptr<Context> shared, int device, Math math,
+                                   int64_t n, int64_t m, const Matrix<T>* w,
+                                   const std::vector<T>* b, int64_t max_batch) {
   validate(n, m, w, b, max_batch);
-  return device;
+  return shared ? std::move(shared) : std::make_shared<Context>(device, math);
 }
 
 // Device bytes the statistics hold: C, two X buffers, W, b, Y, four double vectors.
@@ -167,7 +138,11 @@ struct GpuStats<T>::Impl {
     PinnedBuffer<unsigned long long> seen;
   };
 
-  Context ctx;  // first member: destroyed last, after everything allocated on it
+  // First members: the context is released last, after everything allocated on it. It
+  // may be shared (the backend's): its streams then carry other work too, which the
+  // events below neither wait for nor disturb.
+  std::shared_ptr<Context> owner;
+  Context& ctx;
   int64_t n, m, max_batch;
   int64_t count = 0;
   DeviceBuffer<T> c, w, b, y;
@@ -180,9 +155,11 @@ struct GpuStats<T>::Impl {
   std::vector<double> merged_sum_x, merged_max_x, merged_sum_y, merged_max_y;
   bool finished = false;  // finish() handed C over: nothing may follow
 
-  Impl(int64_t n_, int64_t m_, const Matrix<T>* w_, const std::vector<T>* b_, int64_t max_batch_,
-       Math math, int device)
-      : ctx(validated(device, n_, m_, w_, b_, max_batch_), math),
+  // shared: the context to run on, or null to make one on `device` with `math`.
+  Impl(std::shared_ptr<Context> shared, int device, Math math, int64_t n_, int64_t m_,
+       const Matrix<T>* w_, const std::vector<T>* b_, int64_t max_batch_)
+      : owner(validated(std::move(shared), device, math, n_, m_, w_, b_, max_batch_)),
+        ctx(*owner),
         n(n_),
         m(m_),
         max_batch(max_batch_),
@@ -190,6 +167,7 @@ struct GpuStats<T>::Impl {
         merged_max_x(static_cast<size_t>(n_), kNegInf),
         merged_sum_y(static_cast<size_t>(m_), 0.0),
         merged_max_y(static_cast<size_t>(m_), kNegInf) {
+    bind();  // a shared context's device need not be current; everything below is on it
     const size_t un = static_cast<size_t>(n), um = static_cast<size_t>(m),
                  ub = static_cast<size_t>(max_batch);
     const size_t need = add_size(device_bytes<T>(n, m, max_batch), kSlackBytes);
@@ -292,15 +270,16 @@ struct GpuStats<T>::Impl {
   // stream, which already waits for the buffer's upload.
   void accumulate(Slot& sl, int64_t cols) {
     const cudaStream_t s = ctx.stream();
-    const int in = static_cast<int>(n), ic = static_cast<int>(cols), im = static_cast<int>(m);
+    const T one = 1, zero = 0;
     // C += X X^T, lower triangle: the call LayerStats makes with cblas_<t>syrk.
-    DALR_CUBLAS_CHECK(syrk_lower(ctx.cublas(), in, ic, sl.dev.data(), in, T(1), c.data(), in));
+    DALR_CUBLAS_CHECK(blas::syrk(ctx.cublas(), CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, n, cols, &one,
+                                 sl.dev.data(), n, &one, c.data(), n));
     kernels::launch_row_sum_max<T>(sl.dev.data(), n, cols, n, nullptr, false, sum_x.data(),
                                    max_x.data(), s);
     if (m > 0) {
       // Y = W X (m x cols), then sums and maxima of relu(Y + b).
-      DALR_CUBLAS_CHECK(
-          gemm_nn(ctx.cublas(), im, ic, in, w.data(), im, sl.dev.data(), in, y.data(), im));
+      DALR_CUBLAS_CHECK(blas::gemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, m, cols, n, &one,
+                                   w.data(), m, sl.dev.data(), n, &zero, y.data(), m));
       kernels::launch_row_sum_max<T>(y.data(), m, cols, m, b.data(), true, sum_y.data(),
                                      max_y.data(), s);
     }
@@ -401,8 +380,9 @@ struct GpuStats<T>::Impl {
       Slot& sl = acquire();
       std::memcpy(sl.host.data(), g.ptr() + static_cast<size_t>(j0) * un, elems * sizeof(T));
       upload(sl, elems);
-      DALR_CUBLAS_CHECK(add_into(ctx.cublas(), static_cast<int64_t>(elems), sl.dev.data(),
-                                 c.data() + static_cast<size_t>(j0) * un));
+      const T one = 1;  // C(:, j0 : j0 + cols) += the chunk
+      DALR_CUBLAS_CHECK(blas::axpy(ctx.cublas(), static_cast<int64_t>(elems), &one, sl.dev.data(),
+                                   1, c.data() + static_cast<size_t>(j0) * un, 1));
       release(sl);
     }
     fold(merged_sum_x, merged_max_x, e.sum_x(), e.max_x());
@@ -469,7 +449,16 @@ struct GpuStats<T>::Impl {
 template <typename T>
 GpuStats<T>::GpuStats(int64_t n, int64_t m, const Matrix<T>* w, const std::vector<T>* b,
                       int64_t max_batch, Math math, int device)
-    : impl_(std::make_unique<Impl>(n, m, w, b, max_batch, math, device)) {}
+    : impl_(std::make_unique<Impl>(nullptr, device, math, n, m, w, b, max_batch)) {}
+
+template <typename T>
+GpuStats<T>::GpuStats(std::shared_ptr<Context> ctx, int64_t n, int64_t m, const Matrix<T>* w,
+                      const std::vector<T>* b, int64_t max_batch) {
+  if (!ctx) throw Error("GpuStats: no CUDA context");
+  const int device = ctx->device();
+  const Math math = ctx->math();
+  impl_ = std::make_unique<Impl>(std::move(ctx), device, math, n, m, w, b, max_batch);
+}
 
 template <typename T>
 GpuStats<T>::~GpuStats() = default;

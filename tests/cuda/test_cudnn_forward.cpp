@@ -38,6 +38,7 @@
 #include "random_model.hpp"
 #include "test_util.hpp"
 #include "cpu/forward.hpp"
+#include "twin.hpp"
 
 namespace dc = dalr::cuda;
 using dalr::Arch;
@@ -82,28 +83,7 @@ std::vector<T> random_input(size_t n, std::mt19937_64& rng) {
   return std::vector<T>(v.begin(), v.end());
 }
 
-// Relative Frobenius error of a against the reference b; NaN if either has a non-finite
-// value (so an unwritten or poisoned element fails the comparison).
-template <typename T>
-double rel_fro(const T* a, const T* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(double(a[i])) || !std::isfinite(double(b[i]))) return NAN;
-    const double d = double(a[i]) - double(b[i]);
-    num += d * d;
-    den += double(b[i]) * double(b[i]);
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
-
-template <typename T>
-void expect_close(const Matrix<T>& gpu, const Matrix<T>& cpu, double tol, const std::string& what) {
-  ASSERT_EQ(gpu.rows, cpu.rows) << what;
-  ASSERT_EQ(gpu.cols, cpu.cols) << what;
-  ASSERT_EQ(gpu.data.size(), cpu.data.size()) << what;
-  const double err = rel_fro(gpu.data.data(), cpu.data.data(), cpu.data.size());
-  EXPECT_LE(err, tol) << what << " (relative Frobenius error " << err << ")";
-}
+using dalr::test::twin::expect_close;  // relative Frobenius error, NaN-safe
 
 using Blocks = std::map<std::string, Matrix<double>>;  // tapped blocks, widened
 

@@ -21,6 +21,7 @@
 #include "gpu_test.hpp"
 #include "oracle.hpp"
 #include "test_util.hpp"
+#include "twin.hpp"
 
 namespace dc = dalr::cuda;
 using namespace dalr;
@@ -121,9 +122,7 @@ void expect_same(const Factors<T>& gpu, const Factors<T>& cpu, const Inputs<T>& 
     return;
   }
 
-  const Mat pg = oracle::mul(oracle::to_double(gpu.a), oracle::to_double(gpu.b));
-  const Mat pc = oracle::mul(oracle::to_double(cpu.a), oracle::to_double(cpu.b));
-  EXPECT_LT(oracle::rel_diff(pg, pc), tol) << "product A B";
+  EXPECT_LT(test::twin::product_error(gpu, cpu), tol) << "product A B";
 
   if (cpu.method == Method::SvdBc) {
     std::vector<double> diff(cpu.bias.size());
@@ -136,11 +135,8 @@ void expect_same(const Factors<T>& gpu, const Factors<T>& cpu, const Inputs<T>& 
   }
 
   ASSERT_EQ(gpu.spectrum.size(), cpu.spectrum.size());
-  double top = 0, worst = 0;
-  for (size_t i = 0; i < cpu.spectrum.size(); ++i) {
-    top = std::max(top, std::abs(cpu.spectrum[i]));
-    worst = std::max(worst, std::abs(gpu.spectrum[i] - cpu.spectrum[i]));
-  }
+  double top = 0;
+  const double worst = test::twin::spectrum_max_abs_diff(gpu.spectrum, cpu.spectrum, &top);
   EXPECT_LE(worst, tol * top) << "spectrum (largest " << top << ")";
   for (size_t i = 1; i < gpu.spectrum.size(); ++i)
     EXPECT_GE(gpu.spectrum[i - 1], gpu.spectrum[i]) << "spectrum not descending at " << i;
@@ -349,9 +345,7 @@ TEST(GpuSolver, Tf32IsCloseToTheCpu) {
     const SolveOptions opt{method, 1, ridge};
     const Factors<float> cpu = dalr::solve<float>(opt, in.w, in.b, in.stats);
     const Factors<float> gpu = dc::solve<float>(opt, in.w, in.b, in.stats, dc::Math::Tf32);
-    const Mat pg = oracle::mul(oracle::to_double(gpu.a), oracle::to_double(gpu.b));
-    const Mat pc = oracle::mul(oracle::to_double(cpu.a), oracle::to_double(cpu.b));
-    EXPECT_LT(oracle::rel_diff(pg, pc), 2e-2);
+    EXPECT_LT(test::twin::product_error(gpu, cpu), 2e-2);
   }
 }
 

@@ -25,6 +25,7 @@
 #include "non_finite.cuh"
 #include "oracle.hpp"
 #include "test_util.hpp"
+#include "twin.hpp"
 
 namespace dc = dalr::cuda;
 using dalr::LayerStats;
@@ -106,8 +107,7 @@ void expect_match(const LayerStats<T>& g, const LayerStats<T>& c, const Scales<T
   ASSERT_EQ(g.n(), c.n());
   ASSERT_EQ(g.m(), c.m());
   EXPECT_EQ(g.count(), c.count());
-  const double err =
-      dalr::oracle::rel_diff(dalr::oracle::to_double(g.gram()), dalr::oracle::to_double(c.gram()));
+  const double err = dalr::test::twin::gram_error(g, c);
   EXPECT_LE(err, tol.gram) << "gram: relative Frobenius error";
   int bad = 0;
   auto report = [&](bool ok, const char* what, int64_t i, double gv, double cv, double allowed) {

@@ -7,6 +7,7 @@
 #include <iostream>
 #include <limits>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "gpu_test.hpp"
 #include "row_stats.cuh"
 #include "test_util.hpp"
+#include "twin.hpp"
 
 namespace dc = dalr::cuda;
 namespace dk = dalr::kernels;
@@ -167,15 +169,16 @@ void compare_with_cpu(const Case& k, std::mt19937_64& rng, double tol) {
   d_sum.download(g_sum.data(), n + 1, stream);
   d_max.download(g_max.data(), n + 1, stream);
   stream.synchronize();
-  int bad = 0;
-  for (int64_t i = 0; i < n && bad < 5; ++i) {
-    const double err = std::abs(g_sum[i] - sum[i]);
-    if (g_max[i] == max[i] && err <= tol * scale[i]) continue;
-    ++bad;
-    ADD_FAILURE() << "row " << i << ": max gpu " << g_max[i] << " cpu " << max[i] << "; sum gpu "
-                  << g_sum[i] << " cpu " << sum[i] << " (error " << err << ", allowed "
-                  << tol * scale[i] << ")";
-  }
+  dalr::test::twin::expect_all(
+      static_cast<size_t>(n),
+      [&](size_t i) { return g_max[i] == max[i] && std::abs(g_sum[i] - sum[i]) <= tol * scale[i]; },
+      [&](size_t i) {
+        std::ostringstream os;
+        os << "row: max gpu " << g_max[i] << " cpu " << max[i] << "; sum gpu " << g_sum[i]
+           << " cpu " << sum[i] << " (error " << std::abs(g_sum[i] - sum[i]) << ", allowed "
+           << tol * scale[i] << ")";
+        return os.str();
+      });
   EXPECT_EQ(g_sum[n], guard) << "write past the end of sum";
   EXPECT_EQ(g_max[n], guard) << "write past the end of max";
 }

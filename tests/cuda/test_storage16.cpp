@@ -33,6 +33,7 @@
 #include "storage16.cuh"
 #include "test_util.hpp"
 #include "cpu/forward.hpp"
+#include "twin.hpp"
 
 namespace dalr::kernels {
 // For gtest's messages ("where GetParam() = Bf16").
@@ -100,16 +101,7 @@ bool same16(uint16_t got, uint16_t want, Fmt16 f) {
   return got == want;
 }
 
-// Counts the indices where ok(i) fails and reports the first few with detail(i).
-template <typename Ok, typename Detail>
-void expect_all(size_t n, Ok ok, Detail detail) {
-  size_t bad = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (ok(i)) continue;
-    if (++bad <= 5) ADD_FAILURE() << "[" << i << "] " << detail(i);
-  }
-  EXPECT_EQ(bad, 0u) << bad << " of " << n << " values differ";
-}
+using dalr::test::twin::expect_all;  // first few failures of a per-element check
 
 // ---------------------------------------------------------------- inputs
 

@@ -42,6 +42,7 @@
 #include "test_util.hpp"
 #include "cpu/forward.hpp"
 #include "io/layer_params.hpp"
+#include "twin.hpp"
 
 namespace dc = dalr::cuda;
 using dalr::Arch;
@@ -206,17 +207,7 @@ std::vector<LayerStats<T>> run_stream(const Forward<T>& fwd, Backend& backend,
   return out;
 }
 
-// Relative 2-norm error of a against the reference b; NaN if either is not finite.
-double rel(const std::vector<double>& a, const std::vector<double>& b) {
-  if (a.size() != b.size()) return NAN;
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return NAN;
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+using dalr::test::twin::rel_fro;  // relative 2-norm error; NaN if not finite
 
 template <typename T>
 void expect_close(const LayerStats<T>& got, const LayerStats<T>& want, double tol,
@@ -225,14 +216,11 @@ void expect_close(const LayerStats<T>& got, const LayerStats<T>& want, double to
   ASSERT_EQ(got.n(), want.n());
   ASSERT_EQ(got.m(), want.m());
   EXPECT_EQ(got.count(), want.count());
-  EXPECT_LE(dalr::oracle::rel_diff(dalr::oracle::to_double(got.gram()),
-                                   dalr::oracle::to_double(want.gram())),
-            tol)
-      << "C";
-  EXPECT_LE(rel(got.mean_x(), want.mean_x()), tol) << "mean_x";
-  EXPECT_LE(rel(got.max_x(), want.max_x()), tol) << "max_x";
-  EXPECT_LE(rel(got.mean_y(), want.mean_y()), tol) << "mean_y";
-  EXPECT_LE(rel(got.max_y(), want.max_y()), tol) << "max_y";
+  EXPECT_LE(dalr::test::twin::gram_error(got, want), tol) << "C";
+  EXPECT_LE(rel_fro(got.mean_x(), want.mean_x()), tol) << "mean_x";
+  EXPECT_LE(rel_fro(got.max_x(), want.max_x()), tol) << "max_x";
+  EXPECT_LE(rel_fro(got.mean_y(), want.mean_y()), tol) << "mean_y";
+  EXPECT_LE(rel_fro(got.max_y(), want.max_y()), tol) << "max_y";
 }
 
 template <typename T>
@@ -240,10 +228,7 @@ void expect_same(const LayerStats<T>& got, const LayerStats<T>& want, const std:
   SCOPED_TRACE(what);
   EXPECT_EQ(got.count(), want.count());
   EXPECT_TRUE(got.gram().data == want.gram().data)
-      << "C differs (relative error "
-      << dalr::oracle::rel_diff(dalr::oracle::to_double(got.gram()),
-                                dalr::oracle::to_double(want.gram()))
-      << ")";
+      << "C differs (relative error " << dalr::test::twin::gram_error(got, want) << ")";
   EXPECT_TRUE(got.sum_x() == want.sum_x()) << "sum_x differs";
   EXPECT_TRUE(got.max_x() == want.max_x()) << "max_x differs";
   EXPECT_TRUE(got.sum_y() == want.sum_y()) << "sum_y differs";
@@ -386,9 +371,7 @@ TEST(StreamDevice, RunTapsDeviceQueuesPassesInStreamOrder) {
       if (t == 1) {
         EXPECT_TRUE(got.data == want.data) << "the input block is not the image batch";
       } else {
-        EXPECT_LE(
-            dalr::oracle::rel_diff(dalr::oracle::to_double(got), dalr::oracle::to_double(want)),
-            1e-4);
+        EXPECT_LE(dalr::test::twin::matrix_error(got, want), 1e-4);
       }
     }
     first += b;
