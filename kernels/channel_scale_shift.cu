@@ -3,6 +3,7 @@
 
 #include "channel_scale_shift.cuh"
 #include "cuda/cuda_check.hpp"
+#include "relu.cuh"
 
 namespace dalr::kernels {
 
@@ -28,7 +29,7 @@ __global__ void channel_scale_shift_kernel(T* __restrict__ x, int64_t n, int64_t
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const int64_t c = (i / hw) % channels;
     const T v = scale ? add_rn(mul_rn(x[i], scale[c]), shift[c]) : x[i] + shift[c];
-    x[i] = !relu || v > T(0) ? v : (v == v ? T(0) : v);
+    x[i] = relu ? relu_keep_nan(v) : v;
   }
 }
 

@@ -10,8 +10,7 @@ template <typename T>
 __global__ void relu_kernel(T* __restrict__ x, int64_t n) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
-    const T v = x[i];
-    x[i] = v > T(0) ? v : (v == v ? T(0) : v);
+    x[i] = relu_keep_nan(x[i]);
   }
 }
 

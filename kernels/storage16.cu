@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cuda/cuda_check.hpp"
+#include "relu.cuh"
 #include "storage16.cuh"
 
 namespace dalr::kernels {
@@ -97,7 +98,7 @@ __global__ void channel_scale_shift16_kernel(uint16_t* __restrict__ x, int64_t n
     // Multiply, then add, each rounded (no FMA contraction), as the CPU twin computes.
     v = scale ? __fadd_rn(__fmul_rn(v, scale[ch]), shift[ch]) : v + shift[ch];
     // ReLU before rounding gives what rounding first would: rounding keeps the sign.
-    if (relu && !(v > 0.f) && v == v) v = 0.f;
+    if (relu) v = relu_keep_nan(v);
     x[i] = narrow<F>(v);
   }
 }

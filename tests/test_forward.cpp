@@ -9,15 +9,16 @@
 #include <initializer_list>
 #include <map>
 #include <random>
+#include <set>
 
 #include "cpu/dnnl_conv.hpp"
+#include "cpu/forward.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
 #include "dalr/safetensors.hpp"
 #include "io/half.hpp"
 #include "test_util.hpp"
-#include "cpu/forward.hpp"
 
 using namespace dalr;
 
@@ -262,6 +263,33 @@ TEST(Arch, ParsesTheIssueExample) {
   EXPECT_EQ(shapes[8].c, 24);
   EXPECT_TRUE(shapes[8].flat);
   EXPECT_EQ(shapes.back().c, 3);
+}
+
+// The layer table has a row for every LayerType, and writes each type's fields in the
+// documented order (defaults written out, bias only when false).
+TEST(Arch, EveryLayerTypeHasATableRowAndItsJson) {
+  std::set<std::string> names;
+  for (int t = 0; t <= static_cast<int>(LayerType::Dropout); ++t)
+    names.insert(layer_type_name(static_cast<LayerType>(t)));
+  EXPECT_EQ(names.size(), 9u);
+  const std::string in =
+      R"([{"type":"conv","name":"c","in":2,"out":5,"kernel":3,"pad":2,"bias":false},)"
+      R"({"type":"batchnorm","name":"bn"},{"type":"relu"},{"type":"maxpool","kernel":3},)"
+      R"({"type":"avgpool","kernel":2,"stride":1},{"type":"adaptive_avgpool","out":[3,2]},)"
+      R"({"type":"flatten"},{"type":"dropout"},{"type":"linear","name":"l","in":30,"out":7}])";
+  const Arch a = parse_arch(in, R"({"channels":2,"crop":[13,11]})");
+  EXPECT_EQ(arch_to_json(a),
+            R"([{"type":"conv","name":"c","in":2,"out":5,"kernel":3,"stride":1,"pad":2,)"
+            R"("bias":false},{"type":"batchnorm","name":"bn","eps":1e-05},{"type":"relu"},)"
+            R"({"type":"maxpool","kernel":3,"stride":3},{"type":"avgpool","kernel":2,"stride":1},)"
+            R"({"type":"adaptive_avgpool","out":[3,2]},{"type":"flatten"},{"type":"dropout"},)"
+            R"({"type":"linear","name":"l","in":30,"out":7}])");
+  const auto shapes = layer_input_shapes(a, 2, 13, 11);
+  EXPECT_EQ(shapes[3].h, 15);  // (13 + 4 - 3) / 1 + 1
+  EXPECT_EQ(shapes[4].h, 5);   // maxpool 3, stride 3
+  EXPECT_EQ(shapes[4].w, 4);
+  EXPECT_EQ(shapes[8].c, 30);
+  EXPECT_EQ(shapes[9].c, 7);
 }
 
 TEST(Arch, JsonRoundTrip) {

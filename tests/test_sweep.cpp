@@ -8,11 +8,11 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "cpu/forward.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/forward.hpp"
 #include "dalr/safetensors.hpp"
 #include "test_util.hpp"
-#include "cpu/forward.hpp"
 
 using namespace dalr;
 using test::run_cli;
@@ -250,36 +250,99 @@ TEST(RunFrom, ContinuesTheForwardPassExactly) {
 
 namespace {
 
-// What the sweep's and the joint search's heads rely on: the factored layer applied by
-// hand (apply_linear, with the model's weights rounded as CpuForward rounds them) and
-// the rest of the original network (run_from, after the layer) give the compressed
-// model's output bit for bit, in fp32 and with 16-bit activations.
-TEST(RunFrom, HandAppliedFactorsGiveTheCompressedModelsBits) {
+// A linear layer of the compressed file `fc`, as a substitution part.
+Substitution<float>::Part part_of(const SafetensorsFile& fc, const std::string& name) {
+  const TensorInfo& t = fc.at(name + ".weight");
+  Substitution<float>::Part p{t.shape[1], t.shape[0], fc.read<float>(name + ".weight"), {}};
+  if (fc.find(name + ".bias")) p.bias = fc.read<float>(name + ".bias");
+  return p;
+}
+
+// What the sweep's and the joint search's scores rely on: the original network run from a
+// layer's input with the compressed file's tensors substituted (run_from) gives the
+// compressed model's output bit for bit, in fp32 and with 16-bit activations, for a
+// factorisation, a pruning with its next layer, and two factored layers with a relu and a
+// dropout between them.
+TEST(RunFrom, SubstitutionsGiveTheCompressedModelsBits) {
   test::TempDir dir;
-  const std::string out = dir.file("c.bin");
-  const auto c = run_cli("compress " + kCommon + " --acts stream --data " + kEx +
-                         "train --limit 200 --method dalr --rank 16 --out " + out);
-  ASSERT_EQ(c.exit_code, 0) << c.output;
-  SafetensorsFile f(kEx + "model.bin"), fc(out);
-  const Arch arch = load_arch(f, ""), arch_c = load_arch(fc, "");
+  struct Case {
+    std::string args;
+    std::vector<std::pair<std::string, std::vector<std::string>>> subs;  // layer, parts
+  };
+  const std::vector<Case> cases = {
+      {"--method dalr --rank 16", {{"classifier.0", {"classifier.0.0", "classifier.0.1"}}}},
+      {"--method prune-mean --rank 40 --next-layer classifier.3",
+       {{"classifier.0", {"classifier.0"}}, {"classifier.3", {"classifier.3"}}}},
+      {"--layer classifier.0,classifier.3 --method svd --rank 12",
+       {{"classifier.0", {"classifier.0.0", "classifier.0.1"}},
+        {"classifier.3", {"classifier.3.0", "classifier.3.1"}}}},
+  };
+  SafetensorsFile f(kEx + "model.bin");
+  const Arch arch = load_arch(f, "");
   std::mt19937_64 rng(test::test_seed(12));
   std::normal_distribution<float> nd;
   std::vector<float> img(7 * 32 * 32);
   for (auto& v : img) v = nd(rng);
-  const TensorInfo& bt = fc.at("classifier.0.0.weight");
-  const TensorInfo& at = fc.at("classifier.0.1.weight");
-  const int64_t k = bt.shape[0], n = bt.shape[1], m = at.shape[0];
-  for (ActStorage s : {ActStorage::Fp32, ActStorage::Bf16, ActStorage::Fp16}) {
-    SCOPED_TRACE(act_storage_name(s));
-    const CpuForward<float> orig(arch, f, s), comp(arch_c, fc, s);
-    const Matrix<float> want = comp.run(img.data(), 7, 1, 32, 32);
-    const Matrix<float> x = orig.run(img.data(), 7, 1, 32, 32, "classifier.0");
-    const std::vector<float> b = rounded_to_storage(fc.read<float>("classifier.0.0.weight"), s);
-    const std::vector<float> a = rounded_to_storage(fc.read<float>("classifier.0.1.weight"), s);
-    const Matrix<float> t = apply_linear(b, {}, n, k, x.ptr(), 7, s);
-    const Matrix<float> y =
-        apply_linear(a, fc.read<float>("classifier.0.1.bias"), k, m, t.ptr(), 7, s);
-    EXPECT_EQ(orig.run_from("classifier.0", y.ptr(), 7, /*after=*/true).data, want.data);
+  for (size_t ci = 0; ci < cases.size(); ++ci) {
+    const Case& c = cases[ci];
+    SCOPED_TRACE(c.args);
+    const std::string out = dir.file("c" + std::to_string(ci) + ".bin");
+    const auto r = run_cli("compress " + kCommon + " --acts stream --data " + kEx +
+                           "train --limit 200 " + c.args + " --out " + out);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    SafetensorsFile fc(out);
+    const Arch arch_c = load_arch(fc, "");
+    std::vector<Substitution<float>> subs;
+    for (const auto& [layer, parts] : c.subs) {
+      subs.push_back({layer, {}});
+      for (const auto& name : parts) subs.back().parts.push_back(part_of(fc, name));
+    }
+    for (ActStorage s : {ActStorage::Fp32, ActStorage::Bf16, ActStorage::Fp16}) {
+      SCOPED_TRACE(act_storage_name(s));
+      const CpuForward<float> orig(arch, f, s), comp(arch_c, fc, s);
+      const Matrix<float> want = comp.run(img.data(), 7, 1, 32, 32);
+      const Matrix<float> x = orig.run(img.data(), 7, 1, 32, 32, "classifier.0");
+      EXPECT_EQ(orig.run_from("classifier.0", x.ptr(), 7, false, subs).data, want.data);
+      // From further up (a conv layer's input), through the same substitutions.
+      const Matrix<float> x3 = orig.run(img.data(), 7, 1, 32, 32, "features.3");
+      EXPECT_EQ(orig.run_from("features.3", x3.ptr(), 7, false, subs).data, want.data);
+    }
+  }
+}
+
+TEST(RunFrom, RefusesBadSubstitutions) {
+  SafetensorsFile f(kEx + "model.bin");
+  const Arch arch = load_arch(f, "");
+  const CpuForward<float> fwd(arch, f);
+  std::mt19937_64 rng(test::test_seed(13));
+  std::normal_distribution<float> nd;
+  std::vector<float> x(1024 * 3);
+  for (auto& v : x) v = nd(rng);
+  auto part = [&](int64_t in, int64_t out, bool bias) {
+    Substitution<float>::Part p{in, out, std::vector<float>(static_cast<size_t>(in * out)), {}};
+    for (auto& v : p.weight) v = nd(rng);
+    if (bias) p.bias.assign(static_cast<size_t>(out), 0.5f);
+    return p;
+  };
+  using Subs = std::vector<Substitution<float>>;
+  const Subs good = {{"classifier.0", {part(1024, 5, false), part(5, 256, true)}}};
+  EXPECT_EQ(fwd.run_from("classifier.0", x.data(), 3, false, good).rows, 10);
+  const std::vector<std::pair<Subs, std::string>> bad = {
+      {{{"features.0", {part(1024, 256, true)}}}, "only linear"},
+      {{{"nope", {part(1024, 256, true)}}}, "no layer named 'nope'"},
+      {{{"classifier.0", {}}}, "no parts"},
+      {{good[0], good[0]}, "two substitutions"},
+      {{{"classifier.0", {part(1024, 5, false), part(6, 256, true)}}}, "classifier.0.1"},
+      {{{"classifier.0", {part(1024, 255, true)}}}, "classifier.3"},
+      {{{"classifier.0", {{1024, 5, std::vector<float>(7), {}}}}}, "does not match"},
+  };
+  for (const auto& [subs, msg] : bad) {
+    try {
+      fwd.run_from("classifier.0", x.data(), 3, false, subs);
+      ADD_FAILURE() << "no error, expected one with: " << msg;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(msg), std::string::npos) << e.what();
+    }
   }
 }
 

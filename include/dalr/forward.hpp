@@ -1,7 +1,7 @@
 #pragma once
 // The forward pass of an Arch, as both backends offer it (Backend::forward_f32/f64;
-// the CPU's is src/cpu/forward.hpp, the GPU's dalr/cudnn_forward.hpp). Images come in as a batch of NCHW tensors
-// (row-major, one image after another), already preprocessed (InputSpec's scale, mean
+// the CPU's is src/cpu/forward.hpp, the GPU's dalr/cudnn_forward.hpp). Images come in as a batch of
+// NCHW tensors (row-major, one image after another), already preprocessed (InputSpec's scale, mean
 // and std applied); activations leave as a column-major (features x batch) matrix,
 // one sample per column, the layout the statistics and solvers take.
 #include <cstdint>
@@ -37,6 +37,23 @@ float round_to_storage(float x, ActStorage s);
 // v with every value rounded to the storage format (v itself for Fp32).
 std::vector<float> rounded_to_storage(std::vector<float> v, ActStorage s);
 
+// A linear layer of the arch replaced, for one run, by what a compressed model file
+// holds in its place (compress's output): `parts` run in order instead of `layer`, each
+// a linear layer with its tensors as the file stores them (out x in row-major weight,
+// bias empty or out; 16-bit storage rounds the weights as a loaded model's). A
+// factorisation is two parts (NAME.0: B, no bias; NAME.1: A with the bias); a pruning
+// is one part (the kept rows and their biases) plus a substitution of the next linear
+// layer (its kept columns). The shapes must chain (checked with the arch's).
+template <typename T>
+struct Substitution {
+  struct Part {
+    int64_t in = 0, out = 0;
+    std::vector<T> weight, bias;
+  };
+  std::string layer;
+  std::vector<Part> parts;
+};
+
 // What both forward passes (CPU: CpuForward, GPU: cuda::CudnnForward) offer, so that
 // the job code runs on either through Backend::forward.
 template <typename T>
@@ -59,9 +76,12 @@ class Forward {
   // The network from layer `layer` on: `input` is that layer's input (n x batch,
   // column-major, as run(..., layer) returns it); returns the network's output
   // (classes x batch). With `after`, `input` is the layer's output and only the layers
-  // after it run. Lets a sweep run only the head on cached features.
+  // after it run. With `subs`, the named linear layers are replaced as a compressed
+  // model file replaces them, so a candidate is scored by the pass that scores the
+  // written model (sweep, compress --max-drop on cached features).
   virtual Matrix<T> run_from(const std::string& layer, const T* input, int64_t batch,
-                             bool after = false) const;
+                             bool after = false,
+                             const std::vector<Substitution<T>>& subs = {}) const;
   // The device path of run_taps (opt in: false, and run_taps_device throws, unless a GPU
   // forward pass overrides them). `input` is a host batch as for run_taps, reusable when
   // the call returns; the call returns once the pass is queued, without waiting for the
@@ -78,7 +98,8 @@ void Forward<T>::run_taps_device(const T*, int64_t, int64_t, int64_t, int64_t,
 }
 
 template <typename T>
-Matrix<T> Forward<T>::run_from(const std::string&, const T*, int64_t, bool) const {
+Matrix<T> Forward<T>::run_from(const std::string&, const T*, int64_t, bool,
+                               const std::vector<Substitution<T>>&) const {
   throw Error("run_from is not supported on this backend (use the CPU forward pass)");
 }
 

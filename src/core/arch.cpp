@@ -15,40 +15,6 @@ namespace {
 using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
 
-struct TypeInfo {
-  LayerType type;
-  const char* name;
-  std::vector<std::string> fields;  // allowed keys besides "type" and "name"
-  bool named;                       // "name" required (the layer has tensors)
-};
-
-const std::vector<TypeInfo>& type_table() {
-  static const std::vector<TypeInfo> table = {
-      {LayerType::Conv, "conv", {"in", "out", "kernel", "stride", "pad", "bias"}, true},
-      {LayerType::Relu, "relu", {}, false},
-      {LayerType::MaxPool, "maxpool", {"kernel", "stride"}, false},
-      {LayerType::AvgPool, "avgpool", {"kernel", "stride"}, false},
-      {LayerType::AdaptiveAvgPool, "adaptive_avgpool", {"out"}, false},
-      {LayerType::BatchNorm, "batchnorm", {"eps"}, true},
-      {LayerType::Flatten, "flatten", {}, false},
-      {LayerType::Linear, "linear", {"in", "out", "bias"}, true},
-      {LayerType::Dropout, "dropout", {}, false},
-  };
-  return table;
-}
-
-const TypeInfo& info_of(LayerType t) {
-  for (const auto& i : type_table())
-    if (i.type == t) return i;
-  throw Error("internal: unknown layer type");
-}
-
-std::string type_list() {
-  std::string s;
-  for (const auto& i : type_table()) s += (s.empty() ? "" : ", ") + std::string(i.name);
-  return s;
-}
-
 std::string label(size_t index, const std::string& type, const std::string& name) {
   std::string s = "layer " + std::to_string(index) + " (" + type;
   if (!name.empty()) s += " '" + name + "'";
@@ -128,75 +94,6 @@ void check_keys(const json& o, const std::vector<std::string>& allowed, const st
   }
 }
 
-LayerSpec parse_layer(const json& o, size_t index) {
-  const std::string at = "dalr.arch layer " + std::to_string(index);
-  if (!o.is_object()) throw Error(at + ": must be a JSON object, got " + o.dump());
-  auto t = o.find("type");
-  if (t == o.end()) throw Error(at + ": missing field 'type'");
-  if (!t->is_string()) throw Error(at + ": field 'type' must be a string, got " + t->dump());
-  const TypeInfo* info = nullptr;
-  for (const auto& i : type_table())
-    if (t->get<std::string>() == i.name) info = &i;
-  if (!info)
-    throw Error(at + ": unknown layer type '" + t->get<std::string>() + "' (known: " + type_list() +
-                ")");
-
-  LayerSpec l;
-  l.type = info->type;
-  auto n = o.find("name");
-  if (n != o.end()) {
-    if (!n->is_string() || n->get<std::string>().empty())
-      throw Error(at + " (" + info->name + "): field 'name' must be a non-empty string, got " +
-                  n->dump());
-    l.name = n->get<std::string>();
-  } else if (info->named) {
-    throw Error(at + " (" + info->name + "): missing field 'name'");
-  }
-  const std::string where = "dalr.arch " + label(index, info->name, l.name);
-  std::vector<std::string> allowed = info->fields;
-  allowed.insert(allowed.begin(), {"type", "name"});
-  check_keys(o, allowed, where);
-
-  const int64_t one = 1, zero = 0;
-  auto get_bias = [&]() {
-    auto b = o.find("bias");
-    if (b == o.end()) return true;
-    if (!b->is_boolean()) throw Error(where + ": field 'bias' must be true or false");
-    return b->get<bool>();
-  };
-  switch (l.type) {
-    case LayerType::Conv:
-      l.in = get_int(o, "in", where, 1, nullptr);
-      l.out = get_int(o, "out", where, 1, nullptr);
-      l.kernel = get_int(o, "kernel", where, 1, nullptr);
-      l.stride = get_int(o, "stride", where, 1, &one);
-      l.pad = get_int(o, "pad", where, 0, &zero);
-      l.bias = get_bias();
-      break;
-    case LayerType::MaxPool:
-    case LayerType::AvgPool:
-      l.kernel = get_int(o, "kernel", where, 1, nullptr);
-      l.stride = get_int(o, "stride", where, 1, &l.kernel);  // PyTorch: stride defaults to kernel
-      break;
-    case LayerType::AdaptiveAvgPool:
-      l.out_hw = get_hw(o, "out", where);
-      break;
-    case LayerType::BatchNorm:
-      l.eps = get_double(o, "eps", where, 1e-5, false);
-      break;
-    case LayerType::Linear:
-      l.in = get_int(o, "in", where, 1, nullptr);
-      l.out = get_int(o, "out", where, 1, nullptr);
-      l.bias = get_bias();
-      break;
-    case LayerType::Relu:
-    case LayerType::Flatten:
-    case LayerType::Dropout:
-      break;
-  }
-  return l;
-}
-
 InputSpec parse_input(const std::string& text) {
   const std::string where = "dalr.input";
   const json o = parse_json(text, "dalr.input");
@@ -246,26 +143,291 @@ void expect_tensor(const SafetensorsFile& f, const std::string& tensor, const st
                 layer + " expects " + shape_str(shape));
 }
 
-struct VggConfig {
-  const char* name;
-  std::vector<int> cfg;  // 0 = maxpool
+// ---- The layer table: one row per LayerType drives parsing, JSON, shapes and tensors.
+
+// A field of a layer's JSON object and where LayerSpec keeps it. Written back in this
+// order: integers, [h, w] and reals always, a bool only when it is not its default.
+struct Field {
+  enum Kind { Int, Bool, Hw, Real } kind;
+  const char* key;
+  int64_t LayerSpec::*i = nullptr;  // Int
+  int64_t min = 0;                  // Int: the smallest valid value
+  bool required = true;             // Int: else the default below (or default_from's value)
+  int64_t fallback = 0;
+  int64_t LayerSpec::*default_from = nullptr;
+  bool LayerSpec::*b = nullptr;                     // Bool (default true)
+  std::array<int64_t, 2> LayerSpec::*hw = nullptr;  // Hw (required, positive)
+  double LayerSpec::*d = nullptr;                   // Real (>= 0, finite; default below)
+  double real_fallback = 0;
 };
 
-const std::vector<VggConfig>& vgg_configs() {
-  static const std::vector<VggConfig> c = {
-      {"vgg11", {64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0}},
-      {"vgg13", {64, 64, 0, 128, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0}},
-      {"vgg16", {64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0}},
-      {"vgg19", {64,  64,  0,   128, 128, 0,   256, 256, 256, 256, 0,
-                 512, 512, 512, 512, 0,   512, 512, 512, 512, 0}},
+Field int_field(const char* key, int64_t LayerSpec::*m, int64_t min) {
+  Field f{Field::Int, key};
+  f.i = m;
+  f.min = min;
+  return f;
+}
+Field int_field(const char* key, int64_t LayerSpec::*m, int64_t min, int64_t fallback) {
+  Field f = int_field(key, m, min);
+  f.required = false;
+  f.fallback = fallback;
+  return f;
+}
+Field int_field_like(const char* key, int64_t LayerSpec::*m, int64_t min,
+                     int64_t LayerSpec::*from) {  // defaults to the value of `from`
+  Field f = int_field(key, m, min);
+  f.required = false;
+  f.default_from = from;
+  return f;
+}
+Field bool_field(const char* key, bool LayerSpec::*m) {
+  Field f{Field::Bool, key};
+  f.b = m;
+  return f;
+}
+Field hw_field(const char* key, std::array<int64_t, 2> LayerSpec::*m) {
+  Field f{Field::Hw, key};
+  f.hw = m;
+  return f;
+}
+Field real_field(const char* key, double LayerSpec::*m, double fallback) {
+  Field f{Field::Real, key};
+  f.d = m;
+  f.real_fallback = fallback;
+  return f;
+}
+
+// What a layer's shape rule gets: its name for messages, and the layer before it.
+struct ShapeContext {
+  std::string where;
+  const LayerSpec* before = nullptr;    // the previous layer, if any
+  const ActShape* before_in = nullptr;  // its input shape
+};
+using TensorList = std::vector<std::pair<std::string, std::vector<int64_t>>>;  // suffix, shape
+
+struct LayerRow {
+  LayerType type;
+  const char* name;
+  bool named;  // "name" required (the layer has tensors)
+  std::vector<Field> fields;
+  ActShape (*shape)(const LayerSpec& l, const ActShape& in, const ShapeContext& c);
+  TensorList (*tensors)(const LayerSpec& l, const ActShape& in);  // nullptr: none
+};
+
+std::string dims_of(const ActShape& s) {
+  return std::to_string(s.c) + "x" + std::to_string(s.h) + "x" + std::to_string(s.w);
+}
+
+void need_image(const ActShape& s, const ShapeContext& c) {
+  if (s.flat)
+    throw Error(c.where + " needs an image-shaped input, but it comes after a flatten/linear");
+}
+
+// A sliding window (conv, pools): the output's height and width.
+ActShape window(const LayerSpec& l, ActShape s, int64_t pad, const ShapeContext& c) {
+  need_image(s, c);
+  if (s.h + 2 * pad < l.kernel || s.w + 2 * pad < l.kernel)
+    throw Error(c.where + ": kernel " + std::to_string(l.kernel) + " is larger than its input " +
+                dims_of(s) + (pad ? " (padded by " + std::to_string(pad) + ")" : ""));
+  s.h = (s.h + 2 * pad - l.kernel) / l.stride + 1;
+  s.w = (s.w + 2 * pad - l.kernel) / l.stride + 1;
+  return s;
+}
+
+ActShape same_shape(const LayerSpec&, const ActShape& s, const ShapeContext&) {
+  return s;
+}
+
+ActShape conv_shape(const LayerSpec& l, const ActShape& s, const ShapeContext& c) {
+  if (!s.flat && s.c != l.in)
+    throw Error(c.where + " expects " + std::to_string(l.in) +
+                " input channels, but its input is " + dims_of(s));
+  ActShape o = window(l, s, l.pad, c);
+  o.c = l.out;
+  return o;
+}
+
+ActShape pool_shape(const LayerSpec& l, const ActShape& s, const ShapeContext& c) {
+  return window(l, s, 0, c);
+}
+
+ActShape adaptive_shape(const LayerSpec& l, const ActShape& s, const ShapeContext& c) {
+  need_image(s, c);
+  return ActShape{s.c, l.out_hw[0], l.out_hw[1], false};
+}
+
+ActShape flatten_shape(const LayerSpec&, const ActShape& s, const ShapeContext&) {
+  return ActShape{s.numel(), 1, 1, true};
+}
+
+ActShape linear_shape(const LayerSpec& l, const ActShape& s, const ShapeContext& c) {
+  if (!s.flat)
+    throw Error(c.where + " needs a flat input, but its input is " + dims_of(s) +
+                " (add a flatten layer before it)");
+  if (s.c != l.in) {
+    const bool after_flatten = c.before && c.before->type == LayerType::Flatten;
+    const std::string what = after_flatten ? "the flatten before it gives " + std::to_string(s.c) +
+                                                 " features (" + dims_of(*c.before_in) + ")"
+                                           : "its input has " + std::to_string(s.c) + " features";
+    throw Error(c.where + " expects in = " + std::to_string(l.in) + " features, but " + what);
+  }
+  return ActShape{l.out, 1, 1, true};
+}
+
+TensorList weight_and_bias(const LayerSpec& l, std::vector<int64_t> weight_shape) {
+  TensorList t = {{".weight", std::move(weight_shape)}};
+  if (l.bias) t.push_back({".bias", {l.out}});
+  return t;
+}
+
+const std::vector<LayerRow>& layer_table() {
+  using L = LayerSpec;
+  static const std::vector<LayerRow> table = {
+      {LayerType::Conv,
+       "conv",
+       true,
+       {int_field("in", &L::in, 1), int_field("out", &L::out, 1),
+        int_field("kernel", &L::kernel, 1), int_field("stride", &L::stride, 1, 1),
+        int_field("pad", &L::pad, 0, 0), bool_field("bias", &L::bias)},
+       conv_shape,
+       [](const L& l, const ActShape&) {
+         return weight_and_bias(l, {l.out, l.in, l.kernel, l.kernel});
+       }},
+      {LayerType::Relu, "relu", false, {}, same_shape, nullptr},
+      // PyTorch: a pool's stride defaults to its kernel.
+      {LayerType::MaxPool,
+       "maxpool",
+       false,
+       {int_field("kernel", &L::kernel, 1), int_field_like("stride", &L::stride, 1, &L::kernel)},
+       pool_shape,
+       nullptr},
+      {LayerType::AvgPool,
+       "avgpool",
+       false,
+       {int_field("kernel", &L::kernel, 1), int_field_like("stride", &L::stride, 1, &L::kernel)},
+       pool_shape,
+       nullptr},
+      {LayerType::AdaptiveAvgPool,
+       "adaptive_avgpool",
+       false,
+       {hw_field("out", &L::out_hw)},
+       adaptive_shape,
+       nullptr},
+      {LayerType::BatchNorm,
+       "batchnorm",
+       true,
+       {real_field("eps", &L::eps, 1e-5)},
+       same_shape,
+       [](const L&, const ActShape& in) {
+         TensorList t;
+         for (const char* s : {".weight", ".bias", ".running_mean", ".running_var"})
+           t.push_back({s, {in.c}});
+         return t;
+       }},
+      {LayerType::Flatten, "flatten", false, {}, flatten_shape, nullptr},
+      {LayerType::Linear,
+       "linear",
+       true,
+       {int_field("in", &L::in, 1), int_field("out", &L::out, 1), bool_field("bias", &L::bias)},
+       linear_shape,
+       [](const L& l, const ActShape&) {
+         return weight_and_bias(l, {l.out, l.in});
+       }},
+      {LayerType::Dropout, "dropout", false, {}, same_shape, nullptr},
   };
-  return c;
+  return table;
+}
+
+// Rows are in the enum's order, so a row is found by index; checked on every look-up.
+const LayerRow& row_of(LayerType t) {
+  const auto& table = layer_table();
+  const size_t i = static_cast<size_t>(t);
+  if (i >= table.size() || table[i].type != t) throw Error("internal: layer table out of order");
+  return table[i];
+}
+
+std::string type_list() {
+  std::string s;
+  for (const auto& r : layer_table()) s += (s.empty() ? "" : ", ") + std::string(r.name);
+  return s;
+}
+
+void read_field(const Field& f, const json& o, const std::string& where, LayerSpec& l) {
+  switch (f.kind) {
+    case Field::Int: {
+      const int64_t fallback = f.default_from ? l.*f.default_from : f.fallback;
+      l.*f.i = get_int(o, f.key, where, f.min, f.required ? nullptr : &fallback);
+      return;
+    }
+    case Field::Bool: {
+      auto it = o.find(f.key);
+      if (it == o.end()) return;  // LayerSpec's default: true
+      if (!it->is_boolean()) throw Error(where + ": field '" + f.key + "' must be true or false");
+      l.*f.b = it->get<bool>();
+      return;
+    }
+    case Field::Hw:
+      l.*f.hw = get_hw(o, f.key, where);
+      return;
+    case Field::Real:
+      l.*f.d = get_double(o, f.key, where, f.real_fallback, false);
+      return;
+  }
+}
+
+void write_field(const Field& f, const LayerSpec& l, ojson& o) {
+  switch (f.kind) {
+    case Field::Int:
+      o[f.key] = l.*f.i;
+      return;
+    case Field::Bool:
+      if (!(l.*f.b)) o[f.key] = false;
+      return;
+    case Field::Hw:
+      o[f.key] = {(l.*f.hw)[0], (l.*f.hw)[1]};
+      return;
+    case Field::Real:
+      o[f.key] = l.*f.d;
+      return;
+  }
+}
+
+LayerSpec parse_layer(const json& o, size_t index) {
+  const std::string at = "dalr.arch layer " + std::to_string(index);
+  if (!o.is_object()) throw Error(at + ": must be a JSON object, got " + o.dump());
+  auto t = o.find("type");
+  if (t == o.end()) throw Error(at + ": missing field 'type'");
+  if (!t->is_string()) throw Error(at + ": field 'type' must be a string, got " + t->dump());
+  const LayerRow* row = nullptr;
+  for (const auto& r : layer_table())
+    if (t->get<std::string>() == r.name) row = &r;
+  if (!row)
+    throw Error(at + ": unknown layer type '" + t->get<std::string>() + "' (known: " + type_list() +
+                ")");
+
+  LayerSpec l;
+  l.type = row->type;
+  auto n = o.find("name");
+  if (n != o.end()) {
+    if (!n->is_string() || n->get<std::string>().empty())
+      throw Error(at + " (" + row->name + "): field 'name' must be a non-empty string, got " +
+                  n->dump());
+    l.name = n->get<std::string>();
+  } else if (row->named) {
+    throw Error(at + " (" + row->name + "): missing field 'name'");
+  }
+  const std::string where = "dalr.arch " + label(index, row->name, l.name);
+  std::vector<std::string> allowed = {"type", "name"};
+  for (const Field& f : row->fields) allowed.push_back(f.key);
+  check_keys(o, allowed, where);
+  for (const Field& f : row->fields) read_field(f, o, where, l);
+  return l;
 }
 
 }  // namespace
 
 const char* layer_type_name(LayerType t) {
-  return info_of(t).name;
+  return row_of(t).name;
 }
 
 std::string layer_label(const Arch& arch, size_t index) {
@@ -282,60 +444,9 @@ std::vector<ActShape> layer_input_shapes(const Arch& arch, int64_t c, int64_t h,
   for (size_t i = 0; i < arch.layers.size(); ++i) {
     shapes.push_back(s);
     const LayerSpec& l = arch.layers[i];
-    const std::string where = layer_label(arch, i);
-    const std::string dims =
-        std::to_string(s.c) + "x" + std::to_string(s.h) + "x" + std::to_string(s.w);
-    auto spatial = [&](int64_t pad) {
-      if (s.flat)
-        throw Error(where + " needs an image-shaped input, but it comes after a flatten/linear");
-      if (s.h + 2 * pad < l.kernel || s.w + 2 * pad < l.kernel)
-        throw Error(where + ": kernel " + std::to_string(l.kernel) + " is larger than its input " +
-                    dims + (pad ? " (padded by " + std::to_string(pad) + ")" : ""));
-      s.h = (s.h + 2 * pad - l.kernel) / l.stride + 1;
-      s.w = (s.w + 2 * pad - l.kernel) / l.stride + 1;
-    };
-    switch (l.type) {
-      case LayerType::Conv:
-        if (!s.flat && s.c != l.in)
-          throw Error(where + " expects " + std::to_string(l.in) +
-                      " input channels, but its input is " + dims);
-        spatial(l.pad);
-        s.c = l.out;
-        break;
-      case LayerType::MaxPool:
-      case LayerType::AvgPool:
-        spatial(0);
-        break;
-      case LayerType::AdaptiveAvgPool:
-        if (s.flat)
-          throw Error(where + " needs an image-shaped input, but it comes after a flatten/linear");
-        s.h = l.out_hw[0];
-        s.w = l.out_hw[1];
-        break;
-      case LayerType::Flatten:
-        s = ActShape{s.numel(), 1, 1, true};
-        break;
-      case LayerType::Linear:
-        if (!s.flat)
-          throw Error(where + " needs a flat input, but its input is " + dims +
-                      " (add a flatten layer before it)");
-        if (s.c != l.in) {
-          const bool after_flatten = i > 0 && arch.layers[i - 1].type == LayerType::Flatten;
-          const std::string what = after_flatten
-                                       ? "the flatten before it gives " + std::to_string(s.c) +
-                                             " features (" + std::to_string(shapes[i - 1].c) + "x" +
-                                             std::to_string(shapes[i - 1].h) + "x" +
-                                             std::to_string(shapes[i - 1].w) + ")"
-                                       : "its input has " + std::to_string(s.c) + " features";
-          throw Error(where + " expects in = " + std::to_string(l.in) + " features, but " + what);
-        }
-        s.c = l.out;
-        break;
-      case LayerType::Relu:
-      case LayerType::BatchNorm:
-      case LayerType::Dropout:
-        break;
-    }
+    ShapeContext ctx{layer_label(arch, i)};
+    if (i > 0) ctx.before = &arch.layers[i - 1], ctx.before_in = &shapes[i - 1];
+    s = row_of(l.type).shape(l, s, ctx);
   }
   shapes.push_back(s);
   return shapes;
@@ -371,36 +482,7 @@ std::string arch_to_json(const Arch& arch) {
     ojson o;
     o["type"] = layer_type_name(l.type);
     if (!l.name.empty()) o["name"] = l.name;
-    switch (l.type) {
-      case LayerType::Conv:
-        o["in"] = l.in;
-        o["out"] = l.out;
-        o["kernel"] = l.kernel;
-        o["stride"] = l.stride;
-        o["pad"] = l.pad;
-        if (!l.bias) o["bias"] = false;
-        break;
-      case LayerType::MaxPool:
-      case LayerType::AvgPool:
-        o["kernel"] = l.kernel;
-        o["stride"] = l.stride;
-        break;
-      case LayerType::AdaptiveAvgPool:
-        o["out"] = {l.out_hw[0], l.out_hw[1]};
-        break;
-      case LayerType::BatchNorm:
-        o["eps"] = l.eps;
-        break;
-      case LayerType::Linear:
-        o["in"] = l.in;
-        o["out"] = l.out;
-        if (!l.bias) o["bias"] = false;
-        break;
-      case LayerType::Relu:
-      case LayerType::Flatten:
-      case LayerType::Dropout:
-        break;
-    }
+    for (const Field& f : row_of(l.type).fields) write_field(f, l, o);
     a.push_back(o);
   }
   return a.dump();
@@ -419,78 +501,6 @@ std::string input_to_json(const InputSpec& in) {
 
 std::map<std::string, std::string> arch_metadata(const Arch& arch) {
   return {{"dalr.arch", arch_to_json(arch)}, {"dalr.input", input_to_json(arch.input)}};
-}
-
-std::vector<std::string> vgg_preset_names() {
-  std::vector<std::string> names;
-  for (const auto& c : vgg_configs()) names.push_back(c.name);
-  for (const auto& c : vgg_configs()) names.push_back(std::string(c.name) + "_bn");
-  return names;
-}
-
-Arch vgg_preset(const std::string& name, int64_t num_classes) {
-  const VggConfig* cfg = nullptr;
-  bool bn = false;
-  for (const auto& c : vgg_configs()) {
-    if (name == c.name) cfg = &c;
-    if (name == std::string(c.name) + "_bn") cfg = &c, bn = true;
-  }
-  if (!cfg) {
-    std::string list;
-    for (const auto& n : vgg_preset_names()) list += (list.empty() ? "" : ", ") + n;
-    throw Error("unknown architecture preset '" + name + "' (valid: " + list + ")");
-  }
-  if (num_classes < 1)
-    throw Error("preset " + name + ": number of classes must be >= 1, got " +
-                std::to_string(num_classes));
-  Arch arch;
-  auto add = [&](LayerType t, const std::string& nm) {
-    LayerSpec l;
-    l.type = t;
-    l.name = nm;
-    arch.layers.push_back(l);
-    return &arch.layers.back();
-  };
-  int index = 0;  // torchvision counts every module of `features`
-  int64_t channels = 3;
-  for (int v : cfg->cfg) {
-    if (v == 0) {
-      LayerSpec* p = add(LayerType::MaxPool, "");
-      p->kernel = p->stride = 2;
-      ++index;
-      continue;
-    }
-    LayerSpec* c = add(LayerType::Conv, "features." + std::to_string(index++));
-    c->in = channels;
-    c->out = v;
-    c->kernel = 3;
-    c->pad = 1;
-    if (bn) add(LayerType::BatchNorm, "features." + std::to_string(index++));
-    add(LayerType::Relu, "");
-    ++index;
-    channels = v;
-  }
-  add(LayerType::AdaptiveAvgPool, "")->out_hw = {7, 7};
-  add(LayerType::Flatten, "");
-  const int64_t fc_out[3] = {4096, 4096, num_classes};
-  int64_t fc_in = 512 * 7 * 7;
-  for (int i = 0; i < 3; ++i) {
-    LayerSpec* fc = add(LayerType::Linear, "classifier." + std::to_string(3 * i));
-    fc->in = fc_in;
-    fc->out = fc_out[i];
-    fc_in = fc_out[i];
-    if (i < 2) {
-      add(LayerType::Relu, "");
-      add(LayerType::Dropout, "");
-    }
-  }
-  arch.input.channels = 3;
-  arch.input.resize = 256;
-  arch.input.crop = {224, 224};
-  arch.input.scale = 1.0 / 255.0;
-  arch.input.mean = {0.485, 0.456, 0.406};
-  arch.input.std = {0.229, 0.224, 0.225};
-  return arch;
 }
 
 Arch load_arch(const SafetensorsFile& file, const std::string& preset) {
@@ -561,23 +571,10 @@ void check_weights(const Arch& arch, const SafetensorsFile& file) {
       layer_input_shapes(arch, arch.input.channels, arch.input.crop[0], arch.input.crop[1]);
   for (size_t i = 0; i < arch.layers.size(); ++i) {
     const LayerSpec& l = arch.layers[i];
-    const std::string where = layer_label(arch, i);
-    switch (l.type) {
-      case LayerType::Conv:
-        expect_tensor(file, l.name + ".weight", where, {l.out, l.in, l.kernel, l.kernel});
-        if (l.bias) expect_tensor(file, l.name + ".bias", where, {l.out});
-        break;
-      case LayerType::Linear:
-        expect_tensor(file, l.name + ".weight", where, {l.out, l.in});
-        if (l.bias) expect_tensor(file, l.name + ".bias", where, {l.out});
-        break;
-      case LayerType::BatchNorm:
-        for (const char* t : {".weight", ".bias", ".running_mean", ".running_var"})
-          expect_tensor(file, l.name + t, where, {shapes[i].c});
-        break;
-      default:
-        break;
-    }
+    const LayerRow& row = row_of(l.type);
+    if (!row.tensors) continue;
+    for (const auto& [suffix, shape] : row.tensors(l, shapes[i]))
+      expect_tensor(file, l.name + suffix, layer_label(arch, i), shape);
   }
 }
 

@@ -24,7 +24,6 @@
 #include "dalr/solver.hpp"
 #include "dalr/stats.hpp"
 #include "io/atomic_file.hpp"
-#include "cpu/forward.hpp"
 
 namespace dalr {
 
@@ -373,16 +372,15 @@ void stream_all(const CompressOptions& o, const SafetensorsFile& model, const Ar
 }
 
 // compress --max-drop: the greedy joint search on the validation split's features at
-// the first layer's input. Each option costs the (cached) solves and the head: the
-// layers in network order, factored (or as they are at full rank), the relu/dropout
-// layers between them by hand, then the rest of the network (run_from).
+// the first layer's input. Each option costs the (cached) solves and one forward pass
+// from there with the factored layers substituted (run_from), as the written model runs.
 template <typename T>
 std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile& model,
                                  const Arch& arch, const std::vector<LayerJob<T>>& jobs,
                                  Method method, Backend& backend, json& rep,
                                  std::vector<std::string>& warnings) {
   const auto t0 = Clock::now();
-  // The layers in network order, with only relu/dropout between consecutive ones.
+  // The layers in network order: the features are the first one's input.
   std::vector<size_t> order(jobs.size()), at(jobs.size());
   for (size_t i = 0; i < jobs.size(); ++i) {
     for (size_t li = 0; li < arch.layers.size(); ++li)
@@ -390,79 +388,44 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
     order[i] = i;
   }
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return at[a] < at[b]; });
-  for (size_t q = 0; q + 1 < order.size(); ++q)
-    for (size_t li = at[order[q]] + 1; li < at[order[q + 1]]; ++li)
-      if (arch.layers[li].type != LayerType::Relu && arch.layers[li].type != LayerType::Dropout)
-        throw Error("--max-drop: between '" + jobs[order[q]].name + "' and '" +
-                    jobs[order[q + 1]].name + "' lies '" + arch.layers[li].name +
-                    "'; the joint search supports only relu/dropout between the layers");
-  const size_t first = order.front(), last = order.back();
-  const auto has_relu_after = [&](size_t q) {
-    bool relu = false;
-    for (size_t li = at[order[q]] + 1; li < at[order[q + 1]]; ++li)
-      relu |= arch.layers[li].type == LayerType::Relu;
-    return relu;
-  };
+  const size_t first = order.front();
 
-  struct FloatLayer {
-    std::vector<float> b_rows, a_rows, bias;  // factored: B, A row-major; or W, b at full rank
-  };
   std::vector<int64_t> full(jobs.size());
-  std::vector<FloatLayer> original(jobs.size());
   std::vector<double> lambdas(jobs.size());
-  std::vector<std::map<int64_t, FloatLayer>> cache(jobs.size());
-  // With 16-bit storage, weights rounded and products stored as CpuForward does, so the
-  // search scores what `evaluate --precision` would.
-  const ActStorage storage = act_storage_for(o.precision);
-  auto to_f = [](const std::vector<T>& v) { return std::vector<float>(v.begin(), v.end()); };
+  std::vector<std::map<int64_t, Substitution<float>>> cache(jobs.size());
   for (size_t i = 0; i < jobs.size(); ++i) {
-    const auto& j = jobs[i];
-    full[i] = std::min(j.l.w.rows, j.l.w.cols);
-    original[i].b_rows = rounded_to_storage(to_f(to_row_major(j.l.w)), storage);
-    original[i].bias = to_f(j.l.b);
-    lambdas[i] = o.lambda ? *o.lambda : default_lambda(j.st, o.lambda_rel);
+    full[i] = std::min(jobs[i].l.w.rows, jobs[i].l.w.cols);
+    lambdas[i] = o.lambda ? *o.lambda : default_lambda(jobs[i].st, o.lambda_rel);
   }
   double t_solve = 0;
-  auto layer_at = [&](size_t i, int64_t k) -> const FloatLayer& {
-    if (k == full[i]) return original[i];
+  auto layer_at = [&](size_t i, int64_t k) -> const Substitution<float>& {
     auto it = cache[i].find(k);
     if (it != cache[i].end()) return it->second;
     const auto ts = Clock::now();
     const Factors<T> f =
         backend.solve({method, k, lambdas[i]}, jobs[i].l.w, jobs[i].l.b, jobs[i].st);
     t_solve += seconds_since(ts);
-    FloatLayer fl{rounded_to_storage(to_f(to_row_major(f.b)), storage),
-                  rounded_to_storage(to_f(to_row_major(f.a)), storage), to_f(f.bias)};
-    return cache[i].emplace(k, std::move(fl)).first->second;
+    return cache[i].emplace(k, factored_substitution(jobs[i].name, f)).first->second;
   };
 
   const DataOptions d{o.val, o.workers, o.val_limit, o.shuffle, o.seed, o.batch, o.quiet};
   const Features feat =
       cache_features(d, jobs[first].name, "--val", arch, model, backend, warnings);
   const double features_s = seconds_since(t0);
-  const CpuForward<float> head(arch, model, storage);
+  // The CPU forward pass with 16-bit storage as the precision asks, so the search scores
+  // what `evaluate --device cpu --precision` gives on the written model.
+  const std::unique_ptr<Backend> cpu = make_cpu_backend(act_storage_for(o.precision));
+  const std::unique_ptr<Forward<float>> head = cpu->forward_f32(arch, model);
   const Scores base = score(feat, {}, nullptr, [&](const float* x, int64_t cols) {
-    return head.run_from(jobs[first].name, x, cols);
+    return head->run_from(jobs[first].name, x, cols);
   });
-  // The network's output with the layers at `ranks`, from the first layer's input.
+  // The network's output with the layers at `ranks` (full rank: the layer as it is).
   auto logits_for = [&](const std::vector<int64_t>& ranks) {
-    return [&, ranks](const float* x, int64_t cols) {
-      Matrix<float> y;
-      for (size_t q = 0; q < order.size(); ++q) {
-        const size_t i = order[q];
-        const int64_t m = jobs[i].l.w.rows, n = jobs[i].l.w.cols, k = ranks[i];
-        const float* in = q == 0 ? x : y.ptr();
-        const FloatLayer& fl = layer_at(i, k);
-        if (k == full[i]) {
-          y = apply_linear(fl.b_rows, fl.bias, n, m, in, cols, storage);
-        } else {
-          const Matrix<float> t = apply_linear(fl.b_rows, {}, n, k, in, cols, storage);
-          y = apply_linear(fl.a_rows, fl.bias, k, m, t.ptr(), cols, storage);
-        }
-        if (q + 1 < order.size() && has_relu_after(q))
-          for (float& v : y.data) v = v > 0.f ? v : (v == v ? 0.f : v);
-      }
-      return head.run_from(jobs[last].name, y.ptr(), cols, /*after=*/true);
+    std::vector<Substitution<float>> subs;
+    for (size_t i = 0; i < jobs.size(); ++i)
+      if (ranks[i] != full[i]) subs.push_back(layer_at(i, ranks[i]));
+    return [&, subs](const float* x, int64_t cols) {
+      return head->run_from(jobs[first].name, x, cols, false, subs);
     };
   };
   int64_t evaluations = 0;
@@ -520,7 +483,7 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
     const Features tf =
         cache_features(dt, jobs[first].name, "--test", arch, model, backend, warnings);
     const Scores tb = score(tf, {}, nullptr, [&](const float* x, int64_t cols) {
-      return head.run_from(jobs[first].name, x, cols);
+      return head->run_from(jobs[first].name, x, cols);
     });
     const Scores tr = score(tf, {}, nullptr, logits_for(res.ranks));
     rep["joint"]["test"] = {{"path", o.test},  {"images", tf.count}, {"base_top1", tb.top1},

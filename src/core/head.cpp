@@ -40,4 +40,46 @@ Features cache_features(const DataOptions& d, const std::string& layer, const st
   return f;
 }
 
+template <typename T>
+std::vector<float> row_major_f(const Matrix<T>& m) {
+  const std::vector<T> r = to_row_major(m);
+  return std::vector<float>(r.begin(), r.end());
+}
+
+template <typename T>
+Substitution<float> factored_substitution(const std::string& layer, const Factors<T>& f) {
+  const int64_t k = f.rank, n = f.b.cols, m = f.a.rows;
+  Substitution<float> s;
+  s.layer = layer;
+  s.parts.push_back({n, k, row_major_f(f.b), {}});
+  s.parts.push_back({k, m, row_major_f(f.a), std::vector<float>(f.bias.begin(), f.bias.end())});
+  return s;
+}
+
+template <typename T>
+std::vector<Substitution<float>> pruned_substitutions(const std::string& layer, const Factors<T>& f,
+                                                      int64_t m, const NextLayer& next) {
+  const int64_t k = f.rank, n = f.b.cols;
+  std::vector<float> cols(static_cast<size_t>(next.rows * k));
+  for (int64_t i = 0; i < next.rows; ++i)
+    for (int64_t r = 0; r < k; ++r)
+      cols[static_cast<size_t>(i * k + r)] =
+          next.w[static_cast<size_t>(i * m + f.kept_units[static_cast<size_t>(r)])];
+  std::vector<Substitution<float>> s(2);
+  s[0].layer = layer;
+  s[0].parts.push_back({n, k, row_major_f(f.b), std::vector<float>(f.bias.begin(), f.bias.end())});
+  s[1].layer = next.name;
+  s[1].parts.push_back({k, next.rows, std::move(cols), next.b});
+  return s;
+}
+
+template Substitution<float> factored_substitution(const std::string&, const Factors<float>&);
+template Substitution<float> factored_substitution(const std::string&, const Factors<double>&);
+template std::vector<Substitution<float>> pruned_substitutions(const std::string&,
+                                                               const Factors<float>&, int64_t,
+                                                               const NextLayer&);
+template std::vector<Substitution<float>> pruned_substitutions(const std::string&,
+                                                               const Factors<double>&, int64_t,
+                                                               const NextLayer&);
+
 }  // namespace dalr

@@ -1,7 +1,9 @@
 #pragma once
-// The network's head on cached features: a labelled split's features at a layer's
-// input, kept in host memory (one streamed pass), and top-1/top-5/agreement of any
-// head applied to them. Shared by `sweep` and `compress --max-drop` (joint search).
+// Candidates scored on cached features: a labelled split's features at a layer's input,
+// kept in host memory (one streamed pass); the candidate factors as substitutions, so
+// that the forward pass (Forward::run_from) runs the network with them as it runs the
+// written model; top-1/top-5/agreement of the result. Shared by `sweep` and
+// `compress --max-drop` (joint search).
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -10,7 +12,9 @@
 #include "core/job_common.hpp"
 #include "core/stream.hpp"
 #include "dalr/arch.hpp"
+#include "dalr/forward.hpp"
 #include "dalr/matrix.hpp"
+#include "dalr/solver.hpp"
 
 namespace dalr {
 
@@ -30,6 +34,22 @@ struct Features {
 Features cache_features(const DataOptions& d, const std::string& layer, const std::string& option,
                         const Arch& arch, const SafetensorsFile& model, Backend& backend,
                         std::vector<std::string>& warnings);
+
+// Factors of linear layer `layer` as the compressed model file holds them, for
+// Forward::run_from: a factorisation as NAME.0 (B, no bias) and NAME.1 (A with the
+// bias); a pruning as the kept rows of NAME and the kept columns of the next linear
+// layer `next` (its weight next_w: next_rows x m row-major, as the original file holds
+// it, and its bias next_b), as compress --next-layer writes them.
+template <typename T>
+Substitution<float> factored_substitution(const std::string& layer, const Factors<T>& f);
+struct NextLayer {
+  std::string name;
+  int64_t rows = 0;
+  std::vector<float> w, b;
+};
+template <typename T>
+std::vector<Substitution<float>> pruned_substitutions(const std::string& layer, const Factors<T>& f,
+                                                      int64_t m, const NextLayer& next);
 
 struct Scores {
   double top1 = 0, top5 = 0, agreement = 0;

@@ -8,9 +8,9 @@
 
 #include "core/head.hpp"
 #include "core/job_common.hpp"
-#include "cpu/recon.hpp"
 #include "core/stream.hpp"
 #include "core/sweep_report.hpp"
+#include "cpu/recon.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
@@ -18,7 +18,6 @@
 #include "dalr/safetensors.hpp"
 #include "dalr/solver.hpp"
 #include "io/atomic_file.hpp"
-#include "cpu/forward.hpp"
 
 namespace dalr {
 
@@ -68,63 +67,11 @@ void check_options(const SweepOptions& o) {
     }
 }
 
-// What a point's head needs: the compressed layer in float, as a model file stores it.
-struct Head {
-  ActStorage storage = ActStorage::Fp32;  // weights below already rounded to it
-  bool pruning = false;
-  int64_t k = 0;
-  std::vector<float> b_rows, a_rows, bias;  // B (k x n), A (m x k) row-major; bias
-  std::vector<float> next_w;                // pruning: the next layer's kept columns
-};
-
 struct Network {
   Arch arch;
   size_t layer = 0, next = 0;  // the layer's index; pruning: the next linear's index
-  std::vector<float> next_w, next_b;
-  int64_t next_rows = 0;
+  NextLayer next_layer;        // pruning: its weights, whose kept columns the point keeps
 };
-
-// With 16-bit storage the weights are rounded as CpuForward rounds a model file's, so
-// the head gives the bits `evaluate --precision` gives on the compressed model.
-template <typename T>
-Head make_head(const Factors<T>& f, const Network& net, int64_t m, ActStorage storage) {
-  Head h;
-  h.storage = storage;
-  h.pruning = is_pruning(f.method);
-  h.k = f.rank;
-  auto to_f = [](const std::vector<T>& v) { return std::vector<float>(v.begin(), v.end()); };
-  h.b_rows = rounded_to_storage(to_f(to_row_major(f.b)), storage);
-  h.bias = to_f(f.bias);
-  if (!h.pruning) {
-    h.a_rows = rounded_to_storage(to_f(to_row_major(f.a)), storage);
-    return h;
-  }
-  h.next_w.resize(static_cast<size_t>(net.next_rows * h.k));
-  for (int64_t i = 0; i < net.next_rows; ++i)
-    for (int64_t r = 0; r < h.k; ++r)
-      h.next_w[static_cast<size_t>(i * h.k + r)] =
-          net.next_w[static_cast<size_t>(i * m + f.kept_units[static_cast<size_t>(r)])];
-  h.next_w = rounded_to_storage(std::move(h.next_w), storage);
-  return h;
-}
-
-// The network's output for `cols` cached features with the layer replaced.
-Matrix<float> run_head(const CpuForward<float>& fwd, const Network& net, const Head& h,
-                       const float* x, int64_t n, int64_t m, int64_t cols) {
-  const LayerSpec& l = net.arch.layers[net.layer];
-  if (!h.pruning) {
-    const Matrix<float> t = apply_linear(h.b_rows, {}, n, h.k, x, cols, h.storage);
-    const Matrix<float> y = apply_linear(h.a_rows, h.bias, h.k, m, t.ptr(), cols, h.storage);
-    return fwd.run_from(l.name, y.ptr(), cols, /*after=*/true);
-  }
-  Matrix<float> y = apply_linear(h.b_rows, h.bias, n, h.k, x, cols, h.storage);
-  for (size_t i = net.layer + 1; i < net.next; ++i)  // relu / dropout only (checked)
-    if (net.arch.layers[i].type == LayerType::Relu)
-      for (float& v : y.data) v = v > 0.f ? v : (v == v ? 0.f : v);
-  const Matrix<float> z =
-      apply_linear(h.next_w, net.next_b, h.k, net.next_rows, y.ptr(), cols, h.storage);
-  return fwd.run_from(net.arch.layers[net.next].name, z.ptr(), cols, /*after=*/true);
-}
 
 Network find_layers(const Arch& arch, const SweepOptions& o, bool pruning) {
   Network net;
@@ -171,9 +118,10 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
       spec.bias ? model.read<T>(o.layer + ".bias") : std::vector<T>(static_cast<size_t>(m), T(0));
   if (any_pruning) {
     const LayerSpec& nl = arch.layers[net.next];
-    net.next_rows = nl.out;
-    net.next_w = model.read_f32(nl.name + ".weight");
-    if (nl.bias) net.next_b = model.read_f32(nl.name + ".bias");
+    net.next_layer.name = nl.name;
+    net.next_layer.rows = nl.out;
+    net.next_layer.w = model.read_f32(nl.name + ".weight");
+    if (nl.bias) net.next_layer.b = model.read_f32(nl.name + ".bias");
   }
 
   // Pass 1: the training split's statistics (or the saved ones).
@@ -213,11 +161,14 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
   const DataOptions td{o.test, o.workers, o.test_limit, o.shuffle, o.seed, o.batch, o.quiet};
   const Features feat = cache_features(td, o.layer, "--test", arch, model, backend, r.warnings);
   r.test_images = feat.count;
-  const ActStorage storage = act_storage_for(o.precision);
-  const CpuForward<float> head(arch, model, storage);
+  // The candidates run on the CPU forward pass (on either device), with the activations
+  // stored as the precision stores them, so a point is `evaluate --device cpu` of the
+  // compressed model, bit for bit.
+  const std::unique_ptr<Backend> cpu = make_cpu_backend(act_storage_for(o.precision));
+  const std::unique_ptr<Forward<float>> head = cpu->forward_f32(arch, model);
   std::vector<int64_t> base_pred;
   const Scores base = score(feat, {}, &base_pred, [&](const float* x, int64_t cols) {
-    return head.run_from(o.layer, x, cols);
+    return head->run_from(o.layer, x, cols);
   });
   r.base_top1 = base.top1;
   r.base_top5 = base.top5;
@@ -263,9 +214,12 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
         spectrum_kept = true;
       }
       ts = Clock::now();
-      const Head h = make_head(fac, net, m, storage);
+      const std::vector<Substitution<float>> subs =
+          is_pruning(method)
+              ? pruned_substitutions(o.layer, fac, m, net.next_layer)
+              : std::vector<Substitution<float>>{factored_substitution(o.layer, fac)};
       const Scores s = score(feat, base_pred, nullptr, [&](const float* x, int64_t cols) {
-        return run_head(head, net, h, x, n, m, cols);
+        return head->run_from(o.layer, x, cols, false, subs);
       });
       p.head_s = seconds_since(ts);
       p.top1 = s.top1;

@@ -18,17 +18,6 @@ namespace cpu {
 class DnnlConv;
 }
 
-// y = W x + b for a batch of columns, with the same BLAS call as the forward pass's
-// linear layer (so a layer applied by hand gives the bits a model file would give).
-// weight: (out, in) row-major; bias: empty or out; x: in x batch column-major. With
-// 16-bit storage (T = float; weight and x already rounded, as CpuForward holds them)
-// the result is stored as CpuForward stores a linear layer's: the product rounded,
-// then product + bias rounded.
-template <typename T>
-Matrix<T> apply_linear(const std::vector<T>& weight, const std::vector<T>& bias, int64_t in,
-                       int64_t out, const T* x, int64_t batch,
-                       ActStorage storage = ActStorage::Fp32);
-
 template <typename T>  // float or double
 class CpuForward final : public Forward<T> {
  public:
@@ -56,19 +45,31 @@ class CpuForward final : public Forward<T> {
                 const std::vector<std::string>& taps, const Tap& tap) const override;
 
   // The layers from `layer` (included; with `after`, excluded) to the end, on the input
-  // of the first layer that runs (features x batch; sizes as for the arch's input image).
-  Matrix<T> run_from(const std::string& layer, const T* input, int64_t batch,
-                     bool after = false) const override;
+  // of the first layer that runs (features x batch; sizes as for the arch's input image),
+  // with the linear layers `subs` names replaced (their weights rounded to the storage
+  // format as the constructor rounds a file's). Throws dalr::Error for a substitution of
+  // a layer that is not linear or not in the arch, given twice, or whose shapes do not
+  // chain with the layers around it.
+  Matrix<T> run_from(const std::string& layer, const T* input, int64_t batch, bool after = false,
+                     const std::vector<Substitution<T>>& subs = {}) const override;
 
  private:
-  size_t index_of(const std::string& name) const;  // throws listing the named layers
-  Matrix<T> walk(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w, size_t stop,
-                 const std::vector<size_t>& taps, const Tap* tap, size_t start = 0) const;
-
   struct Params {
     std::vector<T> weight;  // conv (O, C, k, k) / linear (out, in) row-major; bn: scale
     std::vector<T> bias;    // empty when the layer has none; bn: shift
   };
+  // The layers a pass walks: the arch's own, or a copy with substitutions spliced in.
+  struct Net;
+  struct Activations;
+
+  size_t index_of(const std::string& name) const;  // throws listing the named layers
+  void plain_net(Net& net) const;
+  void spliced_net(const std::vector<Substitution<T>>& subs, Net& net) const;
+  Matrix<T> walk(const Net& net, const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                 size_t stop, const std::vector<size_t>& taps, const Tap* tap,
+                 size_t start = 0) const;
+  void run_layer(const Net& net, size_t i, int64_t batch, const ActShape& s, const ActShape& o,
+                 bool fuse_relu, bool keep_layout, Activations& a) const;
   Arch arch_;
   ActStorage storage_ = ActStorage::Fp32;
   std::vector<Params> params_;  // one per layer, empty for layers without tensors

@@ -101,12 +101,17 @@ void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64
     }
   };
   // A ReLU right after a conv or linear layer with a bias runs in its bias kernel (one
-  // pass over the activations instead of two), unless its input is tapped.
-  auto fuse_relu = [&](size_t i) {
-    return !layers[i].bias.empty() && i + 1 < stop && arch.layers[i + 1].type == LayerType::Relu &&
-           std::find(taps.begin(), taps.end(), i + 1) == taps.end();
-  };
+  // pass over the activations instead of two), unless its input is tapped. fused[i]:
+  // layer i runs inside layer i - 1; decided here, so the loop visits every index once.
+  std::vector<char> fused(stop + 1, 0);
+  for (size_t i = 0; i + 1 < stop; ++i) {
+    const LayerType t = arch.layers[i].type;
+    fused[i + 1] = (t == LayerType::Conv || t == LayerType::Linear) && !layers[i].bias.empty() &&
+                   arch.layers[i + 1].type == LayerType::Relu &&
+                   std::find(taps.begin(), taps.end(), i + 1) == taps.end();
+  }
   for (size_t i = 0; i < stop; ++i) {
+    if (fused[i]) continue;  // the ReLU ran in the layer before (shapes[i + 1] == shapes[i])
     emit(i);
     const LayerSpec& l = arch.layers[i];
     const ActShape &s = shapes[i], &o = shapes[i + 1];
@@ -114,10 +119,8 @@ void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64
     switch (l.type) {
       case LayerType::Conv: {
         if (s16() && !nhwc) throw Error(layer_label(arch, i) + ": a convolution after a flatten");
-        const bool relu = fuse_relu(i);
-        conv(i, batch, s, o, x, y, relu);
+        conv(i, batch, s, o, x, y, fused[i + 1] != 0);
         x = y;
-        if (relu) ++i;  // the ReLU keeps the shape: shapes[i + 1] is its output too
         break;
       }
       case LayerType::MaxPool:
@@ -138,10 +141,8 @@ void CudnnForward<T>::Impl::walk(const T* input, int64_t batch, int64_t c, int64
         break;
       case LayerType::Linear: {
         to_nchw(s);
-        const bool relu = fuse_relu(i);
-        linear(i, batch, x, other(x), relu);
+        linear(i, batch, x, other(x), fused[i + 1] != 0);
         x = other(x);
-        if (relu) ++i;
         break;
       }
       case LayerType::Relu:
