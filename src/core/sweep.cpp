@@ -158,7 +158,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
 
   SweepResult r;
   r.device = backend.name();
-  r.precision = o.precision;
+  r.precision = precision_name(backend.precision());
   SafetensorsFile model(o.model);
   const Arch arch = load_arch(model, o.arch);
   Network net = find_layers(arch, o, any_pruning);
@@ -198,7 +198,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
       stream_statistics(*fwd, *src, {o.layer}, {acc.get()}, d);
       st = acc->finish();
     } catch (const Error& e) {
-      throw with_precision_hint(e, o.precision);
+      throw with_precision_hint(e, backend.precision());
     }
     if (src->skipped())
       r.warnings.push_back("skipped " + std::to_string(src->skipped()) +
@@ -213,7 +213,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
   const DataOptions td{o.test, o.workers, o.test_limit, o.shuffle, o.seed, o.batch, o.quiet};
   const Features feat = cache_features(td, o.layer, "--test", arch, model, backend, r.warnings);
   r.test_images = feat.count;
-  const ActStorage storage = act_storage_for(o.precision);
+  const ActStorage storage = act_storage(backend.precision());
   const CpuForward<float> head(arch, model, storage);
   std::vector<int64_t> base_pred;
   const Scores base = score(feat, {}, &base_pred, [&](const float* x, int64_t cols) {
@@ -282,7 +282,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
 }  // namespace
 
 SweepResult sweep(const SweepOptions& opt, Backend& backend) {
-  return with_precision(opt.precision, backend,
+  return with_precision(backend.precision(),
                         [&](auto tag) { return run<decltype(tag)>(opt, backend); });
 }
 
