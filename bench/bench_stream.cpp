@@ -78,17 +78,12 @@ struct TempDir {
 // dalr-gpu's --precision for a float job.
 std::unique_ptr<dalr::Backend> make_backend(const std::string& device,
                                             const std::string& precision) {
-  if (precision != "fp32" && precision != "tf32" && precision != "fp16" && precision != "bf16")
+  const dalr::Precision p = dalr::parse_precision(precision, device == "cpu");
+  if (dalr::uses_double(p))
     throw dalr::Error("--precision must be fp32, tf32, fp16 or bf16 (got '" + precision + "')");
-  const dalr::ActStorage storage = dalr::act_storage_for(precision);
-  if (device == "cpu") {
-    if (precision == "tf32") throw dalr::Error("--precision tf32 needs --device cuda");
-    return dalr::make_cpu_backend(storage);
-  }
+  if (device == "cpu") return dalr::make_cpu_backend(p);
 #ifdef DALR_HAVE_CUDA
-  if (device == "cuda")
-    return dalr::cuda::make_backend(
-        0, precision == "tf32" ? dalr::cuda::Math::Tf32 : dalr::cuda::Math::Exact, storage);
+  if (device == "cuda") return dalr::cuda::make_backend(0, p);
 #endif
   throw dalr::Error("--device " + device + " is not available in this build (cpu or cuda)");
 }

@@ -324,6 +324,39 @@ TEST_F(Cli, RankOutOfRange) {
                  "--rank K or --keep");
 }
 
+// Every option is checked before the activations are read (the compress plan): with an
+// activation file whose reading fails (a NaN in sample 5), each bad option must still be
+// the error reported, not the NaN.
+TEST_F(Cli, BadOptionsFailBeforeTheActivationsAreRead) {
+  std::vector<float> x(acts_);
+  x[5 * kN + 3] = NAN;
+  write_npy(dir_.file("nan.npy"), x.data(), kP, kN);
+  std::vector<float> w(6 * 20, 1.0f);
+  write_npy(dir_.file("w20.npy"), w.data(), 6, 20);
+  auto with_nan = [&](const std::string& method, const std::string& rest) {
+    return "compress --model " + model() + " --layer fc --acts " + dir_.file("nan.npy") +
+           " --method " + method + " " + rest + " --out " + out();
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {with_nan("svd", "--rank 14"), "between 1 and 13 for a 13 x 21 layer"},
+      {with_nan("svd", "--keep 1.5"), "--keep must be a fraction in (0, 1]"},
+      {with_nan("dalr", "--budget 1.5"), "--budget must be a fraction in (0, 1]"},
+      {with_nan("dalr", "--rank 4 --lambda -1"), "lambda must be a finite number >= 0"},
+      {with_nan("dalr", "--rank 4 --acts-test " + dir_.file("w20.npy")), "takes n = 21"},
+      {with_nan("dalr", "--rank 4 --next-layer head"), "--next-layer only applies to the pruning"},
+      {with_nan("prune-mean", "--rank 4 --next-layer nope"), "unknown --next-layer 'nope'"},
+      {with_nan("prune-mean", "--rank 4 --next-layer fc"), "does not take layer 'fc' output"},
+  };
+  for (const auto& [args, words] : cases) {
+    SCOPED_TRACE(args);
+    expect_failure(args, words);
+    // The failure must not come from the activations.
+    EXPECT_EQ(run_cli(args).output.find("is NaN"), std::string::npos);
+  }
+  // The same file does fail once the options are right: the cases above were not lucky.
+  expect_failure(with_nan("svd", "--rank 4"), "sample 5, unit 3 is NaN");
+}
+
 TEST_F(Cli, RankThatSavesNothingWarns) {
   test::CommandResult r = run_cli(base("svd", "--rank 12"));
   EXPECT_EQ(r.exit_code, 0) << r.output;

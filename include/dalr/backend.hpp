@@ -11,6 +11,7 @@
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
 #include "dalr/matrix.hpp"
+#include "dalr/precision.hpp"
 #include "dalr/solver.hpp"
 #include "dalr/stats.hpp"
 
@@ -49,6 +50,9 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;  // "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)"
+  // The precision the backend was made for (its math mode and activation storage); the
+  // jobs take their scalar type from it too (with_precision).
+  virtual Precision precision() const = 0;
   virtual std::unique_ptr<StatsAccumulator<float>> stats(int64_t n, int64_t m,
                                                          const Matrix<float>* w,
                                                          const std::vector<float>* b,
@@ -82,8 +86,9 @@ void prepare_cpu_kernels(char** argv);
 // The kernel family OpenBLAS uses, e.g. "SkylakeX" (for reports).
 std::string cpu_kernel_family();
 
-// storage: how the backend's float forward passes store activations (ActStorage).
-std::unique_ptr<Backend> make_cpu_backend(ActStorage storage = ActStorage::Fp32);
+// The CPU backend at `precision` (its float forward passes store activations as
+// act_storage(precision) says). Throws for tf32, a tensor-core mode.
+std::unique_ptr<Backend> make_cpu_backend(Precision precision = Precision::Fp64);
 
 template <typename T>
 std::unique_ptr<Forward<T>> make_forward(Backend& b, const Arch& arch, const SafetensorsFile& w) {

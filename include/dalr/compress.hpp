@@ -24,12 +24,12 @@ struct CompressOptions {
   std::string out;         // compressed model
   std::string report;      // optional JSON report
   std::string method = "dalr";
-  std::string next_layer;          // pruning: shrink NEXT.weight's input columns
-  std::string precision = "fp64";  // fp64 | fp32 | tf32 (tf32: CUDA only)
+  std::string next_layer;  // pruning: shrink NEXT.weight's input columns
 
-  int64_t rank = 0;     // k (or 0 when `keep` is used)
-  double keep = 0.0;    // fraction of the layer's weights to keep
-  double budget = 0.0;  // several layers: ranks allocated from spectra (see solver.hpp)
+  // How the ranks are chosen: exactly one of these four.
+  std::optional<int64_t> rank;   // k, at least 1 (pruning: the units of k's parameter budget)
+  std::optional<double> keep;    // fraction of the layer's weights to keep, in (0, 1]
+  std::optional<double> budget;  // several layers: ranks allocated from spectra (solver.hpp)
   // Joint search (several layers): shrink the ranks greedily while the top-1 accuracy on
   // `val` stays within `max_drop` percentage points of the uncompressed one.
   std::optional<double> max_drop;
@@ -61,7 +61,8 @@ struct CompressResult {
   std::vector<std::string> warnings;  // also inside the report
 };
 
-// Runs the job on `backend` (make_cpu_backend() or dalr::cuda::make_backend()).
+// Runs the job on `backend` (make_cpu_backend() or dalr::cuda::make_backend()), at the
+// backend's precision (Backend::precision).
 // Throws dalr::Error with a message a user can act on. Never leaves a partial output.
 CompressResult compress(const CompressOptions& opt, Backend& backend);
 

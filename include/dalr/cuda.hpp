@@ -103,11 +103,11 @@ ReconError reconstruction_error(Context& ctx, const LayerStats<T>& st, const Mat
                                 const std::vector<T>& b, const Factors<T>& f);
 
 // The CUDA implementation of dalr::Backend on one device (throws if it does not exist).
-// `math` rules the statistics, the solve and a float forward pass with 32-bit storage;
-// `storage` says how float forward passes store activations (ActStorage: fp16/bf16 run
-// the convolutions and linear layers on tensor cores, whatever `math` says).
-std::unique_ptr<Backend> make_backend(int device = 0, Math math = Math::Exact,
-                                      ActStorage storage = ActStorage::Fp32);
+// The precision gives the math (Math::Tf32 for tf32, else Exact), which rules the
+// statistics, the solve and a float forward pass with 32-bit storage, and the
+// activation storage of float forward passes (act_storage: fp16/bf16 run the
+// convolutions and linear layers on tensor cores).
+std::unique_ptr<Backend> make_backend(int device = 0, Precision precision = Precision::Fp32);
 
 // Device bytes solve() needs for this shape (an upper bound, used for the check above).
 size_t solve_bytes(Method method, int64_t m, int64_t n, int64_t k, size_t elem_size);

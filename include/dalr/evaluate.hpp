@@ -8,7 +8,6 @@ namespace dalr {
 
 struct EvaluateOptions {
   std::string model, arch, compare, data, report;
-  std::string precision = "fp32";  // fp32 | fp64 | tf32 (CUDA only)
   int workers = 2;
   int64_t limit = 0, batch = 64;
   bool shuffle = false, quiet = false;

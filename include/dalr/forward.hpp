@@ -13,23 +13,15 @@
 #include "dalr/arch.hpp"
 #include "dalr/error.hpp"
 #include "dalr/matrix.hpp"
+#include "dalr/precision.hpp"
 
 namespace dalr {
 
 class SafetensorsFile;
 
-// How a float forward pass stores its activations between layers (--precision).
-// Fp32: as computed. Fp16 / Bf16: the input, the conv and linear weights and every
-// layer's output are rounded to that format (nearest, ties to even); the arithmetic
-// inside a layer stays fp32, and biases and batchnorm's scale and shift stay fp32. A
-// conv or linear layer with a bias is two roundings: its product, then product + bias.
-// On the GPU this is the tensor-core path (16-bit data, fp32 accumulation,
-// channels-last between convolutions); on the CPU the same rounding is emulated, so
-// the CPU twin shows what the format does to the activations, not a speed-up. Taps
-// and outputs are widened back to float (exactly), so the statistics and the solve
-// run in fp32 either way.
-enum class ActStorage { Fp32, Fp16, Bf16 };
-// "fp16" -> Fp16, "bf16" -> Bf16, any other precision -> Fp32.
+// ActStorage: how a float forward pass stores its activations (dalr/precision.hpp).
+// "fp16" -> Fp16, "bf16" -> Bf16, any other text -> Fp32. Superseded by
+// act_storage(parse_precision(...)); kept for the CPU forward's tests.
 ActStorage act_storage_for(const std::string& precision);
 const char* act_storage_name(ActStorage s);  // "fp32", "fp16", "bf16"
 // x rounded to the storage format and widened back (x itself for Fp32).

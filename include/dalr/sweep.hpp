@@ -22,7 +22,6 @@ struct SweepOptions {
   std::string stats_in;              // ...statistics saved by compress --save-stats
   std::string test;                  // test split (image folder with labels)
   std::string out;                   // PREFIX: PREFIX.csv/.md/.json/.svg, PREFIX-spectrum.svg
-  std::string precision = "fp64";    // statistics and solve: fp64 | fp32 | tf32
   std::optional<double> lambda;
   double lambda_rel = kDefaultLambdaRel;
   int64_t batch = 64;

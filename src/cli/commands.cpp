@@ -17,10 +17,15 @@ const char* version() {
   return "0.1.0";
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision,
-                                      bool quiet) {
-  const ActStorage storage = act_storage_for(precision);
-  if (device == "cpu") return make_cpu_backend(storage);
+namespace {
+
+struct DeviceChoice {
+  bool cpu = true;
+  int index = 0;  // the CUDA device when !cpu
+};
+
+DeviceChoice choose_device(const std::string& device, bool quiet) {
+  if (device == "cpu") return {};
   int index = 0;
   if (device.rfind("cuda:", 0) == 0) {
     try {
@@ -32,9 +37,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
     throw Error("--device must be auto, cuda, cuda:N or cpu (got '" + device + "')");
   }
 #ifdef DALR_HAVE_CUDA
-  if (device != "auto" || cuda::available())
-    return cuda::make_backend(index, precision == "tf32" ? cuda::Math::Tf32 : cuda::Math::Exact,
-                              storage);
+  if (device != "auto" || cuda::available()) return {false, index};
   if (!quiet) std::cerr << "dalr-gpu: no CUDA device found; running on the CPU\n";
 #else
   (void)index;
@@ -42,7 +45,19 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
     throw Error("--device " + device + ": this dalr-gpu was built without CUDA (use --device cpu)");
   if (!quiet) std::cerr << "dalr-gpu: built without CUDA; running on the CPU\n";
 #endif
-  return make_cpu_backend(storage);
+  return {};
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision,
+                                      bool quiet) {
+  const DeviceChoice d = choose_device(device, quiet);
+  const Precision p = parse_precision(precision, d.cpu);
+#ifdef DALR_HAVE_CUDA
+  if (!d.cpu) return cuda::make_backend(d.index, p);
+#endif
+  return make_cpu_backend(p);
 }
 
 namespace {
@@ -88,7 +103,6 @@ void Commands::add_sweep(CLI::App& app) {
       "Example: dalr-gpu sweep --model M.bin --layer classifier.0 --data train/ --test test/ \\\n"
       "           --methods dalr,svd,prune-mean --ranks 32,64,128 --out results/fc6");
   auto* s = sweep_;
-  sopt_.precision = "auto";  // resolved once the device is known, as for compress
   std::string methods;
   for (const auto& m : method_names()) methods += (methods.empty() ? "" : ",") + m;
   s->add_option("--model", sopt_.model, "Model with dalr.arch metadata (or --arch)");
@@ -106,7 +120,7 @@ void Commands::add_sweep(CLI::App& app) {
   s->add_option("--out", sopt_.out,
                 "PREFIX: write PREFIX.csv, PREFIX.md, PREFIX.json, PREFIX.svg and "
                 "PREFIX-spectrum.svg");
-  s->add_option("--precision", sopt_.precision,
+  s->add_option("--precision", sprecision_,
                 "auto (fp64 on the CPU, fp32 on the GPU) | fp64 | fp32 | tf32: statistics and "
                 "solve (the test split runs in fp32, as evaluate's default) | fp16 | bf16: "
                 "16-bit activations in both forward passes (tensor cores on the GPU, emulated "
@@ -153,14 +167,14 @@ Commands::Commands(CLI::App& app) {
   std::string methods;
   for (const auto& m : method_names()) methods += (methods.empty() ? "" : "|") + m;
   c->add_option("--method", copt_.method, "Compression method: " + methods);
-  c->add_option("--rank", copt_.rank,
+  c->add_option("--rank", rank_,
                 "Rank k of the factorisation (pruning: keep the units that fit the parameter "
                 "budget of rank k)")
       ->default_str("");
-  c->add_option("--keep", copt_.keep,
+  c->add_option("--keep", keep_,
                 "Instead of --rank: fraction of the layer's weights to keep, in (0, 1]")
       ->default_str("");
-  c->add_option("--budget", copt_.budget,
+  c->add_option("--budget", budget_,
                 "Instead of --rank/--keep, with several --layer: keep this fraction of their "
                 "weights in all, ranks allocated from the layers' spectra")
       ->default_str("");
@@ -201,7 +215,7 @@ Commands::Commands(CLI::App& app) {
               "the report's error_train is null");
   c->add_option("--save-stats", copt_.save_stats,
                 "Save the accumulated statistics (C, means, maxima, count) to resume later");
-  c->add_option("--precision", copt_.precision,
+  c->add_option("--precision", precision_,
                 "auto (fp64 on the CPU, fp32 on the GPU) | fp64 | fp32 | tf32 (tensor cores, CUDA "
                 "only): forward pass, accumulation and solve | fp16 | bf16: 16-bit activations "
                 "in the forward pass (tensor cores and channels-last on the GPU, emulated "
@@ -236,7 +250,7 @@ Commands::Commands(CLI::App& app) {
   e->add_option("--compare", eopt_.compare, "Another model: report the top-1 agreement");
   e->add_option("--arch", eopt_.arch, "Preset for a state dict without dalr.arch metadata");
   e->add_option("--report", eopt_.report, "Write the JSON result here");
-  e->add_option("--precision", eopt_.precision,
+  e->add_option("--precision", eprecision_,
                 "fp32 | fp64 | tf32 (CUDA only) | fp16 | bf16 (16-bit activations; emulated "
                 "rounding on the CPU)");
   e->add_option("--device", edevice_, "auto | cuda | cuda:N | cpu (as for compress)");
@@ -265,13 +279,10 @@ int Commands::run() {
 }
 
 int Commands::run_compress() {
-  if (compress_->count("--rank") && copt_.rank < 1)
-    throw Error("rank " + std::to_string(copt_.rank) + " is out of range: it must be at least 1");
-  const size_t modes = compress_->count("--rank") + compress_->count("--keep") +
-                       compress_->count("--budget") + compress_->count("--max-drop");
-  if (modes > 1) throw Error("give one of --rank, --keep, --budget or --max-drop, not both");
-  if (modes == 0)
-    throw Error("give --rank K or --keep FRACTION (or --budget FRACTION, or --max-drop POINTS)");
+  // The values as given; compress() checks them (dalr/compress.hpp: one of the four).
+  if (compress_->count("--rank")) copt_.rank = rank_;
+  if (compress_->count("--keep")) copt_.keep = keep_;
+  if (compress_->count("--budget")) copt_.budget = budget_;
   if (compress_->count("--max-drop")) copt_.max_drop = max_drop_;
   if (compress_->count("--lambda")) {
     if (lambda_str_ == "auto") {
@@ -289,9 +300,7 @@ int Commands::run_compress() {
   // Streaming images: a forward batch of 512 VGG-sized images would hold gigabytes.
   if (copt_.acts == "stream" && !compress_->count("--batch")) copt_.batch = 64;
   copt_.quiet = quiet_;
-  std::unique_ptr<Backend> backend = make_backend(device_, copt_.precision, quiet_);
-  // The default precision follows the device: fp64 on the CPU, fp32 on the GPU.
-  if (copt_.precision == "auto") copt_.precision = backend->name() == "cpu" ? "fp64" : "fp32";
+  std::unique_ptr<Backend> backend = make_backend(device_, precision_, quiet_);
   CompressResult r = compress(copt_, *backend);
   for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << w << "\n";
   if (!quiet_) std::cout << r.summary;
@@ -299,7 +308,7 @@ int Commands::run_compress() {
 }
 
 int Commands::run_evaluate() {
-  std::unique_ptr<Backend> backend = make_backend(edevice_, eopt_.precision, eopt_.quiet);
+  std::unique_ptr<Backend> backend = make_backend(edevice_, eprecision_, eopt_.quiet);
   const EvaluateResult r = evaluate(eopt_, *backend);
   std::cout << r.summary;
   return 0;
@@ -309,8 +318,7 @@ int Commands::run_sweep() {
   sopt_.methods = split_list(smethods_);
   sopt_.ranks = parse_ranks(sranks_);
   if (sweep_->count("--lambda")) sopt_.lambda = slambda_;
-  std::unique_ptr<Backend> backend = make_backend(sdevice_, sopt_.precision, sopt_.quiet);
-  if (sopt_.precision == "auto") sopt_.precision = backend->name() == "cpu" ? "fp64" : "fp32";
+  std::unique_ptr<Backend> backend = make_backend(sdevice_, sprecision_, sopt_.quiet);
   const SweepResult r = sweep(sopt_, *backend);
   for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << w << "\n";
   if (!sopt_.quiet) {

@@ -12,17 +12,12 @@ namespace dalr::cli {
 
 const char* version();
 
-// The backend for --device (auto: cuda when a device exists, else cpu with a notice).
+// The backend for --device (auto: cuda when a device exists, else cpu with a notice) at
+// --precision, parsed here once (auto: fp64 on the CPU, fp32 on the GPU).
 std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& precision,
                                       bool quiet);
 
 // Registers the verbs and their options on `app`; run() executes the parsed one.
-inline CompressOptions default_options() {
-  CompressOptions o;
-  o.precision = "auto";  // resolved once the device is known
-  return o;
-}
-
 class Commands {
  public:
   explicit Commands(CLI::App& app);
@@ -40,14 +35,15 @@ class Commands {
   CLI::App* evaluate_ = nullptr;
   CLI::App* sweep_ = nullptr;
   SweepOptions sopt_;
-  std::string smethods_, sranks_, sdevice_ = "auto";
+  std::string smethods_, sranks_, sdevice_ = "auto", sprecision_ = "auto";
   double slambda_ = 0;
   EvaluateOptions eopt_;
-  std::string edevice_ = "auto";
-  CompressOptions copt_ = default_options();
-  std::string device_ = "auto";
+  std::string edevice_ = "auto", eprecision_ = "fp32";
+  CompressOptions copt_;
+  std::string device_ = "auto", precision_ = "auto";
   std::string lambda_str_;
-  double max_drop_ = 0;
+  int64_t rank_ = 0;
+  double keep_ = 0, budget_ = 0, max_drop_ = 0;
   bool quiet_ = false;
   std::string inspect_model_;
   bool inspect_json_ = false;

@@ -53,7 +53,7 @@ EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
         check_finite(logits2.ptr(), logits2.rows, got, logits2.rows, r.images,
                      o.compare + ": output");
     } catch (const Error& e) {
-      throw with_precision_hint(e, o.precision);
+      throw with_precision_hint(e, backend.precision());
     }
     for (int64_t j = 0; j < got; ++j) {
       const std::vector<int64_t> best = top_k(logits, j, 5);
@@ -78,7 +78,8 @@ EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
 
   nlohmann::json j = {{"model", o.model},         {"data", o.data},
                       {"images", r.images},       {"labelled", r.labelled},
-                      {"precision", o.precision}, {"device", backend.name()}};
+                      {"precision", precision_name(backend.precision())},
+                      {"device", backend.name()}};
   if (r.labelled) j["top1"] = r.top1, j["top5"] = r.top5;
   if (other) j["compare"] = o.compare, j["agreement"] = r.agreement;
   j["skipped"] = src->skipped();
@@ -103,7 +104,7 @@ EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
 
 EvaluateResult evaluate(const EvaluateOptions& o, Backend& backend) {
   if (o.model.empty()) throw Error("--model is required");
-  return with_precision(o.precision, backend,
+  return with_precision(backend.precision(),
                         [&](auto tag) { return run<decltype(tag)>(o, backend); });
 }
 

@@ -7,6 +7,11 @@
 
 namespace dalr {
 
+std::unique_ptr<Backend> scoring_backend(Precision precision) {
+  return make_cpu_backend(act_storage(precision) == ActStorage::Fp32 ? Precision::Fp32
+                                                                     : precision);
+}
+
 Features cache_features(const DataOptions& d, const std::string& layer, const std::string& option,
                         const Arch& arch, const SafetensorsFile& model, Backend& backend,
                         std::vector<std::string>& warnings) {

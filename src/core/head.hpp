@@ -6,6 +6,7 @@
 // `compress --max-drop` (joint search).
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "dalr/arch.hpp"
 #include "dalr/forward.hpp"
 #include "dalr/matrix.hpp"
+#include "dalr/precision.hpp"
 #include "dalr/solver.hpp"
 
 namespace dalr {
@@ -28,6 +30,11 @@ struct Features {
   std::vector<float> x;  // n x count, column-major
   std::vector<int64_t> labels, chunks;
 };
+
+// The CPU backend the candidates are scored on (on either device): activations stored
+// as `precision` stores them (16-bit rounding emulated), float otherwise, so a score is
+// `evaluate --device cpu` of the written model at that precision, bit for bit.
+std::unique_ptr<Backend> scoring_backend(Precision precision);
 
 // One pass over `d.data` up to `layer`'s input. `option` names the split's option in
 // messages (e.g. "--test"). Throws when nothing is readable or nothing is labelled.

@@ -27,17 +27,13 @@ inline std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
-// Runs f(T{}) with T = double for fp64, float for fp32, tf32 (only on CUDA), fp16 and
-// bf16 (16-bit activations in the forward pass, ActStorage; statistics and solve fp32).
+// Runs f(T{}) with the job's scalar type: T = double for fp64, float for fp32, tf32,
+// fp16 and bf16 (16-bit activations in the forward pass, ActStorage; statistics and
+// solve fp32). A job's precision is its backend's (Backend::precision).
 template <typename F>
-auto with_precision(const std::string& precision, const Backend& backend, F&& f) {
-  if (precision == "fp64") return f(double{});
-  if (precision == "fp32" || precision == "tf32" || precision == "fp16" || precision == "bf16") {
-    if (precision == "tf32" && backend.name() == "cpu")
-      throw Error("--precision tf32 needs --device cuda (TF32 is a tensor-core mode)");
-    return f(float{});
-  }
-  throw Error("--precision must be fp64, fp32, tf32, fp16 or bf16 (got '" + precision + "')");
+auto with_precision(Precision precision, F&& f) {
+  if (uses_double(precision)) return f(double{});
+  return f(float{});
 }
 
 // Indices of the k largest values of column j of a (classes x batch) matrix, best first.

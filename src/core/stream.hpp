@@ -54,6 +54,6 @@ void stream_statistics(const Forward<T>& fwd, BatchSource& src,
 
 // An error of a statistics pass, with a hint when --precision fp16 is the likely cause
 // of a non-finite activation (fp16 overflows above 65504; Inf - Inf gives NaN).
-Error with_precision_hint(const Error& e, const std::string& precision);
+Error with_precision_hint(const Error& e, Precision precision);
 
 }  // namespace dalr

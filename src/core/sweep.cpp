@@ -105,7 +105,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
 
   SweepResult r;
   r.device = backend.name();
-  r.precision = o.precision;
+  r.precision = precision_name(backend.precision());
   SafetensorsFile model(o.model);
   const Arch arch = load_arch(model, o.arch);
   Network net = find_layers(arch, o, any_pruning);
@@ -146,7 +146,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
       stream_statistics(*fwd, *src, {o.layer}, {acc.get()}, d);
       st = acc->finish();
     } catch (const Error& e) {
-      throw with_precision_hint(e, o.precision);
+      throw with_precision_hint(e, backend.precision());
     }
     if (src->skipped())
       r.warnings.push_back("skipped " + std::to_string(src->skipped()) +
@@ -164,7 +164,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
   // The candidates run on the CPU forward pass (on either device), with the activations
   // stored as the precision stores them, so a point is `evaluate --device cpu` of the
   // compressed model, bit for bit.
-  const std::unique_ptr<Backend> cpu = make_cpu_backend(act_storage_for(o.precision));
+  const std::unique_ptr<Backend> cpu = scoring_backend(backend.precision());
   const std::unique_ptr<Forward<float>> head = cpu->forward_f32(arch, model);
   std::vector<int64_t> base_pred;
   const Scores base = score(feat, {}, &base_pred, [&](const float* x, int64_t cols) {
@@ -236,7 +236,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
 }  // namespace
 
 SweepResult sweep(const SweepOptions& opt, Backend& backend) {
-  return with_precision(opt.precision, backend,
+  return with_precision(backend.precision(),
                         [&](auto tag) { return run<decltype(tag)>(opt, backend); });
 }
 

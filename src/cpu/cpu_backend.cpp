@@ -74,8 +74,10 @@ class CpuStats final : public StatsAccumulator<T> {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(ActStorage storage) : storage_(storage) {}
+  explicit CpuBackend(Precision precision)
+      : precision_(precision), storage_(act_storage(precision)) {}
   std::string name() const override { return "cpu"; }
+  Precision precision() const override { return precision_; }
   std::unique_ptr<StatsAccumulator<float>> stats(int64_t n, int64_t m, const Matrix<float>* w,
                                                  const std::vector<float>* b, int64_t) override {
     return std::make_unique<CpuStats<float>>(n, m, w, b);
@@ -108,6 +110,7 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  Precision precision_;
   ActStorage storage_;
 };
 
@@ -121,8 +124,10 @@ std::string cpu_kernel_family() {
   return cpu::openblas_core();
 }
 
-std::unique_ptr<Backend> make_cpu_backend(ActStorage storage) {
-  return std::make_unique<CpuBackend>(storage);
+std::unique_ptr<Backend> make_cpu_backend(Precision precision) {
+  if (uses_tf32(precision))
+    throw Error("--precision tf32 needs --device cuda (TF32 is a tensor-core mode)");
+  return std::make_unique<CpuBackend>(precision);
 }
 
 }  // namespace dalr

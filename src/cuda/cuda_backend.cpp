@@ -36,12 +36,14 @@ class CudaStats final : public StatsAccumulator<T> {
 // run on it. Single-threaded, as the jobs drive it.
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int device, Math math, ActStorage storage)
+  CudaBackend(int device, Precision precision)
       : device_(device),
-        math_(math),
-        storage_(storage),
+        precision_(precision),
+        math_(uses_tf32(precision) ? Math::Tf32 : Math::Exact),
+        storage_(act_storage(precision)),
         name_("cuda:" + std::to_string(device) + " (" + device_name(device) + ")") {}
   std::string name() const override { return name_; }
+  Precision precision() const override { return precision_; }
   std::unique_ptr<StatsAccumulator<float>> stats(int64_t n, int64_t m, const Matrix<float>* w,
                                                  const std::vector<float>* b,
                                                  int64_t max_batch) override {
@@ -82,6 +84,7 @@ class CudaBackend final : public Backend {
   }
 
   int device_;
+  Precision precision_;
   Math math_;
   ActStorage storage_;
   std::string name_;
@@ -90,12 +93,12 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_backend(int device, Math math, ActStorage storage) {
+std::unique_ptr<Backend> make_backend(int device, Precision precision) {
   const int count = device_count();
   if (device < 0 || device >= count)
     throw Error("CUDA device " + std::to_string(device) + " does not exist (" +
                 std::to_string(count) + " found; use --device cpu)");
-  return std::make_unique<CudaBackend>(device, math, storage);
+  return std::make_unique<CudaBackend>(device, precision);
 }
 
 }  // namespace dalr::cuda

@@ -236,14 +236,15 @@ void expect_same(const LayerStats<T>& got, const LayerStats<T>& want, const std:
 }
 
 template <typename T>
-void device_path_matches_cpu(double tol, dalr::ActStorage storage = dalr::ActStorage::Fp32) {
+void device_path_matches_cpu(double tol, dalr::Precision precision = dalr::Precision::Fp32) {
+  const dalr::ActStorage storage = dalr::act_storage(precision);
   DALR_SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(announce_seed(20250301));
   const Net net(rng);
   const auto targets = net.targets<T>(kTaps);
   ASSERT_EQ(targets.size(), 2u);
-  const std::unique_ptr<Backend> cpu = dalr::make_cpu_backend(storage);
-  const std::unique_ptr<Backend> gpu = dc::make_backend(0, dc::Math::Exact, storage);
+  const std::unique_ptr<Backend> cpu = dalr::make_cpu_backend(precision);
+  const std::unique_ptr<Backend> gpu = dc::make_backend(0, precision);
   const CpuForward<T> cpu_fwd(net.arch, *net.file, storage);
   const std::unique_ptr<Forward<T>> gpu_fwd = dalr::make_forward<T>(*gpu, net.arch, *net.file);
   CountingForward<T> fwd(*gpu_fwd);
@@ -310,11 +311,11 @@ TEST(StreamDevice, DevicePathMatchesCpuFp32) {
 // 16-bit activations (widened at the taps), statistics in fp32, against the CPU's
 // emulation of the same storage; tolerances as in test_cudnn_forward.cpp.
 TEST(StreamDevice, DevicePathMatchesCpuBf16Storage) {
-  device_path_matches_cpu<float>(1.6e-2, dalr::ActStorage::Bf16);
+  device_path_matches_cpu<float>(1.6e-2, dalr::Precision::Bf16);
 }
 
 TEST(StreamDevice, DevicePathMatchesCpuFp16Storage) {
-  device_path_matches_cpu<float>(2e-3, dalr::ActStorage::Fp16);
+  device_path_matches_cpu<float>(2e-3, dalr::Precision::Fp16);
 }
 
 // run_taps_device's contract, without the statistics: the input is reusable when the

@@ -1,0 +1,117 @@
+#pragma once
+// The compress job (dalr/compress.hpp) as a plan and stages. make_plan checks every
+// option once, in one place, before any data is read (the model's header is read, its
+// tensors are not). The stages then run over one LayerJob<T> per --layer:
+//   load_layers -> collect_statistics -> choose_ranks -> solve_layer -> measure_error
+//   -> write_model -> make_report
+// (compress_plan.cpp, compress_stats.cpp, compress_stages.cpp, compress_write.cpp,
+// compress_report.cpp; --max-drop's search in joint_search.cpp).
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "dalr/arch.hpp"
+#include "dalr/backend.hpp"
+#include "dalr/compress.hpp"
+#include "dalr/precision.hpp"
+#include "dalr/safetensors.hpp"
+#include "dalr/solver.hpp"
+#include "dalr/stats.hpp"
+
+namespace dalr::compress_job {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+double seconds_since(Clock::time_point t0);
+std::string fmt(double v, int prec = 4);
+
+// How the ranks are chosen: exactly one of --rank, --keep, --budget, --max-drop.
+enum class RankMode { Fixed, Keep, Budget, Joint };
+
+struct LayerPlan {
+  std::string name;
+  int64_t m = 0, n = 0;  // NAME.weight is m x n
+  // Fixed / Keep: the rank (pruning: kept units) before --round-rank, known from the
+  // shape; Budget / Joint: 0, chosen by choose_ranks from the statistics.
+  int64_t rank = 0;
+};
+
+struct Plan {
+  CompressOptions o;
+  Precision precision = Precision::Fp64;
+  Method method = Method::Dalr;
+  RankMode mode = RankMode::Fixed;
+  bool stream = false;  // --acts stream: the network runs on --data
+  std::vector<LayerPlan> layers;
+  std::unique_ptr<SafetensorsFile> model;  // header read; the stages read its tensors
+  bool have_arch = false;                  // the model's dalr.arch, or --arch
+  Arch arch;
+  const TensorInfo* next = nullptr;  // --next-layer's weight (inside `model`)
+};
+
+// Validates `o` for a job at `precision` and resolves what can be known before the data:
+// the method, the rank mode, the layers' shapes, the architecture, fixed ranks. Throws
+// dalr::Error with a message a user can act on; writes nothing.
+Plan make_plan(const CompressOptions& o, Precision precision);
+
+// The rank (pruning: kept units) of a layer from its requested one, rounded up to a
+// multiple of --round-rank (never past the maximum); the requested one without it.
+int64_t rounded_rank(const Plan& p, int64_t m, int64_t n, int64_t requested);
+
+template <typename T>
+struct Layer {
+  Matrix<T> w;
+  std::vector<T> b;
+  bool had_bias = false;
+};
+
+// One --layer through the stages.
+template <typename T>
+struct LayerJob {
+  std::string name;
+  Layer<T> l;
+  LayerStats<T> st;    // all samples (for --lambda auto: first the fit part)
+  LayerStats<T> held;  // --lambda auto: every 10th sample, held out to choose lambda
+  Factors<T> fac;
+  int64_t rank = 0;
+  double lambda = 0, lambda_rel = 0;
+  json rep;  // this layer's part of the report
+};
+
+// What the stages add to the report besides the layers' parts.
+struct JobOutput {
+  json rep, timing;
+  std::vector<std::string> warnings;
+  double solve_s = 0, error_s = 0;
+};
+
+template <typename T>
+std::vector<LayerJob<T>> load_layers(const Plan& p);
+// The layers' statistics (from --stats, --acts FILE or --acts stream); --save-stats.
+template <typename T>
+void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
+                        JobOutput& out);
+template <typename T>
+void choose_ranks(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out);
+template <typename T>
+void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend);
+template <typename T>
+void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend);
+template <typename T>
+void write_model(const Plan& p, const std::vector<LayerJob<T>>& jobs, JobOutput& out);
+template <typename T>
+CompressResult make_report(const Plan& p, const std::vector<LayerJob<T>>& jobs,
+                           const Backend& backend, JobOutput& out);
+
+// compress --max-drop (joint_search.cpp): the greedy joint search's ranks.
+template <typename T>
+std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile& model,
+                                 const Arch& arch, const std::vector<LayerJob<T>>& jobs,
+                                 Method method, Backend& backend, json& rep,
+                                 std::vector<std::string>& warnings);
+
+}  // namespace dalr::compress_job

@@ -1,0 +1,106 @@
+// The compress job's report stage (compress_plan.hpp): the JSON report and the summary.
+#include <sstream>
+
+#include "core/compress_plan.hpp"
+#include "dalr/backend.hpp"
+#include "io/atomic_file.hpp"
+
+namespace dalr::compress_job {
+
+namespace {
+
+// A layer's fields of the report (beside its error, ranks and lambda-auto parts).
+template <typename T>
+void layer_json(const Plan& p, const LayerJob<T>& j, json& r) {
+  const Method method = p.method;
+  const int64_t m = j.l.w.rows, n = j.l.w.cols;
+  const int64_t before = m * n + m, after = params_after(method, m, n, j.rank);
+  r["layer"] = {{"name", j.name}, {"m", m}, {"n", n}, {"had_bias", j.l.had_bias}};
+  r["method"] = method_name(method);
+  r["rank"] = j.rank;
+  r["lambda"] = needs_gram(method) ? json(j.lambda) : json(nullptr);
+  r["lambda_rel"] = needs_gram(method) && !p.o.lambda ? json(j.lambda_rel) : json(nullptr);
+  r["params"] = {
+      {"before", before},
+      {"after", after},
+      {"kept_fraction", double(after) / double(before)},
+      {"kept_fraction_weights",
+       is_pruning(method) ? double(j.rank) / double(m) : double(j.rank * (m + n)) / double(m * n)}};
+  r["energy_kept"] = j.fac.energy_kept;
+  r["samples"] = j.st.count();
+  if (is_pruning(method)) r["kept_units"] = j.fac.kept_units;
+}
+
+template <typename T>
+void layer_summary(const Plan& p, const LayerJob<T>& j, const json& r, std::ostream& s) {
+  const Method method = p.method;
+  s << "layer " << j.name << " (" << j.l.w.rows << " x " << j.l.w.cols << "), " << j.st.count()
+    << " samples\n"
+    << "method " << method_name(method) << ", " << (is_pruning(method) ? "kept units " : "rank ")
+    << j.rank;
+  if (needs_gram(method)) s << ", lambda " << fmt(j.lambda);
+  const double before = r["params"]["before"].get<double>(),
+               after = r["params"]["after"].get<double>();
+  s << "\nparameters " << r["params"]["before"] << " -> " << r["params"]["after"] << " ("
+    << fmt(100.0 * after / before, 3) << "% kept), "
+    << (is_pruning(method) ? "activation mass kept " : "spectral energy kept ")
+    << fmt(100.0 * j.fac.energy_kept, 4) << "%\n";
+  if (!r["error_train"].is_null())
+    s << "reconstruction error (train): " << fmt(r["error_train"]["abs"].get<double>())
+      << " (relative " << fmt(r["error_train"]["rel"].get<double>()) << ")\n";
+  if (r.contains("error_test"))
+    s << "reconstruction error (test):  " << fmt(r["error_test"]["abs"].get<double>())
+      << " (relative " << fmt(r["error_test"]["rel"].get<double>()) << ")\n";
+}
+
+void joint_summary(const json& jr, std::ostream& s) {
+  s << "joint search: ranks " << jr["ranks"].dump() << ", "
+    << fmt(100.0 * jr["kept_fraction"].get<double>(), 3) << "% of the weights kept, top-1 "
+    << fmt(100.0 * jr["top1"].get<double>(), 4) << "% (uncompressed "
+    << fmt(100.0 * jr["base_top1"].get<double>(), 4) << "%), " << jr["evaluations"]
+    << " evaluations\n";
+  if (jr["budget_comparison"].contains("top1"))
+    s << "--budget at the same fraction: ranks " << jr["budget_comparison"]["ranks"].dump()
+      << ", top-1 " << fmt(100.0 * jr["budget_comparison"]["top1"].get<double>(), 4) << "%\n";
+}
+
+}  // namespace
+
+template <typename T>
+CompressResult make_report(const Plan& p, const std::vector<LayerJob<T>>& jobs,
+                           const Backend& backend, JobOutput& out) {
+  const CompressOptions& o = p.o;
+  json& rep = out.rep;
+  std::vector<json> layers;
+  for (const auto& j : jobs) {
+    layers.push_back(j.rep);
+    layer_json(p, j, layers.back());
+  }
+  // One layer: its fields at the top level; several: a "layers" array as well.
+  for (auto& [k, v] : layers.front().items()) rep[k] = v;
+  if (jobs.size() > 1) rep["layers"] = layers;
+  rep["precision"] = precision_name(p.precision);
+  rep["device"] = backend.name();
+  rep["openblas_core"] = cpu_kernel_family();  // the CPU kernels (see cpu/blas_core.hpp)
+  rep["timing_s"] = out.timing;
+  rep["warnings"] = out.warnings;
+  rep["out"] = o.out;
+
+  std::ostringstream s;
+  for (size_t i = 0; i < jobs.size(); ++i) layer_summary(p, jobs[i], layers[i], s);
+  if (rep.contains("joint")) joint_summary(rep["joint"], s);
+  s << "wrote " << o.out << " in " << fmt(out.timing["total"].get<double>(), 3) << " s\n";
+  CompressResult res;
+  res.warnings = out.warnings;
+  res.summary = s.str();
+  res.report_json = rep.dump(2);
+  if (!o.report.empty()) write_text_file(o.report, res.report_json + "\n");
+  return res;
+}
+
+template CompressResult make_report(const Plan&, const std::vector<LayerJob<float>>&,
+                                    const Backend&, JobOutput&);
+template CompressResult make_report(const Plan&, const std::vector<LayerJob<double>>&,
+                                    const Backend&, JobOutput&);
+
+}  // namespace dalr::compress_job

@@ -1,0 +1,137 @@
+// The compress job's middle stages (compress_plan.hpp): ranks, solve, error.
+#include <algorithm>
+
+#include "core/compress_plan.hpp"
+#include "cpu/recon.hpp"
+#include "dalr/error.hpp"
+#include "dalr/npy.hpp"
+
+namespace dalr::compress_job {
+
+namespace {
+
+// --budget: each layer's spectrum (a rank-1 solve returns all of it), then one allocation.
+template <typename T>
+std::vector<int64_t> budget_ranks(const Plan& p, const std::vector<LayerJob<T>>& jobs,
+                                  Backend& backend, JobOutput& out) {
+  const CompressOptions& o = p.o;
+  const auto t0 = Clock::now();
+  std::vector<std::pair<int64_t, int64_t>> shapes;
+  std::vector<std::vector<double>> spectra;
+  for (const auto& j : jobs) {
+    const double lam = o.lambda ? *o.lambda : default_lambda(j.st, o.lambda_rel);
+    shapes.push_back({j.l.w.rows, j.l.w.cols});
+    spectra.push_back(backend.solve({p.method, 1, lam}, j.l.w, j.l.b, j.st).spectrum);
+  }
+  const std::vector<int64_t> ranks = allocate_ranks(shapes, spectra, *o.budget);
+  out.solve_s += seconds_since(t0);
+  int64_t weights = 0, total = 0;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    weights += ranks[i] * (shapes[i].first + shapes[i].second);
+    total += shapes[i].first * shapes[i].second;
+  }
+  out.rep["budget"] = {{"fraction", *o.budget},
+                       {"ranks", ranks},
+                       {"weights_kept", weights},
+                       {"weights_before", total},
+                       {"kept_fraction", double(weights) / double(total)}};
+  return ranks;
+}
+
+// A layer's rank from the requested one: --round-rank, and the warnings about it.
+template <typename T>
+void set_rank(const Plan& p, LayerJob<T>& j, int64_t requested, JobOutput& out) {
+  const int64_t m = j.l.w.rows, n = j.l.w.cols;
+  j.rank = rounded_rank(p, m, n, requested);
+  if (p.o.round_rank > 1)
+    j.rep["round_rank"] = {{"multiple", p.o.round_rank},
+                           {"rank_requested", requested},
+                           {"extra_params", params_after(p.method, m, n, j.rank) -
+                                                params_after(p.method, m, n, requested)}};
+  if (!is_pruning(p.method) && j.rank >= 1 && j.rank * (m + n) >= m * n)
+    out.warnings.push_back("rank " + std::to_string(j.rank) + " saves no parameters: k (m + n) = " +
+                           std::to_string(j.rank * (m + n)) + " >= m n = " + std::to_string(m * n));
+  if (needs_gram(p.method) && j.rank > j.st.count())
+    out.warnings.push_back("rank " + std::to_string(j.rank) + " exceeds the " +
+                           std::to_string(j.st.count()) +
+                           " activation samples: directions beyond the data are arbitrary");
+}
+
+// --lambda auto: the grid around the default, each solved on the fit part and measured
+// on the held-out part; then the chosen relative lambda on all the samples.
+template <typename T>
+double choose_lambda_rel(const Plan& p, LayerJob<T>& j, Backend& backend) {
+  json curve = json::array();
+  double best = -1, chosen = p.o.lambda_rel;
+  for (double rel : {1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0}) {
+    const double lam = default_lambda(j.st, rel);
+    const Factors<T> f = backend.solve({p.method, j.rank, lam}, j.l.w, j.l.b, j.st);
+    const double err = backend.reconstruction_error(j.held, j.l.w, j.l.b, f).rel;
+    curve.push_back({{"lambda_rel", rel}, {"lambda", lam}, {"held_out_rel_error", err}});
+    if (best < 0 || err < best) best = err, chosen = rel;
+  }
+  j.rep["lambda_auto"] = {{"chosen_lambda_rel", chosen},
+                          {"fit_samples", j.st.count()},
+                          {"held_out_samples", j.held.count()},
+                          {"curve", curve}};
+  j.st.merge(j.held);
+  j.held = LayerStats<T>();
+  return chosen;
+}
+
+json recon_json(const ReconError& e) {
+  return {{"abs", e.abs}, {"rel", e.rel}, {"ref_norm", e.ref}, {"samples", e.samples}};
+}
+
+}  // namespace
+
+template <typename T>
+void choose_ranks(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out) {
+  std::vector<int64_t> requested;
+  if (p.mode == RankMode::Budget) {
+    requested = budget_ranks(p, jobs, backend, out);
+  } else if (p.mode == RankMode::Joint) {
+    const auto t0 = Clock::now();
+    requested = joint_ranks(p.o, *p.model, p.arch, jobs, p.method, backend, out.rep, out.warnings);
+    out.timing["joint"] = seconds_since(t0);
+  } else {
+    for (const LayerPlan& l : p.layers) requested.push_back(l.rank);
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) set_rank(p, jobs[i], requested[i], out);
+}
+
+template <typename T>
+void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend) {
+  j.lambda_rel = p.o.lambda_auto ? choose_lambda_rel(p, j, backend) : p.o.lambda_rel;
+  j.lambda = p.o.lambda ? *p.o.lambda : default_lambda(j.st, j.lambda_rel);
+  j.fac = backend.solve({p.method, j.rank, j.lambda}, j.l.w, j.l.b, j.st);
+}
+
+// The training error from the activation file when there is one (exact), else from the
+// statistics on the backend; --acts-test's from its file.
+template <typename T>
+void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend) {
+  const CompressOptions& o = p.o;
+  if (o.no_error) {
+    j.rep["error_train"] = nullptr;
+  } else if (!o.acts.empty() && !p.stream) {
+    NpyReader r(o.acts);
+    j.rep["error_train"] = recon_json(reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
+  } else {
+    j.rep["error_train"] = recon_json(backend.reconstruction_error(j.st, j.l.w, j.l.b, j.fac));
+  }
+  if (!o.acts_test.empty()) {
+    NpyReader r(o.acts_test);  // a single layer of the right width (the plan)
+    j.rep["error_test"] = recon_json(reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
+  }
+}
+
+#define DALR_COMPRESS_STAGES(T)                                                             \
+  template void choose_ranks(const Plan&, std::vector<LayerJob<T>>&, Backend&, JobOutput&); \
+  template void solve_layer(const Plan&, LayerJob<T>&, Backend&);                           \
+  template void measure_error(const Plan&, LayerJob<T>&, Backend&);
+DALR_COMPRESS_STAGES(float)
+DALR_COMPRESS_STAGES(double)
+#undef DALR_COMPRESS_STAGES
+
+}  // namespace dalr::compress_job

@@ -1,0 +1,190 @@
+// The compress job's first stages (compress_plan.hpp): the layers' weights, then their
+// statistics from --stats, --acts FILE or --acts stream, and --save-stats.
+#include <filesystem>
+#include <map>
+
+#include "common/finite.hpp"
+#include "core/compress_plan.hpp"
+#include "core/stream.hpp"
+#include "dalr/error.hpp"
+#include "dalr/forward.hpp"
+#include "dalr/npy.hpp"
+
+namespace dalr::compress_job {
+
+namespace {
+
+// --lambda auto: every 10th sample goes to a held-out accumulator, the rest to the fit
+// one, so lambda is chosen on data the solve did not see, without a second pass.
+template <typename T>
+class SplitAccumulator final : public StatsAccumulator<T> {
+ public:
+  SplitAccumulator(std::unique_ptr<StatsAccumulator<T>> fit,
+                   std::unique_ptr<StatsAccumulator<T>> held, int64_t n)
+      : fit_(std::move(fit)), held_(std::move(held)), n_(n) {}
+  void add(const T* x, int64_t cols, int64_t ldx, int64_t first_index) override {
+    check_finite(x, n_, cols, ldx, first_index);  // names the sample before the split
+    fit_buf_.clear();
+    held_buf_.clear();
+    for (int64_t j = 0; j < cols; ++j) {
+      auto& dst = (first_index + j) % 10 == 9 ? held_buf_ : fit_buf_;
+      dst.insert(dst.end(), x + j * ldx, x + j * ldx + n_);
+    }
+    const int64_t nf = static_cast<int64_t>(fit_buf_.size()) / n_;
+    const int64_t nh = static_cast<int64_t>(held_buf_.size()) / n_;
+    if (nf) fit_->add(fit_buf_.data(), nf, n_, fit_count_);
+    if (nh) held_->add(held_buf_.data(), nh, n_, held_count_);
+    fit_count_ += nf;
+    held_count_ += nh;
+  }
+  void merge(const LayerStats<T>& earlier) override { fit_->merge(earlier); }  // no split
+  LayerStats<T> result() override {
+    LayerStats<T> all = fit_->result();
+    all.merge(held_->result());
+    return all;
+  }
+  LayerStats<T> fit() { return fit_->finish(); }
+  LayerStats<T> held() { return held_->finish(); }
+
+ private:
+  std::unique_ptr<StatsAccumulator<T>> fit_, held_;
+  int64_t n_, fit_count_ = 0, held_count_ = 0;
+  std::vector<T> fit_buf_, held_buf_;
+};
+
+template <typename T>
+std::unique_ptr<StatsAccumulator<T>> make_accumulator(const Plan& p, const Layer<T>& l,
+                                                      Backend& backend) {
+  const int64_t m = l.w.rows, n = l.w.cols, batch = p.o.batch;
+  if (!p.o.lambda_auto) return backend.stats(n, m, &l.w, &l.b, batch);
+  return std::make_unique<SplitAccumulator<T>>(backend.stats(n, m, &l.w, &l.b, batch),
+                                               backend.stats(n, m, &l.w, &l.b, batch), n);
+}
+
+// The statistics of a job once its samples are in (split for --lambda auto).
+template <typename T>
+void take_statistics(const Plan& p, StatsAccumulator<T>& acc, LayerJob<T>& j) {
+  if (!p.o.lambda_auto) {
+    j.st = acc.finish();
+    return;
+  }
+  auto& split = static_cast<SplitAccumulator<T>&>(acc);
+  j.st = split.fit();
+  j.held = split.held();
+  if (j.held.count() == 0)
+    throw Error("--lambda auto needs at least 10 samples (every 10th is held out)");
+}
+
+// One layer from --stats and/or --acts FILE (the plan checked the file's width).
+template <typename T>
+void gather_stats(const Plan& p, LayerJob<T>& job, Backend& backend, json& rep) {
+  const CompressOptions& o = p.o;
+  const int64_t m = job.l.w.rows, n = job.l.w.cols;
+  auto acc = make_accumulator(p, job.l, backend);
+  int64_t first = 0;
+  if (!o.stats_in.empty()) {
+    std::map<std::string, std::string> meta;
+    LayerStats<T> earlier = LayerStats<T>::load(o.stats_in, &meta);
+    if (earlier.n() != n || earlier.m() != m)
+      throw Error(o.stats_in + " holds statistics of a " + std::to_string(earlier.m()) + " x " +
+                  std::to_string(earlier.n()) + " layer, but '" + o.layer + "' is " +
+                  std::to_string(m) + " x " + std::to_string(n));
+    if (meta.count("dalr.layer") && meta["dalr.layer"] != o.layer)
+      throw Error(o.stats_in + " holds statistics of layer '" + meta["dalr.layer"] + "', not '" +
+                  o.layer + "'");
+    rep["stats_in"] = {{"path", o.stats_in}, {"samples", earlier.count()}};
+    first = earlier.count();
+    acc->merge(earlier);
+  }
+  if (!o.acts.empty()) {
+    NpyReader r(o.acts);
+    std::vector<T> buf(static_cast<size_t>(n * o.batch));
+    for (int64_t c; (c = r.read_rows<T>(buf.data(), o.batch)) > 0; first += c)
+      acc->add(buf.data(), c, n, first);
+    rep["acts"] = {
+        {"path", o.acts}, {"samples", r.rows()}, {"shape", r.shape()}, {"dtype", r.descr()}};
+  }
+  if (first == 0) throw Error("no activation samples: the activation file is empty");
+  take_statistics(p, *acc, job);
+}
+
+// Every layer in one pass of the network over --data.
+template <typename T>
+void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out) {
+  const CompressOptions& o = p.o;
+  std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, p.arch, *p.model);
+  std::vector<std::unique_ptr<StatsAccumulator<T>>> accs;
+  std::vector<StatsAccumulator<T>*> raw;
+  std::vector<std::string> names;
+  for (auto& j : jobs) {
+    accs.push_back(make_accumulator(p, j.l, backend));
+    raw.push_back(accs.back().get());
+    names.push_back(j.name);
+  }
+  DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
+  std::unique_ptr<BatchSource> src = open_data(d, p.arch.input);
+  try {
+    stream_statistics(*fwd, *src, names, raw, d);
+    for (size_t i = 0; i < jobs.size(); ++i) take_statistics(p, *accs[i], jobs[i]);
+  } catch (const Error& e) {
+    throw with_precision_hint(e, p.precision);
+  }
+  out.rep["data"] = {{"path", o.data},       {"images", src->size()}, {"skipped", src->skipped()},
+                     {"shuffle", o.shuffle}, {"seed", o.seed},        {"limit", o.limit}};
+  if (src->skipped() > 0)
+    out.warnings.push_back(
+        "skipped " + std::to_string(src->skipped()) + " of " + std::to_string(src->size()) +
+        " images that could not be read (first: " + src->first_skip_reason() + ")");
+  if (jobs.front().st.count() == 0) throw Error("no images in " + o.data);
+}
+
+std::string stats_path(const std::string& path, const std::string& layer, size_t count) {
+  if (count == 1) return path;
+  std::filesystem::path p(path);
+  return (p.parent_path() / (p.stem().string() + "." + layer + p.extension().string())).string();
+}
+
+}  // namespace
+
+template <typename T>
+std::vector<LayerJob<T>> load_layers(const Plan& p) {
+  std::vector<LayerJob<T>> jobs;
+  for (const LayerPlan& lp : p.layers) {  // names and shapes checked by the plan
+    LayerJob<T>& j = jobs.emplace_back();
+    j.name = lp.name;
+    j.l.w = from_row_major(p.model->read<T>(lp.name + ".weight").data(), lp.m, lp.n);
+    if (p.model->find(lp.name + ".bias")) {
+      j.l.b = p.model->read<T>(lp.name + ".bias");
+      j.l.had_bias = true;
+    } else {
+      j.l.b.assign(static_cast<size_t>(lp.m), T(0));
+    }
+    for (size_t i = 0; i < j.l.w.data.size(); ++i)
+      if (!std::isfinite(j.l.w.data[i])) throw Error(lp.name + ".weight contains NaN or Inf");
+  }
+  return jobs;
+}
+
+template <typename T>
+void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
+                        JobOutput& out) {
+  auto t0 = Clock::now();
+  if (p.stream)
+    stream_all(p, jobs, backend, out);
+  else
+    gather_stats<T>(p, jobs.front(), backend, out.rep);
+  out.timing["statistics"] = seconds_since(t0);
+  if (p.o.save_stats.empty()) return;
+  t0 = Clock::now();
+  for (const auto& j : jobs)
+    j.st.save(stats_path(p.o.save_stats, j.name, jobs.size()),
+              {{"dalr.layer", j.name}, {"dalr.model", p.o.model}});
+  out.timing["save_stats"] = seconds_since(t0);
+}
+
+template std::vector<LayerJob<float>> load_layers(const Plan&);
+template std::vector<LayerJob<double>> load_layers(const Plan&);
+template void collect_statistics(const Plan&, std::vector<LayerJob<float>>&, Backend&, JobOutput&);
+template void collect_statistics(const Plan&, std::vector<LayerJob<double>>&, Backend&, JobOutput&);
+
+}  // namespace dalr::compress_job

@@ -1,0 +1,118 @@
+// The compress job's write stage (compress_plan.hpp): the compressed model, its
+// architecture and metadata.
+#include <filesystem>
+#include <map>
+
+#include "core/compress_plan.hpp"
+#include "dalr/error.hpp"
+#include "dalr/safetensors.hpp"
+
+namespace dalr::compress_job {
+
+namespace {
+
+template <typename T>
+void add_factors(const LayerJob<T>& job, std::vector<TensorOut>& out) {
+  const std::string& name = job.name;
+  const Factors<T>& fac = job.fac;
+  const int64_t m = job.l.w.rows, n = job.l.w.cols, k = fac.rank;
+  if (is_pruning(fac.method)) {
+    out.push_back(TensorOut::convert(name + ".weight", {k, n}, to_row_major(fac.b), DType::F32));
+    out.push_back(TensorOut::convert(name + ".bias", {k}, fac.bias, DType::F32));
+  } else {
+    out.push_back(TensorOut::convert(name + ".0.weight", {k, n}, to_row_major(fac.b), DType::F32));
+    out.push_back(TensorOut::convert(name + ".1.weight", {m, k}, to_row_major(fac.a), DType::F32));
+    out.push_back(TensorOut::convert(name + ".1.bias", {m}, fac.bias, DType::F32));
+  }
+}
+
+// Every tensor of the model in its order: the compressed layers' factors in place of
+// their weight and bias, --next-layer's weight without the pruned inputs, the rest as is.
+template <typename T>
+std::vector<TensorOut> output_tensors(const Plan& p, const std::vector<LayerJob<T>>& jobs,
+                                      json& rep) {
+  const SafetensorsFile& f = *p.model;
+  const LayerJob<T>& first = jobs.front();
+  std::vector<TensorOut> out;
+  for (const TensorInfo& t : f.tensors()) {
+    const LayerJob<T>* job = nullptr;
+    bool is_bias = false;
+    for (const auto& j : jobs) {
+      if (t.name == j.name + ".weight") job = &j;
+      if (t.name == j.name + ".bias") is_bias = true;
+    }
+    if (is_bias) continue;
+    if (job) {
+      add_factors(*job, out);
+      continue;
+    }
+    if (p.next && t.name == p.next->name) {
+      const int64_t rows = p.next->shape[0], m = first.l.w.rows, k = first.fac.rank;
+      std::vector<float> src = f.read_f32(t.name), dst(static_cast<size_t>(rows * k));
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t r = 0; r < k; ++r) dst[i * k + r] = src[i * m + first.fac.kept_units[r]];
+      out.push_back(TensorOut::f32(t.name, {rows, k}, dst));
+      rep["next_layer"] = {
+          {"name", p.o.next_layer}, {"shape_before", p.next->shape}, {"shape_after", {rows, k}}};
+      continue;
+    }
+    out.push_back(TensorOut::borrow(f, t));
+  }
+  return out;
+}
+
+// The architecture after the replacement, so that a compressed model runs (and
+// compresses) again.
+template <typename T>
+void update_arch(Arch& arch, const Plan& p, const std::vector<LayerJob<T>>& jobs,
+                 std::vector<std::string>& warnings) {
+  for (const auto& j : jobs) {
+    if (!is_pruning(j.fac.method)) {
+      arch = replace_linear_with_factors(arch, j.name, j.rank);
+      continue;
+    }
+    bool next_fixed = false;
+    for (size_t i = 0; i < arch.layers.size(); ++i) {
+      LayerSpec& l = arch.layers[i];
+      if (l.name == j.name) l.out = j.rank;
+      if (!p.o.next_layer.empty() && l.name == p.o.next_layer) {
+        l.in = j.rank;
+        next_fixed = true;
+      }
+    }
+    if (!next_fixed)
+      warnings.push_back("pruned layer '" + j.name +
+                         "' without --next-layer: the following layer still expects " +
+                         std::to_string(j.l.w.rows) + " inputs, so the model no longer runs");
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void write_model(const Plan& p, const std::vector<LayerJob<T>>& jobs, JobOutput& out) {
+  const CompressOptions& o = p.o;
+  const auto t0 = Clock::now();
+  std::map<std::string, std::string> meta = p.model->metadata();
+  if (p.have_arch) {
+    Arch arch = p.arch;
+    update_arch(arch, p, jobs, out.warnings);
+    for (const auto& [k, v] : arch_metadata(arch)) meta[k] = v;
+  }
+  std::string ranks;
+  for (const auto& j : jobs) ranks += (ranks.empty() ? "" : ",") + std::to_string(j.rank);
+  meta["dalr.method"] = method_name(p.method);
+  meta["dalr.layer"] = o.layer;
+  meta["dalr.rank"] = ranks;
+  meta["dalr.lambda"] = needs_gram(p.method) ? fmt(jobs.front().lambda, 17) : "0";
+  meta["dalr.source"] = std::filesystem::path(o.model).filename().string();
+  meta["dalr.acts"] = p.stream ? "stream:" + o.data : (o.acts.empty() ? o.stats_in : o.acts);
+  meta["dalr.samples"] = std::to_string(jobs.front().st.count());
+  write_safetensors(o.out, output_tensors(p, jobs, out.rep), meta);
+  out.timing["write"] = seconds_since(t0);
+}
+
+template void write_model(const Plan&, const std::vector<LayerJob<float>>&, JobOutput&);
+template void write_model(const Plan&, const std::vector<LayerJob<double>>&, JobOutput&);
+
+}  // namespace dalr::compress_job
