@@ -36,9 +36,11 @@ class BatchSource {
   virtual ~BatchSource();
   virtual int64_t size() const = 0;  // images this source yields in all
   // Writes up to max_batch images (NCHW) to `out` and their labels to `labels` (may be
-  // null; -1 where unknown). Returns the number written; 0 at the end. An image that
-  // fails to decode throws dalr::Error (naming the file) when its turn comes, and again
-  // on every later call.
+  // null; -1 where unknown). Returns the number written; 0 at the end. `out` is the
+  // caller's memory (any host memory, pinned included) for max_batch x C x H x W floats,
+  // which the caller hands to the forward pass as it is (core/stream.hpp's HostBatch);
+  // no pointer to it is kept after the call. An image that fails to decode throws
+  // dalr::Error (naming the file) when its turn comes, and again on every later call.
   virtual int64_t next(float* out, int64_t max_batch, std::vector<int64_t>* labels) = 0;
   virtual int64_t channels() const = 0;
   virtual int64_t height() const = 0;
