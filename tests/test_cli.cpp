@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "common/split_list.hpp"
 #include "cpu/blas_core.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/safetensors.hpp"
@@ -498,3 +499,23 @@ TEST_F(Cli, OpenBlasRunsTheCpusBestKernels) {
   for (const char* slow : {"Prescott", "Core2", "Penryn", "Nehalem", "Atom", "Sandybridge"})
     EXPECT_NE(core, slow) << "the CPU can run " << best << " kernels";
 }
+
+namespace {
+
+// One rule for every list option (--layer, --methods, --ranks): commas or whitespace
+// separate, empty items are skipped. Both rules it replaced give the same items here:
+// the jobs' (commas, empties skipped) and the sweep's (commas and spaces).
+TEST(SplitList, CommasOrWhitespaceSeparateAndEmptiesAreSkipped) {
+  using V = std::vector<std::string>;
+  EXPECT_EQ(split_list("classifier.0,classifier.3"), (V{"classifier.0", "classifier.3"}));
+  EXPECT_EQ(split_list("a,,b,"), (V{"a", "b"}));  // the jobs' rule
+  EXPECT_EQ(split_list(",dalr,,svd-bc"), (V{"dalr", "svd-bc"}));
+  EXPECT_EQ(split_list("32 64,128"), (V{"32", "64", "128"}));  // the sweep's rule
+  EXPECT_EQ(split_list(" 4 , 16  "), (V{"4", "16"}));
+  EXPECT_EQ(split_list("a\tb\nc"), (V{"a", "b", "c"}));
+  EXPECT_EQ(split_list("x"), (V{"x"}));
+  EXPECT_TRUE(split_list("").empty());
+  EXPECT_TRUE(split_list(" ,, ").empty());
+}
+
+}  // namespace

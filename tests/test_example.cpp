@@ -45,8 +45,8 @@ TEST(Example, ForwardMatchesPyTorch) {
   const auto ref = nlohmann::json::parse(test::read_file(kDir + "reference.json"));
   SafetensorsFile model(kDir + "model.bin");
   const Arch arch = load_arch(model, "");
-  const Preprocess pre = preprocess_of(arch.input);
-  const int64_t per = pre.channels * pre.crop_h * pre.crop_w;
+  const InputSpec& pre = arch.input;
+  const int64_t per = pre.channels * pre.crop[0] * pre.crop[1];
   const auto& images = ref["images"];
   const int64_t batch = static_cast<int64_t>(images.size());
   ASSERT_EQ(batch, 64);
@@ -64,14 +64,15 @@ TEST(Example, ForwardMatchesPyTorch) {
   // float: torch computed in float32 with another summation order: 1e-5 relative.
   const CpuForward<float> f32(arch, model);
   EXPECT_LT(
-      rel_diff(f32.run(x.data(), batch, pre.channels, pre.crop_h, pre.crop_w, "classifier.0"), fc0),
+      rel_diff(f32.run(x.data(), batch, pre.channels, pre.crop[0], pre.crop[1], "classifier.0"),
+               fc0),
       1e-5);
-  const Matrix<float> out = f32.run(x.data(), batch, pre.channels, pre.crop_h, pre.crop_w);
+  const Matrix<float> out = f32.run(x.data(), batch, pre.channels, pre.crop[0], pre.crop[1]);
   EXPECT_LT(rel_diff(out, logits), 1e-5);
   // double: the reference's own float32 rounding dominates: 1e-5 as well.
   std::vector<double> xd(x.begin(), x.end());
   const CpuForward<double> f64(arch, model);
-  EXPECT_LT(rel_diff(f64.run(xd.data(), batch, pre.channels, pre.crop_h, pre.crop_w), logits),
+  EXPECT_LT(rel_diff(f64.run(xd.data(), batch, pre.channels, pre.crop[0], pre.crop[1]), logits),
             1e-5);
   // Same predictions, image by image.
   for (int64_t j = 0; j < batch; ++j) {

@@ -1,5 +1,5 @@
-// Architecture description (dalr.arch / dalr.input, VGG presets, factoring) and the CPU
-// forward pass, against naive float64 loops written here.
+// The CPU forward pass, against naive float64 loops written here. (The architecture
+// description it runs is tested in test_arch.cpp.)
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,6 +11,7 @@
 #include <random>
 #include <set>
 
+#include "arch_nets.hpp"
 #include "cpu/dnnl_conv.hpp"
 #include "cpu/forward.hpp"
 #include "dalr/arch.hpp"
@@ -24,48 +25,15 @@ using namespace dalr;
 
 namespace {
 
-// Runs `f`, expects a dalr::Error whose message contains every word.
-void expect_error(const std::function<void()>& f, std::initializer_list<std::string> words) {
-  try {
-    f();
-    ADD_FAILURE() << "expected a dalr::Error containing '" << *words.begin() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& w : words)
-      EXPECT_NE(msg.find(w), std::string::npos) << "'" << w << "' missing from: " << msg;
-  }
-}
-
-const char* kInput = R"({"channels":3,"crop":[11,13]})";
-
-// The issue's tiny network with odd sizes: 3x11x13 -> conv 3->5 k3 p1 -> relu ->
-// maxpool 2/2 (5x5x6) -> conv 5->4 k3 s2 (4x2x2) -> batchnorm -> relu ->
-// adaptive_avgpool [2,3] -> flatten (24) -> linear 24->7 -> relu -> dropout -> 7->3.
-const char* kNet1 = R"([
-  {"type":"conv","name":"c1","in":3,"out":5,"kernel":3,"stride":1,"pad":1},
-  {"type":"relu"},
-  {"type":"maxpool","kernel":2,"stride":2},
-  {"type":"conv","name":"c2","in":5,"out":4,"kernel":3,"stride":2,"pad":0},
-  {"type":"batchnorm","name":"bn","eps":0.001},
-  {"type":"relu"},
-  {"type":"adaptive_avgpool","out":[2,3]},
-  {"type":"flatten"},
-  {"type":"linear","name":"fc1","in":24,"out":7},
-  {"type":"relu"},
-  {"type":"dropout"},
-  {"type":"linear","name":"fc2","in":7,"out":3}])";
-
-// Covers the rest: a 1x1 conv (no im2col), avgpool k2 s1, adaptive 5x5 -> 3x3 (bins
-// that overlap), maxpool k3 s2 with a ragged edge, batchnorm on flat features, a
-// linear without bias.
-const char* kInput2 = R"({"channels":2,"crop":[6,6],"scale":0.5,"mean":[0.1,0.2],"std":[1,2]})";
-const char* kNet2 = R"([
-  {"type":"conv","name":"p","in":2,"out":3,"kernel":1},
-  {"type":"avgpool","kernel":2,"stride":1},
-  {"type":"adaptive_avgpool","out":[3,3]},
-  {"type":"flatten"},
-  {"type":"batchnorm","name":"bn1d"},
-  {"type":"linear","name":"head","in":27,"out":4,"bias":false}])";
+using test::expect_error;
+using test::kInput;
+using test::kInput2;
+using test::kNet1;
+using test::kNet2;
+using test::randn;
+using test::random_weights;
+using test::Tensors;
+using test::write_model;
 
 // ------------------------------------------------------------ naive float64 reference
 
@@ -82,8 +50,6 @@ struct T4 {  // NCHW, row-major
     return v[((a * c + b) * h + y) * w + x];
   }
 };
-
-using Tensors = std::map<std::string, std::vector<double>>;
 
 T4 ref_conv(const T4& x, const std::vector<double>& wt, const std::vector<double>* bias, int64_t o,
             int64_t k, int64_t s, int64_t p) {
@@ -180,55 +146,6 @@ T4 ref_linear(const T4& x, const std::vector<double>& wt, const std::vector<doub
 
 // ------------------------------------------------------------ fixtures
 
-std::vector<double> randn(size_t n, std::mt19937_64& rng, double scale = 1.0) {
-  std::normal_distribution<double> nd(0.0, scale);
-  std::vector<double> v(n);
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
-
-// Random tensors of the shapes check_weights expects (running_var positive).
-Tensors random_weights(const Arch& arch, std::mt19937_64& rng) {
-  Tensors t;
-  const auto shapes =
-      layer_input_shapes(arch, arch.input.channels, arch.input.crop[0], arch.input.crop[1]);
-  for (size_t i = 0; i < arch.layers.size(); ++i) {
-    const LayerSpec& l = arch.layers[i];
-    if (l.type == LayerType::Conv || l.type == LayerType::Linear) {
-      const int64_t k2 = l.type == LayerType::Conv ? l.kernel * l.kernel : 1;
-      t[l.name + ".weight"] = randn(l.out * l.in * k2, rng, 1.0 / std::sqrt(double(l.in * k2)));
-      if (l.bias) t[l.name + ".bias"] = randn(l.out, rng, 0.5);
-    } else if (l.type == LayerType::BatchNorm) {
-      const size_t c = shapes[i].c;
-      t[l.name + ".weight"] = randn(c, rng);
-      t[l.name + ".bias"] = randn(c, rng);
-      t[l.name + ".running_mean"] = randn(c, rng, 0.3);
-      auto var = randn(c, rng);
-      for (auto& v : var) v = 0.2 + v * v;
-      t[l.name + ".running_var"] = var;
-    }
-  }
-  return t;
-}
-
-std::vector<int64_t> shape_for(const Arch& arch, const std::string& tensor,
-                               const std::vector<double>& v) {
-  for (const LayerSpec& l : arch.layers) {
-    if (tensor == l.name + ".weight" && l.type == LayerType::Conv)
-      return {l.out, l.in, l.kernel, l.kernel};
-    if (tensor == l.name + ".weight" && l.type == LayerType::Linear) return {l.out, l.in};
-  }
-  return {static_cast<int64_t>(v.size())};
-}
-
-void write_model(const std::string& path, const Arch& arch, const Tensors& t,
-                 bool metadata = true) {
-  std::vector<TensorOut> outs;
-  for (const auto& [name, v] : t) outs.push_back(TensorOut::f64(name, shape_for(arch, name, v), v));
-  write_safetensors(path, outs,
-                    metadata ? arch_metadata(arch) : std::map<std::string, std::string>{});
-}
-
 double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
   EXPECT_EQ(a.size(), b.size());
   double num = 0, den = 0;
@@ -240,315 +157,6 @@ double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
 template <typename T>
 std::vector<double> as_double(const Matrix<T>& m) {
   return std::vector<double>(m.data.begin(), m.data.end());
-}
-
-// ------------------------------------------------------------ arch JSON
-
-TEST(Arch, ParsesTheIssueExample) {
-  const Arch a = parse_arch(kNet1, kInput);
-  ASSERT_EQ(a.layers.size(), 12u);
-  EXPECT_EQ(a.layers[0].type, LayerType::Conv);
-  EXPECT_EQ(a.layers[0].name, "c1");
-  EXPECT_EQ(a.layers[3].stride, 2);
-  EXPECT_EQ(a.layers[4].eps, 0.001);
-  EXPECT_EQ(a.layers[6].out_hw, (std::array<int64_t, 2>{2, 3}));
-  EXPECT_EQ(a.layers[11].out, 3);
-  EXPECT_TRUE(a.layers[11].bias);
-  EXPECT_EQ(a.input.channels, 3);
-  EXPECT_EQ(a.input.scale, 1.0);
-  EXPECT_TRUE(a.input.mean.empty());
-  const auto shapes = layer_input_shapes(a, 3, 11, 13);
-  EXPECT_EQ(shapes[3].h, 5);
-  EXPECT_EQ(shapes[3].w, 6);
-  EXPECT_EQ(shapes[8].c, 24);
-  EXPECT_TRUE(shapes[8].flat);
-  EXPECT_EQ(shapes.back().c, 3);
-}
-
-// The layer table has a row for every LayerType, and writes each type's fields in the
-// documented order (defaults written out, bias only when false).
-TEST(Arch, EveryLayerTypeHasATableRowAndItsJson) {
-  std::set<std::string> names;
-  for (int t = 0; t <= static_cast<int>(LayerType::Dropout); ++t)
-    names.insert(layer_type_name(static_cast<LayerType>(t)));
-  EXPECT_EQ(names.size(), 9u);
-  const std::string in =
-      R"([{"type":"conv","name":"c","in":2,"out":5,"kernel":3,"pad":2,"bias":false},)"
-      R"({"type":"batchnorm","name":"bn"},{"type":"relu"},{"type":"maxpool","kernel":3},)"
-      R"({"type":"avgpool","kernel":2,"stride":1},{"type":"adaptive_avgpool","out":[3,2]},)"
-      R"({"type":"flatten"},{"type":"dropout"},{"type":"linear","name":"l","in":30,"out":7}])";
-  const Arch a = parse_arch(in, R"({"channels":2,"crop":[13,11]})");
-  EXPECT_EQ(arch_to_json(a),
-            R"([{"type":"conv","name":"c","in":2,"out":5,"kernel":3,"stride":1,"pad":2,)"
-            R"("bias":false},{"type":"batchnorm","name":"bn","eps":1e-05},{"type":"relu"},)"
-            R"({"type":"maxpool","kernel":3,"stride":3},{"type":"avgpool","kernel":2,"stride":1},)"
-            R"({"type":"adaptive_avgpool","out":[3,2]},{"type":"flatten"},{"type":"dropout"},)"
-            R"({"type":"linear","name":"l","in":30,"out":7}])");
-  const auto shapes = layer_input_shapes(a, 2, 13, 11);
-  EXPECT_EQ(shapes[3].h, 15);  // (13 + 4 - 3) / 1 + 1
-  EXPECT_EQ(shapes[4].h, 5);   // maxpool 3, stride 3
-  EXPECT_EQ(shapes[4].w, 4);
-  EXPECT_EQ(shapes[8].c, 30);
-  EXPECT_EQ(shapes[9].c, 7);
-}
-
-TEST(Arch, JsonRoundTrip) {
-  for (const auto& [arch_json, input_json] :
-       {std::pair{kNet1, kInput}, std::pair{kNet2, kInput2}}) {
-    const Arch a = parse_arch(arch_json, input_json);
-    const Arch b = parse_arch(arch_to_json(a), input_to_json(a.input));
-    EXPECT_TRUE(a == b) << arch_to_json(a);
-    EXPECT_EQ(arch_to_json(a), arch_to_json(b));
-  }
-  for (const std::string& name : vgg_preset_names()) {
-    const Arch a = vgg_preset(name, 17);
-    const auto md = arch_metadata(a);
-    EXPECT_TRUE(parse_arch(md.at("dalr.arch"), md.at("dalr.input")) == a) << name;
-  }
-  // Defaults: pool stride = kernel, conv stride 1 pad 0, eps 1e-5, bias true.
-  const Arch d = parse_arch(
-      R"([{"type":"conv","name":"c","in":1,"out":2,"kernel":3},{"type":"maxpool","kernel":2},
-          {"type":"batchnorm","name":"b"}])",
-      R"({"channels":1,"crop":8})");
-  EXPECT_EQ(d.layers[0].stride, 1);
-  EXPECT_EQ(d.layers[0].pad, 0);
-  EXPECT_EQ(d.layers[1].stride, 2);
-  EXPECT_EQ(d.layers[2].eps, 1e-5);
-  EXPECT_EQ(d.input.crop, (std::array<int64_t, 2>{8, 8}));
-}
-
-TEST(Arch, BadArchErrors) {
-  const std::string in = R"({"channels":3,"crop":[8,8]})";
-  auto arch_err = [&](const std::string& a, std::initializer_list<std::string> words) {
-    SCOPED_TRACE(a);
-    expect_error([&] { parse_arch(a, in); }, words);
-  };
-  const std::string conv = R"("type":"conv","name":"c","in":3,"out":4)";
-  arch_err("[{", {"dalr.arch is not valid JSON"});
-  arch_err("{}", {"non-empty JSON array"});
-  arch_err("[]", {"non-empty JSON array"});
-  arch_err("[3]", {"layer 0", "JSON object"});
-  arch_err(R"([{"name":"x"}])", {"layer 0", "missing field 'type'"});
-  arch_err(R"([{"type":7}])", {"'type' must be a string"});
-  arch_err(R"([{"type":"relu"},{"type":"softmax"}])",
-           {"layer 1", "unknown layer type 'softmax'", "conv", "adaptive_avgpool"});
-  arch_err(R"([{"type":"conv","in":3,"out":4,"kernel":3}])", {"conv", "missing field 'name'"});
-  arch_err(R"([{"type":"linear","name":"","in":3,"out":4}])", {"non-empty string"});
-  arch_err("[{" + conv + "}]", {"conv 'c'", "missing field 'kernel'"});
-  arch_err(R"([{"type":"linear","name":"f","out":4}])", {"linear 'f'", "missing field 'in'"});
-  arch_err(R"([{"type":"maxpool"}])", {"maxpool", "missing field 'kernel'"});
-  arch_err(R"([{"type":"adaptive_avgpool"}])", {"missing field 'out'"});
-  arch_err("[{" + conv + R"(,"kernel":"3"}])", {"'kernel' must be an integer", "\"3\""});
-  arch_err("[{" + conv + R"(,"kernel":2.5}])", {"'kernel' must be an integer"});
-  arch_err("[{" + conv + R"(,"kernel":0}])", {"'kernel' must be >= 1, got 0"});
-  arch_err("[{" + conv + R"(,"kernel":3,"stride":0}])", {"'stride' must be >= 1"});
-  arch_err("[{" + conv + R"(,"kernel":3,"pad":-1}])", {"'pad' must be >= 0, got -1"});
-  arch_err("[{" + conv + R"(,"kernel":3,"bias":1}])", {"'bias' must be true or false"});
-  arch_err("[{" + conv + R"(,"kernel":3,"groups":2}])", {"unknown field 'groups'", "allowed"});
-  arch_err(R"([{"type":"relu","inplace":true}])", {"relu", "unknown field 'inplace'"});
-  arch_err(R"([{"type":"conv","name":"c","in":3,"out":0,"kernel":1}])", {"'out' must be >= 1"});
-  arch_err(R"([{"type":"batchnorm","name":"b","eps":-1}])", {"'eps' must be >= 0"});
-  arch_err(R"([{"type":"batchnorm","name":"b","eps":"x"}])", {"'eps' must be a number"});
-  arch_err(R"([{"type":"adaptive_avgpool","out":[7]}])", {"[height, width]"});
-  arch_err(R"([{"type":"adaptive_avgpool","out":[7,0]}])", {"[height, width]"});
-  arch_err("[{" + conv + R"(,"kernel":1},{"type":"conv","name":"c","in":4,"out":4,"kernel":1}])",
-           {"layer 1", "duplicate layer name 'c'"});
-  // Shapes that cannot flow for the declared 3x8x8 input.
-  arch_err(R"([{"type":"conv","name":"c","in":4,"out":4,"kernel":3}])",
-           {"declared input (3x8x8)", "conv 'c'", "expects 4 input channels", "3x8x8"});
-  arch_err("[{" + conv +
-               R"(,"kernel":3},{"type":"flatten"},{"type":"linear","name":"f","in":99,"out":2}])",
-           {"linear 'f'", "expects in = 99", "flatten before it gives 144 features (4x6x6)"});
-  arch_err("[{" + conv + R"(,"kernel":3},{"type":"linear","name":"f","in":144,"out":2}])",
-           {"linear 'f'", "needs a flat input", "add a flatten"});
-  arch_err(R"([{"type":"flatten"},{"type":"maxpool","kernel":2}])", {"maxpool", "after a flatten"});
-  arch_err(R"([{"type":"maxpool","kernel":9}])", {"kernel 9 is larger than its input 3x8x8"});
-  arch_err(R"([{"type":"flatten"},{"type":"linear","name":"a","in":192,"out":5},
-               {"type":"linear","name":"b","in":6,"out":2}])",
-           {"linear 'b'", "expects in = 6", "its input has 5 features"});
-}
-
-TEST(Arch, BadInputErrors) {
-  const std::string a = R"([{"type":"relu"}])";
-  auto in_err = [&](const std::string& in, std::initializer_list<std::string> words) {
-    SCOPED_TRACE(in);
-    expect_error([&] { parse_arch(a, in); }, words);
-  };
-  in_err("nope", {"dalr.input is not valid JSON"});
-  in_err("[1]", {"dalr.input must be a JSON object"});
-  in_err(R"({"crop":[2,2]})", {"dalr.input", "missing field 'channels'"});
-  in_err(R"({"channels":3})", {"missing field 'crop'"});
-  in_err(R"({"channels":0,"crop":[2,2]})", {"'channels' must be >= 1"});
-  in_err(R"({"channels":3,"crop":[2,2],"scale":0})", {"'scale' must be > 0"});
-  in_err(R"({"channels":3,"crop":[2,2],"resize":-5})", {"'resize' must be >= 0"});
-  in_err(R"({"channels":3,"crop":[2,2],"mean":[0.5]})", {"'mean' must be an array of 3"});
-  in_err(R"({"channels":1,"crop":[2,2],"std":[0]})", {"'std' has a bad value 0", "> 0"});
-  in_err(R"({"channels":1,"crop":[2,2],"size":3})", {"unknown field 'size'"});
-}
-
-// ------------------------------------------------------------ presets
-
-std::vector<std::string> names_of(const Arch& a, LayerType t) {
-  std::vector<std::string> n;
-  for (const auto& l : a.layers)
-    if (l.type == t) n.push_back(l.name);
-  return n;
-}
-
-TEST(Arch, Vgg16Preset) {
-  const Arch a = vgg_preset("vgg16", 1000);
-  const std::vector<std::string> convs = {
-      "features.0",  "features.2",  "features.5",  "features.7",  "features.10",
-      "features.12", "features.14", "features.17", "features.19", "features.21",
-      "features.24", "features.26", "features.28"};
-  EXPECT_EQ(names_of(a, LayerType::Conv), convs);
-  EXPECT_EQ(names_of(a, LayerType::Linear),
-            (std::vector<std::string>{"classifier.0", "classifier.3", "classifier.6"}));
-  EXPECT_EQ(names_of(a, LayerType::MaxPool).size(), 5u);
-  EXPECT_TRUE(names_of(a, LayerType::BatchNorm).empty());
-  for (const auto& l : a.layers)
-    if (l.type == LayerType::Conv) {
-      EXPECT_EQ(l.kernel, 3);
-      EXPECT_EQ(l.pad, 1);
-      EXPECT_EQ(l.stride, 1);
-    }
-  EXPECT_EQ(a.layers[0].in, 3);
-  const auto shapes = layer_input_shapes(a, 3, 224, 224);
-  size_t fc6 = 0;
-  while (a.layers[fc6].name != "classifier.0") ++fc6;
-  EXPECT_EQ(a.layers[fc6 - 1].type, LayerType::Flatten);
-  EXPECT_EQ(a.layers[fc6 - 2].type, LayerType::AdaptiveAvgPool);
-  EXPECT_EQ(shapes[fc6 - 2].h, 7);  // the features end at 512x7x7 for 224x224
-  EXPECT_EQ(shapes[fc6].c, 25088);
-  EXPECT_EQ(a.layers[fc6].out, 4096);
-  EXPECT_EQ(a.layers[fc6 + 1].type, LayerType::Relu);
-  EXPECT_EQ(a.layers[fc6 + 2].type, LayerType::Dropout);
-  EXPECT_EQ(a.layers.back().name, "classifier.6");
-  EXPECT_EQ(a.layers.back().out, 1000);
-  EXPECT_EQ(shapes.back().c, 1000);
-  // Adaptive pooling lets other input sizes through.
-  EXPECT_EQ(layer_input_shapes(a, 3, 64, 96)[fc6].c, 25088);
-  EXPECT_EQ(a.input.crop, (std::array<int64_t, 2>{224, 224}));
-  EXPECT_EQ(a.input.resize, 256);
-  EXPECT_NEAR(a.input.scale, 1.0 / 255, 1e-15);
-  EXPECT_EQ(a.input.std, (std::vector<double>{0.229, 0.224, 0.225}));
-
-  EXPECT_EQ(names_of(vgg_preset("vgg19", 5), LayerType::Conv).size(), 16u);
-  EXPECT_EQ(names_of(vgg_preset("vgg19", 5), LayerType::Conv).back(), "features.34");
-  EXPECT_EQ(names_of(vgg_preset("vgg13", 5), LayerType::Conv).back(), "features.22");
-  EXPECT_EQ(vgg_preset("vgg19", 5).layers.back().out, 5);
-}
-
-TEST(Arch, Vgg11BnPreset) {
-  const Arch a = vgg_preset("vgg11_bn", 10);
-  EXPECT_EQ(names_of(a, LayerType::Conv),
-            (std::vector<std::string>{"features.0", "features.4", "features.8", "features.11",
-                                      "features.15", "features.18", "features.22", "features.25"}));
-  EXPECT_EQ(names_of(a, LayerType::BatchNorm),
-            (std::vector<std::string>{"features.1", "features.5", "features.9", "features.12",
-                                      "features.16", "features.19", "features.23", "features.26"}));
-  // conv, bn, relu, pool: torchvision's module order.
-  EXPECT_EQ(a.layers[1].type, LayerType::BatchNorm);
-  EXPECT_EQ(a.layers[2].type, LayerType::Relu);
-  EXPECT_EQ(a.layers[3].type, LayerType::MaxPool);
-  EXPECT_EQ(a.layers[3].kernel, 2);
-  EXPECT_EQ(a.layers[3].stride, 2);
-  EXPECT_EQ(names_of(vgg_preset("vgg16_bn", 3), LayerType::Conv).back(), "features.40");
-}
-
-TEST(Arch, PresetErrors) {
-  expect_error([] { vgg_preset("vgg17", 10); },
-               {"unknown architecture preset 'vgg17'", "vgg11", "vgg19_bn"});
-  expect_error([] { vgg_preset("vgg16", 0); }, {"classes must be >= 1"});
-}
-
-// ------------------------------------------------------------ loading, weights, factoring
-
-TEST(Arch, LoadAndCheckWeights) {
-  test::TempDir dir;
-  std::mt19937_64 rng(7);
-  const Arch a = parse_arch(kNet1, kInput);
-  Tensors t = random_weights(a, rng);
-
-  write_model(dir.file("meta.safetensors"), a, t);
-  EXPECT_TRUE(load_arch(SafetensorsFile(dir.file("meta.safetensors")), "") == a);
-  EXPECT_TRUE(load_arch(SafetensorsFile(dir.file("meta.safetensors")), "vgg16") == a);
-
-  write_model(dir.file("plain.safetensors"), a, t, false);
-  SafetensorsFile plain(dir.file("plain.safetensors"));
-  expect_error([&] { load_arch(plain, ""); },
-               {"plain.safetensors", "no architecture", "--arch", "vgg16_bn"});
-  expect_error([&] { load_arch(plain, "vggx"); }, {"unknown architecture preset 'vggx'"});
-  expect_error([&] { load_arch(plain, "vgg16"); }, {"needs tensor 'classifier.6.weight'"});
-
-  // A preset takes its classes from classifier.6.weight, then checks every tensor.
-  write_safetensors(dir.file("head.safetensors"),
-                    {TensorOut::f32("classifier.6.weight", {10, 4096}, std::vector<float>(40960))},
-                    {});
-  expect_error([&] { load_arch(SafetensorsFile(dir.file("head.safetensors")), "vgg11"); },
-               {"conv 'features.0'", "'features.0.weight' of shape [64, 3, 3, 3]", "missing"});
-
-  // Metadata without dalr.input; metadata that does not parse.
-  write_safetensors(dir.file("half.safetensors"), {}, {{"dalr.arch", kNet1}});
-  expect_error([&] { load_arch(SafetensorsFile(dir.file("half.safetensors")), ""); },
-               {"no 'dalr.input'"});
-  write_safetensors(dir.file("bad.safetensors"), {},
-                    {{"dalr.arch", R"([{"type":"gelu"}])"}, {"dalr.input", kInput}});
-  expect_error([&] { load_arch(SafetensorsFile(dir.file("bad.safetensors")), ""); },
-               {"bad.safetensors", "unknown layer type 'gelu'"});
-
-  // check_weights: missing, wrong shape, batchnorm length.
-  auto broken = [&](const std::function<void(Tensors&)>& edit) {
-    Tensors u = t;
-    edit(u);
-    write_model(dir.file("w.safetensors"), a, u);
-    return dir.file("w.safetensors");
-  };
-  std::string p = broken([](Tensors& u) { u.erase("fc1.bias"); });
-  expect_error([&] { check_weights(a, SafetensorsFile(p)); },
-               {"linear 'fc1'", "'fc1.bias' of shape [7]", "missing"});
-  p = broken([](Tensors& u) { u["fc2.bias"].push_back(1); });
-  expect_error([&] { check_weights(a, SafetensorsFile(p)); },
-               {"'fc2.bias' has shape [4]", "expects [3]"});
-  p = broken([](Tensors& u) { u["bn.running_var"].pop_back(); });
-  expect_error([&] { CpuForward<double>(a, SafetensorsFile(p)); },
-               {"'bn.running_var' has shape [3]", "batchnorm 'bn'", "expects [4]"});
-  Arch wrong = a;
-  wrong.layers[0].kernel = 5;  // the file holds 3x3 kernels
-  expect_error([&] { check_weights(wrong, SafetensorsFile(dir.file("meta.safetensors"))); },
-               {"'c1.weight' has shape [5, 3, 3, 3]", "expects [5, 3, 5, 5]"});
-}
-
-TEST(Arch, ReplaceLinearWithFactors) {
-  const Arch a = parse_arch(kNet1, kInput);
-  const Arch f = replace_linear_with_factors(a, "fc1", 2);
-  ASSERT_EQ(f.layers.size(), a.layers.size() + 1);
-  const LayerSpec &f0 = f.layers[8], &f1 = f.layers[9];
-  EXPECT_EQ(f0.name, "fc1.0");
-  EXPECT_EQ(f0.in, 24);
-  EXPECT_EQ(f0.out, 2);
-  EXPECT_FALSE(f0.bias);
-  EXPECT_EQ(f1.name, "fc1.1");
-  EXPECT_EQ(f1.in, 2);
-  EXPECT_EQ(f1.out, 7);
-  EXPECT_TRUE(f1.bias);
-  EXPECT_EQ(f.layers[10].type, LayerType::Relu);
-  EXPECT_NE(arch_to_json(f).find(R"("name":"fc1.0","in":24,"out":2,"bias":false)"),
-            std::string::npos)
-      << arch_to_json(f);
-  EXPECT_TRUE(parse_arch(arch_to_json(f), input_to_json(f.input)) == f);
-  EXPECT_TRUE(a == parse_arch(kNet1, kInput));  // the input arch is unchanged
-
-  expect_error([&] { replace_linear_with_factors(a, "fc9", 2); },
-               {"no linear layer named 'fc9'", "fc1, fc2"});
-  expect_error([&] { replace_linear_with_factors(a, "c1", 2); }, {"no linear layer named 'c1'"});
-  expect_error([&] { replace_linear_with_factors(a, "fc1", 0); }, {"rank", ">= 1"});
-  EXPECT_NO_THROW(replace_linear_with_factors(f, "fc1.1", 1));  // fc1.1.0, fc1.1.1: no clash
-  // A layer already named NAME.0 blocks factoring NAME.
-  Arch clash = a;
-  clash.layers[11].name = "fc1.0";
-  expect_error([&] { replace_linear_with_factors(clash, "fc1", 2); },
-               {"cannot factor 'fc1'", "'fc1.0' already exists"});
 }
 
 // ------------------------------------------------------------ forward vs naive loops
@@ -929,9 +537,9 @@ TEST(Forward, SixteenBitStorageRoundsEveryLayerOnce) {
     EXPECT_LT(d, eps * 20);
   }
 
-  EXPECT_EQ(act_storage_for("fp16"), ActStorage::Fp16);
-  EXPECT_EQ(act_storage_for("bf16"), ActStorage::Bf16);
-  EXPECT_EQ(act_storage_for("tf32"), ActStorage::Fp32);
+  EXPECT_EQ(act_storage(Precision::Fp16), ActStorage::Fp16);
+  EXPECT_EQ(act_storage(Precision::Bf16), ActStorage::Bf16);
+  EXPECT_EQ(act_storage(Precision::Tf32), ActStorage::Fp32);
   expect_error([&] { CpuForward<double>(a, file, ActStorage::Bf16); },
                {"--precision bf16", "float forward pass"});
 }
@@ -1011,6 +619,27 @@ TEST(Forward, ShapeErrors) {
   EXPECT_EQ(run_as(fb, random_input(2, 1, 5, 5, rng), "ip").rows, 18);
   expect_error([&] { run_as(fb, random_input(2, 1, 6, 6, rng), ""); },
                {"linear 'ip'", "expects in = 18", "flatten before it gives 32 features (2x4x4)"});
+}
+
+// ------------------------------------------------------------ run_from
+
+// The network from a layer on, on the shipped example: the same bits as the full pass.
+TEST(RunFrom, ContinuesTheForwardPassExactly) {
+  SafetensorsFile f(std::string(DALR_SOURCE_DIR) + "/examples/fashion2digits/model.bin");
+  const Arch arch = load_arch(f, "");
+  const CpuForward<float> fwd(arch, f);
+  std::mt19937_64 rng(test::test_seed(11));
+  std::normal_distribution<float> nd;
+  std::vector<float> img(5 * 32 * 32);
+  for (auto& v : img) v = nd(rng);
+  const Matrix<float> full = fwd.run(img.data(), 5, 1, 32, 32);
+  const Matrix<float> x = fwd.run(img.data(), 5, 1, 32, 32, "classifier.0");
+  EXPECT_EQ(fwd.run_from("classifier.0", x.ptr(), 5).data, full.data);
+  // After a layer: classifier.6 is the last one, so its output is the network's.
+  const Matrix<float> x6 = fwd.run(img.data(), 5, 1, 32, 32, "classifier.6");
+  const Matrix<float> y = fwd.run_from("classifier.6", x6.ptr(), 5);
+  EXPECT_EQ(fwd.run_from("classifier.6", y.ptr(), 5, /*after=*/true).data, full.data);
+  EXPECT_THROW(fwd.run_from("nope", x.ptr(), 5), Error);
 }
 
 }  // namespace

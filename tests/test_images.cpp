@@ -160,7 +160,7 @@ std::vector<double> axis_weights(int64_t in, int64_t out, int64_t o) {
 // Resize shorter side to p.resize, centre crop, all in double; returns planes of the
 // source's channels (0..255, not normalised). px is interleaved.
 std::vector<double> ref_resize_crop(const std::vector<double>& px, int64_t w, int64_t h, int64_t c,
-                                    const Preprocess& p) {
+                                    const InputSpec& p) {
   int64_t ow = w, oh = h;
   if (p.resize > 0) {
     if (w <= h) {
@@ -171,24 +171,24 @@ std::vector<double> ref_resize_crop(const std::vector<double>& px, int64_t w, in
       ow = static_cast<int64_t>(std::floor(static_cast<double>(p.resize) * w / h));
     }
   }
-  const int64_t x0 = static_cast<int64_t>(std::nearbyint((ow - p.crop_w) / 2.0));
-  const int64_t y0 = static_cast<int64_t>(std::nearbyint((oh - p.crop_h) / 2.0));
+  const int64_t x0 = static_cast<int64_t>(std::nearbyint((ow - p.crop[1]) / 2.0));
+  const int64_t y0 = static_cast<int64_t>(std::nearbyint((oh - p.crop[0]) / 2.0));
   // Rows first: tmp[sy][x][ch], then columns.
-  std::vector<double> tmp(h * p.crop_w * c, 0.0);
-  for (int64_t x = 0; x < p.crop_w; ++x) {
+  std::vector<double> tmp(h * p.crop[1] * c, 0.0);
+  for (int64_t x = 0; x < p.crop[1]; ++x) {
     const auto wx = axis_weights(w, ow, x0 + x);
     for (int64_t sy = 0; sy < h; ++sy)
       for (int64_t sx = 0; sx < w; ++sx)
         for (int64_t ch = 0; ch < c; ++ch)
-          tmp[(sy * p.crop_w + x) * c + ch] += wx[sx] * px[(sy * w + sx) * c + ch];
+          tmp[(sy * p.crop[1] + x) * c + ch] += wx[sx] * px[(sy * w + sx) * c + ch];
   }
-  std::vector<double> out(c * p.crop_h * p.crop_w, 0.0);
-  for (int64_t y = 0; y < p.crop_h; ++y) {
+  std::vector<double> out(c * p.crop[0] * p.crop[1], 0.0);
+  for (int64_t y = 0; y < p.crop[0]; ++y) {
     const auto wy = axis_weights(h, oh, y0 + y);
     for (int64_t sy = 0; sy < h; ++sy)
-      for (int64_t x = 0; x < p.crop_w; ++x)
+      for (int64_t x = 0; x < p.crop[1]; ++x)
         for (int64_t ch = 0; ch < c; ++ch)
-          out[(ch * p.crop_h + y) * p.crop_w + x] += wy[sy] * tmp[(sy * p.crop_w + x) * c + ch];
+          out[(ch * p.crop[0] + y) * p.crop[1] + x] += wy[sy] * tmp[(sy * p.crop[1] + x) * c + ch];
   }
   return out;
 }
@@ -204,8 +204,8 @@ std::vector<double> to_double_planar(const Image& im) {
   return out;
 }
 
-std::vector<double> normalise(std::vector<double> planes, const Preprocess& p) {
-  const int64_t plane = p.crop_h * p.crop_w;
+std::vector<double> normalise(std::vector<double> planes, const InputSpec& p) {
+  const int64_t plane = p.crop[0] * p.crop[1];
   for (int64_t ch = 0; ch < p.channels; ++ch)
     for (int64_t i = 0; i < plane; ++i) {
       double& v = planes[ch * plane + i];
@@ -214,8 +214,8 @@ std::vector<double> normalise(std::vector<double> planes, const Preprocess& p) {
   return planes;
 }
 
-std::vector<float> decode(const std::string& path, const Preprocess& p) {
-  std::vector<float> out(p.channels * p.crop_h * p.crop_w, std::nanf(""));  // poisoned
+std::vector<float> decode(const std::string& path, const InputSpec& p) {
+  std::vector<float> out(p.channels * p.crop[0] * p.crop[1], std::nanf(""));  // poisoned
   decode_and_preprocess(path, p, out.data());
   return out;
 }
@@ -238,12 +238,12 @@ std::vector<double> planar_to_interleaved(const std::vector<float>& planes, int6
   return out;
 }
 
-Preprocess imagenet_like(int64_t channels, int64_t resize, int64_t crop_h, int64_t crop_w) {
-  Preprocess p;
+InputSpec imagenet_like(int64_t channels, int64_t resize, int64_t crop_h, int64_t crop_w) {
+  InputSpec p;
   p.channels = channels;
   p.resize = resize;
-  p.crop_h = crop_h;
-  p.crop_w = crop_w;
+  p.crop = {crop_h, crop_w};
+  p.scale = 1.0 / 255;
   if (channels == 3) {
     p.mean = {0.485, 0.456, 0.406};
     p.std = {0.229, 0.224, 0.225};
@@ -255,12 +255,11 @@ Preprocess imagenet_like(int64_t channels, int64_t resize, int64_t crop_h, int64
 }
 
 // Raw pixels as floats: no resize, full-size crop, scale 1, no normalisation.
-Preprocess raw(int64_t channels, const Image& im) {
-  Preprocess p;
+InputSpec raw(int64_t channels, const Image& im) {
+  InputSpec p;
   p.channels = channels;
   p.resize = 0;
-  p.crop_h = im.h;
-  p.crop_w = im.w;
+  p.crop = {im.h, im.w};
   p.scale = 1;
   return p;
 }
@@ -310,7 +309,7 @@ TEST(ImageFolder, MissingOrEmptyFolderIsAnError) {
   expect_error([&] { list_image_folder(d.path(), nullptr); }, {d.path(), "no class subfolders"});
   std::filesystem::create_directory(d.file("cls"));
   test::write_file(d.file("cls/readme.txt"), "x");
-  expect_error([&] { open_images(d.path(), Preprocess{}, 1, 0, false, 0); },
+  expect_error([&] { open_images(d.path(), InputSpec{}, 1, 0, false, 0); },
                {d.path(), "no .jpg, .jpeg or .png"});
 }
 
@@ -349,7 +348,7 @@ TEST(Preprocess, GreyAndColourConversion) {
   // colour -> 1 channel: ITU-R 601 luma of the (resized) colour image.
   auto p1 = imagenet_like(1, 19, 17, 15);
   const auto c = ref_resize_crop(to_double(colour), colour.w, colour.h, 3, p1);
-  const int64_t n = p1.crop_h * p1.crop_w;
+  const int64_t n = p1.crop[0] * p1.crop[1];
   std::vector<double> luma(n);
   for (int64_t i = 0; i < n; ++i) luma[i] = 0.299 * c[i] + 0.587 * c[n + i] + 0.114 * c[2 * n + i];
   EXPECT_LT(max_abs_diff(decode(d.file("c.png"), p1), normalise(luma, p1)), 1e-5);
@@ -636,26 +635,41 @@ TEST(ImageErrors, NameTheFileAndTheProblem) {
   expect_error([&] { open_images(d.file("data"), p, 0, 0, false, 0); }, {"workers"});
 }
 
+// The one parser of the preprocessing (dalr.input): what the image reader also takes.
 TEST(Preprocess, ParsesJson) {
-  const Preprocess p =
-      parse_preprocess(R"({"channels":3,"resize":256,"crop":[224,200],"scale":0.00392156862745098,)"
+  const InputSpec p =
+      parse_input_spec(R"({"channels":3,"resize":256,"crop":[224,200],"scale":0.00392156862745098,)"
                        R"("mean":[0.485,0.456,0.406],"std":[0.229,0.224,0.225]})");
   EXPECT_EQ(p.channels, 3);
   EXPECT_EQ(p.resize, 256);
-  EXPECT_EQ(p.crop_h, 224);
-  EXPECT_EQ(p.crop_w, 200);
+  EXPECT_EQ(p.crop[0], 224);
+  EXPECT_EQ(p.crop[1], 200);
   EXPECT_DOUBLE_EQ(p.scale, 1.0 / 255);
   EXPECT_EQ(p.mean, (std::vector<double>{0.485, 0.456, 0.406}));
   EXPECT_EQ(p.std, (std::vector<double>{0.229, 0.224, 0.225}));
-  const Preprocess q = parse_preprocess(R"({"channels":1,"crop":32})");
-  EXPECT_EQ(q.crop_h, 32);
-  EXPECT_EQ(q.crop_w, 32);
-  EXPECT_EQ(q.resize, 256);  // default kept
-  expect_error([] { parse_preprocess(R"({"chanels":3})"); }, {"unknown key 'chanels'"});
-  expect_error([] { parse_preprocess(R"({"crop":[1,2,3]})"); }, {"crop must be [h, w]"});
-  expect_error([] { parse_preprocess(R"({"resize":"big"})"); }, {"wrong type"});
-  expect_error([] { parse_preprocess("{"); }, {"not valid JSON"});
-  expect_error([] { parse_preprocess(R"({"channels":1,"mean":[1,2]})"); }, {"mean and std"});
+  const InputSpec q = parse_input_spec(R"({"channels":1,"crop":32})");
+  EXPECT_EQ(q.crop[0], 32);
+  EXPECT_EQ(q.crop[1], 32);
+  EXPECT_EQ(q.resize, 0);  // InputSpec's defaults kept
+  EXPECT_EQ(q.scale, 1.0);
+  expect_error([] { parse_input_spec(R"({"chanels":3,"crop":2})"); }, {"unknown field 'chanels'"});
+  expect_error([] { parse_input_spec(R"({"channels":3,"crop":[1,2,3]})"); },
+               {"'crop' must be [height, width]"});
+  expect_error([] { parse_input_spec(R"({"channels":3,"crop":2,"resize":"big"})"); },
+               {"'resize' must be an integer"});
+  expect_error([] { parse_input_spec("{"); }, {"not valid JSON"});
+  expect_error([] { parse_input_spec(R"({"channels":1,"crop":2,"mean":[1,2]})"); },
+               {"mean and std"});
+  // validate() holds the same rules for a spec built in code.
+  InputSpec bad;
+  bad.std = {1, -2, 1};
+  expect_error([&] { validate(bad); }, {"'std' has a bad value -2", "> 0"});
+  bad = InputSpec{};
+  bad.scale = 0;
+  expect_error([&] { validate(bad); }, {"'scale' must be > 0"});
+  bad = InputSpec{};
+  bad.crop = {3, 0};
+  expect_error([&] { validate(bad); }, {"'crop' must be [height, width]"});
 }
 
 TEST(Preprocess, CmykJpegAsAdobeWritesIt) {

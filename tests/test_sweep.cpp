@@ -228,24 +228,6 @@ TEST(SweepErrors, BadInputExitsWithOne) {
   }
 }
 
-TEST(RunFrom, ContinuesTheForwardPassExactly) {
-  SafetensorsFile f(kEx + "model.bin");
-  const Arch arch = load_arch(f, "");
-  const CpuForward<float> fwd(arch, f);
-  std::mt19937_64 rng(test::test_seed(11));
-  std::normal_distribution<float> nd;
-  std::vector<float> img(5 * 32 * 32);
-  for (auto& v : img) v = nd(rng);
-  const Matrix<float> full = fwd.run(img.data(), 5, 1, 32, 32);
-  const Matrix<float> x = fwd.run(img.data(), 5, 1, 32, 32, "classifier.0");
-  EXPECT_EQ(fwd.run_from("classifier.0", x.ptr(), 5).data, full.data);
-  // After a layer: classifier.6 is the last one, so its output is the network's.
-  const Matrix<float> x6 = fwd.run(img.data(), 5, 1, 32, 32, "classifier.6");
-  const Matrix<float> y = fwd.run_from("classifier.6", x6.ptr(), 5);
-  EXPECT_EQ(fwd.run_from("classifier.6", y.ptr(), 5, /*after=*/true).data, full.data);
-  EXPECT_THROW(fwd.run_from("nope", x.ptr(), 5), Error);
-}
-
 }  // namespace
 
 namespace {

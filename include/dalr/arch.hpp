@@ -15,13 +15,14 @@
 // N.running_var for batchnorm). "bias":false (an extension of the format) marks
 // a layer without a bias tensor: the first factor N.0 of a compressed linear layer.
 //
-// dalr.input: {"channels":3,["resize":0],"crop":[224,224],["scale":1],["mean":[..]],
-//              ["std":[..]]}: pixel * scale, then (x - mean[c]) / std[c] if given.
+// dalr.input: InputSpec (dalr/input_spec.hpp).
 #include <array>
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
+
+#include "dalr/input_spec.hpp"
 
 namespace dalr {
 
@@ -54,15 +55,6 @@ struct LayerSpec {
   bool bias = true;                 // conv, linear
 };
 
-struct InputSpec {
-  int64_t channels = 3;
-  int64_t resize = 0;  // shorter side resized to this before the crop; 0: no resize
-  std::array<int64_t, 2> crop{224, 224};  // (height, width) fed to the network
-  double scale = 1.0;                     // pixel (0..255) * scale
-  std::vector<double> mean;               // per channel, empty: none
-  std::vector<double> std;                // per channel, empty: none
-};
-
 struct Arch {
   std::vector<LayerSpec> layers;
   InputSpec input;
@@ -74,9 +66,9 @@ struct Arch {
 // that contradict each other where they can be known without an image.
 Arch parse_arch(const std::string& arch_json, const std::string& input_json);
 
-// The inverse of parse_arch: parse_arch(arch_to_json(a), input_to_json(a.input)) == a.
+// The inverse of parse_arch: parse_arch(arch_to_json(a), input_to_json(a.input)) == a
+// (input_to_json: dalr/input_spec.hpp).
 std::string arch_to_json(const Arch& arch);
-std::string input_to_json(const InputSpec& input);
 // Both keys ({"dalr.arch": ..., "dalr.input": ...}) for write_safetensors.
 std::map<std::string, std::string> arch_metadata(const Arch& arch);
 
@@ -114,7 +106,6 @@ std::vector<ActShape> layer_input_shapes(const Arch& arch, int64_t c, int64_t h,
 std::string layer_label(const Arch& arch, size_t index);
 
 bool operator==(const LayerSpec& a, const LayerSpec& b);
-bool operator==(const InputSpec& a, const InputSpec& b);
 bool operator==(const Arch& a, const Arch& b);
 
 }  // namespace dalr

@@ -19,10 +19,8 @@ namespace dalr {
 
 class SafetensorsFile;
 
-// ActStorage: how a float forward pass stores its activations (dalr/precision.hpp).
-// "fp16" -> Fp16, "bf16" -> Bf16, any other text -> Fp32. Superseded by
-// act_storage(parse_precision(...)); kept for the CPU forward's tests.
-ActStorage act_storage_for(const std::string& precision);
+// ActStorage: how a float forward pass stores its activations (dalr/precision.hpp,
+// act_storage(Precision)).
 const char* act_storage_name(ActStorage s);  // "fp32", "fp16", "bf16"
 // x rounded to the storage format and widened back (x itself for Fp32).
 float round_to_storage(float x, ActStorage s);

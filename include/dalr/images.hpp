@@ -7,27 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "dalr/input_spec.hpp"
+
 namespace dalr {
-
-// Resize so the shorter side equals `resize` (bilinear, aspect kept; 0 = no resize),
-// centre crop to crop_h x crop_w (an error if the image is smaller), then
-// value = (pixel * scale - mean[c]) / std[c]. mean/std empty mean 0/1.
-// The resize is PIL's bilinear (a triangle filter widened when shrinking, so large
-// reductions average instead of aliasing), computed in float without rounding to 8 bits.
-struct Preprocess {
-  int64_t channels = 3, resize = 256, crop_h = 224, crop_w = 224;
-  double scale = 1.0 / 255;
-  std::vector<double> mean, std;
-};
-
-// Throws dalr::Error if channels is not 1 or 3, sizes are not positive, mean/std have
-// neither 0 nor `channels` entries, or a std is zero.
-void validate(const Preprocess& p);
-
-// Parses {"channels":3,"resize":256,"crop":[224,224],"scale":0.0039,"mean":[..],"std":[..]}
-// (crop is [h, w] or one number for a square; absent keys keep their defaults) and
-// validates it. Throws dalr::Error on bad JSON, an unknown key or a wrong value.
-Preprocess parse_preprocess(const std::string& json_text);
 
 struct Sample {
   std::string path;
@@ -41,18 +23,24 @@ std::vector<Sample> list_image_folder(const std::string& dir,
                                       std::vector<std::string>* class_names);
 
 // Decodes a JPEG or PNG (chosen by content, not by name) and writes
-// p.channels x p.crop_h x p.crop_w floats (CHW). Grey is replicated to 3 channels;
-// colour becomes 1 channel by ITU-R 601 luma. Throws dalr::Error naming the file.
-void decode_and_preprocess(const std::string& path, const Preprocess& p, float* out);
+// p.channels x p.crop[0] x p.crop[1] floats (CHW), preprocessed as InputSpec says. The
+// resize is PIL's bilinear (a triangle filter widened when shrinking, so large
+// reductions average instead of aliasing), computed in float without rounding to 8 bits.
+// Grey is replicated to 3 channels; colour becomes 1 channel by ITU-R 601 luma. Throws
+// dalr::Error naming the file, or if p is not valid (validate) or its channels are not
+// 1 or 3, or the image is smaller than the crop.
+void decode_and_preprocess(const std::string& path, const InputSpec& p, float* out);
 
 class BatchSource {
  public:
   virtual ~BatchSource();
   virtual int64_t size() const = 0;  // images this source yields in all
   // Writes up to max_batch images (NCHW) to `out` and their labels to `labels` (may be
-  // null; -1 where unknown). Returns the number written; 0 at the end. An image that
-  // fails to decode throws dalr::Error (naming the file) when its turn comes, and again
-  // on every later call.
+  // null; -1 where unknown). Returns the number written; 0 at the end. `out` is the
+  // caller's memory (any host memory, pinned included) for max_batch x C x H x W floats,
+  // which the caller hands to the forward pass as it is (core/stream.hpp's HostBatch);
+  // no pointer to it is kept after the call. An image that fails to decode throws
+  // dalr::Error (naming the file) when its turn comes, and again on every later call.
   virtual int64_t next(float* out, int64_t max_batch, std::vector<int64_t>* labels) = 0;
   virtual int64_t channels() const = 0;
   virtual int64_t height() const = 0;
@@ -69,7 +57,7 @@ class BatchSource {
 // whichever worker decoded them, so the batches do not depend on `workers`. An image
 // that cannot be read (corrupt, truncated, not an image, smaller than the crop) stops
 // the source with an error naming it, or with `skip_bad` is left out and counted.
-std::unique_ptr<BatchSource> open_images(const std::string& dir, const Preprocess& p, int workers,
+std::unique_ptr<BatchSource> open_images(const std::string& dir, const InputSpec& p, int workers,
                                          int64_t limit, bool shuffle, uint64_t seed,
                                          bool skip_bad = false);
 

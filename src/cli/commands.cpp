@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/inspect.hpp"
+#include "common/split_list.hpp"
 #include "dalr/backend.hpp"
 #ifdef DALR_HAVE_CUDA
 #include "dalr/cuda.hpp"
@@ -61,20 +62,6 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
 }
 
 namespace {
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : s + ",") {
-    if (c != ',' && c != ' ') {
-      cur += c;
-    } else if (!cur.empty()) {
-      out.push_back(cur);
-      cur.clear();
-    }
-  }
-  return out;
-}
 
 std::vector<int64_t> parse_ranks(const std::string& s) {
   std::vector<int64_t> out;

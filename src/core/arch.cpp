@@ -8,119 +8,23 @@
 
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
+#include "io/json_fields.hpp"
 
 namespace dalr {
 namespace {
 
 using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
+using json_fields::check_keys;
+using json_fields::get_double;
+using json_fields::get_hw;
+using json_fields::get_int;
+using json_fields::parse_json;
 
 std::string label(size_t index, const std::string& type, const std::string& name) {
   std::string s = "layer " + std::to_string(index) + " (" + type;
   if (!name.empty()) s += " '" + name + "'";
   return s + ")";
-}
-
-json parse_json(const std::string& text, const char* what) {
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    throw Error(std::string(what) + " is not valid JSON: " + e.what());
-  }
-}
-
-// Field readers: `where` names the layer (or "dalr.input") in the message.
-int64_t get_int(const json& o, const std::string& key, const std::string& where, int64_t min,
-                const int64_t* fallback) {
-  auto it = o.find(key);
-  if (it == o.end()) {
-    if (fallback) return *fallback;
-    throw Error(where + ": missing field '" + key + "'");
-  }
-  if (!it->is_number_integer())
-    throw Error(where + ": field '" + key + "' must be an integer, got " + it->dump());
-  if (it->is_number_unsigned() && it->get<uint64_t>() > uint64_t(INT64_MAX))
-    throw Error(where + ": field '" + key + "' is too large: " + it->dump());
-  const int64_t v = it->get<int64_t>();
-  if (v < min)
-    throw Error(where + ": field '" + key + "' must be >= " + std::to_string(min) + ", got " +
-                std::to_string(v));
-  return v;
-}
-
-double get_double(const json& o, const std::string& key, const std::string& where, double fallback,
-                  bool positive) {
-  auto it = o.find(key);
-  if (it == o.end()) return fallback;
-  if (!it->is_number())
-    throw Error(where + ": field '" + key + "' must be a number, got " + it->dump());
-  const double v = it->get<double>();
-  if (!std::isfinite(v) || v < 0 || (positive && v == 0))
-    throw Error(where + ": field '" + key + "' must be " + (positive ? "> 0" : ">= 0") +
-                " and finite, got " + it->dump());
-  return v;
-}
-
-// [h, w] of positive integers, or one integer for both.
-std::array<int64_t, 2> get_hw(const json& o, const std::string& key, const std::string& where) {
-  auto it = o.find(key);
-  if (it == o.end()) throw Error(where + ": missing field '" + key + "'");
-  auto bad = [&]() {
-    return Error(where + ": field '" + key + "' must be [height, width] (positive integers), got " +
-                 it->dump());
-  };
-  std::array<int64_t, 2> hw{};
-  if (it->is_number_integer()) {
-    hw = {it->get<int64_t>(), it->get<int64_t>()};
-  } else if (it->is_array() && it->size() == 2 && (*it)[0].is_number_integer() &&
-             (*it)[1].is_number_integer()) {
-    hw = {(*it)[0].get<int64_t>(), (*it)[1].get<int64_t>()};
-  } else {
-    throw bad();
-  }
-  if (hw[0] < 1 || hw[1] < 1) throw bad();
-  return hw;
-}
-
-void check_keys(const json& o, const std::vector<std::string>& allowed, const std::string& where) {
-  for (auto it = o.begin(); it != o.end(); ++it) {
-    bool ok = false;
-    for (const auto& a : allowed) ok = ok || a == it.key();
-    if (!ok) {
-      std::string list;
-      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      throw Error(where + ": unknown field '" + it.key() + "' (allowed: " + list + ")");
-    }
-  }
-}
-
-InputSpec parse_input(const std::string& text) {
-  const std::string where = "dalr.input";
-  const json o = parse_json(text, "dalr.input");
-  if (!o.is_object()) throw Error(where + " must be a JSON object, got " + o.dump());
-  check_keys(o, {"channels", "resize", "crop", "scale", "mean", "std"}, where);
-  InputSpec in;
-  const int64_t zero = 0;
-  in.channels = get_int(o, "channels", where, 1, nullptr);
-  in.resize = get_int(o, "resize", where, 0, &zero);
-  in.crop = get_hw(o, "crop", where);
-  in.scale = get_double(o, "scale", where, 1.0, true);
-  for (const char* key : {"mean", "std"}) {
-    auto it = o.find(key);
-    if (it == o.end()) continue;
-    std::vector<double>& v = std::string(key) == "mean" ? in.mean : in.std;
-    if (!it->is_array() || it->size() != static_cast<size_t>(in.channels))
-      throw Error(where + ": field '" + key + "' must be an array of " +
-                  std::to_string(in.channels) + " numbers (one per channel), got " + it->dump());
-    for (const auto& x : *it) {
-      if (!x.is_number() || !std::isfinite(x.get<double>()) ||
-          (std::string(key) == "std" && x.get<double>() <= 0))
-        throw Error(where + ": field '" + key + "' has a bad value " + x.dump() +
-                    (std::string(key) == "std" ? " (must be > 0)" : ""));
-      v.push_back(x.get<double>());
-    }
-  }
-  return in;
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -465,7 +369,7 @@ Arch parse_arch(const std::string& arch_json, const std::string& input_json) {
     if (!name.empty() && !names.insert(name).second)
       throw Error("dalr.arch " + layer_label(arch, i) + ": duplicate layer name '" + name + "'");
   }
-  arch.input = parse_input(input_json);
+  arch.input = parse_input_spec(input_json);
   try {
     layer_input_shapes(arch, arch.input.channels, arch.input.crop[0], arch.input.crop[1]);
   } catch (const Error& e) {
@@ -486,17 +390,6 @@ std::string arch_to_json(const Arch& arch) {
     a.push_back(o);
   }
   return a.dump();
-}
-
-std::string input_to_json(const InputSpec& in) {
-  ojson o;
-  o["channels"] = in.channels;
-  o["resize"] = in.resize;
-  o["crop"] = {in.crop[0], in.crop[1]};
-  o["scale"] = in.scale;
-  if (!in.mean.empty()) o["mean"] = in.mean;
-  if (!in.std.empty()) o["std"] = in.std;
-  return o.dump();
 }
 
 std::map<std::string, std::string> arch_metadata(const Arch& arch) {
@@ -582,11 +475,6 @@ bool operator==(const LayerSpec& a, const LayerSpec& b) {
   return a.type == b.type && a.name == b.name && a.in == b.in && a.out == b.out &&
          a.kernel == b.kernel && a.stride == b.stride && a.pad == b.pad && a.eps == b.eps &&
          a.out_hw == b.out_hw && a.bias == b.bias;
-}
-
-bool operator==(const InputSpec& a, const InputSpec& b) {
-  return a.channels == b.channels && a.resize == b.resize && a.crop == b.crop &&
-         a.scale == b.scale && a.mean == b.mean && a.std == b.std;
 }
 
 bool operator==(const Arch& a, const Arch& b) {

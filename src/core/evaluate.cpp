@@ -34,15 +34,13 @@ EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
   }
   DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
   std::unique_ptr<BatchSource> src = open_data(d, arch.input);
-  const int64_t c = src->channels(), h = src->height(), w = src->width(), per = c * h * w;
-  std::vector<float> buf(static_cast<size_t>(per * o.batch));
-  std::vector<T> in(buf.size());
+  const int64_t c = src->channels(), h = src->height(), w = src->width();
+  HostBatch<T> in(*src, o.batch);
   std::vector<int64_t> labels;
   EvaluateResult r;
   int64_t hit1 = 0, hit5 = 0, agree = 0;
   Progress progress("evaluate", src->size(), o.quiet);
-  for (int64_t got; (got = src->next(buf.data(), o.batch, &labels)) > 0;) {
-    std::copy_n(buf.begin(), got * per, in.begin());
+  for (int64_t got; (got = in.next(*src, &labels)) > 0;) {
     const Matrix<T> logits = fwd->run(in.data(), got, c, h, w);
     Matrix<T> logits2;
     if (other) logits2 = other->run(in.data(), got, c, h, w);

@@ -6,26 +6,12 @@
 #include <string>
 #include <vector>
 
+#include "common/split_list.hpp"  // split_list: the command line's lists
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 #include "dalr/matrix.hpp"
 
 namespace dalr {
-
-// "a,b,,c" -> {"a", "b", "c"}: the comma lists of the command line.
-inline std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : s + ",") {
-    if (c != ',') {
-      cur += c;
-    } else if (!cur.empty()) {
-      out.push_back(cur);
-      cur.clear();
-    }
-  }
-  return out;
-}
 
 // Runs f(T{}) with the job's scalar type: T = double for fp64, float for fp32, tf32,
 // fp16 and bf16 (16-bit activations in the forward pass, ActStorage; statistics and

@@ -16,25 +16,13 @@ double now_s() {
 }
 }  // namespace
 
-Preprocess preprocess_of(const InputSpec& in) {
-  Preprocess p;
-  p.channels = in.channels;
-  p.resize = in.resize;
-  p.crop_h = in.crop[0];
-  p.crop_w = in.crop[1];
-  p.scale = in.scale;
-  p.mean = in.mean;
-  p.std = in.std;
-  return p;
-}
-
 std::unique_ptr<BatchSource> open_data(const DataOptions& o, const InputSpec& in) {
   if (o.data.empty()) throw Error("--data DIR (an image folder) or --data FILE.npy is required");
   if (!std::filesystem::exists(o.data)) throw Error("--data: " + o.data + " does not exist");
   if (o.batch < 1) throw Error("--batch must be at least 1");
   if (o.limit < 0) throw Error("--limit must be >= 0");
   if (std::filesystem::is_directory(o.data))
-    return open_images(o.data, preprocess_of(in), o.workers, o.limit, o.shuffle, o.seed,
+    return open_images(o.data, in, o.workers, o.limit, o.shuffle, o.seed,
                        /*skip_bad=*/true);
   return open_npy_images(o.data, o.limit);
 }
@@ -79,14 +67,12 @@ template <typename T>
 void stream_statistics(const Forward<T>& fwd, BatchSource& src,
                        const std::vector<std::string>& layers,
                        const std::vector<StatsAccumulator<T>*>& accs, const DataOptions& o) {
-  const int64_t c = src.channels(), h = src.height(), w = src.width(), per = c * h * w;
-  std::vector<float> buf(static_cast<size_t>(per * o.batch));
-  std::vector<T> in(buf.size());
+  const int64_t c = src.channels(), h = src.height(), w = src.width();
+  HostBatch<T> in(src, o.batch);
   const bool device = on_device(fwd, accs);
   Progress progress("statistics", src.size(), o.quiet);
   int64_t first = 0;
-  for (int64_t got; (got = src.next(buf.data(), o.batch, nullptr)) > 0; first += got) {
-    std::copy_n(buf.begin(), got * per, in.begin());
+  for (int64_t got; (got = in.next(src, nullptr)) > 0; first += got) {
     if (device) {
       // Returns once the pass is queued: the next batch is decoded while the GPU works.
       fwd.run_taps_device(

@@ -2,9 +2,11 @@
 // The streaming half of the pipeline: images (an image folder or a preprocessed .npy)
 // through the network's forward pass, handing each target layer's input to a
 // statistics accumulator batch by batch, so memory does not grow with the data.
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "dalr/arch.hpp"
@@ -24,8 +26,40 @@ struct DataOptions {
   bool quiet = false;
 };
 
-Preprocess preprocess_of(const InputSpec& in);
 std::unique_ptr<BatchSource> open_data(const DataOptions& o, const InputSpec& in);
+
+// The host batch a forward pass reads, filled by BatchSource::next. For float the
+// source writes into this memory directly, so the decode is the only host copy of a
+// batch before the forward pass takes it; for double the source's floats are widened.
+template <typename T>
+class HostBatch {
+ public:
+  HostBatch(const BatchSource& src, int64_t batch)
+      : per_(src.channels() * src.height() * src.width()),
+        batch_(batch),
+        floats_(static_cast<size_t>(per_ * batch)) {
+    if constexpr (!std::is_same_v<T, float>) wide_.resize(floats_.size());
+  }
+  // The next batch (up to `batch` images); 0 at the end.
+  int64_t next(BatchSource& src, std::vector<int64_t>* labels) {
+    const int64_t got = src.next(floats_.data(), batch_, labels);
+    if constexpr (!std::is_same_v<T, float>)
+      std::copy_n(floats_.begin(), got * per_, wide_.begin());
+    return got;
+  }
+  const T* data() const {
+    if constexpr (std::is_same_v<T, float>) {
+      return floats_.data();
+    } else {
+      return wide_.data();
+    }
+  }
+
+ private:
+  int64_t per_, batch_;
+  std::vector<float> floats_;
+  std::vector<T> wide_;  // double only
+};
 
 // Progress on stderr: a rewritten line on a terminal, a line every few seconds
 // otherwise, nothing when quiet.

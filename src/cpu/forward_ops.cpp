@@ -11,12 +11,6 @@
 
 namespace dalr {
 
-ActStorage act_storage_for(const std::string& precision) {
-  if (precision == "fp16") return ActStorage::Fp16;
-  if (precision == "bf16") return ActStorage::Bf16;
-  return ActStorage::Fp32;
-}
-
 const char* act_storage_name(ActStorage s) {
   switch (s) {
     case ActStorage::Fp16:

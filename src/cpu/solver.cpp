@@ -162,8 +162,31 @@ void solve_prune(const Matrix<T>& w, const std::vector<T>& b, const LayerStats<T
   for (int64_t i : order) f.spectrum.push_back(score[static_cast<size_t>(i)]);
 }
 
-}  // namespace
+// Every Method has its case and there is no default, so the compiler flags a Method
+// added without one (-Wswitch); a value outside the enum (a cast) falls out of the switch
+// and throws instead of returning empty factors.
+template <typename T>
+void solve_method(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                  const LayerStats<T>& stats, Factors<T>& f) {
+  const int64_t k = opt.rank;
+  switch (opt.method) {
+    case Method::Dalr:
+    case Method::DalrExact:
+      return solve_dalr(w, stats, k, opt.lambda, opt.method == Method::DalrExact, f);
+    case Method::Svd:
+    case Method::SvdBc:
+      solve_svd(w, k, f);
+      if (opt.method == Method::SvdBc) detail::compensate_bias(w, stats, f);
+      return;
+    case Method::PruneMean:
+    case Method::PruneMax:
+      return solve_prune(w, b, stats, k, opt.method == Method::PruneMax, f);
+  }
+  throw Error("solve: unknown method (enum value " + std::to_string(static_cast<int>(opt.method)) +
+              ")");
+}
 
+}  // namespace
 
 template <typename T>
 Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
@@ -172,21 +195,7 @@ Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<
   detail::check_solve_arguments(opt, w, b, stats);
 
   Factors<T> f = detail::start_factors(opt, b);
-  switch (opt.method) {
-    case Method::Dalr:
-    case Method::DalrExact:
-      solve_dalr(w, stats, k, opt.lambda, opt.method == Method::DalrExact, f);
-      break;
-    case Method::Svd:
-    case Method::SvdBc:
-      solve_svd(w, k, f);
-      if (opt.method == Method::SvdBc) detail::compensate_bias(w, stats, f);
-      break;
-    case Method::PruneMean:
-    case Method::PruneMax:
-      solve_prune(w, b, stats, k, opt.method == Method::PruneMax, f);
-      break;
-  }
+  solve_method(opt, w, b, stats, f);
   f.energy_kept = detail::energy_fraction(f.spectrum, k);
   return f;
 }

@@ -9,7 +9,6 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
@@ -30,62 +29,16 @@ namespace fs = std::filesystem;
 
 BatchSource::~BatchSource() = default;
 
-void validate(const Preprocess& p) {
+namespace {
+
+// The colour models the decoder converts to, then validate(p).
+void check_decodable(const InputSpec& p) {
   if (p.channels != 1 && p.channels != 3)
     throw Error("preprocess: channels must be 1 or 3, not " + std::to_string(p.channels));
-  if (p.resize < 0) throw Error("preprocess: resize must be >= 0 (0: no resize)");
-  if (p.crop_h <= 0 || p.crop_w <= 0) throw Error("preprocess: crop sizes must be positive");
-  for (const auto* v : {&p.mean, &p.std})
-    if (!v->empty() && static_cast<int64_t>(v->size()) != p.channels)
-      throw Error("preprocess: mean and std need 0 or " + std::to_string(p.channels) +
-                  " values (one per channel)");
-  for (double s : p.std)
-    if (s == 0) throw Error("preprocess: a std of 0 would divide by zero");
+  validate(p);
 }
 
-Preprocess parse_preprocess(const std::string& json_text) {
-  Preprocess p;
-  const auto bad = [&](const std::string& why) {
-    return Error("preprocess " + json_text + ": " + why);
-  };
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(json_text);
-  } catch (const nlohmann::json::exception& e) {
-    throw bad(std::string("not valid JSON (") + e.what() + ")");
-  }
-  if (!j.is_object()) throw bad("expected a JSON object");
-  try {
-    for (const auto& [key, v] : j.items()) {
-      if (key == "channels") {
-        p.channels = v.get<int64_t>();
-      } else if (key == "resize") {
-        p.resize = v.get<int64_t>();
-      } else if (key == "crop") {
-        if (v.is_number()) {
-          p.crop_h = p.crop_w = v.get<int64_t>();
-        } else {
-          const auto hw = v.get<std::vector<int64_t>>();
-          if (hw.size() != 2) throw bad("crop must be [h, w] or one number");
-          p.crop_h = hw[0];
-          p.crop_w = hw[1];
-        }
-      } else if (key == "scale") {
-        p.scale = v.get<double>();
-      } else if (key == "mean") {
-        p.mean = v.get<std::vector<double>>();
-      } else if (key == "std") {
-        p.std = v.get<std::vector<double>>();
-      } else {
-        throw bad("unknown key '" + key + "' (known: channels, resize, crop, scale, mean, std)");
-      }
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw bad(std::string("a value has the wrong type (") + e.what() + ")");
-  }
-  validate(p);
-  return p;
-}
+}  // namespace
 
 // ------------------------------------------------------------------ folder listing
 
@@ -211,32 +164,32 @@ void resized_size(int64_t w, int64_t h, int64_t target, int64_t* ow, int64_t* oh
 // Resize + centre crop of an interleaved 8-bit image into planar float (sc planes of
 // crop_h x crop_w), values 0..255 unrounded.
 void resize_crop(const std::vector<uint8_t>& px, int64_t w, int64_t h, int64_t sc,
-                 const Preprocess& p, const std::string& path, std::vector<float>* rows_buf,
+                 const InputSpec& p, const std::string& path, std::vector<float>* rows_buf,
                  std::vector<float>* planes) {
   int64_t ow, oh;
   resized_size(w, h, p.resize, &ow, &oh);
-  if (ow < p.crop_w || oh < p.crop_h)
+  if (ow < p.crop[1] || oh < p.crop[0])
     throw Error(path + ": image is " + std::to_string(w) + "x" + std::to_string(h) +
                 (p.resize > 0
                      ? " (" + std::to_string(ow) + "x" + std::to_string(oh) + " after resize)"
                      : std::string()) +
-                ", smaller than the " + std::to_string(p.crop_w) + "x" + std::to_string(p.crop_h) +
-                " crop");
+                ", smaller than the " + std::to_string(p.crop[1]) + "x" +
+                std::to_string(p.crop[0]) + " crop");
   // torchvision's CenterCrop: round((size - crop) / 2), ties to even.
-  const int64_t x0 = static_cast<int64_t>(std::nearbyint((ow - p.crop_w) / 2.0));
-  const int64_t y0 = static_cast<int64_t>(std::nearbyint((oh - p.crop_h) / 2.0));
-  const Taps tx = bilinear_taps(w, ow, x0, p.crop_w);
-  const Taps ty = bilinear_taps(h, oh, y0, p.crop_h);
+  const int64_t x0 = static_cast<int64_t>(std::nearbyint((ow - p.crop[1]) / 2.0));
+  const int64_t y0 = static_cast<int64_t>(std::nearbyint((oh - p.crop[0]) / 2.0));
+  const Taps tx = bilinear_taps(w, ow, x0, p.crop[1]);
+  const Taps ty = bilinear_taps(h, oh, y0, p.crop[0]);
   const int64_t row_lo = ty.first.front();
   const int64_t row_hi = ty.first.back() + ty.count.back();
   // Horizontal pass over the rows the vertical pass reads: tmp[c][row][x].
   const int64_t rows = row_hi - row_lo;
   std::vector<float>& tmp = *rows_buf;
-  tmp.resize(static_cast<size_t>(sc * rows * p.crop_w));
+  tmp.resize(static_cast<size_t>(sc * rows * p.crop[1]));
   std::vector<float> wx(tx.weights.begin(), tx.weights.end());
   for (int64_t r = row_lo; r < row_hi; ++r) {
     const uint8_t* src = px.data() + r * w * sc;
-    for (int64_t x = 0; x < p.crop_w; ++x) {
+    for (int64_t x = 0; x < p.crop[1]; ++x) {
       const float* wt = &wx[x * tx.stride];
       const uint8_t* s = src + tx.first[x] * sc;
       float acc[3] = {0.f, 0.f, 0.f};
@@ -249,24 +202,24 @@ void resize_crop(const std::vector<uint8_t>& px, int64_t w, int64_t h, int64_t s
       } else {
         for (int64_t k = 0; k < tx.count[x]; ++k) acc[0] += wt[k] * s[k];
       }
-      for (int64_t c = 0; c < sc; ++c) tmp[(c * rows + (r - row_lo)) * p.crop_w + x] = acc[c];
+      for (int64_t c = 0; c < sc; ++c) tmp[(c * rows + (r - row_lo)) * p.crop[1] + x] = acc[c];
     }
   }
-  planes->assign(static_cast<size_t>(sc * p.crop_h * p.crop_w), 0.f);  // capacity kept
+  planes->assign(static_cast<size_t>(sc * p.crop[0] * p.crop[1]), 0.f);  // capacity kept
   for (int64_t c = 0; c < sc; ++c)
-    for (int64_t y = 0; y < p.crop_h; ++y) {
+    for (int64_t y = 0; y < p.crop[0]; ++y) {
       const double* wt = &ty.weights[y * ty.stride];
-      float* dst = planes->data() + (c * p.crop_h + y) * p.crop_w;
+      float* dst = planes->data() + (c * p.crop[0] + y) * p.crop[1];
       for (int64_t k = 0; k < ty.count[y]; ++k) {
-        const float* s = tmp.data() + (c * rows + (ty.first[y] + k - row_lo)) * p.crop_w;
+        const float* s = tmp.data() + (c * rows + (ty.first[y] + k - row_lo)) * p.crop[1];
         const float wk = static_cast<float>(wt[k]);
-        for (int64_t x = 0; x < p.crop_w; ++x) dst[x] += wk * s[x];
+        for (int64_t x = 0; x < p.crop[1]; ++x) dst[x] += wk * s[x];
       }
     }
 }
 
 // decode_and_preprocess with caller-owned buffers; p already validated.
-void decode_into(const std::string& path, const Preprocess& p, float* out, Scratch* scratch) {
+void decode_into(const std::string& path, const InputSpec& p, float* out, Scratch* scratch) {
   std::vector<uint8_t>& bytes = scratch->bytes;
   std::vector<uint8_t>& px = scratch->pixels;
   read_bytes(path, &bytes);
@@ -283,7 +236,7 @@ void decode_into(const std::string& path, const Preprocess& p, float* out, Scrat
 
   const std::vector<float>& planes = scratch->planes;
   resize_crop(px, w, h, sc, p, path, &scratch->rows, &scratch->planes);
-  const int64_t plane = p.crop_h * p.crop_w;
+  const int64_t plane = p.crop[0] * p.crop[1];
   for (int64_t c = 0; c < p.channels; ++c) {
     const double mean = p.mean.empty() ? 0.0 : p.mean[c];
     const double inv_std = 1.0 / (p.std.empty() ? 1.0 : p.std[c]);
@@ -303,8 +256,8 @@ void decode_into(const std::string& path, const Preprocess& p, float* out, Scrat
 
 }  // namespace
 
-void decode_and_preprocess(const std::string& path, const Preprocess& p, float* out) {
-  validate(p);
+void decode_and_preprocess(const std::string& path, const InputSpec& p, float* out) {
+  check_decodable(p);
   Scratch scratch;
   decode_into(path, p, out, &scratch);
 }
@@ -318,10 +271,10 @@ namespace {
 // ring_size images ahead of the consumer, so memory stays bounded.
 class ImageFolderSource final : public BatchSource {
  public:
-  ImageFolderSource(std::vector<Sample> samples, const Preprocess& p, int workers, bool skip_bad)
+  ImageFolderSource(std::vector<Sample> samples, const InputSpec& p, int workers, bool skip_bad)
       : samples_(std::move(samples)),
         p_(p),
-        image_floats_(p.channels * p.crop_h * p.crop_w),
+        image_floats_(p.channels * p.crop[0] * p.crop[1]),
         skip_bad_(skip_bad) {
     ring_size_ = std::max<int64_t>(16, 4 * static_cast<int64_t>(workers));
     ring_.resize(static_cast<size_t>(ring_size_));
@@ -340,8 +293,8 @@ class ImageFolderSource final : public BatchSource {
 
   int64_t size() const override { return static_cast<int64_t>(samples_.size()); }
   int64_t channels() const override { return p_.channels; }
-  int64_t height() const override { return p_.crop_h; }
-  int64_t width() const override { return p_.crop_w; }
+  int64_t height() const override { return p_.crop[0]; }
+  int64_t width() const override { return p_.crop[1]; }
   int64_t skipped() const override { return skipped_; }
   std::string first_skip_reason() const override { return first_skip_reason_; }
 
@@ -418,7 +371,7 @@ class ImageFolderSource final : public BatchSource {
   }
 
   const std::vector<Sample> samples_;
-  const Preprocess p_;
+  const InputSpec p_;
   const int64_t image_floats_;
   const bool skip_bad_;
   int64_t skipped_ = 0;  // consumer side only
@@ -462,10 +415,10 @@ class NpyImageSource final : public BatchSource {
 
 }  // namespace
 
-std::unique_ptr<BatchSource> open_images(const std::string& dir, const Preprocess& p, int workers,
+std::unique_ptr<BatchSource> open_images(const std::string& dir, const InputSpec& p, int workers,
                                          int64_t limit, bool shuffle, uint64_t seed,
                                          bool skip_bad) {
-  validate(p);
+  check_decodable(p);
   if (workers < 1) throw Error("images: workers must be >= 1, not " + std::to_string(workers));
   std::vector<Sample> samples = list_image_folder(dir, nullptr);
   if (shuffle) {
