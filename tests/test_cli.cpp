@@ -10,6 +10,7 @@
 #include "cpu/blas_core.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/safetensors.hpp"
+#include "io/atomic_file.hpp"
 #include "oracle.hpp"
 #include "test_util.hpp"
 
@@ -69,7 +70,7 @@ class Cli : public ::testing::Test {
     EXPECT_NE(r.output.find("dalr-gpu: error: "), std::string::npos) << r.output;
     EXPECT_FALSE(test::file_exists(out())) << "a failed run left " << out();
     for (const auto& e : std::filesystem::directory_iterator(dir_.path()))
-      EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << "left " << e.path();
+      EXPECT_EQ(e.path().string().find(kTempMarker), std::string::npos) << "left " << e.path();
   }
   test::TempDir dir_;
   std::vector<float> acts_;
