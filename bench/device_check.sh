@@ -96,6 +96,29 @@ else
   note "tests: ${PASSED} passed, ${FAILED:-?} failed, ${SKIPPED} skipped (ctest rc $CTEST_RC; ctest.log)"
 fi
 
+# ---- the GPU tests under compute-sanitizer (memcheck) when it is present ----
+# Out-of-bounds and misaligned device accesses, invalid frees and API errors that the
+# tests' comparisons cannot see. Each binary gets 40 s (memcheck is 10-100x slower);
+# DALR_DEVICE_SANITIZE=0 skips the step.
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ "${DALR_DEVICE_SANITIZE:-1}" = 1 ] && [ -n "$CS" ] && [ "$BUILD_OK" = yes ]; then
+  : >"$LOG/sanitizer.log"
+  SAN_BAD=()
+  for t in "$BUILD"/test_gpu_* "$BUILD"/test_row_stats "$BUILD"/test_storage16 \
+           "$BUILD"/test_cudnn_forward "$BUILD"/test_stream_device; do
+    [ -x "$t" ] || continue
+    echo "== $t" >>"$LOG/sanitizer.log"
+    timeout 40 "$CS" --tool memcheck --error-exitcode 99 --leak-check no "$t" \
+      >>"$LOG/sanitizer.log" 2>&1
+    rc=$?
+    [ $rc -eq 99 ] && SAN_BAD+=("$(basename "$t")")
+    [ $rc -eq 124 ] && echo "(timed out: partial run)" >>"$LOG/sanitizer.log"
+  done
+  note "compute-sanitizer memcheck: ${#SAN_BAD[@]} binaries with errors ${SAN_BAD[*]:-} (sanitizer.log)"
+else
+  note "compute-sanitizer: not run (${CS:-not found})"
+fi
+
 # ---- benchmarks ----
 BENCH_ROWS=()
 if [ -x "$BUILD/bench/bench_gpu" ]; then

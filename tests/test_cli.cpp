@@ -2,6 +2,7 @@
 // report, resuming statistics, and one clear error (and no output left behind) for
 // every kind of bad input.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -11,6 +12,7 @@
 #include "cpu/blas_core.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/safetensors.hpp"
+#include "io/atomic_file.hpp"
 #include "oracle.hpp"
 #include "test_util.hpp"
 
@@ -70,11 +72,40 @@ class Cli : public ::testing::Test {
     EXPECT_NE(r.output.find("dalr-gpu: error: "), std::string::npos) << r.output;
     EXPECT_FALSE(test::file_exists(out())) << "a failed run left " << out();
     for (const auto& e : std::filesystem::directory_iterator(dir_.path()))
-      EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << "left " << e.path();
+      EXPECT_EQ(e.path().string().find(kTempMarker), std::string::npos) << "left " << e.path();
   }
   test::TempDir dir_;
   std::vector<float> acts_;
 };
+
+// Issue 12, finding 1, end to end: outputs never destroy what the paths name.
+TEST_F(Cli, OutputPathsAreNotDestroyed) {
+  // A read-only --out is refused before any work, and kept.
+  test::write_file(out(), "precious");
+  ASSERT_EQ(::chmod(out().c_str(), 0444), 0);
+  test::CommandResult r = run_cli(base("svd"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("read-only"), std::string::npos) << r.output;
+  EXPECT_EQ(test::read_file(out()), "precious");
+  std::filesystem::remove(out());
+  // --out through a symlink replaces its target and keeps the link; a 0600 file stays
+  // 0600; --report to /dev/null leaves the device alone.
+  const std::string target = dir_.file("real.safetensors"), link = out();
+  test::write_file(target, "old");
+  ASSERT_EQ(::chmod(target.c_str(), 0600), 0);
+  ASSERT_EQ(::symlink(target.c_str(), link.c_str()), 0);
+  r = run_cli(base("svd") + " --report /dev/null");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  struct stat st;
+  ASSERT_EQ(::lstat(link.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  ASSERT_EQ(::stat(target.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_NO_THROW(SafetensorsFile f(target));
+  ASSERT_EQ(::stat("/dev/null", &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  std::filesystem::remove(link);
+}
 
 TEST_F(Cli, FactorisedOutputFollowsTheContract) {
   for (const char* method : {"dalr", "dalr-exact", "svd", "svd-bc"}) {

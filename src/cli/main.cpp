@@ -10,9 +10,12 @@
 #include "cli/commands.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
+#include "io/atomic_file.hpp"
 
 int main(int argc, char** argv) {
   dalr::prepare_cpu_kernels(argv);  // may start this program again
+  // SIGINT/SIGTERM/SIGHUP: remove the outputs' temporaries, exit 130/143/129.
+  dalr::install_interrupt_cleanup("dalr-gpu");
   // The verb may be omitted: `dalr-gpu --model ...` means `dalr-gpu compress --model ...`.
   std::vector<std::string> args(argv, argv + argc);
   if (args.size() > 1 && args[1].size() > 1 && args[1][0] == '-' && args[1] != "-h" &&

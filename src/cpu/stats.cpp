@@ -195,6 +195,28 @@ void LayerStats<T>::save(const std::string& path,
   write_safetensors(path, ts, meta);
 }
 
+namespace {
+
+// The sample count as save() writes it: decimal digits only, no sign, no fraction, no
+// exponent, within int64 (stoll took "-5", "1e99" as 1 and "600.5" as 600).
+int64_t parse_count(const std::string& path, const std::string& text) {
+  int64_t n = 0;
+  bool ok = !text.empty() && text.size() <= 19;
+  for (char ch : text) {
+    if (!ok || ch < '0' || ch > '9' || __builtin_mul_overflow(n, 10, &n) ||
+        __builtin_add_overflow(n, ch - '0', &n)) {
+      ok = false;
+      break;
+    }
+  }
+  if (!ok)
+    throw Error(path + ": metadata dalr.count '" + text.substr(0, 40) +
+                "' is not a sample count (a non-negative whole number)");
+  return n;
+}
+
+}  // namespace
+
 template <typename T>
 LayerStats<T> LayerStats<T>::load(const std::string& path,
                                   std::map<std::string, std::string>* meta) {
@@ -226,11 +248,7 @@ LayerStats<T> LayerStats<T>::load(const std::string& path,
   }
   auto c = f.metadata().find("dalr.count");
   if (c == f.metadata().end()) throw Error(path + ": metadata dalr.count is missing");
-  try {
-    s.count_ = std::stoll(c->second);
-  } catch (const std::exception&) {
-    throw Error(path + ": metadata dalr.count is not a number");
-  }
+  s.count_ = parse_count(path, c->second);
   if (meta) *meta = f.metadata();
   return s;
 }

@@ -13,6 +13,7 @@
 #include <jpeglib.h>
 
 #include "dalr/error.hpp"
+#include "io/decode.hpp"
 
 namespace dalr::io {
 
@@ -63,6 +64,7 @@ unsigned dct_scale_num(int64_t width, int64_t height, int64_t min_short_side) {
 void decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, int64_t min_short_side,
                  bool want_grey, int64_t* width, int64_t* height, int64_t* channels,
                  std::vector<uint8_t>* pixels) {
+  const int64_t cap = max_image_pixels();  // may throw: before any decoder exists
   jpeg_decompress_struct cinfo;
   ErrorManager err;
   cinfo.err = jpeg_std_error(&err.pub);
@@ -77,6 +79,15 @@ void decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, int
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
   jpeg_read_header(&cinfo, TRUE);
+  {
+    const uint64_t dw = cinfo.image_width, dh = cinfo.image_height;
+    uint64_t n;
+    // The declared size, not the scaled output: a progressive JPEG buffers all of it.
+    if (__builtin_mul_overflow(dw, dh, &n) || n > static_cast<uint64_t>(cap)) {
+      jpeg_destroy_decompress(&cinfo);  // no longjmp from here on
+      check_image_size(path, "JPEG", dw, dh);
+    }
+  }
   const bool is_cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
   if (is_cmyk)
     cinfo.out_color_space = JCS_CMYK;

@@ -13,6 +13,7 @@
 #include "dalr/error.hpp"
 #include "io/atomic_file.hpp"
 #include "io/half.hpp"
+#include "io/input_file.hpp"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "dalr's file formats assume a little-endian host"
@@ -23,6 +24,17 @@ namespace dalr {
 namespace {
 
 constexpr size_t kChunkBytes = size_t{4} << 20;  // conversion buffer for C-order reads
+// numpy writes headers of a few hundred bytes with one level of nesting; these bounds keep
+// a hostile header from exhausting the stack or flooding a message.
+constexpr uint64_t kMaxHeaderBytes = uint64_t{1} << 20;
+constexpr int kMaxNesting = 16;
+constexpr size_t kMessageExcerpt = 200;
+
+// The header as an error message shows it: at most kMessageExcerpt characters.
+std::string header_excerpt(const std::string& text) {
+  if (text.size() <= kMessageExcerpt) return text;
+  return text.substr(0, kMessageExcerpt) + "... (" + std::to_string(text.size()) + " bytes)";
+}
 
 // The subset of Python literals an .npy header dict uses.
 struct PyValue {
@@ -54,7 +66,7 @@ class PyLiteralParser {
  private:
   [[noreturn]] void fail(const std::string& why) const {
     throw Error(file_ + ": malformed .npy header (" + why + " at offset " + std::to_string(pos_) +
-                "): " + s_);
+                "): " + header_excerpt(s_));
   }
   void skip_space() {
     while (pos_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[pos_]))) ++pos_;
@@ -74,7 +86,16 @@ class PyLiteralParser {
     return true;
   }
 
+  // Depth-counted: each nested dict or sequence is one level of recursion.
   PyValue value() {
+    if (++depth_ > kMaxNesting)
+      fail("nested deeper than " + std::to_string(kMaxNesting) + " levels");
+    PyValue v = value_at_depth();
+    --depth_;
+    return v;
+  }
+
+  PyValue value_at_depth() {
     skip_space();
     if (pos_ >= s_.size()) fail("unexpected end");
     PyValue v;
@@ -149,6 +170,7 @@ class PyLiteralParser {
   const std::string& s_;
   const std::string& file_;
   size_t pos_ = 0;
+  int depth_ = 0;
 };
 
 void pread_all(int fd, void* buf, size_t n, uint64_t offset, const std::string& path) {
@@ -193,7 +215,7 @@ void convert_elems(const uint8_t* src, size_t n, size_t elem_size, T* dst) {
 // Element size for a supported descr, or throws naming the dtype.
 size_t check_descr(const std::string& descr, const std::string& path) {
   if (!descr.empty() && descr[0] == '>')
-    throw Error(path + " holds big-endian data (dtype '" + descr +
+    throw Error(path + " holds big-endian data (dtype '" + header_excerpt(descr) +
                 "'); only little-endian is supported: convert it with "
                 "a.astype(a.dtype.newbyteorder('<'))");
   const bool little = !descr.empty() && (descr[0] == '<' || descr[0] == '=' || descr[0] == '|');
@@ -202,18 +224,17 @@ size_t check_descr(const std::string& descr, const std::string& path) {
     if (descr[2] == '4') return 4;
     if (descr[2] == '8') return 8;
   }
-  throw Error(path + " has unsupported dtype '" + descr + "' (supported: <f2, <f4, <f8)");
+  throw Error(path + " has unsupported dtype '" + header_excerpt(descr) +
+              "' (supported: <f2, <f4, <f8)");
 }
 
 }  // namespace
 
 NpyReader::NpyReader(const std::string& path) : path_(path) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) throw Error("cannot open " + path + ": " + std::strerror(errno));
+  fd_ = open_input_file(path);  // refuses a FIFO without blocking
   try {
     struct stat st;
     if (::fstat(fd_, &st) != 0) throw Error("cannot open " + path + ": " + std::strerror(errno));
-    if (!S_ISREG(st.st_mode)) throw Error("cannot open " + path + ": not a regular file");
     const uint64_t size = static_cast<uint64_t>(st.st_size);
     const std::string not_npy = path + " is not a .npy file";
 
@@ -237,6 +258,9 @@ NpyReader::NpyReader(const std::string& path) : path_(path) {
                   std::to_string(minor) + " (supported: 1.0, 2.0, 3.0)");
     }
     if (prefix + header_len > size) throw Error(path + " is truncated inside its .npy header");
+    if (header_len > kMaxHeaderBytes)
+      throw Error(path + ": .npy header of " + std::to_string(header_len) +
+                  " bytes is absurd (more than 1 MiB); not a .npy file written by numpy?");
     std::string text(header_len, '\0');
     pread_all(fd_, text.data(), header_len, prefix, path);
     data_offset_ = prefix + header_len;
@@ -247,7 +271,8 @@ NpyReader::NpyReader(const std::string& path) : path_(path) {
     const PyValue* fortran = dict.get("fortran_order");
     const PyValue* shape = dict.get("shape");
     if (!descr || !fortran || !shape)
-      throw Error(path + ": .npy header lacks 'descr', 'fortran_order' or 'shape': " + text);
+      throw Error(path + ": .npy header lacks 'descr', 'fortran_order' or 'shape': " +
+                  header_excerpt(text));
     if (descr->kind != PyValue::Kind::Str)
       throw Error(path + " has an unsupported (structured) dtype; expected <f2, <f4 or <f8");
     if (fortran->kind != PyValue::Kind::Bool)
@@ -259,7 +284,7 @@ NpyReader::NpyReader(const std::string& path) : path_(path) {
     elem_size_ = check_descr(descr_, path);
     for (const auto& d : shape->items) {
       if (d.kind != PyValue::Kind::Int || d.num < 0)
-        throw Error(path + ": .npy shape has an invalid dimension: " + text);
+        throw Error(path + ": .npy shape has an invalid dimension: " + header_excerpt(text));
       shape_.push_back(d.num);
     }
     if (shape_.empty())

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dalr/error.hpp"
+#include "io/decode.hpp"
 
 namespace dalr::io {
 
@@ -43,6 +44,7 @@ void read_bytes(png_structp png, png_bytep out, png_size_t n) {
 // convert("RGB") does), low bit depths widened.
 void decode_png(const std::string& path, const std::vector<uint8_t>& bytes, int64_t* width,
                 int64_t* height, int64_t* channels, std::vector<uint8_t>* pixels) {
+  const int64_t cap = max_image_pixels();  // may throw: before any decoder exists
   PngState st{bytes.data(), bytes.size(), 0, {0}};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &st, on_error, on_warning);
   if (!png) throw Error(path + ": cannot allocate a PNG decoder");
@@ -58,7 +60,17 @@ void decode_png(const std::string& path, const std::vector<uint8_t>& bytes, int6
     throw Error(path + ": corrupt or truncated PNG (" + st.message + ")");
   }
   png_set_read_fn(png, &st, read_bytes);
+  // libpng's own limit (1M x 1M) would let 60000 x 60000 through, to a 3.6 GB buffer.
+  png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
   png_read_info(png, info);
+  {
+    const uint64_t dw = png_get_image_width(png, info), dh = png_get_image_height(png, info);
+    uint64_t n;
+    if (__builtin_mul_overflow(dw, dh, &n) || n > static_cast<uint64_t>(cap)) {
+      png_destroy_read_struct(&png, &info, nullptr);  // no longjmp from here on
+      check_image_size(path, "PNG", dw, dh);          // throws, naming the size
+    }
+  }
   png_set_expand(png);  // palette -> RGB, grey < 8 bits -> 8, tRNS -> alpha
   png_set_scale_16(png);
   png_set_strip_alpha(png);

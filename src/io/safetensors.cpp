@@ -15,6 +15,7 @@
 #include "dalr/error.hpp"
 #include "io/atomic_file.hpp"
 #include "io/half.hpp"
+#include "io/input_file.hpp"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "dalr's file formats assume a little-endian host"
@@ -101,6 +102,32 @@ void convert_from(DType dt, const uint8_t* src, size_t n, T* dst) {
   }
 }
 
+// The header's JSON, refusing what nlohmann::json would accept silently: a key given
+// twice in one object (the last would win, so a second tensor of the same name would
+// replace the first) and nesting deeper than a safetensors header has (3 levels).
+nlohmann::json parse_header(const std::string& path, const char* begin, const char* end) {
+  constexpr int kMaxDepth = 8;
+  std::vector<std::set<std::string>> keys;  // one set per open object
+  auto check = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    if (depth > kMaxDepth)
+      throw Error(path + ": header is nested deeper than " + std::to_string(kMaxDepth) +
+                  " levels; not a safetensors file");
+    if (event == E::object_start) {
+      keys.emplace_back();
+    } else if (event == E::object_end) {
+      keys.pop_back();
+    } else if (event == E::key && !keys.back().insert(parsed.get<std::string>()).second) {
+      const std::string what = keys.size() == 1 ? "tensor" : "key";
+      throw Error(path + ": the header names " + what + " '" +
+                  parsed.get<std::string>().substr(0, 200) +
+                  "' twice; refusing to guess which one is meant");
+    }
+    return true;
+  };
+  return nlohmann::json::parse(begin, end, check);
+}
+
 TensorInfo parse_tensor(const std::string& file, const std::string& name, const nlohmann::json& j) {
   const std::string where = file + ": tensor '" + name + "'";
   if (!j.is_object()) throw Error(where + " is not a JSON object in the header");
@@ -172,17 +199,12 @@ int64_t TensorInfo::numel() const {
 // ---------------------------------------------------------------- reading
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) throw Error("cannot open " + path + ": " + std::strerror(errno));
+  fd_ = open_input_file(path);  // refuses a FIFO without blocking
   struct stat st;
   if (::fstat(fd_, &st) != 0) {
     int err = errno;
     ::close(fd_);
     throw Error("cannot open " + path + ": " + std::strerror(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd_);
-    throw Error("cannot open " + path + ": not a regular file");
   }
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < 8) {
@@ -216,7 +238,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     const char* h = reinterpret_cast<const char*>(base + 8);
     nlohmann::json header;
     try {
-      header = nlohmann::json::parse(h, h + header_len);
+      header = parse_header(path, h, h + header_len);
     } catch (const nlohmann::json::exception& e) {
       throw Error(path + ": header is not valid JSON (" + e.what() + ")");
     }

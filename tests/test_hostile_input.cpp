@@ -1,0 +1,395 @@
+// Hostile input and hostile output paths (issue 12): what a stranger's file or an odd
+// output target must not do to us (crash, hang, allocate gigabytes, destroy a file).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <initializer_list>
+#include <map>
+
+#include "dalr/error.hpp"
+#include "dalr/npy.hpp"
+#include "dalr/safetensors.hpp"
+#include "dalr/stats.hpp"
+#include "io/atomic_file.hpp"
+#include "io/decode.hpp"
+#include "test_util.hpp"
+
+namespace dalr {
+namespace {
+
+using test::read_file;
+using test::TempDir;
+using test::write_file;
+
+void expect_error(const std::function<void()>& f, std::initializer_list<std::string> words) {
+  const std::string msg = test::error_message(f);
+  for (const auto& w : words) EXPECT_NE(msg.find(w), std::string::npos) << w << " in: " << msg;
+}
+
+mode_t mode_of(const std::string& path) {
+  struct stat st;
+  EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
+  return st.st_mode;
+}
+
+bool temporaries_in(const std::string& dir) {
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().filename().string().find(kTempMarker) != std::string::npos) return true;
+  return false;
+}
+
+// ---------------------------------------------------------------- finding 1: outputs
+
+TEST(OutputTarget, ReadOnlyFileIsRefusedEvenForRoot) {
+  TempDir dir;
+  const std::string p = dir.file("ro.txt");
+  write_file(p, "keep me");
+  ASSERT_EQ(::chmod(p.c_str(), 0444), 0);
+  expect_error([&] { write_text_file(p, "new"); }, {"cannot write " + p, "read-only", "0444"});
+  EXPECT_EQ(read_file(p), "keep me");
+  EXPECT_EQ(mode_of(p) & 07777, 0444u);
+  EXPECT_FALSE(temporaries_in(dir.path()));
+}
+
+TEST(OutputTarget, ReplacedFileKeepsItsMode) {
+  TempDir dir;
+  for (mode_t m : {0600, 0640, 0755}) {
+    const std::string p = dir.file("m" + std::to_string(m));
+    write_file(p, "old");
+    ASSERT_EQ(::chmod(p.c_str(), m), 0);
+    write_text_file(p, "new contents");
+    EXPECT_EQ(read_file(p), "new contents");
+    EXPECT_EQ(mode_of(p) & 07777, m);
+  }
+  EXPECT_FALSE(temporaries_in(dir.path()));
+}
+
+TEST(OutputTarget, SymlinkIsFollowedAndKept) {
+  TempDir dir;
+  std::filesystem::create_directory(dir.file("real"));
+  const std::string target = dir.file("real/out.txt"), link = dir.file("link.txt");
+  write_file(target, "old");
+  ASSERT_EQ(::chmod(target.c_str(), 0600), 0);
+  ASSERT_EQ(::symlink("real/out.txt", link.c_str()), 0);  // relative, as users make them
+  write_text_file(link, "through the link");
+  EXPECT_TRUE(S_ISLNK(mode_of(link)));
+  EXPECT_EQ(read_file(target), "through the link");
+  EXPECT_EQ(mode_of(target) & 07777, 0600u);
+  // A dangling link creates its target.
+  const std::string dangling = dir.file("dangling.txt");
+  ASSERT_EQ(::symlink("real/new.txt", dangling.c_str()), 0);
+  write_text_file(dangling, "created");
+  EXPECT_TRUE(S_ISLNK(mode_of(dangling)));
+  EXPECT_EQ(read_file(dir.file("real/new.txt")), "created");
+  EXPECT_FALSE(temporaries_in(dir.path()));
+  EXPECT_FALSE(temporaries_in(dir.file("real")));
+}
+
+TEST(OutputTarget, FifoIsWrittenThroughNotReplaced) {
+  TempDir dir;
+  const std::string fifo = dir.file("pipe");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  AtomicFile probe(fifo);  // a probe (as compress makes) neither blocks nor opens the FIFO
+  EXPECT_TRUE(probe.temporary().empty());
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // the reader: copies the FIFO into a file
+    FILE* in = std::fopen(fifo.c_str(), "rb");
+    FILE* out = std::fopen((fifo + ".read").c_str(), "wb");
+    int c;
+    while (in && out && (c = std::fgetc(in)) != EOF) std::fputc(c, out);
+    ::_exit(in && out && std::fclose(out) == 0 ? 0 : 1);
+  }
+  write_text_file(fifo, "streamed");
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_TRUE(S_ISFIFO(mode_of(fifo)));
+  EXPECT_EQ(read_file(fifo + ".read"), "streamed");
+  EXPECT_FALSE(temporaries_in(dir.path()));
+}
+
+TEST(OutputTarget, CharacterDeviceIsWrittenThrough) {
+  if (::access("/dev/null", W_OK) != 0) GTEST_SKIP() << "no writable /dev/null";
+  const mode_t before = mode_of("/dev/null");
+  ASSERT_TRUE(S_ISCHR(before));
+  write_text_file("/dev/null", "discarded");
+  EXPECT_TRUE(S_ISCHR(mode_of("/dev/null")));
+  EXPECT_EQ(mode_of("/dev/null"), before);
+  // Through a link to it as well (what /dev/stdout is).
+  TempDir dir;
+  const std::string link = dir.file("null");
+  ASSERT_EQ(::symlink("/dev/null", link.c_str()), 0);
+  write_safetensors(link, {TensorOut::f32("x", {1}, {1.0f})}, {});
+  EXPECT_TRUE(S_ISLNK(mode_of(link)));
+  EXPECT_TRUE(S_ISCHR(mode_of("/dev/null")));
+  EXPECT_FALSE(temporaries_in(dir.path()));
+}
+
+TEST(OutputTarget, DirectoryIsRefused) {
+  TempDir dir;
+  expect_error([&] { write_text_file(dir.path(), "x"); }, {"cannot write", "directory"});
+}
+
+TEST(OutputTarget, StaleTemporaryOfADeadProcessIsRemoved) {
+  TempDir dir;
+  const pid_t child = ::fork();  // a PID that surely is gone once reaped
+  ASSERT_GE(child, 0);
+  if (child == 0) ::_exit(0);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);
+  const std::string stale =
+      dir.file(".out.txt" + std::string(kTempMarker) + std::to_string(child) + ".0");
+  const std::string alive =
+      dir.file(".out.txt" + std::string(kTempMarker) + std::to_string(::getppid()) + ".0");
+  write_file(stale, "left by SIGKILL");
+  write_file(alive, "another run still writing");
+  write_text_file(dir.file("out.txt"), "fresh");
+  EXPECT_FALSE(test::file_exists(stale));
+  EXPECT_TRUE(test::file_exists(alive));
+  EXPECT_EQ(read_file(dir.file("out.txt")), "fresh");
+}
+
+// ---------------------------------------------------------------- finding 13: signals
+
+// A child process holds a live temporary, as the CLI does while writing --out; each
+// signal must remove it and end the process with 128 + the signal.
+TEST(Interrupt, SignalRemovesLiveTemporariesAndSetsTheExitCode) {
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
+    SCOPED_TRACE(sig);
+    TempDir dir;
+    int ready[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      ::close(ready[0]);
+      install_interrupt_cleanup("test-child");
+      AtomicFile f(dir.file("big.safetensors"));
+      std::string chunk(1 << 16, 'x');
+      f.write(chunk.data(), chunk.size());
+      const char one = '1';
+      if (::write(ready[1], &one, 1) != 1) ::_exit(2);
+      for (;;) ::pause();
+    }
+    ::close(ready[1]);
+    char c = 0;
+    ASSERT_EQ(::read(ready[0], &c, 1), 1);
+    ::close(ready[0]);
+    EXPECT_TRUE(temporaries_in(dir.path()));  // the test sees the temporary it must remove
+    ASSERT_EQ(::kill(child, sig), 0);
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status)) << "status " << status;
+    EXPECT_EQ(WEXITSTATUS(status), 128 + sig);
+    EXPECT_FALSE(temporaries_in(dir.path()));
+    EXPECT_FALSE(test::file_exists(dir.file("big.safetensors")));
+  }
+}
+
+// ---------------------------------------------------------------- finding 15: FIFO inputs
+
+// Opening a FIFO as an input used to block in open() forever; now it is refused at once.
+// (A hang would show as a ctest timeout; the reader never appears.)
+TEST(InputFiles, FifoIsRefusedWithoutBlocking) {
+  TempDir dir;
+  const std::string fifo = dir.file("in");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  expect_error([&] { SafetensorsFile f(fifo); }, {"cannot open " + fifo, "FIFO"});
+  expect_error([&] { NpyReader r(fifo); }, {"cannot open " + fifo, "FIFO"});
+  expect_error([&] { LayerStats<double>::load(fifo); }, {"cannot open " + fifo, "FIFO"});
+  if (::access("/dev/zero", R_OK) == 0)
+    expect_error([&] { SafetensorsFile f("/dev/zero"); }, {"character device"});
+}
+
+// ---------------------------------------------------------------- finding 2: npy nesting
+
+std::string npy_with_header(const std::string& dict) {
+  std::string h = dict;
+  while ((10 + h.size() + 1) % 64 != 0) h += ' ';
+  h += '\n';
+  std::string s("\x93NUMPY\x02\x00", 8);
+  const uint32_t len = static_cast<uint32_t>(h.size());
+  s.append(reinterpret_cast<const char*>(&len), 4);
+  return s + h;
+}
+
+TEST(NpyHeader, DeepNestingIsRefusedNotAStackOverflow) {
+  TempDir dir;
+  const std::string p = dir.file("deep.npy");
+  const size_t depth = 500000;  // 1 MB of parentheses: overflowed the stack before
+  write_file(p, npy_with_header(std::string(depth, '(') + std::string(depth, ')')));
+  const std::string msg = test::error_message([&] { NpyReader r(p); });
+  EXPECT_NE(msg.find("nested deeper than 16"), std::string::npos) << msg.substr(0, 300);
+  EXPECT_LT(msg.size(), 600u) << "the message quotes a bounded excerpt of the header";
+  // Sixteen levels still parse (and then fail on meaning, not on depth).
+  write_file(p, npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': " +
+                                std::string(14, '(') + "2," + std::string(14, ')') + "}"));
+  const std::string ok = test::error_message([&] { NpyReader r(p); });
+  EXPECT_EQ(ok.find("nested deeper"), std::string::npos) << ok;
+}
+
+TEST(NpyHeader, HugeHeaderIsRefused) {
+  TempDir dir;
+  const std::string p = dir.file("huge.npy");
+  write_file(p, npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), " +
+                                std::string(2 << 20, ' ') + "}"));
+  expect_error([&] { NpyReader r(p); }, {p, "absurd"});
+}
+
+// ---------------------------------------------------------------- finding 8: sample count
+
+TEST(StatsFile, SampleCountIsParsedStrictly) {
+  TempDir dir;
+  const std::string good = dir.file("good.safetensors");
+  LayerStats<double> s(3, 0);
+  s.save(good);
+  SafetensorsFile f(good);
+  auto with_count = [&](const std::string& count) {
+    std::map<std::string, std::string> meta = f.metadata();
+    meta["dalr.count"] = count;
+    std::vector<TensorOut> ts;
+    for (const auto& t : f.tensors()) ts.push_back(TensorOut::borrow(f, t));
+    const std::string p = dir.file("c.safetensors");
+    write_safetensors(p, ts, meta);
+    return p;
+  };
+  for (const char* bad : {"-5", "1e99", "600.5", "", " 7", "7 ", "+7", "0x10", "12abc",
+                          "99999999999999999999", "9223372036854775808"}) {
+    SCOPED_TRACE(bad);
+    const std::string p = with_count(bad);
+    expect_error([&] { LayerStats<double>::load(p); }, {p, "dalr.count", "not a sample count"});
+  }
+  for (const auto& [text, value] :
+       std::map<std::string, int64_t>{{"0", 0}, {"600", 600}, {"9223372036854775807", INT64_MAX}}) {
+    const std::string p = with_count(text);
+    EXPECT_EQ(LayerStats<double>::load(p).count(), value) << text;
+  }
+}
+
+// ---------------------------------------------------------------- finding 10: duplicates
+
+std::string st_file(const std::string& header, const std::string& data) {
+  std::string h = header;
+  const uint64_t len = h.size();
+  return std::string(reinterpret_cast<const char*>(&len), 8) + h + data;
+}
+
+TEST(SafetensorsHeader, DuplicateTensorNameIsRefused) {
+  TempDir dir;
+  const std::string p = dir.file("dup.safetensors");
+  const std::string t = R"({"dtype":"F32","shape":[1],"data_offsets":)";
+  write_file(p, st_file("{\"w\":" + t + "[0,4]},\"w\":" + t + "[4,8]}}", std::string(8, '\0')));
+  expect_error([&] { SafetensorsFile f(p); }, {p, "tensor 'w' twice"});
+  // A key twice inside a tensor's entry or the metadata is as ambiguous.
+  write_file(p, st_file(R"({"w":{"dtype":"F32","dtype":"F64","shape":[1],"data_offsets":[0,4]}})",
+                        std::string(4, '\0')));
+  expect_error([&] { SafetensorsFile f(p); }, {p, "key 'dtype' twice"});
+  write_file(p, st_file(R"({"__metadata__":{"a":"1","a":"2"}})", ""));
+  expect_error([&] { SafetensorsFile f(p); }, {p, "key 'a' twice"});
+  // The same name in two different objects is fine.
+  write_file(p, st_file(R"({"__metadata__":{"w":"x"},"w":)" + t + "[0,4]}}", std::string(4, 0)));
+  EXPECT_EQ(SafetensorsFile(p).tensors().size(), 1u);
+}
+
+TEST(SafetensorsHeader, DeepNestingIsRefused) {
+  TempDir dir;
+  const std::string p = dir.file("deep.safetensors");
+  write_file(p, st_file("{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}", ""));
+  expect_error([&] { SafetensorsFile f(p); }, {p, "nested deeper"});
+}
+
+// ---------------------------------------------------------------- finding 12: image size
+
+uint32_t crc32(const std::string& s) {
+  uint32_t c = 0xffffffffu;
+  for (unsigned char b : s) {
+    c ^= b;
+    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
+  }
+  return ~c;
+}
+
+std::string be32(uint32_t v) {
+  return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
+          static_cast<char>(v)};
+}
+
+std::string png_chunk(const std::string& type, const std::string& body) {
+  return be32(static_cast<uint32_t>(body.size())) + type + body + be32(crc32(type + body));
+}
+
+// A PNG of a few dozen bytes that declares W x H RGB pixels.
+std::vector<uint8_t> tiny_png(uint32_t w, uint32_t h) {
+  const std::string s = std::string("\x89PNG\r\n\x1a\n", 8) +
+                        png_chunk("IHDR", be32(w) + be32(h) + std::string("\x08\x02\0\0\0", 5)) +
+                        png_chunk("IDAT", std::string("\x78\x9c", 2)) + png_chunk("IEND", "");
+  return {s.begin(), s.end()};
+}
+
+// A baseline greyscale JPEG header declaring W x H (up to the scan; no image data).
+std::vector<uint8_t> tiny_jpeg(uint16_t w, uint16_t h) {
+  std::string s("\xff\xd8", 2);
+  s += std::string("\xff\xdb\x00\x43\x00", 5) + std::string(64, '\x01');
+  s += std::string("\xff\xc0\x00\x0b\x08", 5);
+  s += {static_cast<char>(h >> 8), static_cast<char>(h), static_cast<char>(w >> 8),
+        static_cast<char>(w)};
+  s += std::string("\x01\x01\x11\x00", 4);
+  s += std::string("\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00", 10);
+  s += std::string("\x00\x00\xff\xd9", 4);
+  return {s.begin(), s.end()};
+}
+
+class ImageCap : public ::testing::Test {
+ protected:
+  void TearDown() override { ::unsetenv("DALR_MAX_IMAGE_PIXELS"); }
+  static std::string png_error(uint32_t w, uint32_t h) {
+    int64_t ow, oh, oc;
+    std::vector<uint8_t> px;
+    return test::error_message(
+        [&] { io::decode_png("t.png", tiny_png(w, h), &ow, &oh, &oc, &px); });
+  }
+  static std::string jpeg_error(uint16_t w, uint16_t h) {
+    int64_t ow, oh, oc;
+    std::vector<uint8_t> px;
+    return test::error_message(
+        [&] { io::decode_jpeg("t.jpg", tiny_jpeg(w, h), 0, false, &ow, &oh, &oc, &px); });
+  }
+};
+
+TEST_F(ImageCap, HugeDeclaredPngIsRefusedBeforeAllocating) {
+  const std::string big = png_error(60000, 60000);
+  EXPECT_NE(big.find("t.png: PNG declares 60000 x 60000 pixels"), std::string::npos) << big;
+  EXPECT_NE(big.find("DALR_MAX_IMAGE_PIXELS"), std::string::npos) << big;
+  const std::string huge = png_error(1000000, 1000000);  // a bare bad_alloc before
+  EXPECT_NE(huge.find("declares 1000000 x 1000000"), std::string::npos) << huge;
+  // Under the cap, the same file gets as far as its (missing) image data.
+  const std::string small = png_error(64, 48);
+  EXPECT_EQ(small.find("declares"), std::string::npos) << small;
+  EXPECT_NE(small.find("t.png"), std::string::npos) << small;
+  ::setenv("DALR_MAX_IMAGE_PIXELS", "3000", 1);  // 64 x 48 = 3072
+  EXPECT_NE(png_error(64, 48).find("declares 64 x 48 pixels, more than the 3000"),
+            std::string::npos);
+  ::setenv("DALR_MAX_IMAGE_PIXELS", "-1", 1);
+  EXPECT_NE(png_error(64, 48).find("DALR_MAX_IMAGE_PIXELS='-1'"), std::string::npos);
+}
+
+TEST_F(ImageCap, HugeDeclaredJpegIsRefusedBeforeAllocating) {
+  const std::string big = jpeg_error(65000, 65000);
+  EXPECT_NE(big.find("t.jpg: JPEG declares 65000 x 65000 pixels"), std::string::npos) << big;
+  const std::string small = jpeg_error(64, 48);
+  EXPECT_EQ(small.find("declares"), std::string::npos) << small;
+  ::setenv("DALR_MAX_IMAGE_PIXELS", "3071", 1);
+  EXPECT_NE(jpeg_error(64, 48).find("declares 64 x 48 pixels"), std::string::npos);
+  ::setenv("DALR_MAX_IMAGE_PIXELS", "3072", 1);
+  EXPECT_EQ(jpeg_error(64, 48).find("declares"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dalr
