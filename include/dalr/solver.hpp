@@ -2,6 +2,7 @@
 // The six compression methods of DESIGN.md section 1, one solver for all.
 // A layer y = W x + b (W: m x n) becomes y ~= A (B x) + bias with A: m x k, B: k x n.
 // Pruning methods keep `rank` output units instead: B = W[kept, :], bias = b[kept].
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -12,6 +13,25 @@
 namespace dalr {
 
 enum class Method { Dalr, DalrExact, Svd, SvdBc, PruneMean, PruneMax };
+
+// The method table: one row per Method, in the enum's order (checked at compile time in
+// src/common/method.cpp, so a method without a row, or out of order, does not build).
+// A new method is a value above, a row here, and its case in each backend's solve
+// (src/cpu/solver.cpp, src/cuda/gpu_solver.cpp), whose switches have no default.
+struct MethodInfo {
+  Method method;
+  const char* name;  // --method's word
+  bool pruning;      // keeps `rank` output units instead of factoring
+  bool gram;         // the solve uses C (and lambda)
+};
+inline constexpr std::array<MethodInfo, 6> kMethodTable{{
+    {Method::Dalr, "dalr", false, true},
+    {Method::DalrExact, "dalr-exact", false, true},
+    {Method::Svd, "svd", false, false},
+    {Method::SvdBc, "svd-bc", false, false},
+    {Method::PruneMean, "prune-mean", true, false},
+    {Method::PruneMax, "prune-max", true, false},
+}};
 
 Method method_from_name(const std::string& name);  // throws dalr::Error listing the valid ones
 const char* method_name(Method m);
