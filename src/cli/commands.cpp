@@ -127,9 +127,8 @@ void Commands::add_sweep(CLI::App& app) {
   s->add_flag("--quiet,-q", sopt_.quiet, "Print nothing but errors");
 }
 
-Commands::Commands(CLI::App& app) {
-  app.option_defaults()->always_capture_default()->multi_option_policy(
-      CLI::MultiOptionPolicy::TakeLast);  // a repeated option: the last one wins
+// compress: what to read and write, then how (precision, device, data).
+void Commands::add_compress(CLI::App& app) {
   compress_ = app.add_subcommand(
       "compress",
       "Replace one fc layer NAME (NAME.weight m x n, NAME.bias m) by NAME.0 (k x n, no bias)\n"
@@ -154,6 +153,33 @@ Commands::Commands(CLI::App& app) {
   std::string methods;
   for (const auto& m : method_names()) methods += (methods.empty() ? "" : "|") + m;
   c->add_option("--method", copt_.method, "Compression method: " + methods);
+  add_compress_ranks(c);
+  c->add_option("--precision", precision_,
+                "auto (fp64 on the CPU, fp32 on the GPU) | fp64 | fp32 | tf32 (tensor cores, CUDA "
+                "only): forward pass, accumulation and solve | fp16 | bf16: 16-bit activations "
+                "in the forward pass (tensor cores and channels-last on the GPU, emulated "
+                "rounding on the CPU), accumulation and solve in fp32");
+  c->add_option("--device", device_,
+                "auto (cuda when a device is present, else cpu) | cuda | cuda:N | cpu");
+  c->add_option("--batch", copt_.batch,
+                "Samples per streamed chunk (with --acts stream: images per forward batch, "
+                "default 64)");
+  c->add_option("--data", copt_.data,
+                "With --acts stream: an image folder (one subfolder per class; JPEG/PNG) or a "
+                ".npy of shape (N, C, H, W) already preprocessed");
+  c->add_option("--arch", copt_.arch,
+                "Architecture preset for a state dict without dalr.arch metadata: vgg11, vgg13, "
+                "vgg16, vgg19 (and _bn)");
+  c->add_option("--workers", copt_.workers, "Image decoding threads");
+  c->add_option("--limit", copt_.limit, "Use at most this many images (0: all)");
+  c->add_flag("--shuffle", copt_.shuffle, "Shuffle the images (with --seed) before --limit");
+  c->add_option("--seed", copt_.seed, "Seed of --shuffle");
+  c->add_flag("--quiet,-q", quiet_, "Print nothing but errors");
+
+}
+
+// compress: how much to keep (rank, keep, budget, max-drop) and how to solve.
+void Commands::add_compress_ranks(CLI::App* c) {
   c->add_option("--rank", rank_,
                 "Rank k of the factorisation (pruning: keep the units that fit the parameter "
                 "budget of rank k)")
@@ -202,28 +228,9 @@ Commands::Commands(CLI::App& app) {
               "the report's error_train is null");
   c->add_option("--save-stats", copt_.save_stats,
                 "Save the accumulated statistics (C, means, maxima, count) to resume later");
-  c->add_option("--precision", precision_,
-                "auto (fp64 on the CPU, fp32 on the GPU) | fp64 | fp32 | tf32 (tensor cores, CUDA "
-                "only): forward pass, accumulation and solve | fp16 | bf16: 16-bit activations "
-                "in the forward pass (tensor cores and channels-last on the GPU, emulated "
-                "rounding on the CPU), accumulation and solve in fp32");
-  c->add_option("--device", device_,
-                "auto (cuda when a device is present, else cpu) | cuda | cuda:N | cpu");
-  c->add_option("--batch", copt_.batch,
-                "Samples per streamed chunk (with --acts stream: images per forward batch, "
-                "default 64)");
-  c->add_option("--data", copt_.data,
-                "With --acts stream: an image folder (one subfolder per class; JPEG/PNG) or a "
-                ".npy of shape (N, C, H, W) already preprocessed");
-  c->add_option("--arch", copt_.arch,
-                "Architecture preset for a state dict without dalr.arch metadata: vgg11, vgg13, "
-                "vgg16, vgg19 (and _bn)");
-  c->add_option("--workers", copt_.workers, "Image decoding threads");
-  c->add_option("--limit", copt_.limit, "Use at most this many images (0: all)");
-  c->add_flag("--shuffle", copt_.shuffle, "Shuffle the images (with --seed) before --limit");
-  c->add_option("--seed", copt_.seed, "Seed of --shuffle");
-  c->add_flag("--quiet,-q", quiet_, "Print nothing but errors");
+}
 
+void Commands::add_evaluate(CLI::App& app) {
   evaluate_ = app.add_subcommand(
       "evaluate",
       "Top-1 and top-5 accuracy of a model (compressed or not) on an image folder, and with\n"
@@ -247,14 +254,23 @@ Commands::Commands(CLI::App& app) {
   e->add_flag("--shuffle", eopt_.shuffle, "Shuffle the images (with --seed) before --limit");
   e->add_option("--seed", eopt_.seed, "Seed of --shuffle");
   e->add_flag("--quiet,-q", eopt_.quiet, "No progress lines");
+}
 
-  add_sweep(app);
-
+void Commands::add_inspect(CLI::App& app) {
   inspect_ = app.add_subcommand(
       "inspect", "List a model's tensors (name, dtype, shape, parameters), metadata and fc layers");
   inspect_->add_option("--model", inspect_model_, "Model or statistics file (safetensors)")
       ->required();
   inspect_->add_flag("--json", inspect_json_, "Print JSON instead of a table");
+}
+
+Commands::Commands(CLI::App& app) {
+  app.option_defaults()->always_capture_default()->multi_option_policy(
+      CLI::MultiOptionPolicy::TakeLast);  // a repeated option: the last one wins
+  add_compress(app);
+  add_evaluate(app);
+  add_sweep(app);
+  add_inspect(app);
 }
 
 int Commands::run() {

@@ -28,7 +28,11 @@ class Commands {
   int run_inspect();
   int run_evaluate();
   int run_sweep();
+  void add_compress(CLI::App& app);
+  void add_compress_ranks(CLI::App* c);
+  void add_evaluate(CLI::App& app);
   void add_sweep(CLI::App& app);
+  void add_inspect(CLI::App& app);
 
   CLI::App* compress_ = nullptr;
   CLI::App* inspect_ = nullptr;

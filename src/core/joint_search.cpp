@@ -15,7 +15,7 @@ namespace dalr::compress_job {
 // the first layer's input. Each option costs the (cached) solves and one forward pass
 // from there with the factored layers substituted (run_from), as the written model runs,
 // so any layers may lie between the compressed ones.
-// About 120 lines: the search's set-up, its run and its report share the cached solves
+// About 140 lines: the search's set-up, its run and its report share the cached solves
 // and scores; split, they would pass a dozen values between them.
 template <typename T>
 std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile& model,

@@ -95,6 +95,103 @@ Network find_layers(const Arch& arch, const SweepOptions& o, bool pruning) {
               "columns shrink with it; drop prune-mean/prune-max from --methods");
 }
 
+// Pass 1: the training split's statistics (or the saved ones).
+template <typename T>
+LayerStats<T> training_stats(const SweepOptions& o, const Arch& arch, const SafetensorsFile& model,
+                             const Matrix<T>& w, const std::vector<T>& b, Backend& backend,
+                             SweepResult& r) {
+  const int64_t m = w.rows, n = w.cols;
+  LayerStats<T> st;
+  if (!o.stats_in.empty()) {
+    std::map<std::string, std::string> meta;
+    st = LayerStats<T>::load(o.stats_in, &meta);
+    if (st.n() != n || st.m() != m)
+      throw Error(o.stats_in + " holds statistics of a " + std::to_string(st.m()) + " x " +
+                  std::to_string(st.n()) + " layer, but '" + o.layer + "' is " + std::to_string(m) +
+                  " x " + std::to_string(n));
+    if (meta.count("dalr.layer") && meta["dalr.layer"] != o.layer)
+      throw Error(o.stats_in + " holds statistics of layer '" + meta["dalr.layer"] + "', not '" +
+                  o.layer + "'");
+  } else {
+    const std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, arch, model);
+    auto acc = backend.stats(n, m, &w, &b, o.batch);
+    DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
+    std::unique_ptr<BatchSource> src = open_data(d, arch.input);
+    try {
+      stream_statistics(*fwd, *src, {o.layer}, {acc.get()}, d);
+      st = acc->finish();
+    } catch (const Error& e) {
+      throw with_precision_hint(e, backend.precision());
+    }
+    if (src->skipped())
+      r.warnings.push_back("skipped " + std::to_string(src->skipped()) +
+                           " training images (first: " + src->first_skip_reason() + ")");
+  }
+  if (st.count() == 0) throw Error("no training samples: the statistics are empty");
+  return st;
+}
+
+// A point's set-up: what it keeps, and why it is skipped (rank too large, no saving).
+SweepPoint new_point(Method method, int64_t k, int64_t m, int64_t n, double lambda) {
+  SweepPoint p;
+  p.method = method_name(method);
+  p.rank = k;
+  p.kept = is_pruning(method) ? units_for_rank(m, n, k) : k;
+  p.kept_fraction =
+      is_pruning(method) ? double(p.kept) / double(m) : double(k * (m + n)) / double(m * n);
+  p.lambda = needs_gram(method) ? lambda : 0;
+  if (k > std::min(m, n)) {
+    p.skipped = true;
+    p.note = "rank " + std::to_string(k) + " exceeds min(m, n) = " + std::to_string(std::min(m, n));
+  } else if (k * (m + n) >= m * n) {
+    p.skipped = true;
+    p.note = "rank " + std::to_string(k) +
+             " saves no parameters: k (m + n) = " + std::to_string(k * (m + n)) +
+             " >= m n = " + std::to_string(m * n);
+  }
+  return p;
+}
+
+// What every point needs: the layer, its statistics, the test features and the scorer.
+template <typename T>
+struct SweepContext {
+  const SweepOptions& o;
+  const Matrix<T>& w;
+  const std::vector<T>& b;
+  const LayerStats<T>& st;
+  const Network& net;
+  const Features& feat;
+  const std::vector<int64_t>& base_pred;
+  const Forward<float>& head;
+  Backend& backend;
+};
+
+// One (method, rank) point: solve, error, and the network's scores with the factors
+// substituted. Returns the factors for the spectrum.
+template <typename T>
+Factors<T> measure_point(const SweepContext<T>& c, Method method, SweepPoint& p) {
+  auto ts = Clock::now();
+  const Factors<T> fac = c.backend.solve({method, p.kept, p.lambda}, c.w, c.b, c.st);
+  const ReconError e = c.backend.reconstruction_error(c.st, c.w, c.b, fac);
+  p.solve_s = seconds_since(ts);
+  p.error_abs = e.abs;
+  p.error_rel = e.rel;
+  p.energy_kept = fac.energy_kept;
+  ts = Clock::now();
+  const std::vector<Substitution<float>> subs =
+      is_pruning(method)
+          ? pruned_substitutions(c.o.layer, fac, c.w.rows, c.net.next_layer)
+          : std::vector<Substitution<float>>{factored_substitution(c.o.layer, fac)};
+  const Scores s = score(c.feat, c.base_pred, nullptr, [&](const float* x, int64_t cols) {
+    return c.head.run_from(c.o.layer, x, cols, false, subs);
+  });
+  p.head_s = seconds_since(ts);
+  p.top1 = s.top1;
+  p.top5 = s.top5;
+  p.agreement = s.agreement;
+  return fac;
+}
+
 template <typename T>
 SweepResult run(const SweepOptions& o, Backend& backend) {
   const auto t_all = Clock::now();
@@ -124,35 +221,8 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
     if (nl.bias) net.next_layer.b = model.read_f32(nl.name + ".bias");
   }
 
-  // Pass 1: the training split's statistics (or the saved ones).
   auto t0 = Clock::now();
-  LayerStats<T> st;
-  if (!o.stats_in.empty()) {
-    std::map<std::string, std::string> meta;
-    st = LayerStats<T>::load(o.stats_in, &meta);
-    if (st.n() != n || st.m() != m)
-      throw Error(o.stats_in + " holds statistics of a " + std::to_string(st.m()) + " x " +
-                  std::to_string(st.n()) + " layer, but '" + o.layer + "' is " + std::to_string(m) +
-                  " x " + std::to_string(n));
-    if (meta.count("dalr.layer") && meta["dalr.layer"] != o.layer)
-      throw Error(o.stats_in + " holds statistics of layer '" + meta["dalr.layer"] + "', not '" +
-                  o.layer + "'");
-  } else {
-    const std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, arch, model);
-    auto acc = backend.stats(n, m, &w, &b, o.batch);
-    DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
-    std::unique_ptr<BatchSource> src = open_data(d, arch.input);
-    try {
-      stream_statistics(*fwd, *src, {o.layer}, {acc.get()}, d);
-      st = acc->finish();
-    } catch (const Error& e) {
-      throw with_precision_hint(e, backend.precision());
-    }
-    if (src->skipped())
-      r.warnings.push_back("skipped " + std::to_string(src->skipped()) +
-                           " training images (first: " + src->first_skip_reason() + ")");
-  }
-  if (st.count() == 0) throw Error("no training samples: the statistics are empty");
+  const LayerStats<T> st = training_stats(o, arch, model, w, b, backend, r);
   r.train_samples = st.count();
   r.stats_s = seconds_since(t0);
 
@@ -175,56 +245,20 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
   r.features_s = seconds_since(t0);
 
   const double lambda = o.lambda ? *o.lambda : default_lambda(st, o.lambda_rel);
+  const SweepContext<T> c{o, w, b, st, net, feat, base_pred, *head, backend};
+  // svd-bc ranks by the same singular values as svd: its curve only when svd is absent.
+  const bool svd_swept = std::find(methods.begin(), methods.end(), Method::Svd) != methods.end();
   for (Method method : methods) {
     bool spectrum_kept = false;
     for (int64_t k : o.ranks) {
-      SweepPoint p;
-      p.method = method_name(method);
-      p.rank = k;
-      p.kept = is_pruning(method) ? units_for_rank(m, n, k) : k;
-      p.kept_fraction =
-          is_pruning(method) ? double(p.kept) / double(m) : double(k * (m + n)) / double(m * n);
-      p.lambda = needs_gram(method) ? lambda : 0;
-      if (k > std::min(m, n)) {
-        p.skipped = true;
-        p.note =
-            "rank " + std::to_string(k) + " exceeds min(m, n) = " + std::to_string(std::min(m, n));
-      } else if (k * (m + n) >= m * n) {
-        p.skipped = true;
-        p.note = "rank " + std::to_string(k) +
-                 " saves no parameters: k (m + n) = " + std::to_string(k * (m + n)) +
-                 " >= m n = " + std::to_string(m * n);
+      SweepPoint p = new_point(method, k, m, n, lambda);
+      if (!p.skipped) {
+        const Factors<T> fac = measure_point(c, method, p);
+        if (!spectrum_kept && !is_pruning(method) && !(method == Method::SvdBc && svd_swept)) {
+          r.spectra.emplace_back(p.method, fac.spectrum);
+          spectrum_kept = true;
+        }
       }
-      if (p.skipped) {
-        r.points.push_back(p);
-        continue;
-      }
-      auto ts = Clock::now();
-      const Factors<T> fac = backend.solve({method, p.kept, p.lambda}, w, b, st);
-      const ReconError e = backend.reconstruction_error(st, w, b, fac);
-      p.solve_s = seconds_since(ts);
-      p.error_abs = e.abs;
-      p.error_rel = e.rel;
-      p.energy_kept = fac.energy_kept;
-      // svd-bc ranks by the same singular values as svd: its curve only when svd is absent.
-      const bool svd_swept =
-          std::find(methods.begin(), methods.end(), Method::Svd) != methods.end();
-      if (!spectrum_kept && !is_pruning(method) && !(method == Method::SvdBc && svd_swept)) {
-        r.spectra.emplace_back(p.method, fac.spectrum);
-        spectrum_kept = true;
-      }
-      ts = Clock::now();
-      const std::vector<Substitution<float>> subs =
-          is_pruning(method)
-              ? pruned_substitutions(o.layer, fac, m, net.next_layer)
-              : std::vector<Substitution<float>>{factored_substitution(o.layer, fac)};
-      const Scores s = score(feat, base_pred, nullptr, [&](const float* x, int64_t cols) {
-        return head->run_from(o.layer, x, cols, false, subs);
-      });
-      p.head_s = seconds_since(ts);
-      p.top1 = s.top1;
-      p.top5 = s.top5;
-      p.agreement = s.agreement;
       r.points.push_back(p);
     }
   }

@@ -230,6 +230,9 @@ size_t check_descr(const std::string& descr, const std::string& path) {
 
 }  // namespace
 
+// About 90 lines: one check after another on the file's bytes (magic, version, header
+// length, header, dtype, shape, data size), each with its own message, in the order a
+// reader meets them; the parsing helpers above hold the rest.
 NpyReader::NpyReader(const std::string& path) : path_(path) {
   fd_ = open_input_file(path);  // refuses a FIFO without blocking
   try {

@@ -198,6 +198,8 @@ int64_t TensorInfo::numel() const {
 
 // ---------------------------------------------------------------- reading
 
+// About 80 lines: the header's checks in the order a reader meets them (size, JSON,
+// names, dtypes, shapes, offsets), each with its own message.
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   fd_ = open_input_file(path);  // refuses a FIFO without blocking
   struct stat st;
