@@ -18,8 +18,8 @@
 #include "cuda/cudnn_desc.hpp"
 #include "cuda/device_buffer.hpp"
 #include "dalr/cudnn_forward.hpp"
+#include "fmt16.cuh"
 #include "io/half.hpp"
-#include "storage16.cuh"
 
 namespace dalr::cuda {
 namespace fwd {

@@ -11,8 +11,9 @@
 #include "channel_scale_shift.cuh"
 #include "cuda/cudnn_forward_impl.hpp"
 #include "dalr/error.hpp"
+#include "layout16.cuh"
+#include "pool16.cuh"
 #include "relu.cuh"
-#include "storage16.cuh"
 
 namespace dalr::cuda {
 
