@@ -2,7 +2,8 @@
 // Adaptive average pooling with PyTorch's bins: output (oy, ox) of each of `planes`
 // (image, channel) planes averages rows [floor(oy*H/Ho), ceil((oy+1)*H/Ho)) and columns
 // [floor(ox*W/Wo), ceil((ox+1)*W/Wo)) of the H x W input plane. The twin of
-// CpuForward's adaptive pool: same window, same summation order, in T.
+// CpuForward's adaptive pool: same window, same summation order, in T. (The 16-bit storage
+// path's, launch_adaptive_avgpool16, is one mode of the 16-bit pooling kernel: pool16.cuh.)
 #include <cuda_runtime.h>
 
 #include <cstdint>

@@ -3,6 +3,7 @@
 
 #include "channel_scale_shift.cuh"
 #include "cuda/cuda_check.hpp"
+#include "fmt16.cuh"
 #include "relu.cuh"
 
 namespace dalr::kernels {
@@ -52,5 +53,45 @@ template void launch_channel_scale_shift<float>(float*, int64_t, int64_t, int64_
                                                 const float*, cudaStream_t, bool);
 template void launch_channel_scale_shift<double>(double*, int64_t, int64_t, int64_t, const double*,
                                                  const double*, cudaStream_t, bool);
+
+// ---------------------------------------------------------------- 16-bit storage
+
+using namespace check16;
+namespace {
+
+template <Fmt16 F>
+__global__ void channel_scale_shift16_kernel(uint16_t* __restrict__ x, int64_t n, int64_t channels,
+                                             int64_t hw, bool channels_last,
+                                             const float* __restrict__ scale,
+                                             const float* __restrict__ shift, bool relu) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
+    const int64_t ch = channels_last ? i % channels : (i / hw) % channels;
+    float v = widen<F>(x[i]);
+    // Multiply, then add, each rounded (no FMA contraction), as the CPU twin computes.
+    v = scale ? __fadd_rn(__fmul_rn(v, scale[ch]), shift[ch]) : v + shift[ch];
+    // ReLU before rounding gives what rounding first would: rounding keeps the sign.
+    if (relu) v = relu_keep_nan(v);
+    x[i] = narrow<F>(v);
+  }
+}
+
+}  // namespace
+
+void launch_channel_scale_shift16(uint16_t* x, int64_t batch, int64_t channels, int64_t hw,
+                                  bool channels_last, const float* scale, const float* shift,
+                                  Fmt16 f, cudaStream_t stream, bool relu) {
+  const char* what = "channel_scale_shift16";
+  require_format(what, f);
+  const int64_t n = bchw_count(what, batch, channels, hw);
+  if (n == 0) return;
+  require_pointer(what, "x", x);
+  require_pointer(what, "shift", shift);  // scale may be null: 1
+  auto* kernel = f == Fmt16::Fp16 ? channel_scale_shift16_kernel<Fmt16::Fp16>
+                                  : channel_scale_shift16_kernel<Fmt16::Bf16>;
+  kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, channels, hw, channels_last, scale, shift,
+                                                 relu);
+  DALR_CUDA_CHECK_LAUNCH();
+}
 
 }  // namespace dalr::kernels

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "fmt16.cuh"
+
 namespace dalr::kernels {
 
 // All pointers are device pointers; scale may be null. With relu, the ReLU that follows
@@ -14,5 +16,16 @@ namespace dalr::kernels {
 template <typename T>
 void launch_channel_scale_shift(T* x, int64_t batch, int64_t channels, int64_t hw, const T* scale,
                                 const T* shift, cudaStream_t stream, bool relu = false);
+
+// 16-bit storage (see fmt16.cuh), in place, per channel: x = round(float(x) * scale[ch] +
+// shift[ch]), or with scale null round(float(x) + shift[ch]); shift must not be null. scale
+// and shift are float arrays of `channels` values. The data are `batch` blocks of channels
+// x hw values: NCHW when channels_last is false (the channel of element i is (i / hw) %
+// channels), NHWC when true (the channel is i % channels). Inference batchnorm and
+// conv/linear biases; with relu, the ReLU that follows too (before the rounding, which
+// keeps the sign: the same result as rounding first), in the same pass.
+void launch_channel_scale_shift16(uint16_t* x, int64_t batch, int64_t channels, int64_t hw,
+                                  bool channels_last, const float* scale, const float* shift,
+                                  Fmt16 f, cudaStream_t stream, bool relu = false);
 
 }  // namespace dalr::kernels

@@ -17,7 +17,7 @@
 // 16-bit storage (ActStorage::Fp16 / Bf16, T = float): the float input stage is rounded
 // into NHWC 16-bit activations; convolutions run on NHWC 16-bit tensors (cuDNN,
 // tensor-core math, fp32 compute), pooling, biases and batchnorm in kernels that compute
-// in fp32 and round (storage16.cuh); at the first flatten, linear layer or tap the block is
+// in fp32 and round (kernels/fmt16.cuh); at the first flatten, linear layer or tap the block is
 // permuted to NCHW (C order per sample), linear layers run as 16-bit GEMMs with fp32
 // accumulation (cublasGemmEx), and taps and outputs are widened into a float buffer.
 #include "dalr/cudnn_forward.hpp"
@@ -36,6 +36,7 @@
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
 #include "io/layer_params.hpp"
+#include "layout16.cuh"
 
 namespace dalr::cuda {
 

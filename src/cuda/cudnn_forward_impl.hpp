@@ -1,7 +1,8 @@
 #pragma once
 // CudnnForward<T>::Impl, shared by the files that implement it: cudnn_forward.cpp (weights,
 // input stages, the public calls), cudnn_layers.cpp (convolution algorithm search and the
-// conv, pooling and linear layers) and cudnn_walk.cpp (the pass over the layers).
+// conv, pooling and linear layers), cudnn_walk.cpp (the pass over the layers) and
+// cudnn_ops.cpp (the pass's step for each layer type).
 // See cudnn_forward.cpp for the design (buffers, stages, events, 16-bit storage).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -18,8 +19,8 @@
 #include "cuda/cudnn_desc.hpp"
 #include "cuda/device_buffer.hpp"
 #include "dalr/cudnn_forward.hpp"
+#include "fmt16.cuh"
 #include "io/half.hpp"
-#include "storage16.cuh"
 
 namespace dalr::cuda {
 namespace fwd {
@@ -149,6 +150,19 @@ struct CudnnForward<T>::Impl {
   cudnnTensorFormat_t act_format() const { return s16() ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW; }
   size_t act_bytes() const { return s16() ? sizeof(uint16_t) : sizeof(T); }
 
+  // The state of one pass (walk), handed to each layer's step.
+  struct Pass {
+    int64_t batch;
+    cudaStream_t stream;
+    // The current activations, first the input stage; an out-of-place layer writes to
+    // other(x) and moves x there.
+    void* x;
+    bool nhwc;  // 16-bit storage: whether x is channels-last (NHWC) rather than C order
+    const std::vector<size_t>* taps;
+    const Tap* tap;
+    const DeviceTap* device_tap;
+  };
+
   void load(const SafetensorsFile& weights);
   size_t index_of(const std::string& name) const;
   std::vector<size_t> tap_indices(const std::vector<std::string>& taps) const;
@@ -156,6 +170,24 @@ struct CudnnForward<T>::Impl {
   void walk(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w, size_t stop,
             const std::vector<size_t>& taps, const Tap* tap, const DeviceTap* device_tap,
             Matrix<T>* out);
+  // The pass's bookkeeping (cudnn_walk.cpp).
+  std::vector<ActShape> pass_shapes(const T* input, int64_t batch, int64_t c, int64_t h, int64_t w,
+                                    size_t stop, size_t* most) const;
+  std::vector<char> fused_relus(size_t stop, const std::vector<size_t>& taps) const;
+  void* other(const void* p);
+  void round_input16(Pass& p, const ActShape& s0);
+  const void* nchw_of(const Pass& p, const ActShape& s, void* dst);
+  void to_nchw(Pass& p, const ActShape& s);
+  const T* view(const Pass& p, const ActShape& s);
+  void emit(const Pass& p, size_t i, const ActShape& s);
+  // One step per layer type (cudnn_ops.cpp); relu: run the ReLU that follows in the bias
+  // kernel.
+  void run_conv(Pass& p, size_t i, const ActShape& s, const ActShape& o, bool relu);
+  void run_pool(Pass& p, size_t i, const ActShape& s, const ActShape& o);
+  void run_adaptive_pool(Pass& p, const ActShape& s, const ActShape& o);
+  void run_linear(Pass& p, size_t i, const ActShape& s, bool relu);
+  void run_relu(Pass& p, const ActShape& s);
+  void run_batchnorm(Pass& p, size_t i, const ActShape& s);
   fwd::InputStage<T>& upload_input(const T* input, size_t count);
   void download(const T* src, int64_t count);  // into out_stage, then waits
   const fwd::ConvPlan& plan(size_t i, int64_t batch, const ActShape& s, const ActShape& o,

@@ -15,7 +15,7 @@
 #include "cuda/cudnn_check.hpp"
 #include "cuda/cudnn_forward_impl.hpp"
 #include "dalr/error.hpp"
-#include "storage16.cuh"
+#include "pool16.cuh"
 
 namespace dalr::cuda {
 
@@ -165,7 +165,7 @@ template <typename T>
 void CudnnForward<T>::Impl::pool(size_t i, int64_t batch, const ActShape& s, const ActShape& o,
                                  const void* x, void* y) {
   const LayerState<T>& st = layers[i];
-  if (s16()) {  // the CPU's windows and NaN rule, in a kernel (see storage16.cuh)
+  if (s16()) {  // the CPU's windows and NaN rule, in a kernel (see pool16.cuh)
     const LayerSpec& l = arch.layers[i];
     kernels::launch_pool16(static_cast<const uint16_t*>(x), batch, s.c, s.h, s.w,
                            /*channels_last=*/true, l.kernel, l.stride, l.type == LayerType::MaxPool,

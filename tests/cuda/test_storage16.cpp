@@ -1,4 +1,5 @@
-// The 16-bit activation storage kernels (storage16.cuh) against a CPU reference built
+// The 16-bit activation storage kernels (kernels/fmt16.cuh: layout16, relu16,
+// channel_scale_shift16, pool16) against a CPU reference built
 // on src/io/half.hpp, the rounding CpuForward<float> applies with ActStorage::Fp16/Bf16.
 // Both formats for every kernel; seeded random values over the whole exponent range
 // plus constructed cases: exact ties (odd and even lower neighbours), the floats either
@@ -25,14 +26,18 @@
 #include <string>
 #include <vector>
 
+#include "channel_scale_shift.cuh"
+#include "cpu/forward.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/device_buffer.hpp"
 #include "dalr/error.hpp"
+#include "fmt16.cuh"
 #include "gpu_test.hpp"
 #include "io/half.hpp"
-#include "storage16.cuh"
+#include "layout16.cuh"
+#include "pool16.cuh"
+#include "relu.cuh"
 #include "test_util.hpp"
-#include "cpu/forward.hpp"
 #include "twin.hpp"
 
 namespace dalr::kernels {
