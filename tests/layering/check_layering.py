@@ -10,6 +10,7 @@ chain, so no include cycle between folders can exist:
 
 A backend (cpu, cuda) never includes the jobs (core) or the command line (cli).
 kernels/ holds device code and includes only kernels/ and cuda/cuda_check.hpp.
+No file in src/ or kernels/ has more than 600 lines.
 
 Usage: check_layering.py SOURCE_DIR    (exit 0: the rule holds; 1: it lists what breaks it)
 """
@@ -29,6 +30,7 @@ ALLOWED = {
     "cli": {"cli", "core", "io", "common"},
 }
 CORE_CPU_HEADERS = {"cpu/recon.hpp"}
+MAX_LINES = 600
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 
@@ -67,6 +69,17 @@ def main(root):
         for inc in includes(os.path.join(root, "kernels", name)):
             if "/" in inc and inc != "cuda/cuda_check.hpp":
                 problems.append(f"kernels/{name} includes {inc}")
+    # A file that grows past this usually holds two ideas (CONVENTIONS.md).
+    for folder in ["src/" + f for f in sorted(os.listdir(src))] + ["kernels"]:
+        d = os.path.join(root, folder)
+        if not os.path.isdir(d):
+            continue
+        for name in sorted(os.listdir(d)):
+            with open(os.path.join(d, name), encoding="utf-8") as f:
+                lines = sum(1 for _ in f)
+            if lines > MAX_LINES:
+                problems.append(f"{folder}/{name} has {lines} lines (at most {MAX_LINES}): "
+                                f"split it by concern")
     for p in problems:
         print("layering:", p)
     print(f"layering: {len(problems)} problem(s)")
@@ -87,7 +100,10 @@ def self_test():
         with open(os.path.join(t, "src/cpu/solver.cpp"), "a") as f:
             f.write('#include "core/job.hpp"\n')
         bad = main(t)
-    ok = good == 0 and bad == 1
+        with open(os.path.join(t, "src/cpu/solver.cpp"), "w") as f:
+            f.write("// x\n" * (MAX_LINES + 1))
+        long_file = main(t)
+    ok = good == 0 and bad == 1 and long_file == 1
     print("layering self-test:", "ok" if ok else "FAILED")
     return 0 if ok else 1
 
