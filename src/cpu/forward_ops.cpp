@@ -191,11 +191,12 @@ void linear(const std::vector<T>& x, int64_t batch, const LayerSpec& l,
             bias.empty() ? T(0) : T(1), y.data(), l.out);
 }
 
+// k x k windows every `stride` pixels (floor mode, no padding): max or average.
 template <typename T>
-void max_pool(const std::vector<T>& x, int64_t batch, const ActShape& s, const ActShape& o,
-              const LayerSpec& l, std::vector<T>& y) {
+void fixed_window_pool(const std::vector<T>& x, int64_t batch, const ActShape& s,
+                       const ActShape& o, const LayerSpec& l, bool max, std::vector<T>& y) {
   pool_planes(
-      x, batch, s, o, true,
+      x, batch, s, o, max,
       [&](int64_t oy, int64_t ox, int64_t& y0, int64_t& y1, int64_t& x0, int64_t& x1) {
         y0 = oy * l.stride, y1 = y0 + l.kernel;
         x0 = ox * l.stride, x1 = x0 + l.kernel;
@@ -204,15 +205,15 @@ void max_pool(const std::vector<T>& x, int64_t batch, const ActShape& s, const A
 }
 
 template <typename T>
+void max_pool(const std::vector<T>& x, int64_t batch, const ActShape& s, const ActShape& o,
+              const LayerSpec& l, std::vector<T>& y) {
+  fixed_window_pool(x, batch, s, o, l, true, y);
+}
+
+template <typename T>
 void avg_pool(const std::vector<T>& x, int64_t batch, const ActShape& s, const ActShape& o,
               const LayerSpec& l, std::vector<T>& y) {
-  pool_planes(
-      x, batch, s, o, false,
-      [&](int64_t oy, int64_t ox, int64_t& y0, int64_t& y1, int64_t& x0, int64_t& x1) {
-        y0 = oy * l.stride, y1 = y0 + l.kernel;
-        x0 = ox * l.stride, x1 = x0 + l.kernel;
-      },
-      y);
+  fixed_window_pool(x, batch, s, o, l, false, y);
 }
 
 template <typename T>
