@@ -389,6 +389,36 @@ TEST_F(Cli, BadOptionsFailBeforeTheActivationsAreRead) {
   expect_failure(with_nan("svd", "--rank 4"), "sample 5, unit 3 is NaN");
 }
 
+// Issue 12, findings 4 and 14: counting options in range before anything is read.
+TEST_F(Cli, BatchAndWorkersOutOfRange) {
+  expect_failure(base("svd") + " --batch 9223372036854775807", "--batch must be at most 1048576");
+  expect_failure(base("svd") + " --batch 0", "--batch must be at least 1");
+  expect_failure(base("svd") + " --workers 40000", "--workers must be between 1 and 256");
+  expect_failure(base("svd") + " --workers 0", "--workers must be between 1 and 256");
+  expect_failure(base("svd") + " --limit -1", "--limit must be >= 0");
+  const test::CommandResult r =
+      run_cli("evaluate --model " + model() + " --data " + acts() + " --workers 1000");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("--workers must be between 1 and 256"), std::string::npos) << r.output;
+}
+
+// Issue 12, finding 18: messages that say what is wrong.
+TEST_F(Cli, MessagesNameTheRealProblem) {
+  expect_failure(base("svd") + " --round-rank 0", "--round-rank must be >= 1 (got 0)");
+  expect_failure(base("dalr") + " --lambda 1e-3x", "--lambda must be a number >= 0 or auto");
+  const test::CommandResult verb = run_cli("compres --model " + model());
+  EXPECT_EQ(verb.exit_code, 2) << verb.output;
+  EXPECT_NE(verb.output.find("unknown verb 'compres'; did you mean 'compress'?"), std::string::npos)
+      << verb.output;
+  const test::CommandResult far = run_cli("frobnicate");
+  EXPECT_EQ(far.exit_code, 2) << far.output;
+  EXPECT_NE(far.output.find("unknown verb 'frobnicate' (verbs: compress"), std::string::npos)
+      << far.output;
+  // A subnormal lambda is a number (std::stod called it out of range: "not a number").
+  const test::CommandResult tiny = run_cli(base("dalr") + " --lambda 1e-320");
+  EXPECT_EQ(tiny.exit_code, 0) << tiny.output;
+}
+
 TEST_F(Cli, RankThatSavesNothingWarns) {
   test::CommandResult r = run_cli(base("svd", "--rank 12"));
   EXPECT_EQ(r.exit_code, 0) << r.output;

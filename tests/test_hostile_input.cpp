@@ -2,6 +2,7 @@
 // output target must not do to us (crash, hang, allocate gigabytes, destroy a file).
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,7 +14,10 @@
 #include <initializer_list>
 #include <map>
 
+#include "common/checked.hpp"
+#include "dalr/arch.hpp"
 #include "dalr/error.hpp"
+#include "dalr/images.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/safetensors.hpp"
 #include "dalr/stats.hpp"
@@ -303,6 +307,139 @@ TEST(SafetensorsHeader, DeepNestingIsRefused) {
   const std::string p = dir.file("deep.safetensors");
   write_file(p, st_file("{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}", ""));
   expect_error([&] { SafetensorsFile f(p); }, {p, "nested deeper"});
+}
+
+// ---------------------------------------------------------------- finding 3: dalr.arch JSON
+
+const char* const kIn = R"({"channels":1,"crop":[4,4]})";
+
+TEST(ArchJson, DeepNestingIsRefusedNotAStackOverflow) {
+  const std::string deep = std::string(300000, '[') + std::string(300000, ']');
+  expect_error([&] { parse_arch(deep, kIn); }, {"dalr.arch", "nested deeper"});
+  expect_error([&] { parse_arch(R"([{"type":"flatten"}])", "{\"a\":" + deep + "}"); },
+               {"dalr.input", "nested deeper"});
+  // Nesting a layer list needs (array, layer, [h, w]) is fine.
+  EXPECT_NO_THROW(
+      parse_arch(R"([{"type":"adaptive_avgpool","out":[1,1]},{"type":"flatten"}])", kIn));
+}
+
+TEST(ArchJson, MessagesQuoteAnExcerptNotTheWholeInput) {
+  std::string big = "[1";
+  for (int i = 0; i < 100000; ++i) big += ",1";
+  big += "]";
+  const std::string arch = R"([{"type":"conv","name":"c","in":1,"out":2,"kernel":)" + big + "}]";
+  const std::string msg = test::error_message([&] { parse_arch(arch, kIn); });
+  EXPECT_NE(msg.find("'kernel'"), std::string::npos) << msg.substr(0, 300);
+  EXPECT_LT(msg.size(), 600u);
+  const std::string m2 = test::error_message([&] { parse_arch("[" + big + "]", kIn); });
+  EXPECT_NE(m2.find("JSON object"), std::string::npos) << m2.substr(0, 300);
+  EXPECT_LT(m2.size(), 600u);
+  const std::string m3 = test::error_message([&] { parse_arch(big, big); });
+  EXPECT_LT(m3.size(), 600u);
+}
+
+// ---------------------------------------------------------------- finding 14: ranges
+
+TEST(Ranges, ArchFieldsHaveSaneMaxima) {
+  const std::string conv = R"({"type":"conv","name":"c","in":1,"out":2,"kernel":1)";
+  expect_error([&] { parse_arch("[" + conv + R"(,"pad":1099511627776}])", kIn); },
+               {"'pad'", "must be <= 65536", "1099511627776"});
+  expect_error([&] { parse_arch("[" + conv + R"(,"stride":70000}])", kIn); }, {"'stride'"});
+  expect_error([&] { parse_arch(R"([{"type":"maxpool","kernel":65537}])", kIn); }, {"'kernel'"});
+  expect_error([&] { parse_arch(R"([{"type":"flatten"}])", R"({"channels":1,"crop":70000})"); },
+               {"'crop'", "at most 65536"});
+  expect_error([&] { parse_arch(R"([{"type":"linear","name":"f","in":16,"out":16777217}])", kIn); },
+               {"'out'", "must be <= 16777216"});
+  // Each field in range, but the activation they make is not: refused, no overflow.
+  expect_error(
+      [&] {
+        parse_arch(R"([{"type":"conv","name":"c","in":1,"out":16777216,"kernel":1}])",
+                   R"({"channels":1,"crop":[65536,65536]})");
+      },
+      {"the output of layer 0 (conv 'c')", "values per sample"});
+  EXPECT_NO_THROW(parse_arch("[" + conv + R"(,"pad":3}])", kIn));
+}
+
+TEST(Ranges, CheckedMultiplication) {
+  EXPECT_EQ(checked_mul(3037000499, 3037000499, "x"), 9223372030926249001);
+  expect_error([] { checked_mul(3037000500, 3037000500, "the buffer"); },
+               {"the buffer is too large", "3037000500 x 3037000500"});
+  expect_error([] { checked_mul(INT64_MAX, 2, "y"); }, {"y is too large"});
+  expect_error([] { checked_mul(-1, 2, "z"); }, {"z is too large"});
+  EXPECT_EQ(checked_mul(0, INT64_MAX, "w"), 0);
+}
+
+// ---------------------------------------------------------------- finding 4: threads
+
+// With the address space capped, starting 200 decoding threads (8 MiB stacks) fails
+// part way: a clean error, not std::terminate with threads running. In a child process,
+// so the cap does not reach the other tests.
+TEST(Threads, FailedThreadStartIsACleanError) {
+  TempDir dir;
+  std::filesystem::create_directories(dir.file("data/a"));
+  write_file(dir.file("data/a/x.png"), "not an image");
+  InputSpec in;
+  in.channels = 1;
+  in.crop = {4, 4};
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    long pages = 0;
+    FILE* f = std::fopen("/proc/self/statm", "r");
+    if (!f || std::fscanf(f, "%ld", &pages) != 1) ::_exit(3);
+    std::fclose(f);
+    const rlim_t cap = rlim_t(pages) * rlim_t(::sysconf(_SC_PAGESIZE)) + (rlim_t(64) << 20);
+    const struct rlimit lim = {cap, cap};
+    if (::setrlimit(RLIMIT_AS, &lim) != 0) ::_exit(4);
+    try {
+      open_images(dir.file("data"), in, 200, 0, false, 0);
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      ::_exit(m.find("could not start image decoding thread") != std::string::npos &&
+                      m.find("fewer --workers") != std::string::npos
+                  ? 0
+                  : 5);
+    } catch (...) {
+      ::_exit(6);
+    }
+    ::_exit(7);  // every thread started: the cap did not bite
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+TEST(Threads, WorkersOutOfRangeAreRefused) {
+  InputSpec in;
+  in.channels = 1;
+  in.crop = {4, 4};
+  expect_error([&] { open_images("/nonexistent", in, 40000, 0, false, 0); },
+               {"workers must be between 1 and 256", "40000"});
+}
+
+// ---------------------------------------------------------------- finding 17: .pth
+
+TEST(SafetensorsHeader, PyTorchCheckpointIsNamedWithItsConverter) {
+  TempDir dir;
+  const std::string zip = dir.file("model.pth");
+  write_file(zip, std::string("PK\x03\x04\x14\x00\x00\x00\x08\x00", 10) + std::string(200, 'x'));
+  expect_error([&] { SafetensorsFile f(zip); },
+               {zip, "zip archive", "torch.save", "tools/torchvision_to_bin.py",
+                "dalr_format.write_safetensors"});
+  const std::string pickle = dir.file("old.pth");
+  write_file(pickle, std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8", 12) +
+                         std::string(200, 'y'));
+  expect_error([&] { SafetensorsFile f(pickle); },
+               {pickle, "Python pickle", "tools/torchvision_to_bin.py"});
+  // A safetensors file whose header length (640 = 0x280) starts with the same two bytes
+  // as a pickle is still read.
+  std::string header = R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  header.resize(640, ' ');
+  const std::string p = dir.file("ok.safetensors");
+  write_file(p, st_file(header, std::string(4, '\0')));
+  ASSERT_EQ(static_cast<uint8_t>(read_file(p)[0]), 0x80);
+  EXPECT_EQ(SafetensorsFile(p).tensors().size(), 1u);
 }
 
 // ---------------------------------------------------------------- finding 12: image size

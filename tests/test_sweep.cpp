@@ -220,6 +220,12 @@ TEST(SweepErrors, BadInputExitsWithOne) {
       {"sweep " + kCommon + " " + test + "--methods dalr --ranks 4", "--data DIR"},
       {base + test + "--methods dalr --ranks 4 --layer classifier.6 --methods prune-mean",
        "needs a following linear layer"},
+      // Issue 12: each limit and count named as given, checked before any data is read.
+      {base + "--test " + kEx + "test --test-limit -1 --methods dalr --ranks 4",
+       "--test-limit must be >= 0"},
+      {base + test + "--methods dalr --ranks 4 --batch 9223372036854775807",
+       "--batch must be at most"},
+      {base + test + "--methods dalr --ranks 4 --workers 40000", "--workers must be between"},
   };
   for (const auto& c : cases) {
     const auto r = run_cli(c.args);

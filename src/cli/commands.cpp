@@ -1,5 +1,6 @@
 #include "cli/commands.hpp"
 
+#include <cstdlib>
 #include <iomanip>
 #include <iostream>
 
@@ -175,7 +176,6 @@ void Commands::add_compress(CLI::App& app) {
   c->add_flag("--shuffle", copt_.shuffle, "Shuffle the images (with --seed) before --limit");
   c->add_option("--seed", copt_.seed, "Seed of --shuffle");
   c->add_flag("--quiet,-q", quiet_, "Print nothing but errors");
-
 }
 
 // compress: how much to keep (rank, keep, budget, max-drop) and how to solve.
@@ -287,17 +287,19 @@ int Commands::run_compress() {
   if (compress_->count("--keep")) copt_.keep = keep_;
   if (compress_->count("--budget")) copt_.budget = budget_;
   if (compress_->count("--max-drop")) copt_.max_drop = max_drop_;
+  if (compress_->count("--round-rank") && copt_.round_rank < 1)
+    throw Error("--round-rank must be >= 1 (got " + std::to_string(copt_.round_rank) + ")");
   if (compress_->count("--lambda")) {
     if (lambda_str_ == "auto") {
       copt_.lambda_auto = true;
     } else {
-      try {
-        size_t used = 0;
-        copt_.lambda = std::stod(lambda_str_, &used);
-        if (used != lambda_str_.size()) throw std::invalid_argument("trailing");
-      } catch (const std::exception&) {
+      // strtod, not stod: a subnormal such as 1e-320 is a number (stod calls it out of
+      // range); only text that is not a number at all is refused here.
+      char* end = nullptr;
+      const double v = std::strtod(lambda_str_.c_str(), &end);
+      if (lambda_str_.empty() || end != lambda_str_.c_str() + lambda_str_.size())
         throw Error("--lambda must be a number >= 0 or auto (got '" + lambda_str_ + "')");
-      }
+      copt_.lambda = v;
     }
   }
   // Streaming images: a forward batch of 512 VGG-sized images would hold gigabytes.

@@ -2,6 +2,7 @@
 // caught here, printed as one line, and turned into the exit code (1: the job failed,
 // 2: the command line is wrong).
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -12,6 +13,37 @@
 #include "dalr/error.hpp"
 #include "io/atomic_file.hpp"
 
+namespace {
+
+// Edit distance (insertions, deletions, substitutions) between a and b.
+size_t distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1])});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// The verb within 3 edits of `word`, the closest; "" when none is.
+std::string nearest(const std::string& word, const std::vector<std::string>& verbs) {
+  std::string best;
+  size_t best_d = 4;
+  for (const auto& v : verbs) {
+    const size_t d = distance(word, v);
+    if (d < best_d) best = v, best_d = d;
+  }
+  return best;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   dalr::prepare_cpu_kernels(argv);  // may start this program again
   // SIGINT/SIGTERM/SIGHUP: remove the outputs' temporaries, exit 130/143/129.
@@ -21,6 +53,17 @@ int main(int argc, char** argv) {
   if (args.size() > 1 && args[1].size() > 1 && args[1][0] == '-' && args[1] != "-h" &&
       args[1] != "--help" && args[1] != "--version")
     args.insert(args.begin() + 1, "compress");
+
+  // An unknown verb (`compres`): CLI11 would only say that a subcommand is required.
+  const std::vector<std::string> verbs = {"compress", "evaluate", "sweep", "inspect"};
+  if (args.size() > 1 && !args[1].empty() && args[1][0] != '-' &&
+      std::find(verbs.begin(), verbs.end(), args[1]) == verbs.end()) {
+    std::cerr << "dalr-gpu: error: unknown verb '" << args[1] << "'";
+    const std::string near = nearest(args[1], verbs);
+    if (!near.empty()) std::cerr << "; did you mean '" << near << "'?";
+    std::cerr << " (verbs: compress, evaluate, sweep, inspect)\n";
+    return 2;
+  }
 
   CLI::App app{
       "dalr-gpu: compress the fully connected layers of a trained network with the\n"

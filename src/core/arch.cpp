@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/checked.hpp"
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
 #include "io/json_fields.hpp"
@@ -16,6 +17,7 @@ namespace {
 using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
 using json_fields::check_keys;
+using json_fields::excerpt;
 using json_fields::get_double;
 using json_fields::get_hw;
 using json_fields::get_int;
@@ -54,9 +56,10 @@ void expect_tensor(const SafetensorsFile& f, const std::string& tensor, const st
 struct Field {
   enum Kind { Int, Bool, Hw, Real } kind;
   const char* key;
-  int64_t LayerSpec::*i = nullptr;  // Int
-  int64_t min = 0;                  // Int: the smallest valid value
-  bool required = true;             // Int: else the default below (or default_from's value)
+  int64_t LayerSpec::*i = nullptr;       // Int
+  int64_t min = 0;                       // Int: the smallest valid value
+  int64_t max = json_fields::kMaxCount;  // Int: the largest
+  bool required = true;                  // Int: else the default below (or default_from's value)
   int64_t fallback = 0;
   int64_t LayerSpec::*default_from = nullptr;
   bool LayerSpec::*b = nullptr;                     // Bool (default true)
@@ -82,6 +85,10 @@ Field int_field_like(const char* key, int64_t LayerSpec::*m, int64_t min,
   Field f = int_field(key, m, min);
   f.required = false;
   f.default_from = from;
+  return f;
+}
+Field spatial(Field f) {  // kernel, stride, pad: a smaller maximum
+  f.max = json_fields::kMaxSpatial;
   return f;
 }
 Field bool_field(const char* key, bool LayerSpec::*m) {
@@ -120,6 +127,18 @@ struct LayerRow {
 
 std::string dims_of(const ActShape& s) {
   return std::to_string(s.c) + "x" + std::to_string(s.h) + "x" + std::to_string(s.w);
+}
+
+// Largest activation of one sample (elements): 2^32 floats are 16 GiB per image.
+constexpr int64_t kMaxActivation = int64_t(1) << 32;
+
+// c * h * w computed without overflow and within kMaxActivation; `what` names the tensor.
+void check_size(const ActShape& s, const std::string& what) {
+  const int64_t n = checked_mul(checked_mul(s.c, s.h, what), s.w, what);
+  if (n > kMaxActivation)
+    throw Error(what + " has " + dims_of(s) + " = " + std::to_string(n) +
+                " values per sample, more than the " + std::to_string(kMaxActivation) +
+                " a layer may have");
 }
 
 void need_image(const ActShape& s, const ShapeContext& c) {
@@ -191,8 +210,8 @@ const std::vector<LayerRow>& layer_table() {
        "conv",
        true,
        {int_field("in", &L::in, 1), int_field("out", &L::out, 1),
-        int_field("kernel", &L::kernel, 1), int_field("stride", &L::stride, 1, 1),
-        int_field("pad", &L::pad, 0, 0), bool_field("bias", &L::bias)},
+        spatial(int_field("kernel", &L::kernel, 1)), spatial(int_field("stride", &L::stride, 1, 1)),
+        spatial(int_field("pad", &L::pad, 0, 0)), bool_field("bias", &L::bias)},
        conv_shape,
        [](const L& l, const ActShape&) {
          return weight_and_bias(l, {l.out, l.in, l.kernel, l.kernel});
@@ -202,13 +221,15 @@ const std::vector<LayerRow>& layer_table() {
       {LayerType::MaxPool,
        "maxpool",
        false,
-       {int_field("kernel", &L::kernel, 1), int_field_like("stride", &L::stride, 1, &L::kernel)},
+       {spatial(int_field("kernel", &L::kernel, 1)),
+        spatial(int_field_like("stride", &L::stride, 1, &L::kernel))},
        pool_shape,
        nullptr},
       {LayerType::AvgPool,
        "avgpool",
        false,
-       {int_field("kernel", &L::kernel, 1), int_field_like("stride", &L::stride, 1, &L::kernel)},
+       {spatial(int_field("kernel", &L::kernel, 1)),
+        spatial(int_field_like("stride", &L::stride, 1, &L::kernel))},
        pool_shape,
        nullptr},
       {LayerType::AdaptiveAvgPool,
@@ -260,7 +281,7 @@ void read_field(const Field& f, const json& o, const std::string& where, LayerSp
   switch (f.kind) {
     case Field::Int: {
       const int64_t fallback = f.default_from ? l.*f.default_from : f.fallback;
-      l.*f.i = get_int(o, f.key, where, f.min, f.required ? nullptr : &fallback);
+      l.*f.i = get_int(o, f.key, where, f.min, f.required ? nullptr : &fallback, f.max);
       return;
     }
     case Field::Bool: {
@@ -298,10 +319,10 @@ void write_field(const Field& f, const LayerSpec& l, ojson& o) {
 
 LayerSpec parse_layer(const json& o, size_t index) {
   const std::string at = "dalr.arch layer " + std::to_string(index);
-  if (!o.is_object()) throw Error(at + ": must be a JSON object, got " + o.dump());
+  if (!o.is_object()) throw Error(at + ": must be a JSON object, got " + excerpt(o));
   auto t = o.find("type");
   if (t == o.end()) throw Error(at + ": missing field 'type'");
-  if (!t->is_string()) throw Error(at + ": field 'type' must be a string, got " + t->dump());
+  if (!t->is_string()) throw Error(at + ": field 'type' must be a string, got " + excerpt(*t));
   const LayerRow* row = nullptr;
   for (const auto& r : layer_table())
     if (t->get<std::string>() == r.name) row = &r;
@@ -315,7 +336,7 @@ LayerSpec parse_layer(const json& o, size_t index) {
   if (n != o.end()) {
     if (!n->is_string() || n->get<std::string>().empty())
       throw Error(at + " (" + row->name + "): field 'name' must be a non-empty string, got " +
-                  n->dump());
+                  excerpt(*n));
     l.name = n->get<std::string>();
   } else if (row->named) {
     throw Error(at + " (" + row->name + "): missing field 'name'");
@@ -345,12 +366,14 @@ std::vector<ActShape> layer_input_shapes(const Arch& arch, int64_t c, int64_t h,
                 std::to_string(w) + " must be positive");
   std::vector<ActShape> shapes;
   ActShape s{c, h, w, false};
+  check_size(s, "the input");
   for (size_t i = 0; i < arch.layers.size(); ++i) {
     shapes.push_back(s);
     const LayerSpec& l = arch.layers[i];
     ShapeContext ctx{layer_label(arch, i)};
     if (i > 0) ctx.before = &arch.layers[i - 1], ctx.before_in = &shapes[i - 1];
     s = row_of(l.type).shape(l, s, ctx);
+    check_size(s, "the output of " + ctx.where);
   }
   shapes.push_back(s);
   return shapes;
@@ -360,8 +383,7 @@ Arch parse_arch(const std::string& arch_json, const std::string& input_json) {
   Arch arch;
   const json a = parse_json(arch_json, "dalr.arch");
   if (!a.is_array() || a.empty())
-    throw Error("dalr.arch must be a non-empty JSON array of layers, got " +
-                a.dump().substr(0, 200));
+    throw Error("dalr.arch must be a non-empty JSON array of layers, got " + excerpt(a));
   std::set<std::string> names;
   for (size_t i = 0; i < a.size(); ++i) {
     arch.layers.push_back(parse_layer(a[i], i));

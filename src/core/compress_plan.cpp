@@ -8,6 +8,7 @@
 #include <iomanip>
 #include <sstream>
 
+#include "common/checked.hpp"
 #include "core/job_common.hpp"
 #include "dalr/error.hpp"
 #include "dalr/npy.hpp"
@@ -104,7 +105,9 @@ void check_joint(const CompressOptions& o, Method method) {
 }
 
 void check_numbers(const CompressOptions& o, Method method) {
-  if (o.batch < 1) throw Error("--batch must be at least 1");
+  check_batch_and_workers(o.batch, o.workers);
+  if (o.limit < 0) throw Error("--limit must be >= 0");
+  if (o.val_limit < 0) throw Error("--val-limit must be >= 0");
   if (o.round_rank < 0) throw Error("--round-rank must be >= 1");
   if (o.budget && (is_pruning(method) || o.lambda_auto))
     throw Error("--budget allocates ranks of factorisations (not pruning) with a fixed lambda");

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <map>
 
+#include "common/checked.hpp"
 #include "common/finite.hpp"
 #include "core/compress_plan.hpp"
 #include "core/stream.hpp"
@@ -98,7 +99,8 @@ void gather_stats(const Plan& p, LayerJob<T>& job, Backend& backend, json& rep) 
   }
   if (!o.acts.empty()) {
     NpyReader r(o.acts);
-    std::vector<T> buf(static_cast<size_t>(n * o.batch));
+    std::vector<T> buf(
+        static_cast<size_t>(checked_mul(n, o.batch, "--batch times the layer width")));
     for (int64_t c; (c = r.read_rows<T>(buf.data(), o.batch)) > 0; first += c)
       acc->add(buf.data(), c, n, first);
     rep["acts"] = {

@@ -21,6 +21,7 @@ namespace {
 
 template <typename T>
 EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
+  check_batch_and_workers(o.batch, o.workers);
   if (!o.report.empty() && (same_file(o.report, o.model) || same_file(o.report, o.compare)))
     throw Error("--report " + o.report + " is an input: refusing to overwrite it");
   SafetensorsFile model(o.model);
@@ -74,8 +75,10 @@ EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
   r.top5 = r.labelled ? double(hit5) / r.labelled : 0;
   if (other) r.agreement = double(agree) / r.images;
 
-  nlohmann::json j = {{"model", o.model},         {"data", o.data},
-                      {"images", r.images},       {"labelled", r.labelled},
+  nlohmann::json j = {{"model", o.model},
+                      {"data", o.data},
+                      {"images", r.images},
+                      {"labelled", r.labelled},
                       {"precision", precision_name(backend.precision())},
                       {"device", backend.name()}};
   if (r.labelled) j["top1"] = r.top1, j["top5"] = r.top5;

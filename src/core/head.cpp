@@ -1,5 +1,6 @@
 #include "core/head.hpp"
 
+#include "common/checked.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
@@ -8,8 +9,7 @@
 namespace dalr {
 
 std::unique_ptr<Backend> scoring_backend(Precision precision) {
-  return make_cpu_backend(act_storage(precision) == ActStorage::Fp32 ? Precision::Fp32
-                                                                     : precision);
+  return make_cpu_backend(act_storage(precision) == ActStorage::Fp32 ? Precision::Fp32 : precision);
 }
 
 Features cache_features(const DataOptions& d, const std::string& layer, const std::string& option,
@@ -18,7 +18,8 @@ Features cache_features(const DataOptions& d, const std::string& layer, const st
   const std::unique_ptr<Forward<float>> fwd = make_forward<float>(backend, arch, model);
   std::unique_ptr<BatchSource> src = open_data(d, arch.input);
   const int64_t c = src->channels(), h = src->height(), w = src->width(), per = c * h * w;
-  std::vector<float> buf(static_cast<size_t>(per * d.batch));
+  std::vector<float> buf(
+      static_cast<size_t>(checked_mul(per, d.batch, "--batch times the image size")));
   std::vector<int64_t> labels;
   Features f;
   Progress progress(option.substr(2) + " features", src->size(), d.quiet);

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "common/checked.hpp"
 #include "dalr/error.hpp"
 
 namespace dalr {
@@ -19,7 +20,7 @@ double now_s() {
 std::unique_ptr<BatchSource> open_data(const DataOptions& o, const InputSpec& in) {
   if (o.data.empty()) throw Error("--data DIR (an image folder) or --data FILE.npy is required");
   if (!std::filesystem::exists(o.data)) throw Error("--data: " + o.data + " does not exist");
-  if (o.batch < 1) throw Error("--batch must be at least 1");
+  check_batch_and_workers(o.batch, o.workers);
   if (o.limit < 0) throw Error("--limit must be >= 0");
   if (std::filesystem::is_directory(o.data))
     return open_images(o.data, in, o.workers, o.limit, o.shuffle, o.seed,

@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/checked.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/forward.hpp"
@@ -37,7 +38,7 @@ class HostBatch {
   HostBatch(const BatchSource& src, int64_t batch)
       : per_(src.channels() * src.height() * src.width()),
         batch_(batch),
-        floats_(static_cast<size_t>(per_ * batch)) {
+        floats_(static_cast<size_t>(checked_mul(per_, batch, "--batch times the image size"))) {
     if constexpr (!std::is_same_v<T, float>) wide_.resize(floats_.size());
   }
   // The next batch (up to `batch` images); 0 at the end.

@@ -6,6 +6,7 @@
 #include <map>
 #include <numeric>
 
+#include "common/checked.hpp"
 #include "core/head.hpp"
 #include "core/job_common.hpp"
 #include "core/stream.hpp"
@@ -51,7 +52,9 @@ void check_options(const SweepOptions& o) {
   if (o.data.empty() == o.stats_in.empty())
     throw Error(o.data.empty() ? "--data DIR (the training split) or --stats FILE is required"
                                : "give --data or --stats, not both");
-  if (o.batch < 1) throw Error("--batch must be at least 1");
+  check_batch_and_workers(o.batch, o.workers);
+  if (o.limit < 0) throw Error("--limit must be >= 0");
+  if (o.test_limit < 0) throw Error("--test-limit must be >= 0");
   for (const auto& [name, path] : {std::pair<const char*, std::string>{"--model", o.model},
                                    {"--test", o.test},
                                    {"--data", o.data},

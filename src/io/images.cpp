@@ -10,8 +10,10 @@
 #include <fstream>
 #include <mutex>
 #include <random>
+#include <system_error>
 #include <thread>
 
+#include "common/checked.hpp"
 #include "dalr/error.hpp"
 #include "dalr/npy.hpp"
 
@@ -279,17 +281,20 @@ class ImageFolderSource final : public BatchSource {
     ring_size_ = std::max<int64_t>(16, 4 * static_cast<int64_t>(workers));
     ring_.resize(static_cast<size_t>(ring_size_));
     for (auto& s : ring_) s.data.resize(static_cast<size_t>(image_floats_));
-    for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
+    // A failed thread start (a process limit) must not leave running threads behind an
+    // exception from a constructor: that ends in std::terminate. Stop them, then say so.
+    try {
+      for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
+    } catch (const std::system_error& e) {
+      const size_t started = threads_.size();
+      stop_workers();
+      throw Error("images: could not start image decoding thread " + std::to_string(started + 1) +
+                  " of " + std::to_string(workers) + " (" + e.what() +
+                  "); use fewer --workers or raise the process limit");
+    }
   }
 
-  ~ImageFolderSource() override {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    slot_free_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
+  ~ImageFolderSource() override { stop_workers(); }
 
   int64_t size() const override { return static_cast<int64_t>(samples_.size()); }
   int64_t channels() const override { return p_.channels; }
@@ -342,6 +347,16 @@ class ImageFolderSource final : public BatchSource {
     std::vector<float> data;
     std::exception_ptr error;
   };
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    slot_free_.notify_all();
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+  }
 
   void work() {
     Scratch scratch;
@@ -419,7 +434,9 @@ std::unique_ptr<BatchSource> open_images(const std::string& dir, const InputSpec
                                          int64_t limit, bool shuffle, uint64_t seed,
                                          bool skip_bad) {
   check_decodable(p);
-  if (workers < 1) throw Error("images: workers must be >= 1, not " + std::to_string(workers));
+  if (workers < 1 || workers > kMaxWorkers)
+    throw Error("images: workers must be between 1 and " + std::to_string(kMaxWorkers) + ", not " +
+                std::to_string(workers));
   std::vector<Sample> samples = list_image_folder(dir, nullptr);
   if (shuffle) {
     // Fisher-Yates with raw engine output (std::shuffle and the distributions differ

@@ -50,12 +50,12 @@ InputSpec parse_input_spec(const std::string& text) {
   using namespace json_fields;
   const std::string where = kWhere;
   const json o = parse_json(text, kWhere);
-  if (!o.is_object()) throw Error(where + " must be a JSON object, got " + o.dump());
+  if (!o.is_object()) throw Error(where + " must be a JSON object, got " + excerpt(o));
   check_keys(o, {"channels", "resize", "crop", "scale", "mean", "std"}, where);
   InputSpec in;
   const int64_t zero = 0;
   in.channels = get_int(o, "channels", where, 1, nullptr);
-  in.resize = get_int(o, "resize", where, 0, &zero);
+  in.resize = get_int(o, "resize", where, 0, &zero, kMaxSpatial);
   in.crop = get_hw(o, "crop", where);
   in.scale = get_double(o, "scale", where, 1.0, true);
   for (const char* key : {"mean", "std"}) {
@@ -63,10 +63,11 @@ InputSpec parse_input_spec(const std::string& text) {
     if (it == o.end()) continue;
     if (!it->is_array())
       throw Error(where + ": field '" + key + "' must be an array of " +
-                  std::to_string(in.channels) + " numbers (one per channel), got " + it->dump());
+                  std::to_string(in.channels) + " numbers (one per channel), got " + excerpt(*it));
     std::vector<double>& v = std::string(key) == "mean" ? in.mean : in.std;
     for (const auto& x : *it) {
-      if (!x.is_number()) throw Error(where + ": field '" + key + "' has a bad value " + x.dump());
+      if (!x.is_number())
+        throw Error(where + ": field '" + key + "' has a bad value " + excerpt(x));
       v.push_back(x.get<double>());
     }
   }

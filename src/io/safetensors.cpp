@@ -102,6 +102,17 @@ void convert_from(DType dt, const uint8_t* src, size_t n, T* dst) {
   }
 }
 
+// What a file that starts with `base` (8 bytes or more) is when it is a PyTorch checkpoint
+// instead of safetensors; nullptr otherwise. torch.save writes a zip archive since PyTorch
+// 1.6, a bare pickle (protocol 2: 0x80 0x02) before.
+const char* pytorch_kind(const uint8_t* base) {
+  if (std::memcmp(base, "PK\x03\x04", 4) == 0)
+    return "a zip archive (a PyTorch checkpoint saved by torch.save, e.g. a .pth)";
+  if (base[0] == 0x80 && base[1] >= 2 && base[1] <= 5)
+    return "a Python pickle (a PyTorch checkpoint saved by an old torch.save, e.g. a .pth)";
+  return nullptr;
+}
+
 // The header's JSON, refusing what nlohmann::json would accept silently: a key given
 // twice in one object (the last would win, so a second tensor of the same name would
 // replace the first) and nesting deeper than a safetensors header has (3 levels).
@@ -227,6 +238,16 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     const auto* base = static_cast<const uint8_t*>(map_);
     uint64_t header_len;
     std::memcpy(&header_len, base, 8);
+    // Only a header length no safetensors file has is a reason to look closer.
+    const char* kind =
+        header_len > kMaxHeaderBytes || header_len > size - 8 ? pytorch_kind(base) : nullptr;
+    if (kind)
+      throw Error(
+          path + ": this is " + kind +
+          ", not a safetensors file; convert it once with tools/torchvision_to_bin.py "
+          "(e.g. `tools/torchvision_to_bin.py vgg19 out.bin --state-dict " +
+          "model.pth`), or write the state dict with dalr_format.write_safetensors (README, "
+          "\"Use it on your own model\")");
     if (header_len > kMaxHeaderBytes)
       throw Error(path + ": header length " + std::to_string(header_len) +
                   " is absurd (more than 100 MB); not a safetensors file?");
