@@ -28,6 +28,8 @@ using json = nlohmann::json;
 
 double seconds_since(Clock::time_point t0);
 std::string fmt(double v, int prec = 4);
+// What to do about an overflow at `precision`: fp64, unless it is already, and scaling.
+std::string overflow_advice(Precision precision);
 
 // How the ranks are chosen: exactly one of --rank, --keep, --budget, --max-drop.
 enum class RankMode { Fixed, Keep, Budget, Joint };
@@ -101,6 +103,10 @@ template <typename T>
 void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend);
 template <typename T>
 void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend);
+// Throws naming the tensor when a factor of the layer is NaN, Inf or beyond float32's
+// range (the model stores float32): an overflow, with what to do about it.
+template <typename T>
+void check_factors(const Plan& p, const LayerJob<T>& job);
 template <typename T>
 void write_model(const Plan& p, const std::vector<LayerJob<T>>& jobs, JobOutput& out);
 template <typename T>
