@@ -606,4 +606,18 @@ TEST_F(Cli, NonFiniteBiasIsRefused) {
                  "fc.bias contains NaN or Inf");
 }
 
+// Issue 12, finding 16: a --report that cannot be written used to fail after --out was
+// already replaced. Now the outputs are committed together: neither is written.
+TEST_F(Cli, ReportFailureLeavesTheModelUntouched) {
+  test::write_file(out(), "precious");
+  const std::string report = dir_.file("no-such-folder/r.json");
+  test::CommandResult r = run_cli(base("svd") + " --report " + report);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("cannot write " + report), std::string::npos) << r.output;
+  EXPECT_EQ(test::read_file(out()), "precious");
+  for (const auto& e : std::filesystem::directory_iterator(dir_.path()))
+    EXPECT_EQ(e.path().string().find(kTempMarker), std::string::npos) << "left " << e.path();
+  std::filesystem::remove(out());
+}
+
 }  // namespace

@@ -3,7 +3,7 @@
 // option once, in one place, before any data is read (the model's header is read, its
 // tensors are not). The stages then run over one LayerJob<T> per --layer:
 //   load_layers -> collect_statistics -> choose_ranks -> solve_layer -> measure_error
-//   -> write_model -> make_report
+//   -> write_model -> make_report -> commit_all (the model and the report together)
 // (compress_plan.cpp, compress_stats.cpp, compress_stages.cpp, compress_write.cpp,
 // compress_report.cpp; --max-drop's search in joint_search.cpp).
 #include <chrono>
@@ -20,6 +20,7 @@
 #include "dalr/safetensors.hpp"
 #include "dalr/solver.hpp"
 #include "dalr/stats.hpp"
+#include "io/atomic_file.hpp"
 
 namespace dalr::compress_job {
 
@@ -89,6 +90,9 @@ struct JobOutput {
   json rep, timing;
   std::vector<std::string> warnings;
   double solve_s = 0, error_s = 0;
+  // The model and the report, written but not yet in place: committed together by the
+  // job once both are complete, so a report that fails leaves --out as it was.
+  std::vector<std::unique_ptr<AtomicFile>> staged;
 };
 
 template <typename T>

@@ -116,7 +116,7 @@ CompressResult make_report(const Plan& p, const std::vector<LayerJob<T>>& jobs,
   res.warnings = out.warnings;
   res.summary = s.str();
   res.report_json = rep.dump(2);
-  if (!o.report.empty()) write_text_file(o.report, res.report_json + "\n");
+  if (!o.report.empty()) out.staged.push_back(stage_text_file(o.report, res.report_json + "\n"));
   return res;
 }
 

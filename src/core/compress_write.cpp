@@ -155,7 +155,7 @@ void write_model(const Plan& p, const std::vector<LayerJob<T>>& jobs, JobOutput&
   meta["dalr.source"] = std::filesystem::path(o.model).filename().string();
   meta["dalr.acts"] = p.stream ? "stream:" + o.data : (o.acts.empty() ? o.stats_in : o.acts);
   meta["dalr.samples"] = std::to_string(jobs.front().st.count());
-  write_safetensors(o.out, output_tensors(p, jobs, out.rep), meta);
+  out.staged.push_back(stage_safetensors(o.out, output_tensors(p, jobs, out.rep), meta));
   out.timing["write"] = seconds_since(t0);
 }
 
