@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -577,6 +578,76 @@ TEST(SplitList, CommasOrWhitespaceSeparateAndEmptiesAreSkipped) {
   EXPECT_EQ(split_list("x"), (V{"x"}));
   EXPECT_TRUE(split_list("").empty());
   EXPECT_TRUE(split_list(" ,, ").empty());
+}
+
+}  // namespace
+
+namespace {
+
+// Issue 12, finding 5: fp32 statistics of activations of 1e30 overflow (squares beyond
+// float's 3.4e38); the job used to write NaN factors and exit 0. Now refused, naming
+// what overflowed and what to do, and writing neither the model nor --save-stats.
+TEST_F(Cli, OverflowingFp32StatisticsAreRefused) {
+  std::vector<float> big = acts_;
+  for (auto& v : big) v *= 1e30f;
+  write_npy(dir_.file("big.npy"), big.data(), kP, kN);
+  const std::string stats = dir_.file("s.safetensors");
+  const std::string args = "compress --model " + model() + " --layer fc --acts " +
+                           dir_.file("big.npy") + " --method dalr --rank 4 --precision fp32" +
+                           " --save-stats " + stats + " --out " + out();
+  expect_failure(args, "overflowed at fp32");
+  test::CommandResult r = run_cli(args);
+  EXPECT_NE(r.output.find("Gram matrix"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--precision fp64 or scale the activations"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(test::file_exists(stats));
+  // At fp64 the same activations are fine.
+  r = run_cli(args.substr(0, args.find(" --precision")) + " --out " + out());
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::filesystem::remove(out());
+}
+
+// Issue 12, finding 6: svd-bc with activations near float's maximum gave an Inf bias in
+// the float32 model while the report said "relative error 2.6e-16". Now refused.
+TEST_F(Cli, BiasBeyondFloatRangeIsRefused) {
+  std::vector<float> big = acts_;
+  for (auto& v : big) v = 3e38f;
+  write_npy(dir_.file("big.npy"), big.data(), kP, kN);
+  const std::string args = "compress --model " + model() + " --layer fc --acts " +
+                           dir_.file("big.npy") + " --method svd-bc --rank 4 --out " + out();
+  expect_failure(args, "tensor 'fc.1.bias' would hold");
+  test::CommandResult r = run_cli(args);
+  EXPECT_NE(r.output.find("beyond float32's range"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("scale the activations down"), std::string::npos) << r.output;
+}
+
+// Issue 12, finding 7: a NaN in the model's bias was accepted (the report said rel 0).
+TEST_F(Cli, NonFiniteBiasIsRefused) {
+  SafetensorsFile f(model());
+  std::vector<float> bias = f.read_f32("fc.bias");
+  bias[3] = std::nanf("");
+  std::vector<TensorOut> ts;
+  for (const auto& t : f.tensors())
+    ts.push_back(t.name == "fc.bias" ? TensorOut::f32("fc.bias", {kM}, bias)
+                                     : TensorOut::borrow(f, t));
+  write_safetensors(dir_.file("nanbias.safetensors"), ts, f.metadata());
+  expect_failure("compress --model " + dir_.file("nanbias.safetensors") + " --layer fc --acts " +
+                     acts() + " --method svd --rank 4 --out " + out(),
+                 "fc.bias contains NaN or Inf");
+}
+
+// Issue 12, finding 16: a --report that cannot be written used to fail after --out was
+// already replaced. Now the outputs are committed together: neither is written.
+TEST_F(Cli, ReportFailureLeavesTheModelUntouched) {
+  test::write_file(out(), "precious");
+  const std::string report = dir_.file("no-such-folder/r.json");
+  test::CommandResult r = run_cli(base("svd") + " --report " + report);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("cannot write " + report), std::string::npos) << r.output;
+  EXPECT_EQ(test::read_file(out()), "precious");
+  for (const auto& e : std::filesystem::directory_iterator(dir_.path()))
+    EXPECT_EQ(e.path().string().find(kTempMarker), std::string::npos) << "left " << e.path();
+  std::filesystem::remove(out());
 }
 
 }  // namespace

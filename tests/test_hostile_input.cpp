@@ -7,14 +7,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
 #include <initializer_list>
+#include <limits>
 #include <map>
 
 #include "common/checked.hpp"
+#include "common/finite.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/error.hpp"
 #include "dalr/images.hpp"
@@ -275,6 +278,66 @@ TEST(StatsFile, SampleCountIsParsedStrictly) {
     const std::string p = with_count(text);
     EXPECT_EQ(LayerStats<double>::load(p).count(), value) << text;
   }
+}
+
+// ---------------------------------------------------------------- finding 7: statistics
+
+TEST(StatsFile, NonFiniteValuesAreRefusedOnLoadAndSave) {
+  TempDir dir;
+  const int64_t n = 3, m = 2;
+  const std::string p = dir.file("s.safetensors");
+  auto write = [&](const char* bad, double value) {
+    std::map<std::string, std::vector<double>> v = {{"gram", {2, 1, 0, 1, 3, 1, 0, 1, 4}},
+                                                    {"sum_x", {1, 2, 3}},
+                                                    {"max_x", {1, 1, 2}},
+                                                    {"sum_y", {0.5, 1}},
+                                                    {"max_y", {0.2, 0.4}}};
+    if (bad) v[bad][1] = value;
+    write_safetensors(
+        p,
+        {TensorOut::f64("gram", {n, n}, v["gram"]), TensorOut::f64("sum_x", {n}, v["sum_x"]),
+         TensorOut::f64("max_x", {n}, v["max_x"]), TensorOut::f64("sum_y", {m}, v["sum_y"]),
+         TensorOut::f64("max_y", {m}, v["max_y"])},
+        {{"dalr.kind", "stats"}, {"dalr.count", "5"}});
+  };
+  write(nullptr, 0);
+  EXPECT_EQ(LayerStats<double>::load(p).count(), 5);
+  const double inf = std::numeric_limits<double>::infinity();
+  for (const char* name : {"gram", "sum_x", "max_x", "sum_y", "max_y"})
+    for (double bad : {std::nan(""), inf, -inf}) {
+      SCOPED_TRACE(std::string(name) + " " + std::to_string(bad));
+      write(name, bad);
+      if (bad < 0 && std::string(name).rfind("max_", 0) == 0) {  // a max before any sample
+        EXPECT_EQ(LayerStats<double>::load(p).count(), 5);
+        continue;
+      }
+      expect_error([&] { LayerStats<double>::load(p); },
+                   {p, "tensor '" + std::string(name) + "'", "at index 1", "must be finite"});
+    }
+  // A gram beyond float's range is Inf at fp32.
+  write("gram", 1e300);
+  EXPECT_EQ(LayerStats<double>::load(p).count(), 5);
+  expect_error([&] { LayerStats<float>::load(p); }, {"tensor 'gram' holds Inf"});
+  // An empty accumulator saves maxima of -Inf.
+  LayerStats<double> empty(n, m);
+  empty.save(p);
+  EXPECT_EQ(LayerStats<double>::load(p).count(), 0);
+  // Saving refuses what loading would.
+  LayerStats<float> s(n, 0);
+  const float x[3] = {3e19f, 1, 2};  // its square passes float's 3.4e38
+  s.add(x, 1, n, nullptr, nullptr);
+  expect_error([&] { s.save(dir.file("o.safetensors")); },
+               {"cannot save statistics", "tensor 'gram' holds Inf", "--precision fp64"});
+  EXPECT_FALSE(test::file_exists(dir.file("o.safetensors")));
+}
+
+TEST(ReconError, OverflowedInputsGiveNaNNotAFiniteRatio) {
+  const double inf = std::numeric_limits<double>::infinity();
+  EXPECT_TRUE(std::isnan(relative_error(1.0, inf)));  // read as a perfect 0 before
+  EXPECT_TRUE(std::isnan(relative_error(inf, inf)));
+  EXPECT_TRUE(std::isnan(relative_error(std::nan(""), 2.0)));
+  EXPECT_DOUBLE_EQ(relative_error(1.0, 4.0), 0.25);
+  EXPECT_EQ(relative_error(0.0, 0.0), 0.0);
 }
 
 // ---------------------------------------------------------------- finding 10: duplicates

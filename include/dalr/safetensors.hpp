@@ -90,4 +90,10 @@ struct TensorOut {
 void write_safetensors(const std::string& path, const std::vector<TensorOut>& tensors,
                        const std::map<std::string, std::string>& metadata);
 
+class AtomicFile;  // io/atomic_file.hpp (the library's, not part of the public API)
+// The same, left uncommitted: a job commits its outputs together (commit_all).
+std::unique_ptr<AtomicFile> stage_safetensors(const std::string& path,
+                                              const std::vector<TensorOut>& tensors,
+                                              const std::map<std::string, std::string>& metadata);
+
 }  // namespace dalr

@@ -30,4 +30,19 @@ void check_finite(const T* x, int64_t n, int64_t cols, int64_t ldx, int64_t firs
     }
 }
 
+// The index of the first value of v[0..n) that is NaN or Inf, or -1.
+template <typename T>
+int64_t first_non_finite(const T* v, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i])) return static_cast<int64_t>(i);
+  return -1;
+}
+
+// A relative error abs / ref that is NaN when either overflowed: Inf / Inf would be NaN
+// anyway, but a finite error over an Inf reference would read as a perfect 0.
+inline double relative_error(double abs, double ref) {
+  if (!std::isfinite(abs) || !std::isfinite(ref)) return std::nan("");
+  return ref > 0 ? abs / ref : 0.0;
+}
+
 }  // namespace dalr

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/finite.hpp"
+
 namespace dalr {
 
 double residual2(long double quad, const std::vector<long double>& es,
@@ -20,7 +22,7 @@ ReconError recon_from(double err2, double ref2, int64_t samples) {
   r.samples = samples;
   r.abs = std::sqrt(std::max(err2, 0.0));
   r.ref = std::sqrt(std::max(ref2, 0.0));
-  r.rel = r.ref > 0 ? r.abs / r.ref : 0.0;
+  r.rel = relative_error(r.abs, r.ref);
   return r;
 }
 

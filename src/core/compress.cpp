@@ -33,7 +33,9 @@ CompressResult run(const Plan& p, Backend& backend) {
   out.timing["error"] = out.error_s;
   write_model(p, jobs, out);
   out.timing["total"] = seconds_since(t_all);
-  return make_report(p, jobs, backend, out);
+  CompressResult res = make_report(p, jobs, backend, out);
+  commit_all(out.staged);  // the model and the report, once both are written
+  return res;
 }
 
 }  // namespace

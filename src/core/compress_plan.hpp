@@ -3,7 +3,7 @@
 // option once, in one place, before any data is read (the model's header is read, its
 // tensors are not). The stages then run over one LayerJob<T> per --layer:
 //   load_layers -> collect_statistics -> choose_ranks -> solve_layer -> measure_error
-//   -> write_model -> make_report
+//   -> write_model -> make_report -> commit_all (the model and the report together)
 // (compress_plan.cpp, compress_stats.cpp, compress_stages.cpp, compress_write.cpp,
 // compress_report.cpp; --max-drop's search in joint_search.cpp).
 #include <chrono>
@@ -20,6 +20,7 @@
 #include "dalr/safetensors.hpp"
 #include "dalr/solver.hpp"
 #include "dalr/stats.hpp"
+#include "io/atomic_file.hpp"
 
 namespace dalr::compress_job {
 
@@ -28,6 +29,8 @@ using json = nlohmann::json;
 
 double seconds_since(Clock::time_point t0);
 std::string fmt(double v, int prec = 4);
+// What to do about an overflow at `precision`: fp64, unless it is already, and scaling.
+std::string overflow_advice(Precision precision);
 
 // How the ranks are chosen: exactly one of --rank, --keep, --budget, --max-drop.
 enum class RankMode { Fixed, Keep, Budget, Joint };
@@ -87,6 +90,9 @@ struct JobOutput {
   json rep, timing;
   std::vector<std::string> warnings;
   double solve_s = 0, error_s = 0;
+  // The model and the report, written but not yet in place: committed together by the
+  // job once both are complete, so a report that fails leaves --out as it was.
+  std::vector<std::unique_ptr<AtomicFile>> staged;
 };
 
 template <typename T>
@@ -101,6 +107,10 @@ template <typename T>
 void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend);
 template <typename T>
 void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend);
+// Throws naming the tensor when a factor of the layer is NaN, Inf or beyond float32's
+// range (the model stores float32): an overflow, with what to do about it.
+template <typename T>
+void check_factors(const Plan& p, const LayerJob<T>& job);
 template <typename T>
 void write_model(const Plan& p, const std::vector<LayerJob<T>>& jobs, JobOutput& out);
 template <typename T>

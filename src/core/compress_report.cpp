@@ -1,4 +1,5 @@
 // The compress job's report stage (compress_plan.hpp): the JSON report and the summary.
+#include <cmath>
 #include <sstream>
 
 #include "core/compress_plan.hpp"
@@ -31,6 +32,25 @@ void layer_json(const Plan& p, const LayerJob<T>& j, json& r) {
   if (is_pruning(method)) r["kept_units"] = j.fac.kept_units;
 }
 
+// An error that overflowed is null in the JSON, never a number, and gets a warning.
+void flag_non_finite(const std::string& layer, const char* key, json& r,
+                     std::vector<std::string>& warnings) {
+  if (!r.contains(key) || r[key].is_null()) return;
+  bool bad = false;
+  for (const char* f : {"abs", "rel", "ref_norm"}) {
+    json& v = r[key][f];
+    if (v.is_number() && !std::isfinite(v.get<double>())) v = nullptr, bad = true;
+  }
+  if (bad)
+    warnings.push_back("layer '" + layer + "': the reconstruction error (" + key +
+                       ") is not finite: the computation overflowed; use --precision fp64 or "
+                       "scale the activations down");
+}
+
+std::string error_text(const json& v) {
+  return v.is_number() ? fmt(v.get<double>()) : std::string("not finite");
+}
+
 template <typename T>
 void layer_summary(const Plan& p, const LayerJob<T>& j, const json& r, std::ostream& s) {
   const Method method = p.method;
@@ -46,11 +66,11 @@ void layer_summary(const Plan& p, const LayerJob<T>& j, const json& r, std::ostr
     << (is_pruning(method) ? "activation mass kept " : "spectral energy kept ")
     << fmt(100.0 * j.fac.energy_kept, 4) << "%\n";
   if (!r["error_train"].is_null())
-    s << "reconstruction error (train): " << fmt(r["error_train"]["abs"].get<double>())
-      << " (relative " << fmt(r["error_train"]["rel"].get<double>()) << ")\n";
+    s << "reconstruction error (train): " << error_text(r["error_train"]["abs"]) << " (relative "
+      << error_text(r["error_train"]["rel"]) << ")\n";
   if (r.contains("error_test"))
-    s << "reconstruction error (test):  " << fmt(r["error_test"]["abs"].get<double>())
-      << " (relative " << fmt(r["error_test"]["rel"].get<double>()) << ")\n";
+    s << "reconstruction error (test):  " << error_text(r["error_test"]["abs"]) << " (relative "
+      << error_text(r["error_test"]["rel"]) << ")\n";
 }
 
 void joint_summary(const json& jr, std::ostream& s) {
@@ -75,6 +95,8 @@ CompressResult make_report(const Plan& p, const std::vector<LayerJob<T>>& jobs,
   for (const auto& j : jobs) {
     layers.push_back(j.rep);
     layer_json(p, j, layers.back());
+    for (const char* key : {"error_train", "error_test"})
+      flag_non_finite(j.name, key, layers.back(), out.warnings);
   }
   // One layer: its fields at the top level; several: a "layers" array as well.
   for (auto& [k, v] : layers.front().items()) rep[k] = v;
@@ -94,7 +116,7 @@ CompressResult make_report(const Plan& p, const std::vector<LayerJob<T>>& jobs,
   res.warnings = out.warnings;
   res.summary = s.str();
   res.report_json = rep.dump(2);
-  if (!o.report.empty()) write_text_file(o.report, res.report_json + "\n");
+  if (!o.report.empty()) out.staged.push_back(stage_text_file(o.report, res.report_json + "\n"));
   return res;
 }
 

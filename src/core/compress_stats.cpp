@@ -1,5 +1,7 @@
 // The compress job's first stages (compress_plan.hpp): the layers' weights, then their
 // statistics from --stats, --acts FILE or --acts stream, and --save-stats.
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 
@@ -140,6 +142,26 @@ void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
   if (jobs.front().st.count() == 0) throw Error("no images in " + o.data);
 }
 
+// Statistics that overflowed (in fp32, squares of activations beyond 1.8e19 pass float's
+// 3.4e38) would give NaN factors: refused, saying what overflowed and what to do.
+template <typename T>
+void check_overflow(const Plan& p, const std::string& layer, const LayerStats<T>& st) {
+  const char* what = nullptr;
+  if (first_non_finite(st.sum_x().data(), st.sum_x().size()) >= 0)
+    what = "the sums of the activations";
+  else if (needs_gram(p.method) &&
+           !std::isfinite(st.gram_trace()))  // |C_ij| <= sqrt(C_ii C_jj): the diagonal suffices
+    what = "the Gram matrix C = sum x x^T";
+  else if (first_non_finite(st.sum_y().data(), st.sum_y().size()) >= 0)
+    what = "the sums of the layer's outputs";
+  if (!what) return;
+  double amax = 0;
+  for (double v : st.max_x()) amax = std::max(amax, std::fabs(v));
+  throw Error("the statistics of layer '" + layer + "' overflowed at " +
+              precision_name(p.precision) + ": " + what + " hold Inf or NaN (the activations " +
+              "reach " + fmt(amax, 3) + "); " + overflow_advice(p.precision));
+}
+
 std::string stats_path(const std::string& path, const std::string& layer, size_t count) {
   if (count == 1) return path;
   std::filesystem::path p(path);
@@ -163,6 +185,8 @@ std::vector<LayerJob<T>> load_layers(const Plan& p) {
     }
     for (size_t i = 0; i < j.l.w.data.size(); ++i)
       if (!std::isfinite(j.l.w.data[i])) throw Error(lp.name + ".weight contains NaN or Inf");
+    if (first_non_finite(j.l.b.data(), j.l.b.size()) >= 0)
+      throw Error(lp.name + ".bias contains NaN or Inf");
   }
   return jobs;
 }
@@ -175,6 +199,10 @@ void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& 
     stream_all(p, jobs, backend, out);
   else
     gather_stats<T>(p, jobs.front(), backend, out.rep);
+  for (const auto& j : jobs) {
+    check_overflow(p, j.name, j.st);
+    if (j.held.count() > 0) check_overflow(p, j.name, j.held);
+  }
   out.timing["statistics"] = seconds_since(t0);
   if (p.o.save_stats.empty()) return;
   t0 = Clock::now();

@@ -1,6 +1,8 @@
 // The compress job's write stage (compress_plan.hpp): the compressed model, its
 // architecture and metadata.
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <map>
 
 #include "core/compress_plan.hpp"
@@ -11,11 +13,55 @@ namespace dalr::compress_job {
 
 namespace {
 
+// The largest activation the statistics saw, for the messages about overflow.
 template <typename T>
-void add_factors(const LayerJob<T>& job, std::vector<TensorOut>& out) {
+double largest_activation(const LayerStats<T>& st) {
+  double a = 0;
+  for (double v : st.max_x()) a = std::max(a, std::fabs(v));
+  return a;
+}
+
+template <typename T>
+void check_tensor(const Plan& p, const LayerJob<T>& job, const std::string& tensor,
+                  const std::vector<T>& v) {
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double x = static_cast<double>(v[i]);
+    if (std::isfinite(x) && std::fabs(x) <= std::numeric_limits<float>::max()) continue;
+    const std::string value = std::isnan(x)   ? "NaN"
+                              : std::isinf(x) ? "Inf"
+                                              : fmt(x, 3) +
+                                                    ", beyond float32's range (the model "
+                                                    "stores float32)";
+    throw Error("cannot write " + p.o.out + ": tensor '" + tensor + "' would hold " + value +
+                " at index " + std::to_string(i) + ": the computation overflowed at " +
+                precision_name(p.precision) + " with activations up to " +
+                fmt(largest_activation(job.st), 3) + "; " + overflow_advice(p.precision));
+  }
+}
+
+}  // namespace
+
+std::string overflow_advice(Precision precision) {
+  return precision == Precision::Fp64 ? "scale the activations down"
+                                      : "use --precision fp64 or scale the activations down";
+}
+
+template <typename T>
+void check_factors(const Plan& p, const LayerJob<T>& job) {
+  const bool prune = is_pruning(job.fac.method);
+  check_tensor(p, job, job.name + (prune ? ".weight" : ".0.weight"), job.fac.b.data);
+  if (!prune) check_tensor(p, job, job.name + ".1.weight", job.fac.a.data);
+  check_tensor(p, job, job.name + (prune ? ".bias" : ".1.bias"), job.fac.bias);
+}
+
+namespace {
+
+template <typename T>
+void add_factors(const Plan& p, const LayerJob<T>& job, std::vector<TensorOut>& out) {
   const std::string& name = job.name;
   const Factors<T>& fac = job.fac;
   const int64_t m = job.l.w.rows, n = job.l.w.cols, k = fac.rank;
+  check_factors(p, job);  // nothing non-finite is written
   if (is_pruning(fac.method)) {
     out.push_back(TensorOut::convert(name + ".weight", {k, n}, to_row_major(fac.b), DType::F32));
     out.push_back(TensorOut::convert(name + ".bias", {k}, fac.bias, DType::F32));
@@ -43,7 +89,7 @@ std::vector<TensorOut> output_tensors(const Plan& p, const std::vector<LayerJob<
     }
     if (is_bias) continue;
     if (job) {
-      add_factors(*job, out);
+      add_factors(p, *job, out);
       continue;
     }
     if (p.next && t.name == p.next->name) {
@@ -51,6 +97,7 @@ std::vector<TensorOut> output_tensors(const Plan& p, const std::vector<LayerJob<
       std::vector<float> src = f.read_f32(t.name), dst(static_cast<size_t>(rows * k));
       for (int64_t i = 0; i < rows; ++i)
         for (int64_t r = 0; r < k; ++r) dst[i * k + r] = src[i * m + first.fac.kept_units[r]];
+      check_tensor(p, first, t.name, std::vector<T>(dst.begin(), dst.end()));
       out.push_back(TensorOut::f32(t.name, {rows, k}, dst));
       rep["next_layer"] = {
           {"name", p.o.next_layer}, {"shape_before", p.next->shape}, {"shape_after", {rows, k}}};
@@ -108,10 +155,12 @@ void write_model(const Plan& p, const std::vector<LayerJob<T>>& jobs, JobOutput&
   meta["dalr.source"] = std::filesystem::path(o.model).filename().string();
   meta["dalr.acts"] = p.stream ? "stream:" + o.data : (o.acts.empty() ? o.stats_in : o.acts);
   meta["dalr.samples"] = std::to_string(jobs.front().st.count());
-  write_safetensors(o.out, output_tensors(p, jobs, out.rep), meta);
+  out.staged.push_back(stage_safetensors(o.out, output_tensors(p, jobs, out.rep), meta));
   out.timing["write"] = seconds_since(t0);
 }
 
+template void check_factors(const Plan&, const LayerJob<float>&);
+template void check_factors(const Plan&, const LayerJob<double>&);
 template void write_model(const Plan&, const std::vector<LayerJob<float>>&, JobOutput&);
 template void write_model(const Plan&, const std::vector<LayerJob<double>>&, JobOutput&);
 

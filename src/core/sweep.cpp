@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "common/checked.hpp"
+#include "common/finite.hpp"
 #include "core/head.hpp"
 #include "core/job_common.hpp"
 #include "core/stream.hpp"
@@ -182,9 +183,8 @@ Factors<T> measure_point(const SweepContext<T>& c, Method method, SweepPoint& p)
   p.energy_kept = fac.energy_kept;
   ts = Clock::now();
   const std::vector<Substitution<float>> subs =
-      is_pruning(method)
-          ? pruned_substitutions(c.o.layer, fac, c.w.rows, c.net.next_layer)
-          : std::vector<Substitution<float>>{factored_substitution(c.o.layer, fac)};
+      is_pruning(method) ? pruned_substitutions(c.o.layer, fac, c.w.rows, c.net.next_layer)
+                         : std::vector<Substitution<float>>{factored_substitution(c.o.layer, fac)};
   const Scores s = score(c.feat, c.base_pred, nullptr, [&](const float* x, int64_t cols) {
     return c.head.run_from(c.o.layer, x, cols, false, subs);
   });
@@ -216,6 +216,9 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
   const Matrix<T> w = from_row_major(model.read<T>(o.layer + ".weight").data(), m, n);
   const std::vector<T> b =
       spec.bias ? model.read<T>(o.layer + ".bias") : std::vector<T>(static_cast<size_t>(m), T(0));
+  if (first_non_finite(w.data.data(), w.data.size()) >= 0)
+    throw Error(o.layer + ".weight contains NaN or Inf");
+  if (first_non_finite(b.data(), b.size()) >= 0) throw Error(o.layer + ".bias contains NaN or Inf");
   if (any_pruning) {
     const LayerSpec& nl = arch.layers[net.next];
     net.next_layer.name = nl.name;

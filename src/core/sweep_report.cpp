@@ -324,11 +324,13 @@ std::string sweep_spectrum_svg(const SweepOptions& o, const SweepResult& r) {
 
 void write_sweep_files(const SweepOptions& o, const SweepResult& r) {
   const std::vector<std::string> p = sweep_output_paths(o.out);
-  write_text_file(p[0], csv(r));
-  write_text_file(p[1], markdown(o, r));
-  write_text_file(p[2], json_text(o, r));
-  write_text_file(p[3], sweep_accuracy_svg(o, r));
-  write_text_file(p[4], sweep_spectrum_svg(o, r));
+  std::vector<std::unique_ptr<AtomicFile>> files;  // committed together (commit_all)
+  files.push_back(stage_text_file(p[0], csv(r)));
+  files.push_back(stage_text_file(p[1], markdown(o, r)));
+  files.push_back(stage_text_file(p[2], json_text(o, r)));
+  files.push_back(stage_text_file(p[3], sweep_accuracy_svg(o, r)));
+  files.push_back(stage_text_file(p[4], sweep_spectrum_svg(o, r)));
+  commit_all(files);
 }
 
 }  // namespace dalr

@@ -46,7 +46,7 @@ ReconError reconstruction_error(NpyReader& acts, const Matrix<T>& w, const std::
   }
   r.abs = std::sqrt(static_cast<double>(err2));
   r.ref = std::sqrt(static_cast<double>(ref2));
-  r.rel = r.ref > 0 ? r.abs / r.ref : 0.0;
+  r.rel = relative_error(r.abs, r.ref);
   return r;
 }
 

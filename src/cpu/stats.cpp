@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
+#include <utility>
 
 #include "common/finite.hpp"
 #include "cpu/lapack.hpp"
@@ -13,6 +15,37 @@ namespace dalr {
 
 namespace {
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+// The first value of a statistic that may not be there: NaN or Inf, except -Inf in the
+// maxima (their value before any sample; harmless, and a resumed count may follow it). Returns ""
+// when all are fine, else "holds Inf at index I".
+template <typename V>
+std::string bad_value(const std::vector<V>& v, bool neg_inf_ok) {
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double x = static_cast<double>(v[i]);
+    if (std::isfinite(x) || (neg_inf_ok && x == kNegInf)) continue;
+    return std::string("holds ") +
+           (std::isnan(x) ? "NaN"
+            : x > 0       ? "Inf"
+                          : "-Inf") +
+           " at index " + std::to_string(i);
+  }
+  return "";
+}
+
+// Calls report(name, what) for the first tensor of a statistics file with a bad value.
+template <typename T, typename F>
+void check_stats_values(const Matrix<T>& gram, const std::vector<double>& sum_x,
+                        const std::vector<double>& max_x, const std::vector<double>& sum_y,
+                        const std::vector<double>& max_y, F&& report) {
+  const std::pair<const char*, std::string> checks[] = {{"gram", bad_value(gram.data, false)},
+                                                        {"sum_x", bad_value(sum_x, false)},
+                                                        {"max_x", bad_value(max_x, true)},
+                                                        {"sum_y", bad_value(sum_y, false)},
+                                                        {"max_y", bad_value(max_y, true)}};
+  for (const auto& [name, what] : checks)
+    if (!what.empty()) report(name, what);
+}
 
 template <typename T>
 const char* precision_name() {
@@ -183,6 +216,12 @@ void LayerStats<T>::save(const std::string& path,
   meta["dalr.count"] = std::to_string(count_);
   meta["dalr.precision"] = precision_name<T>();
   const Matrix<T>& g = gram();  // symmetric, so its storage order does not matter
+  check_stats_values(g, sum_x_, max_x_, sum_y_, max_y_,
+                     [&](const char* name, const std::string& what) {
+                       throw Error("cannot save statistics to " + path + ": tensor '" + name +
+                                   "' " + what + ": the sums overflowed in " + precision_name<T>() +
+                                   "; use --precision fp64 or scale the activations down");
+                     });
   std::vector<TensorOut> ts;
   ts.push_back(
       TensorOut::convert("gram", {n_, n_}, g.data, sizeof(T) == 8 ? DType::F64 : DType::F32));
@@ -249,6 +288,12 @@ LayerStats<T> LayerStats<T>::load(const std::string& path,
   auto c = f.metadata().find("dalr.count");
   if (c == f.metadata().end()) throw Error(path + ": metadata dalr.count is missing");
   s.count_ = parse_count(path, c->second);
+  check_stats_values(s.gram_, s.sum_x_, s.max_x_, s.sum_y_, s.max_y_,
+                     [&](const char* name, const std::string& what) {
+                       throw Error(path + ": tensor '" + name + "' " + what +
+                                   ": statistics must be finite (the run that saved them "
+                                   "overflowed, or the file is damaged)");
+                     });
   if (meta) *meta = f.metadata();
   return s;
 }

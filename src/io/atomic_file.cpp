@@ -234,13 +234,7 @@ void AtomicFile::commit() {
     if (::close(fd) != 0) throw Error(cannot_write(path_, errno));
     return;
   }
-  if (fd_ < 0) throw Error("cannot write " + path_ + ": file already committed");
-  // Data reaches the disk before the name points at it, so a crash leaves either the
-  // old file or the complete new one.
-  if (::fsync(fd_) != 0) throw Error(cannot_write(path_, errno));
-  int fd = fd_;
-  fd_ = -1;
-  if (::close(fd) != 0) throw Error(cannot_write(path_, errno));
+  sync();
   if (::rename(tmp_.c_str(), target_.c_str()) != 0) throw Error(cannot_write(path_, errno));
   committed_ = true;
   unregister_temporary(slot_);
@@ -248,10 +242,31 @@ void AtomicFile::commit() {
   fsync_parent_folder(target_);
 }
 
+void AtomicFile::sync() {
+  if (through_ || synced_) return;
+  if (committed_ || fd_ < 0) throw Error("cannot write " + path_ + ": file already committed");
+  // Data reaches the disk before the name points at it, so a crash leaves either the
+  // old file or the complete new one.
+  if (::fsync(fd_) != 0) throw Error(cannot_write(path_, errno));
+  int fd = fd_;
+  fd_ = -1;
+  synced_ = true;
+  if (::close(fd) != 0) throw Error(cannot_write(path_, errno));
+}
+
 void write_text_file(const std::string& path, const std::string& text) {
-  AtomicFile f(path);
-  f.write(text.data(), text.size());
-  f.commit();
+  stage_text_file(path, text)->commit();
+}
+
+std::unique_ptr<AtomicFile> stage_text_file(const std::string& path, const std::string& text) {
+  auto f = std::make_unique<AtomicFile>(path);
+  f->write(text.data(), text.size());
+  return f;
+}
+
+void commit_all(const std::vector<std::unique_ptr<AtomicFile>>& files) {
+  for (const auto& f : files) f->sync();
+  for (const auto& f : files) f->commit();
 }
 
 bool same_file(const std::string& a, const std::string& b) {

@@ -13,7 +13,9 @@
 // fixed table that remove_live_temporaries() empties from a signal handler. A later
 // AtomicFile for the same NAME removes the temporaries of processes that no longer run.
 #include <cstddef>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace dalr {
 
@@ -27,7 +29,10 @@ class AtomicFile {
   AtomicFile& operator=(const AtomicFile&) = delete;
 
   void write(const void* data, size_t n);  // throws on a short write (disk full, ...)
-  void commit();                           // fsync, close, rename over the target
+  void commit();                           // sync(), then rename over the target
+  // fsync and close, leaving only the rename to commit(): what commit_all() does first
+  // for every file. Nothing for a write-through target (commit() closes it).
+  void sync();
 
   // The temporary's path; empty for a write-through target.
   const std::string& temporary() const { return tmp_; }
@@ -41,11 +46,19 @@ class AtomicFile {
   int fd_ = -1;
   bool through_ = false;
   bool committed_ = false;
+  bool synced_ = false;
   int slot_ = -1;  // in the table of live temporaries
 };
 
 // Writes a whole string atomically (reports, JSON).
 void write_text_file(const std::string& path, const std::string& text);
+// The same, left uncommitted: for a job's outputs that are committed together.
+std::unique_ptr<AtomicFile> stage_text_file(const std::string& path, const std::string& text);
+
+// A job's outputs together: every file is on disk (sync) before any is renamed into
+// place, so a failure while writing one (disk full, a folder that is not there) replaces
+// none of them. Only the renames themselves come after the first replacement.
+void commit_all(const std::vector<std::unique_ptr<AtomicFile>>& files);
 
 // True when both paths name the same existing file (same device and inode), or
 // resolve to the same path; used to refuse an output that would overwrite an input.

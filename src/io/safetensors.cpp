@@ -423,6 +423,12 @@ TensorOut TensorOut::borrow(const SafetensorsFile& f, const TensorInfo& t) {
 
 void write_safetensors(const std::string& path, const std::vector<TensorOut>& tensors,
                        const std::map<std::string, std::string>& metadata) {
+  stage_safetensors(path, tensors, metadata)->commit();
+}
+
+std::unique_ptr<AtomicFile> stage_safetensors(const std::string& path,
+                                              const std::vector<TensorOut>& tensors,
+                                              const std::map<std::string, std::string>& metadata) {
   // ordered_json keeps the tensors in the order they are laid out, as a reader expects.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
@@ -454,11 +460,11 @@ void write_safetensors(const std::string& path, const std::vector<TensorOut>& te
   text.append((8 - text.size() % 8) % 8, ' ');  // the reference pads to 8 bytes
   const uint64_t header_len = text.size();
 
-  AtomicFile f(path);
-  f.write(&header_len, 8);
-  f.write(text.data(), text.size());
-  for (const auto& t : tensors) f.write(t.data, t.nbytes);
-  f.commit();
+  auto f = std::make_unique<AtomicFile>(path);
+  f->write(&header_len, 8);
+  f->write(text.data(), text.size());
+  for (const auto& t : tensors) f->write(t.data, t.nbytes);
+  return f;
 }
 
 }  // namespace dalr
