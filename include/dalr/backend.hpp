@@ -18,6 +18,7 @@
 namespace dalr {
 
 class SafetensorsFile;
+class NpyReader;
 
 // Streaming statistics of a layer's inputs (and outputs when m > 0).
 template <typename T>
@@ -78,6 +79,14 @@ class Backend {
   virtual ReconError reconstruction_error(const LayerStats<double>& st, const Matrix<double>& w,
                                           const std::vector<double>& b,
                                           const Factors<double>& f) = 0;
+  // The same error over the samples of an activation file (--acts, --acts-test), read
+  // in chunks of `batch` rows on the host: the CPU twin's on every backend for now.
+  virtual ReconError reconstruction_error(NpyReader& acts, const Matrix<float>& w,
+                                          const std::vector<float>& b, const Factors<float>& f,
+                                          int64_t batch) = 0;
+  virtual ReconError reconstruction_error(NpyReader& acts, const Matrix<double>& w,
+                                          const std::vector<double>& b,
+                                          const Factors<double>& f, int64_t batch) = 0;
 };
 
 // OpenBLAS's CPU kernels (src/cpu/blas_core.hpp): call first thing in main, before any

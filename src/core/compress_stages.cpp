@@ -2,7 +2,6 @@
 #include <algorithm>
 
 #include "core/compress_plan.hpp"
-#include "cpu/recon.hpp"
 #include "dalr/error.hpp"
 #include "dalr/npy.hpp"
 
@@ -117,13 +116,13 @@ void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend) {
     j.rep["error_train"] = nullptr;
   } else if (!o.acts.empty() && !p.stream) {
     NpyReader r(o.acts);
-    j.rep["error_train"] = recon_json(reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
+    j.rep["error_train"] = recon_json(backend.reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
   } else {
     j.rep["error_train"] = recon_json(backend.reconstruction_error(j.st, j.l.w, j.l.b, j.fac));
   }
   if (!o.acts_test.empty()) {
     NpyReader r(o.acts_test);  // a single layer of the right width (the plan)
-    j.rep["error_test"] = recon_json(reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
+    j.rep["error_test"] = recon_json(backend.reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
   }
 }
 

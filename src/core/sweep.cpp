@@ -12,7 +12,6 @@
 #include "core/job_common.hpp"
 #include "core/stream.hpp"
 #include "core/sweep_report.hpp"
-#include "cpu/recon.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"

@@ -109,6 +109,17 @@ class CpuBackend final : public Backend {
     return dalr::reconstruction_error(st, w, b, f);
   }
 
+  ReconError reconstruction_error(NpyReader& acts, const Matrix<float>& w,
+                                  const std::vector<float>& b, const Factors<float>& f,
+                                  int64_t batch) override {
+    return dalr::reconstruction_error(acts, w, b, f, batch);
+  }
+  ReconError reconstruction_error(NpyReader& acts, const Matrix<double>& w,
+                                  const std::vector<double>& b, const Factors<double>& f,
+                                  int64_t batch) override {
+    return dalr::reconstruction_error(acts, w, b, f, batch);
+  }
+
  private:
   Precision precision_;
   ActStorage storage_;

@@ -4,6 +4,7 @@
 #include "dalr/cuda.hpp"
 #include "dalr/cudnn_forward.hpp"
 #include "dalr/error.hpp"
+#include "cpu/recon.hpp"
 
 namespace dalr::cuda {
 
@@ -75,6 +76,17 @@ class CudaBackend final : public Backend {
   ReconError reconstruction_error(const LayerStats<double>& st, const Matrix<double>& w,
                                   const std::vector<double>& b, const Factors<double>& f) override {
     return cuda::reconstruction_error<double>(*context(), st, w, b, f);
+  }
+
+  ReconError reconstruction_error(NpyReader& acts, const Matrix<float>& w,
+                                  const std::vector<float>& b, const Factors<float>& f,
+                                  int64_t batch) override {
+    return dalr::reconstruction_error(acts, w, b, f, batch);
+  }
+  ReconError reconstruction_error(NpyReader& acts, const Matrix<double>& w,
+                                  const std::vector<double>& b, const Factors<double>& f,
+                                  int64_t batch) override {
+    return dalr::reconstruction_error(acts, w, b, f, batch);
   }
 
  private:
