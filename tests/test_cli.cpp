@@ -317,6 +317,14 @@ TEST_F(Cli, ActivationsOfTheWrongWidth) {
   expect_failure(base("dalr") + " --acts-test " + dir_.file("w20.npy"), "takes n = 21");
 }
 
+// Issue 12: an activation file without rows fits nothing and measures nothing; it used to
+// give a report with a held-out error of "rel 0.0".
+TEST_F(Cli, ActivationsWithoutRows) {
+  const std::vector<float> none;
+  write_npy(dir_.file("empty.npy"), none.data(), 0, kN);
+  expect_failure(base("dalr") + " --acts-test " + dir_.file("empty.npy"), "holds no samples");
+}
+
 TEST_F(Cli, ActivationsWithNaN) {
   std::vector<float> x(acts_);
   x[5 * kN + 3] = NAN;

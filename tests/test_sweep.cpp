@@ -226,6 +226,10 @@ TEST(SweepErrors, BadInputExitsWithOne) {
       {base + test + "--methods dalr --ranks 4 --batch 9223372036854775807",
        "--batch must be at most"},
       {base + test + "--methods dalr --ranks 4 --workers 40000", "--workers must be between"},
+      // Issue 12: a folder as --out (PREFIX.csv would be hidden files in it), and ranks
+      // that are all skipped (an empty table after both passes), refused up front.
+      {base + test + "--methods dalr --ranks 4 --out /tmp/", "names a folder"},
+      {base + test + "--methods dalr,svd --ranks 300,205", "give ranks up to 204"},
   };
   for (const auto& c : cases) {
     const auto r = run_cli(c.args);

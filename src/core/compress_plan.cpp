@@ -194,6 +194,8 @@ void check_width(const std::string& path, const LayerPlan& l) {
   if (r.cols() != l.n)
     throw Error(path + " has " + std::to_string(r.cols()) + " features per sample, but layer '" +
                 l.name + "' takes n = " + std::to_string(l.n) + " inputs");
+  if (r.rows() == 0)
+    throw Error(path + " holds no samples (0 rows): there is nothing to fit or measure on");
 }
 
 // Pruning: the layer whose inputs are the pruned layer's outputs.

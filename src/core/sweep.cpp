@@ -52,6 +52,11 @@ void check_options(const SweepOptions& o) {
   if (o.data.empty() == o.stats_in.empty())
     throw Error(o.data.empty() ? "--data DIR (the training split) or --stats FILE is required"
                                : "give --data or --stats, not both");
+  if (!o.out.empty() &&
+      (o.out.back() == '/' || std::filesystem::is_directory(std::filesystem::path(o.out))))
+    throw Error("--out is a PREFIX for PREFIX.csv, PREFIX.md, ... but '" + o.out +
+                "' names a folder: give a name inside it (e.g. " +
+                (o.out.back() == '/' ? o.out : o.out + "/") + "fc6)");
   check_batch_and_workers(o.batch, o.workers);
   if (o.limit < 0) throw Error("--limit must be >= 0");
   if (o.test_limit < 0) throw Error("--test-limit must be >= 0");
@@ -212,6 +217,21 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
   const int64_t m = spec.out, n = spec.in;
   r.m = m;
   r.n = n;
+  // Every rank skipped (too large, or saving nothing) would make an empty table after
+  // both passes: say so before them.
+  std::string why;
+  bool any_point = false;
+  for (int64_t k : o.ranks) {
+    const SweepPoint p = new_point(methods.front(), k, m, n, 0);
+    any_point |= !p.skipped;
+    why += (why.empty() ? "" : "; ") + p.note;
+  }
+  if (!any_point)
+    throw Error("every rank is skipped for the " + std::to_string(m) + " x " + std::to_string(n) +
+                " layer '" + o.layer + "' (" + why + ")" +
+                ((m * n - 1) / (m + n) >= 1
+                     ? ": give ranks up to " + std::to_string((m * n - 1) / (m + n))
+                     : ": no rank of this layer saves parameters"));
   const Matrix<T> w = from_row_major(model.read<T>(o.layer + ".weight").data(), m, n);
   const std::vector<T> b =
       spec.bias ? model.read<T>(o.layer + ".bias") : std::vector<T>(static_cast<size_t>(m), T(0));
