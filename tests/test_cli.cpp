@@ -325,6 +325,10 @@ TEST_F(Cli, ActivationsWithoutRows) {
   expect_failure(base("dalr") + " --acts-test " + dir_.file("empty.npy"), "holds no samples");
 }
 
+TEST_F(Cli, NegativeLambdaRelIsNamed) {
+  expect_failure(base("dalr") + " --lambda-rel -1", "--lambda-rel must be a finite number >= 0");
+}
+
 TEST_F(Cli, ActivationsWithNaN) {
   std::vector<float> x(acts_);
   x[5 * kN + 3] = NAN;

@@ -10,6 +10,7 @@
 
 #include "dalr/error.hpp"
 #include "dalr/solver.hpp"
+#include "arch_nets.hpp"
 #include "test_util.hpp"
 
 using namespace dalr;
@@ -66,6 +67,24 @@ TEST(Budget, NeverExceedsItAndLeavesNoRoom) {
   EXPECT_GT(k[0], k[1]);
   EXPECT_THROW(allocate_ranks(shapes, spectra, 0.001), Error);
   EXPECT_THROW(allocate_ranks(shapes, spectra, 1.5), Error);
+}
+
+// Issue 12: the default lambda names what is wrong with the statistics (a negative or
+// non-finite trace of C) or with --lambda-rel, never "lambda must be >= 0" for a lambda
+// the user did not give.
+TEST(Ranks, DefaultLambdaNamesTheStatisticsProblem) {
+  const int64_t n = 5;
+  auto stats_with_diagonal = [&](double d) {
+    Matrix<double> c(n, n);
+    for (int64_t i = 0; i < n; ++i) c(i, i) = d;
+    return LayerStats<double>::from_parts(7, c, std::vector<double>(n, 0.5),
+                                          std::vector<double>(n, 1.0), {}, {});
+  };
+  EXPECT_DOUBLE_EQ(default_lambda(stats_with_diagonal(2.0), 0.1), 0.1 * 2.0);
+  test::expect_error([&] { default_lambda(stats_with_diagonal(-3.0), 1e-3); },
+                     {"trace(C)", "is negative", "statistics file"});
+  test::expect_error([&] { default_lambda(stats_with_diagonal(2.0), -1.0); },
+                     {"--lambda-rel must be a finite number >= 0", "-1"});
 }
 
 }  // namespace

@@ -66,7 +66,19 @@ std::vector<int64_t> allocate_ranks(const std::vector<std::pair<int64_t, int64_t
 
 template <typename T>
 double default_lambda(const LayerStats<T>& stats, double rel) {
-  return rel * stats.gram_trace() / static_cast<double>(stats.n());
+  if (!(rel >= 0) || !std::isfinite(rel))
+    throw Error("--lambda-rel must be a finite number >= 0 (got " + std::to_string(rel) + ")");
+  const double trace = stats.gram_trace();
+  // Not the user's lambda: say what is wrong with the statistics it is computed from.
+  if (!std::isfinite(trace))
+    throw Error("the default lambda (lambda_rel * trace(C) / n) cannot be computed: trace(C) "
+                "is not finite, the activations overflowed (use --precision fp64 or scale "
+                "them down)");
+  if (trace < 0)
+    throw Error("the default lambda (lambda_rel * trace(C) / n) cannot be computed: trace(C) = " +
+                std::to_string(trace) +
+                " is negative, so C is not a Gram matrix (is the statistics file damaged?)");
+  return rel * trace / static_cast<double>(stats.n());
 }
 
 template double default_lambda(const LayerStats<float>&, double);

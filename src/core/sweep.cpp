@@ -60,6 +60,9 @@ void check_options(const SweepOptions& o) {
   check_batch_and_workers(o.batch, o.workers);
   if (o.limit < 0) throw Error("--limit must be >= 0");
   if (o.test_limit < 0) throw Error("--test-limit must be >= 0");
+  if (!(o.lambda_rel >= 0) || !std::isfinite(o.lambda_rel))
+    throw Error("--lambda-rel must be a finite number >= 0 (got " + std::to_string(o.lambda_rel) +
+                ")");
   for (const auto& [name, path] : {std::pair<const char*, std::string>{"--model", o.model},
                                    {"--test", o.test},
                                    {"--data", o.data},
