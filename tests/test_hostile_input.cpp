@@ -215,6 +215,22 @@ TEST(InputFiles, FifoIsRefusedWithoutBlocking) {
     expect_error([&] { SafetensorsFile f("/dev/zero"); }, {"character device"});
 }
 
+// Images too (finding 15 and 18): a FIFO named like an image is refused at once, and an
+// unreadable image's message gives the system's reason.
+TEST(InputFiles, ImageFifoIsRefusedAndMissingImagesSayWhy) {
+  TempDir dir;
+  const std::string fifo = dir.file("a.png");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  InputSpec in;
+  in.channels = 1;
+  in.crop = {4, 4};
+  std::vector<float> out(16);
+  expect_error([&] { decode_and_preprocess(fifo, in, out.data()); },
+               {"image", "cannot open " + fifo, "FIFO"});
+  expect_error([&] { decode_and_preprocess(dir.file("gone.png"), in, out.data()); },
+               {"cannot open", "gone.png", "No such file or directory"});
+}
+
 // ---------------------------------------------------------------- finding 2: npy nesting
 
 std::string npy_with_header(const std::string& dict) {

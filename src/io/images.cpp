@@ -1,6 +1,10 @@
 #include "dalr/images.hpp"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cctype>
 #include <cmath>
 #include <condition_variable>
@@ -14,6 +18,7 @@
 #include <thread>
 
 #include "common/checked.hpp"
+#include "io/input_file.hpp"
 #include "dalr/error.hpp"
 #include "dalr/npy.hpp"
 
@@ -101,14 +106,35 @@ struct Scratch {
   std::vector<float> rows, planes;
 };
 
+// The whole file, through open_input_file (a FIFO or device in the folder is refused,
+// never waited on); a failure names the image and the system's reason.
 void read_bytes(const std::string& path, std::vector<uint8_t>* bytes) {
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  if (!f) throw Error("cannot open image " + path);
-  const std::streamoff n = f.tellg();
-  bytes->resize(static_cast<size_t>(std::max<std::streamoff>(n, 0)));
-  f.seekg(0);
-  if (!f.read(reinterpret_cast<char*>(bytes->data()), static_cast<std::streamsize>(n)))
-    throw Error("cannot read image " + path);
+  int fd = -1;
+  try {
+    fd = open_input_file(path);
+  } catch (const Error& e) {
+    throw Error(std::string("image: ") + e.what());
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw Error("cannot read image " + path + ": " + std::strerror(err));
+  }
+  bytes->resize(static_cast<size_t>(std::max<off_t>(st.st_size, 0)));
+  size_t got = 0;
+  while (got < bytes->size()) {
+    const ssize_t r = ::read(fd, bytes->data() + got, bytes->size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      const int err = r < 0 ? errno : 0;
+      ::close(fd);
+      throw Error("cannot read image " + path + ": " +
+                  (r < 0 ? std::strerror(err) : "the file ended early (changed while read?)"));
+    }
+    got += static_cast<size_t>(r);
+  }
+  ::close(fd);
 }
 
 // One output pixel's window of input pixels along one axis and their weights.
