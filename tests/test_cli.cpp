@@ -2,6 +2,8 @@
 // report, resuming statistics, and one clear error (and no output left behind) for
 // every kind of bad input.
 #include <gtest/gtest.h>
+
+#include <algorithm>
 #include <sys/stat.h>
 
 #include <cmath>
@@ -323,6 +325,16 @@ TEST_F(Cli, ActivationsWithoutRows) {
   const std::vector<float> none;
   write_npy(dir_.file("empty.npy"), none.data(), 0, kN);
   expect_failure(base("dalr") + " --acts-test " + dir_.file("empty.npy"), "holds no samples");
+}
+
+// Issue 12: a file name holding a newline does not split the message in two (a script
+// reading stderr by lines sees one error).
+TEST_F(Cli, MessagesStayOnOneLineWhateverTheyQuote) {
+  const std::string odd = dir_.file("a\nb.safetensors");
+  test::CommandResult r = run_cli(base("dalr") + " --device cpu --stats '" + odd + "'");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("a\\nb.safetensors"), std::string::npos) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
 }
 
 TEST_F(Cli, NegativeLambdaRelIsNamed) {

@@ -12,6 +12,7 @@
 #endif
 #include "dalr/error.hpp"
 #include "dalr/solver.hpp"
+#include "common/one_line.hpp"
 
 namespace dalr::cli {
 
@@ -307,7 +308,7 @@ int Commands::run_compress() {
   copt_.quiet = quiet_;
   std::unique_ptr<Backend> backend = make_backend(device_, precision_, quiet_);
   CompressResult r = compress(copt_, *backend);
-  for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << w << "\n";
+  for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << one_line(w) << "\n";
   if (!quiet_) std::cout << r.summary;
   return 0;
 }
@@ -325,7 +326,7 @@ int Commands::run_sweep() {
   if (sweep_->count("--lambda")) sopt_.lambda = slambda_;
   std::unique_ptr<Backend> backend = make_backend(sdevice_, sprecision_, sopt_.quiet);
   const SweepResult r = sweep(sopt_, *backend);
-  for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << w << "\n";
+  for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << one_line(w) << "\n";
   if (!sopt_.quiet) {
     std::cout << sweep_table(r);
     std::cout << std::fixed << std::setprecision(2) << "\nstatistics " << r.stats_s

@@ -12,6 +12,7 @@
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 #include "io/atomic_file.hpp"
+#include "common/one_line.hpp"
 
 namespace {
 
@@ -83,7 +84,7 @@ int main(int argc, char** argv) {
   try {
     return cmds.run();
   } catch (const dalr::Error& e) {
-    std::cerr << "dalr-gpu: error: " << e.what() << "\n";
+    std::cerr << "dalr-gpu: error: " << dalr::one_line(e.what()) << "\n";
     return 1;
   } catch (const std::bad_alloc&) {
     std::cerr << "dalr-gpu: error: out of memory (try --precision fp32 or a smaller --batch)\n";
