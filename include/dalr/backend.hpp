@@ -80,13 +80,14 @@ class Backend {
                                           const std::vector<double>& b,
                                           const Factors<double>& f) = 0;
   // The same error over the samples of an activation file (--acts, --acts-test), read
-  // in chunks of `batch` rows on the host: the CPU twin's on every backend for now.
+  // in chunks of `batch` rows on the host. Not pure: by default the CPU twin's (defined
+  // in src/cpu/cpu_backend.cpp), which every backend uses for now.
   virtual ReconError reconstruction_error(NpyReader& acts, const Matrix<float>& w,
                                           const std::vector<float>& b, const Factors<float>& f,
-                                          int64_t batch) = 0;
+                                          int64_t batch);
   virtual ReconError reconstruction_error(NpyReader& acts, const Matrix<double>& w,
                                           const std::vector<double>& b,
-                                          const Factors<double>& f, int64_t batch) = 0;
+                                          const Factors<double>& f, int64_t batch);
 };
 
 // OpenBLAS's CPU kernels (src/cpu/blas_core.hpp): call first thing in main, before any

@@ -100,6 +100,7 @@ class CpuBackend final : public Backend {
                         const std::vector<double>& b, const LayerStats<double>& st) override {
     return dalr::solve<double>(o, w, b, st);
   }
+  using Backend::reconstruction_error;  // the activation-file overloads (the default)
   ReconError reconstruction_error(const LayerStats<float>& st, const Matrix<float>& w,
                                   const std::vector<float>& b, const Factors<float>& f) override {
     return dalr::reconstruction_error(st, w, b, f);
@@ -109,23 +110,24 @@ class CpuBackend final : public Backend {
     return dalr::reconstruction_error(st, w, b, f);
   }
 
-  ReconError reconstruction_error(NpyReader& acts, const Matrix<float>& w,
-                                  const std::vector<float>& b, const Factors<float>& f,
-                                  int64_t batch) override {
-    return dalr::reconstruction_error(acts, w, b, f, batch);
-  }
-  ReconError reconstruction_error(NpyReader& acts, const Matrix<double>& w,
-                                  const std::vector<double>& b, const Factors<double>& f,
-                                  int64_t batch) override {
-    return dalr::reconstruction_error(acts, w, b, f, batch);
-  }
-
  private:
   Precision precision_;
   ActStorage storage_;
 };
 
 }  // namespace
+
+// Backend's default for the error over an activation file: the CPU twin's.
+ReconError Backend::reconstruction_error(NpyReader& acts, const Matrix<float>& w,
+                                         const std::vector<float>& b, const Factors<float>& f,
+                                         int64_t batch) {
+  return dalr::reconstruction_error(acts, w, b, f, batch);
+}
+ReconError Backend::reconstruction_error(NpyReader& acts, const Matrix<double>& w,
+                                         const std::vector<double>& b,
+                                         const Factors<double>& f, int64_t batch) {
+  return dalr::reconstruction_error(acts, w, b, f, batch);
+}
 
 void prepare_cpu_kernels(char** argv) {
   cpu::use_best_openblas_kernels(argv);

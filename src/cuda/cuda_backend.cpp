@@ -4,7 +4,6 @@
 #include "dalr/cuda.hpp"
 #include "dalr/cudnn_forward.hpp"
 #include "dalr/error.hpp"
-#include "cpu/recon.hpp"
 
 namespace dalr::cuda {
 
@@ -69,6 +68,7 @@ class CudaBackend final : public Backend {
                         const std::vector<double>& b, const LayerStats<double>& st) override {
     return cuda::solve<double>(*context(), o, w, b, st);
   }
+  using Backend::reconstruction_error;  // the activation-file overloads (the default)
   ReconError reconstruction_error(const LayerStats<float>& st, const Matrix<float>& w,
                                   const std::vector<float>& b, const Factors<float>& f) override {
     return cuda::reconstruction_error<float>(*context(), st, w, b, f);
@@ -76,17 +76,6 @@ class CudaBackend final : public Backend {
   ReconError reconstruction_error(const LayerStats<double>& st, const Matrix<double>& w,
                                   const std::vector<double>& b, const Factors<double>& f) override {
     return cuda::reconstruction_error<double>(*context(), st, w, b, f);
-  }
-
-  ReconError reconstruction_error(NpyReader& acts, const Matrix<float>& w,
-                                  const std::vector<float>& b, const Factors<float>& f,
-                                  int64_t batch) override {
-    return dalr::reconstruction_error(acts, w, b, f, batch);
-  }
-  ReconError reconstruction_error(NpyReader& acts, const Matrix<double>& w,
-                                  const std::vector<double>& b, const Factors<double>& f,
-                                  int64_t batch) override {
-    return dalr::reconstruction_error(acts, w, b, f, batch);
   }
 
  private:
