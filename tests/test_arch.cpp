@@ -79,7 +79,6 @@ TEST(Arch, EveryLayerTypeHasATableRowAndItsJson) {
   EXPECT_EQ(shapes[9].c, 7);
 }
 
-
 TEST(Arch, JsonRoundTrip) {
   for (const auto& [arch_json, input_json] :
        {std::pair{kNet1, kInput}, std::pair{kNet2, kInput2}}) {

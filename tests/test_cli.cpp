@@ -2,10 +2,9 @@
 // report, resuming statistics, and one clear error (and no output left behind) for
 // every kind of bad input.
 #include <gtest/gtest.h>
-
-#include <algorithm>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>

@@ -6,13 +6,13 @@
 #include <nlohmann/json.hpp>
 
 #include "core/stream.hpp"
+#include "cpu/forward.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/forward.hpp"
 #include "dalr/images.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/safetensors.hpp"
 #include "test_util.hpp"
-#include "cpu/forward.hpp"
 
 using namespace dalr;
 

@@ -8,9 +8,9 @@
 #include <utility>
 #include <vector>
 
+#include "arch_nets.hpp"
 #include "dalr/error.hpp"
 #include "dalr/solver.hpp"
-#include "arch_nets.hpp"
 #include "test_util.hpp"
 
 using namespace dalr;

@@ -7,13 +7,13 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "cpu/forward.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/forward.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/safetensors.hpp"
 #include "oracle.hpp"
 #include "test_util.hpp"
-#include "cpu/forward.hpp"
 
 using namespace dalr;
 using test::run_cli;

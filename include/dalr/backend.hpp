@@ -86,8 +86,8 @@ class Backend {
                                           const std::vector<float>& b, const Factors<float>& f,
                                           int64_t batch);
   virtual ReconError reconstruction_error(NpyReader& acts, const Matrix<double>& w,
-                                          const std::vector<double>& b,
-                                          const Factors<double>& f, int64_t batch);
+                                          const std::vector<double>& b, const Factors<double>& f,
+                                          int64_t batch);
 };
 
 // OpenBLAS's CPU kernels (src/cpu/blas_core.hpp): call first thing in main, before any

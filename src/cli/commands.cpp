@@ -10,9 +10,9 @@
 #ifdef DALR_HAVE_CUDA
 #include "dalr/cuda.hpp"
 #endif
+#include "common/one_line.hpp"
 #include "dalr/error.hpp"
 #include "dalr/solver.hpp"
-#include "common/one_line.hpp"
 
 namespace dalr::cli {
 

@@ -9,10 +9,10 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "common/one_line.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 #include "io/atomic_file.hpp"
-#include "common/one_line.hpp"
 
 namespace {
 

@@ -64,5 +64,4 @@ bool needs_gram(Method m) {
   return kMethods[static_cast<size_t>(method_from_index(m))].gram;
 }
 
-
 }  // namespace dalr

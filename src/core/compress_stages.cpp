@@ -116,7 +116,8 @@ void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend) {
     j.rep["error_train"] = nullptr;
   } else if (!o.acts.empty() && !p.stream) {
     NpyReader r(o.acts);
-    j.rep["error_train"] = recon_json(backend.reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
+    j.rep["error_train"] =
+        recon_json(backend.reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
   } else {
     j.rep["error_train"] = recon_json(backend.reconstruction_error(j.st, j.l.w, j.l.b, j.fac));
   }

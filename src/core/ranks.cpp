@@ -71,9 +71,10 @@ double default_lambda(const LayerStats<T>& stats, double rel) {
   const double trace = stats.gram_trace();
   // Not the user's lambda: say what is wrong with the statistics it is computed from.
   if (!std::isfinite(trace))
-    throw Error("the default lambda (lambda_rel * trace(C) / n) cannot be computed: trace(C) "
-                "is not finite, the activations overflowed (use --precision fp64 or scale "
-                "them down)");
+    throw Error(
+        "the default lambda (lambda_rel * trace(C) / n) cannot be computed: trace(C) "
+        "is not finite, the activations overflowed (use --precision fp64 or scale "
+        "them down)");
   if (trace < 0)
     throw Error("the default lambda (lambda_rel * trace(C) / n) cannot be computed: trace(C) = " +
                 std::to_string(trace) +

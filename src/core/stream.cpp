@@ -99,7 +99,8 @@ void stream_statistics(const Forward<T>& fwd, BatchSource& src,
 
 Error with_precision_hint(const Error& e, Precision precision) {
   const std::string msg = e.what();
-  if (precision != Precision::Fp16 || msg.find("the activations must be finite") == std::string::npos)
+  if (precision != Precision::Fp16 ||
+      msg.find("the activations must be finite") == std::string::npos)
     return e;
   return Error(msg +
                "; with --precision fp16, activations above 65504 overflow to Inf (and Inf - Inf "

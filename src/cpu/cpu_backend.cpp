@@ -124,8 +124,8 @@ ReconError Backend::reconstruction_error(NpyReader& acts, const Matrix<float>& w
   return dalr::reconstruction_error(acts, w, b, f, batch);
 }
 ReconError Backend::reconstruction_error(NpyReader& acts, const Matrix<double>& w,
-                                         const std::vector<double>& b,
-                                         const Factors<double>& f, int64_t batch) {
+                                         const std::vector<double>& b, const Factors<double>& f,
+                                         int64_t batch) {
   return dalr::reconstruction_error(acts, w, b, f, batch);
 }
 

@@ -193,8 +193,8 @@ void linear(const std::vector<T>& x, int64_t batch, const LayerSpec& l,
 
 // k x k windows every `stride` pixels (floor mode, no padding): max or average.
 template <typename T>
-void fixed_window_pool(const std::vector<T>& x, int64_t batch, const ActShape& s,
-                       const ActShape& o, const LayerSpec& l, bool max, std::vector<T>& y) {
+void fixed_window_pool(const std::vector<T>& x, int64_t batch, const ActShape& s, const ActShape& o,
+                       const LayerSpec& l, bool max, std::vector<T>& y) {
   pool_planes(
       x, batch, s, o, max,
       [&](int64_t oy, int64_t ox, int64_t& y0, int64_t& y1, int64_t& x0, int64_t& x1) {

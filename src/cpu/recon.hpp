@@ -5,11 +5,11 @@
 // pruning, the dropped units' outputs count as zero.
 #include <cstdint>
 
+#include "common/recon_common.hpp"
 #include "dalr/matrix.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/solver.hpp"
 #include "dalr/stats.hpp"
-#include "common/recon_common.hpp"
 
 namespace dalr {
 

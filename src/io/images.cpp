@@ -4,8 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
@@ -18,9 +18,9 @@
 #include <thread>
 
 #include "common/checked.hpp"
-#include "io/input_file.hpp"
 #include "dalr/error.hpp"
 #include "dalr/npy.hpp"
+#include "io/input_file.hpp"
 
 namespace dalr {
 

@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/forward.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/cudnn_forward.hpp"
@@ -37,7 +38,6 @@
 #include "gpu_test.hpp"
 #include "random_model.hpp"
 #include "test_util.hpp"
-#include "cpu/forward.hpp"
 #include "twin.hpp"
 
 namespace dc = dalr::cuda;

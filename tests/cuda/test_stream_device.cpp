@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "core/stream.hpp"
+#include "cpu/forward.hpp"
 #include "cuda/device_buffer.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/cuda.hpp"
@@ -37,11 +38,10 @@
 #include "dalr/safetensors.hpp"
 #include "dalr/stats.hpp"
 #include "gpu_test.hpp"
+#include "io/layer_params.hpp"
 #include "oracle.hpp"
 #include "random_model.hpp"
 #include "test_util.hpp"
-#include "cpu/forward.hpp"
-#include "io/layer_params.hpp"
 #include "twin.hpp"
 
 namespace dc = dalr::cuda;
