@@ -74,7 +74,11 @@ template <typename T>
 Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
                  const LayerStats<T>& stats);
 
-// The scale-aware default ridge: rel * trace(C) / n.
+// Throws "--lambda-rel must be a finite number >= 0" unless `rel` is one.
+void check_lambda_rel(double rel);
+
+// The scale-aware default ridge: rel * trace(C) / n (rel checked as above; throws naming
+// the statistics' problem when trace(C) is not finite or is negative).
 template <typename T>
 double default_lambda(const LayerStats<T>& stats, double rel);
 

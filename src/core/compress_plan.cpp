@@ -114,9 +114,7 @@ void check_numbers(const CompressOptions& o, Method method) {
   if (o.lambda_auto && !needs_gram(method))
     throw Error("--lambda auto applies to dalr and dalr-exact (got --method " + o.method + ")");
   if (o.lambda_auto && o.lambda) throw Error("give --lambda VALUE or --lambda auto, not both");
-  if (!(o.lambda_rel >= 0) || !std::isfinite(o.lambda_rel))
-    throw Error("--lambda-rel must be a finite number >= 0 (got " + std::to_string(o.lambda_rel) +
-                ")");
+  check_lambda_rel(o.lambda_rel);
   if (needs_gram(method) && o.lambda && !(*o.lambda >= 0 && std::isfinite(*o.lambda)))
     throw Error("lambda must be a finite number >= 0 (got " + std::to_string(*o.lambda) + ")");
 }

@@ -6,7 +6,9 @@
 //   -> write_model -> make_report -> commit_all (the model and the report together)
 // (compress_plan.cpp, compress_stats.cpp, compress_stages.cpp, compress_write.cpp,
 // compress_report.cpp; --max-drop's search in joint_search.cpp).
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -31,6 +33,13 @@ double seconds_since(Clock::time_point t0);
 std::string fmt(double v, int prec = 4);
 // What to do about an overflow at `precision`: fp64, unless it is already, and scaling.
 std::string overflow_advice(Precision precision);
+// The largest |activation| the statistics saw, for the messages about overflow.
+template <typename T>
+double largest_activation(const LayerStats<T>& st) {
+  double a = 0;
+  for (double v : st.max_x()) a = std::max(a, std::fabs(v));
+  return a;
+}
 
 // How the ranks are chosen: exactly one of --rank, --keep, --budget, --max-drop.
 enum class RankMode { Fixed, Keep, Budget, Joint };

@@ -33,7 +33,7 @@ void layer_json(const Plan& p, const LayerJob<T>& j, json& r) {
 }
 
 // An error that overflowed is null in the JSON, never a number, and gets a warning.
-void flag_non_finite(const std::string& layer, const char* key, json& r,
+void flag_non_finite(const Plan& p, const std::string& layer, const char* key, json& r,
                      std::vector<std::string>& warnings) {
   if (!r.contains(key) || r[key].is_null()) return;
   bool bad = false;
@@ -43,8 +43,8 @@ void flag_non_finite(const std::string& layer, const char* key, json& r,
   }
   if (bad)
     warnings.push_back("layer '" + layer + "': the reconstruction error (" + key +
-                       ") is not finite: the computation overflowed; use --precision fp64 or "
-                       "scale the activations down");
+                       ") is not finite: the computation overflowed; " +
+                       overflow_advice(p.precision));
 }
 
 std::string error_text(const json& v) {
@@ -96,7 +96,7 @@ CompressResult make_report(const Plan& p, const std::vector<LayerJob<T>>& jobs,
     layers.push_back(j.rep);
     layer_json(p, j, layers.back());
     for (const char* key : {"error_train", "error_test"})
-      flag_non_finite(j.name, key, layers.back(), out.warnings);
+      flag_non_finite(p, j.name, key, layers.back(), out.warnings);
   }
   // One layer: its fields at the top level; several: a "layers" array as well.
   for (auto& [k, v] : layers.front().items()) rep[k] = v;

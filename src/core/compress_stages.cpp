@@ -104,7 +104,9 @@ void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend) {
   j.lambda_rel = p.o.lambda_auto ? choose_lambda_rel(p, j, backend) : p.o.lambda_rel;
   j.lambda = p.o.lambda ? *p.o.lambda : default_lambda(j.st, j.lambda_rel);
   j.fac = backend.solve({p.method, j.rank, j.lambda}, j.l.w, j.l.b, j.st);
-  check_factors(p, j);  // before an error is measured from overflowed factors
+  // Before an error is measured from overflowed factors, and once for the write too:
+  // these are the factors write_model writes (nothing non-finite is written).
+  check_factors(p, j);
 }
 
 // The training error from the activation file when there is one (exact), else from the

@@ -8,6 +8,7 @@
 #include "common/checked.hpp"
 #include "common/finite.hpp"
 #include "core/compress_plan.hpp"
+#include "core/job_common.hpp"
 #include "core/stream.hpp"
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
@@ -86,15 +87,7 @@ void gather_stats(const Plan& p, LayerJob<T>& job, Backend& backend, json& rep) 
   auto acc = make_accumulator(p, job.l, backend);
   int64_t first = 0;
   if (!o.stats_in.empty()) {
-    std::map<std::string, std::string> meta;
-    LayerStats<T> earlier = LayerStats<T>::load(o.stats_in, &meta);
-    if (earlier.n() != n || earlier.m() != m)
-      throw Error(o.stats_in + " holds statistics of a " + std::to_string(earlier.m()) + " x " +
-                  std::to_string(earlier.n()) + " layer, but '" + o.layer + "' is " +
-                  std::to_string(m) + " x " + std::to_string(n));
-    if (meta.count("dalr.layer") && meta["dalr.layer"] != o.layer)
-      throw Error(o.stats_in + " holds statistics of layer '" + meta["dalr.layer"] + "', not '" +
-                  o.layer + "'");
+    LayerStats<T> earlier = load_layer_stats<T>(o.stats_in, o.layer, m, n);
     rep["stats_in"] = {{"path", o.stats_in}, {"samples", earlier.count()}};
     first = earlier.count();
     acc->merge(earlier);
@@ -155,11 +148,9 @@ void check_overflow(const Plan& p, const std::string& layer, const LayerStats<T>
   else if (first_non_finite(st.sum_y().data(), st.sum_y().size()) >= 0)
     what = "the sums of the layer's outputs";
   if (!what) return;
-  double amax = 0;
-  for (double v : st.max_x()) amax = std::max(amax, std::fabs(v));
   throw Error("the statistics of layer '" + layer + "' overflowed at " +
               precision_name(p.precision) + ": " + what + " hold Inf or NaN (the activations " +
-              "reach " + fmt(amax, 3) + "); " + overflow_advice(p.precision));
+              "reach " + fmt(largest_activation(st), 3) + "); " + overflow_advice(p.precision));
 }
 
 std::string stats_path(const std::string& path, const std::string& layer, size_t count) {
@@ -183,10 +174,7 @@ std::vector<LayerJob<T>> load_layers(const Plan& p) {
     } else {
       j.l.b.assign(static_cast<size_t>(lp.m), T(0));
     }
-    for (size_t i = 0; i < j.l.w.data.size(); ++i)
-      if (!std::isfinite(j.l.w.data[i])) throw Error(lp.name + ".weight contains NaN or Inf");
-    if (first_non_finite(j.l.b.data(), j.l.b.size()) >= 0)
-      throw Error(lp.name + ".bias contains NaN or Inf");
+    check_layer_finite(lp.name, j.l.w, j.l.b);
   }
   return jobs;
 }

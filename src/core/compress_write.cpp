@@ -13,14 +13,6 @@ namespace dalr::compress_job {
 
 namespace {
 
-// The largest activation the statistics saw, for the messages about overflow.
-template <typename T>
-double largest_activation(const LayerStats<T>& st) {
-  double a = 0;
-  for (double v : st.max_x()) a = std::max(a, std::fabs(v));
-  return a;
-}
-
 template <typename T>
 void check_tensor(const Plan& p, const LayerJob<T>& job, const std::string& tensor,
                   const std::vector<T>& v) {
@@ -57,11 +49,10 @@ void check_factors(const Plan& p, const LayerJob<T>& job) {
 namespace {
 
 template <typename T>
-void add_factors(const Plan& p, const LayerJob<T>& job, std::vector<TensorOut>& out) {
+void add_factors(const LayerJob<T>& job, std::vector<TensorOut>& out) {
   const std::string& name = job.name;
   const Factors<T>& fac = job.fac;
   const int64_t m = job.l.w.rows, n = job.l.w.cols, k = fac.rank;
-  check_factors(p, job);  // nothing non-finite is written
   if (is_pruning(fac.method)) {
     out.push_back(TensorOut::convert(name + ".weight", {k, n}, to_row_major(fac.b), DType::F32));
     out.push_back(TensorOut::convert(name + ".bias", {k}, fac.bias, DType::F32));
@@ -89,7 +80,7 @@ std::vector<TensorOut> output_tensors(const Plan& p, const std::vector<LayerJob<
     }
     if (is_bias) continue;
     if (job) {
-      add_factors(p, *job, out);
+      add_factors(*job, out);
       continue;
     }
     if (p.next && t.name == p.next->name) {

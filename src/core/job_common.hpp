@@ -2,10 +2,12 @@
 // Small pieces the jobs (compress, evaluate, sweep) share.
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <numeric>
 #include <string>
 #include <vector>
 
+#include "common/finite.hpp"
 #include "common/split_list.hpp"  // split_list: the command line's lists
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
@@ -20,6 +22,32 @@ template <typename F>
 auto with_precision(Precision precision, F&& f) {
   if (uses_double(precision)) return f(double{});
   return f(float{});
+}
+
+// A layer read from the model must be finite: NaN or Inf in W or b would reach the
+// factors and the file.
+template <typename T>
+void check_layer_finite(const std::string& name, const Matrix<T>& w, const std::vector<T>& b) {
+  if (first_non_finite(w.data.data(), w.data.size()) >= 0)
+    throw Error(name + ".weight contains NaN or Inf");
+  if (first_non_finite(b.data(), b.size()) >= 0) throw Error(name + ".bias contains NaN or Inf");
+}
+
+// Statistics saved by --save-stats, for layer `layer` of shape m x n (compress --stats,
+// sweep --stats): throws when they belong to a layer of another shape or name.
+template <typename T>
+LayerStats<T> load_layer_stats(const std::string& path, const std::string& layer, int64_t m,
+                               int64_t n) {
+  std::map<std::string, std::string> meta;
+  LayerStats<T> st = LayerStats<T>::load(path, &meta);
+  if (st.n() != n || st.m() != m)
+    throw Error(path + " holds statistics of a " + std::to_string(st.m()) + " x " +
+                std::to_string(st.n()) + " layer, but '" + layer + "' is " + std::to_string(m) +
+                " x " + std::to_string(n));
+  if (meta.count("dalr.layer") && meta["dalr.layer"] != layer)
+    throw Error(path + " holds statistics of layer '" + meta["dalr.layer"] + "', not '" + layer +
+                "'");
+  return st;
 }
 
 // Indices of the k largest values of column j of a (classes x batch) matrix, best first.

@@ -64,10 +64,14 @@ std::vector<int64_t> allocate_ranks(const std::vector<std::pair<int64_t, int64_t
   }
 }
 
-template <typename T>
-double default_lambda(const LayerStats<T>& stats, double rel) {
+void check_lambda_rel(double rel) {
   if (!(rel >= 0) || !std::isfinite(rel))
     throw Error("--lambda-rel must be a finite number >= 0 (got " + std::to_string(rel) + ")");
+}
+
+template <typename T>
+double default_lambda(const LayerStats<T>& stats, double rel) {
+  check_lambda_rel(rel);
   const double trace = stats.gram_trace();
   // Not the user's lambda: say what is wrong with the statistics it is computed from.
   if (!std::isfinite(trace))

@@ -60,9 +60,7 @@ void check_options(const SweepOptions& o) {
   check_batch_and_workers(o.batch, o.workers);
   if (o.limit < 0) throw Error("--limit must be >= 0");
   if (o.test_limit < 0) throw Error("--test-limit must be >= 0");
-  if (!(o.lambda_rel >= 0) || !std::isfinite(o.lambda_rel))
-    throw Error("--lambda-rel must be a finite number >= 0 (got " + std::to_string(o.lambda_rel) +
-                ")");
+  check_lambda_rel(o.lambda_rel);
   for (const auto& [name, path] : {std::pair<const char*, std::string>{"--model", o.model},
                                    {"--test", o.test},
                                    {"--data", o.data},
@@ -114,15 +112,7 @@ LayerStats<T> training_stats(const SweepOptions& o, const Arch& arch, const Safe
   const int64_t m = w.rows, n = w.cols;
   LayerStats<T> st;
   if (!o.stats_in.empty()) {
-    std::map<std::string, std::string> meta;
-    st = LayerStats<T>::load(o.stats_in, &meta);
-    if (st.n() != n || st.m() != m)
-      throw Error(o.stats_in + " holds statistics of a " + std::to_string(st.m()) + " x " +
-                  std::to_string(st.n()) + " layer, but '" + o.layer + "' is " + std::to_string(m) +
-                  " x " + std::to_string(n));
-    if (meta.count("dalr.layer") && meta["dalr.layer"] != o.layer)
-      throw Error(o.stats_in + " holds statistics of layer '" + meta["dalr.layer"] + "', not '" +
-                  o.layer + "'");
+    st = load_layer_stats<T>(o.stats_in, o.layer, m, n);
   } else {
     const std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, arch, model);
     auto acc = backend.stats(n, m, &w, &b, o.batch);
@@ -238,9 +228,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
   const Matrix<T> w = from_row_major(model.read<T>(o.layer + ".weight").data(), m, n);
   const std::vector<T> b =
       spec.bias ? model.read<T>(o.layer + ".bias") : std::vector<T>(static_cast<size_t>(m), T(0));
-  if (first_non_finite(w.data.data(), w.data.size()) >= 0)
-    throw Error(o.layer + ".weight contains NaN or Inf");
-  if (first_non_finite(b.data(), b.size()) >= 0) throw Error(o.layer + ".bias contains NaN or Inf");
+  check_layer_finite(o.layer, w, b);
   if (any_pruning) {
     const LayerSpec& nl = arch.layers[net.next];
     net.next_layer.name = nl.name;
