@@ -6,6 +6,7 @@
 #include <map>
 
 #include "core/compress_plan.hpp"
+#include "core/job_common.hpp"
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
 
@@ -84,10 +85,9 @@ std::vector<TensorOut> output_tensors(const Plan& p, const std::vector<LayerJob<
       continue;
     }
     if (p.next && t.name == p.next->name) {
-      const int64_t rows = p.next->shape[0], m = first.l.w.rows, k = first.fac.rank;
-      std::vector<float> src = f.read_f32(t.name), dst(static_cast<size_t>(rows * k));
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t r = 0; r < k; ++r) dst[i * k + r] = src[i * m + first.fac.kept_units[r]];
+      const int64_t rows = p.next->shape[0], k = first.fac.rank;
+      const std::vector<float> dst =
+          kept_columns(f.read_f32(t.name), rows, first.l.w.rows, first.fac.kept_units);
       check_tensor(p, first, t.name, std::vector<T>(dst.begin(), dst.end()));
       out.push_back(TensorOut::f32(t.name, {rows, k}, dst));
       rep["next_layer"] = {

@@ -66,11 +66,7 @@ template <typename T>
 std::vector<Substitution<float>> pruned_substitutions(const std::string& layer, const Factors<T>& f,
                                                       int64_t m, const NextLayer& next) {
   const int64_t k = f.rank, n = f.b.cols;
-  std::vector<float> cols(static_cast<size_t>(next.rows * k));
-  for (int64_t i = 0; i < next.rows; ++i)
-    for (int64_t r = 0; r < k; ++r)
-      cols[static_cast<size_t>(i * k + r)] =
-          next.w[static_cast<size_t>(i * m + f.kept_units[static_cast<size_t>(r)])];
+  std::vector<float> cols = kept_columns(next.w, next.rows, m, f.kept_units);
   std::vector<Substitution<float>> s(2);
   s[0].layer = layer;
   s[0].parts.push_back({n, k, row_major_f(f.b), std::vector<float>(f.bias.begin(), f.bias.end())});

@@ -45,10 +45,11 @@ Features cache_features(const DataOptions& d, const std::string& layer, const st
 // Factors of linear layer `layer` as the compressed model file holds them, for
 // Forward::run_from: a factorisation as NAME.0 (B, no bias) and NAME.1 (A with the
 // bias); a pruning as the kept rows of NAME and the kept columns of the next linear
-// layer `next` (its weight next_w: next_rows x m row-major, as the original file holds
-// it, and its bias next_b), as compress --next-layer writes them.
+// layer (`next`), as compress --next-layer writes them.
 template <typename T>
 Substitution<float> factored_substitution(const std::string& layer, const Factors<T>& f);
+// The linear layer after a pruned one: its weight (rows x m row-major, as the file holds
+// it) and bias.
 struct NextLayer {
   std::string name;
   int64_t rows = 0;

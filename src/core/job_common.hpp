@@ -50,6 +50,18 @@ LayerStats<T> load_layer_stats(const std::string& path, const std::string& layer
   return st;
 }
 
+// The columns `kept` (ascending indices into m) of a rows x m row-major matrix, as a
+// rows x kept.size() row-major one: the next layer's weight once its inputs are pruned.
+inline std::vector<float> kept_columns(const std::vector<float>& w, int64_t rows, int64_t m,
+                                       const std::vector<int64_t>& kept) {
+  const int64_t k = static_cast<int64_t>(kept.size());
+  std::vector<float> out(static_cast<size_t>(rows * k));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t r = 0; r < k; ++r)
+      out[static_cast<size_t>(i * k + r)] = w[static_cast<size_t>(i * m + kept[r])];
+  return out;
+}
+
 // Indices of the k largest values of column j of a (classes x batch) matrix, best first.
 template <typename T>
 std::vector<int64_t> top_k(const Matrix<T>& logits, int64_t j, int64_t k) {
