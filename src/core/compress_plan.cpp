@@ -16,10 +16,6 @@
 
 namespace dalr::compress_job {
 
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
 std::string fmt(double v, int prec) {
   std::ostringstream os;
   os << std::setprecision(prec) << v;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/job_common.hpp"  // Clock, seconds_since
 #include "dalr/arch.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/compress.hpp"
@@ -26,10 +27,8 @@
 
 namespace dalr::compress_job {
 
-using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 
-double seconds_since(Clock::time_point t0);
 std::string fmt(double v, int prec = 4);
 // What to do about an overflow at `precision`: fp64, unless it is already, and scaling.
 std::string overflow_advice(Precision precision);

@@ -1,6 +1,5 @@
 #include "core/head.hpp"
 
-#include "common/checked.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
@@ -17,13 +16,12 @@ Features cache_features(const DataOptions& d, const std::string& layer, const st
                         std::vector<std::string>& warnings) {
   const std::unique_ptr<Forward<float>> fwd = make_forward<float>(backend, arch, model);
   std::unique_ptr<BatchSource> src = open_data(d, arch.input);
-  const int64_t c = src->channels(), h = src->height(), w = src->width(), per = c * h * w;
-  std::vector<float> buf(
-      static_cast<size_t>(checked_mul(per, d.batch, "--batch times the image size")));
+  const int64_t c = src->channels(), h = src->height(), w = src->width();
+  HostBatch<float> buf(*src, d.batch);
   std::vector<int64_t> labels;
   Features f;
   Progress progress(option.substr(2) + " features", src->size(), d.quiet);
-  for (int64_t got; (got = src->next(buf.data(), d.batch, &labels)) > 0;) {
+  for (int64_t got; (got = buf.next(*src, &labels)) > 0;) {
     const Matrix<float> x = fwd->run(buf.data(), got, c, h, w, layer);
     f.n = x.rows;
     f.x.insert(f.x.end(), x.data.begin(), x.data.end());

@@ -1,6 +1,7 @@
 #pragma once
 // Small pieces the jobs (compress, evaluate, sweep) share.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <numeric>
@@ -14,6 +15,13 @@
 #include "dalr/matrix.hpp"
 
 namespace dalr {
+
+using Clock = std::chrono::steady_clock;
+
+// Seconds since t0, for the jobs' timings.
+inline double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 // Runs f(T{}) with the job's scalar type: T = double for fp64, float for fp32, tf32,
 // fp16 and bf16 (16-bit activations in the forward pass, ActStorage; statistics and

@@ -24,12 +24,6 @@ namespace dalr {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
 void check_options(const SweepOptions& o) {
   if (o.model.empty()) throw Error("--model is required");
   if (o.layer.empty()) throw Error("--layer is required (e.g. --layer classifier.0)");
