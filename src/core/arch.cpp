@@ -205,6 +205,10 @@ TensorList weight_and_bias(const LayerSpec& l, std::vector<int64_t> weight_shape
 
 const std::vector<LayerRow>& layer_table() {
   using L = LayerSpec;
+  // PyTorch: a pool's stride defaults to its kernel.
+  static const std::vector<Field> pool_fields = {
+      spatial(int_field("kernel", &L::kernel, 1)),
+      spatial(int_field_like("stride", &L::stride, 1, &L::kernel))};
   static const std::vector<LayerRow> table = {
       {LayerType::Conv,
        "conv",
@@ -217,21 +221,8 @@ const std::vector<LayerRow>& layer_table() {
          return weight_and_bias(l, {l.out, l.in, l.kernel, l.kernel});
        }},
       {LayerType::Relu, "relu", false, {}, same_shape, nullptr},
-      // PyTorch: a pool's stride defaults to its kernel.
-      {LayerType::MaxPool,
-       "maxpool",
-       false,
-       {spatial(int_field("kernel", &L::kernel, 1)),
-        spatial(int_field_like("stride", &L::stride, 1, &L::kernel))},
-       pool_shape,
-       nullptr},
-      {LayerType::AvgPool,
-       "avgpool",
-       false,
-       {spatial(int_field("kernel", &L::kernel, 1)),
-        spatial(int_field_like("stride", &L::stride, 1, &L::kernel))},
-       pool_shape,
-       nullptr},
+      {LayerType::MaxPool, "maxpool", false, pool_fields, pool_shape, nullptr},
+      {LayerType::AvgPool, "avgpool", false, pool_fields, pool_shape, nullptr},
       {LayerType::AdaptiveAvgPool,
        "adaptive_avgpool",
        false,
