@@ -3,8 +3,9 @@
 # CMake project; CUDA when nvcc is found) into the virtual environment build/pyenv, made
 # from Debian's python3 with its site packages (numpy, and torch for dalr.compress:
 # apt-get install python3-torch). ctest's python_api test runs in it; rerun this after
-# changing src/python/ or python/dalr/. Extra pip arguments pass through, e.g.
-#   tools/install_python.sh --config-settings=cmake.define.DALR_WITH_CUDA=OFF
+# changing src/python/ or python/dalr/. DALR_WITH_CUDA=OFF skips the CUDA backend (the
+# build folder build/pip/ remembers CMake options, so the choice is passed every time);
+# extra pip arguments pass through.
 # Into your own environment: pip install .   (from the repository's root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,10 +23,10 @@ fi
 # The build requirements of pyproject.toml, pinned, installed once so that later installs
 # build without fetching anything (--no-build-isolation).
 build/pyenv/bin/pip install -q "scikit-build-core==1.1.2" "nanobind==3.1.0"
-launcher=()
+settings=(--config-settings=cmake.define.DALR_WITH_CUDA="${DALR_WITH_CUDA:-ON}")
 if command -v ccache >/dev/null; then
-  launcher=(--config-settings=cmake.define.CMAKE_CXX_COMPILER_LAUNCHER=ccache
+  settings+=(--config-settings=cmake.define.CMAKE_CXX_COMPILER_LAUNCHER=ccache
             --config-settings=cmake.define.CMAKE_CUDA_COMPILER_LAUNCHER=ccache)
 fi
-build/pyenv/bin/pip install -q --no-build-isolation "${launcher[@]}" "$@" .
+build/pyenv/bin/pip install -q --no-build-isolation "${settings[@]}" "$@" .
 build/pyenv/bin/python -c "import dalr; print('install_python: dalr', dalr.__version__, 'from', dalr.__file__, '| CUDA built:', dalr._api._dalr.cuda_built())"

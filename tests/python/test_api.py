@@ -135,6 +135,11 @@ class CliEquality(unittest.TestCase):
             "--precision", "fp64", "--device", "cpu", "--out", out, "--quiet")
         again, _ = F.read_safetensors(out)
         self.assertTrue(np.array_equal(again["fc.1.weight"], tensors["fc.1.weight"]))
+        ours.save(mine)  # inputs only: the CLI says what it needs
+        r = subprocess.run([DALR_GPU, "compress", "--model", self.model, "--layer", "fc", "--stats",
+                            mine, "--rank", "5", "--out", out], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("dalr.Stats(n, weight=W, bias=b)", r.stderr)
         with self.assertRaisesRegex(dalr.Error, "not a dalr-gpu statistics file"):
             dalr.Stats.load(self.model)
 
