@@ -14,6 +14,7 @@
 #include "cpu/blas_core.hpp"
 #include "dalr/npy.hpp"
 #include "dalr/safetensors.hpp"
+#include "dalr/stats.hpp"
 #include "io/atomic_file.hpp"
 #include "oracle.hpp"
 #include "test_util.hpp"
@@ -674,3 +675,31 @@ TEST_F(Cli, ReportFailureLeavesTheModelUntouched) {
 }
 
 }  // namespace
+
+// Statistics saved from an activation file are bound to the layer's weights: another
+// model's layer of the same name and shape is refused; a file without the binding (an
+// older version, Python) is accepted with a warning.
+TEST_F(Cli, StatisticsOfAnotherModelAreRefused) {
+  const std::string s1 = dir_.file("s1.safetensors");
+  ASSERT_EQ(run_cli(base("dalr") + " --save-stats " + s1).exit_code, 0);
+  std::filesystem::remove(out());
+  SafetensorsFile f(model());
+  std::vector<float> w = f.read_f32("fc.weight"), b = f.read_f32("fc.bias");
+  w[7] += 0.25f;
+  const std::string other = dir_.file("other.safetensors");
+  write_safetensors(
+      other, {TensorOut::f32("fc.weight", {kM, kN}, w), TensorOut::f32("fc.bias", {kM}, b)}, {});
+  const std::string tail = " --layer fc --rank 3 --out " + out();
+  expect_failure("compress --model " + other + " --stats " + s1 + tail,
+                 "was collected with other weights for 'fc'");
+  // Without the binding: a warning, in the report too.
+  LayerStats<double>::load(s1).save(dir_.file("old.safetensors"));
+  test::CommandResult r =
+      run_cli("compress --model " + other + " --stats " + dir_.file("old.safetensors") + tail +
+              " --report " + dir_.file("r.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto rep = nlohmann::json::parse(test::read_file(dir_.file("r.json")));
+  ASSERT_EQ(rep["warnings"].size(), 1u) << rep.dump();
+  EXPECT_NE(rep["warnings"][0].get<std::string>().find("does not record the weights"),
+            std::string::npos);
+}

@@ -317,3 +317,62 @@ TEST_F(Stream, BudgetAllocatesRanksAcrossLayers) {
 }
 
 }  // namespace
+
+// Streamed statistics are bound to the network they came from (core/stats_binding.hpp):
+// --stats with a model whose classifier.3 is the same but whose earlier layers differ is
+// refused; with the same model it resumes; sweep checks the same way.
+TEST_F(Stream, StatisticsOfAnotherNetworkAreRefused) {
+  const std::string stats = dir_.file("st.safetensors");
+  const std::string common = " --layer classifier.3 --method dalr --rank 3 --device cpu -q ";
+  ASSERT_EQ(run_cli("compress --model " + model() + " --acts stream --data " + images() +
+                    " --out " + dir_.file("a.bin") + " --save-stats " + stats + common)
+                .exit_code,
+            0);
+  SafetensorsFile f(model());
+  EXPECT_EQ(f.metadata().count("dalr.arch"), 1u);
+  SafetensorsFile st(stats);
+  EXPECT_EQ(st.metadata().at("dalr.layer_hash").size(), 16u);
+  EXPECT_EQ(st.metadata().at("dalr.upstream_hash").size(), 16u);
+  // The same model: resumes.
+  test::CommandResult same = run_cli("compress --model " + model() + " --stats " + stats +
+                                     " --out " + dir_.file("b.bin") + common);
+  EXPECT_EQ(same.exit_code, 0) << same.output;
+  // features.0.bias changed by one ulp-sized step, everything else the same bytes.
+  auto copy_with = [&](const std::string& path, const std::string& changed) {
+    std::vector<TensorOut> ts;
+    std::vector<std::vector<float>> keep;
+    keep.reserve(f.tensors().size());
+    for (const TensorInfo& t : f.tensors()) {
+      keep.push_back(f.read_f32(t.name));
+      if (t.name == changed) keep.back()[0] = std::nextafter(keep.back()[0], 1e30f);
+      ts.push_back(TensorOut::f32(t.name, t.shape, keep.back()));
+    }
+    write_safetensors(path, ts, f.metadata());
+  };
+  copy_with(dir_.file("up.bin"), "features.0.bias");
+  test::CommandResult up = run_cli("compress --model " + dir_.file("up.bin") + " --stats " + stats +
+                                   " --out " + dir_.file("c.bin") + common);
+  EXPECT_EQ(up.exit_code, 1) << up.output;
+  EXPECT_NE(up.output.find("collected through other layers before 'classifier.3'"),
+            std::string::npos)
+      << up.output;
+  EXPECT_FALSE(test::file_exists(dir_.file("c.bin")));
+  copy_with(dir_.file("own.bin"), "classifier.3.bias");
+  test::CommandResult own = run_cli("compress --model " + dir_.file("own.bin") + " --stats " +
+                                    stats + " --out " + dir_.file("c.bin") + common);
+  EXPECT_EQ(own.exit_code, 1) << own.output;
+  EXPECT_NE(own.output.find("collected with other weights for 'classifier.3'"), std::string::npos)
+      << own.output;
+  // A later layer changed: the statistics of classifier.3 still belong to this network.
+  copy_with(dir_.file("later.bin"), "classifier.6.weight");
+  EXPECT_EQ(run_cli("compress --model " + dir_.file("later.bin") + " --stats " + stats + " --out " +
+                    dir_.file("c.bin") + common)
+                .exit_code,
+            0);
+  // sweep checks too.
+  test::CommandResult sw =
+      run_cli("sweep --model " + dir_.file("up.bin") + " --layer classifier.3 --stats " + stats +
+              " --test " + images() + " --methods dalr --ranks 2 --out " + dir_.file("sw") + " -q");
+  EXPECT_EQ(sw.exit_code, 1) << sw.output;
+  EXPECT_NE(sw.output.find("collected through other layers"), std::string::npos) << sw.output;
+}

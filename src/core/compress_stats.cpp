@@ -9,6 +9,7 @@
 #include "common/finite.hpp"
 #include "core/compress_plan.hpp"
 #include "core/job_common.hpp"
+#include "core/stats_binding.hpp"
 #include "core/stream.hpp"
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
@@ -81,13 +82,17 @@ void take_statistics(const Plan& p, StatsAccumulator<T>& acc, LayerJob<T>& j) {
 
 // One layer from --stats and/or --acts FILE (the plan checked the file's width).
 template <typename T>
-void gather_stats(const Plan& p, LayerJob<T>& job, Backend& backend, json& rep) {
+void gather_stats(const Plan& p, LayerJob<T>& job, Backend& backend, JobOutput& out) {
   const CompressOptions& o = p.o;
+  json& rep = out.rep;
   const int64_t m = job.l.w.rows, n = job.l.w.cols;
   auto acc = make_accumulator(p, job.l, backend);
   int64_t first = 0;
   if (!o.stats_in.empty()) {
-    LayerStats<T> earlier = load_layer_stats<T>(o.stats_in, o.layer, m, n);
+    std::map<std::string, std::string> meta;
+    LayerStats<T> earlier = load_layer_stats<T>(o.stats_in, o.layer, m, n, &meta);
+    check_stats_binding(meta, o.stats_in, *p.model, p.have_arch ? &p.arch : nullptr, o.layer,
+                        out.warnings);
     rep["stats_in"] = {{"path", o.stats_in}, {"samples", earlier.count()}};
     first = earlier.count();
     acc->merge(earlier);
@@ -186,7 +191,7 @@ void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& 
   if (p.stream)
     stream_all(p, jobs, backend, out);
   else
-    gather_stats<T>(p, jobs.front(), backend, out.rep);
+    gather_stats<T>(p, jobs.front(), backend, out);
   for (const auto& j : jobs) {
     check_overflow(p, j.name, j.st);
     if (j.held.count() > 0) check_overflow(p, j.name, j.held);
@@ -194,9 +199,14 @@ void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& 
   out.timing["statistics"] = seconds_since(t0);
   if (p.o.save_stats.empty()) return;
   t0 = Clock::now();
-  for (const auto& j : jobs)
-    j.st.save(stats_path(p.o.save_stats, j.name, jobs.size()),
-              {{"dalr.layer", j.name}, {"dalr.model", p.o.model}});
+  for (const auto& j : jobs) {
+    // Bound to the weights (stats_binding.hpp); streamed ones to the layers before too.
+    std::map<std::string, std::string> meta{{"dalr.layer", j.name},
+                                            {"dalr.model", p.o.model},
+                                            {"dalr.layer_hash", layer_hash(*p.model, j.name)}};
+    if (p.stream) meta["dalr.upstream_hash"] = upstream_hash(*p.model, p.arch, j.name);
+    j.st.save(stats_path(p.o.save_stats, j.name, jobs.size()), meta);
+  }
   out.timing["save_stats"] = seconds_since(t0);
 }
 

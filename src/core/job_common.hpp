@@ -43,9 +43,10 @@ void check_layer_finite(const std::string& name, const Matrix<T>& w, const std::
 
 // Statistics saved by --save-stats, for layer `layer` of shape m x n (compress --stats,
 // sweep --stats): throws when they belong to a layer of another shape or name.
+// `meta_out`: the file's metadata (for check_stats_binding, core/stats_binding.hpp).
 template <typename T>
 LayerStats<T> load_layer_stats(const std::string& path, const std::string& layer, int64_t m,
-                               int64_t n) {
+                               int64_t n, std::map<std::string, std::string>* meta_out = nullptr) {
   std::map<std::string, std::string> meta;
   LayerStats<T> st = LayerStats<T>::load(path, &meta);
   if (st.n() == n && st.m() == 0 && m > 0)
@@ -59,6 +60,7 @@ LayerStats<T> load_layer_stats(const std::string& path, const std::string& layer
   if (meta.count("dalr.layer") && meta["dalr.layer"] != layer)
     throw Error(path + " holds statistics of layer '" + meta["dalr.layer"] + "', not '" + layer +
                 "'");
+  if (meta_out) *meta_out = std::move(meta);
   return st;
 }
 

@@ -10,6 +10,7 @@
 #include "common/finite.hpp"
 #include "core/head.hpp"
 #include "core/job_common.hpp"
+#include "core/stats_binding.hpp"
 #include "core/stream.hpp"
 #include "core/sweep_report.hpp"
 #include "dalr/arch.hpp"
@@ -106,7 +107,9 @@ LayerStats<T> training_stats(const SweepOptions& o, const Arch& arch, const Safe
   const int64_t m = w.rows, n = w.cols;
   LayerStats<T> st;
   if (!o.stats_in.empty()) {
-    st = load_layer_stats<T>(o.stats_in, o.layer, m, n);
+    std::map<std::string, std::string> meta;
+    st = load_layer_stats<T>(o.stats_in, o.layer, m, n, &meta);
+    check_stats_binding(meta, o.stats_in, model, &arch, o.layer, r.warnings);
   } else {
     const std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, arch, model);
     auto acc = backend.stats(n, m, &w, &b, o.batch);

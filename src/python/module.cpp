@@ -93,7 +93,8 @@ std::shared_ptr<Backend> make_backend(const Device& d, Precision p) {
                 " CUDA device(s) found (use device='cpu')");
   return cuda::make_backend(d.index, p);
 #else
-  throw Error("device " + d.name() + ": this dalr package was built without CUDA (use device='cpu')");
+  throw Error("device " + d.name() +
+              ": this dalr package was built without CUDA (use device='cpu')");
 #endif
 }
 
@@ -197,7 +198,8 @@ class Stats {
     check_rows(x.shape(1));
     auto& a = accumulator<T>();
     if (!a.supports_device_add())
-      throw Error("Stats on " + device_.name() + " take host arrays; a CUDA tensor needs "
+      throw Error("Stats on " + device_.name() +
+                  " take host arrays; a CUDA tensor needs "
                   "Stats(device='cuda')");
     if (x.device_id() != device_.index)
       throw Error("the tensor is on cuda:" + std::to_string(x.device_id()) +
@@ -279,9 +281,10 @@ class Stats {
   }
   void check_rows(size_t width) const {
     if (m_ > 0 && !has_layer_)
-      throw Error("these statistics keep their layer's output statistics (saved by --save-stats "
-                  "or Stats(weight=, bias=)) but were loaded without the layer: more samples "
-                  "cannot be added; merge() them into a Stats made with the layer instead");
+      throw Error(
+          "these statistics keep their layer's output statistics (saved by --save-stats "
+          "or Stats(weight=, bias=)) but were loaded without the layer: more samples "
+          "cannot be added; merge() them into a Stats made with the layer instead");
     if (static_cast<int64_t>(width) != n_)
       throw Error("activation batch has " + std::to_string(width) + " features, the statistics " +
                   std::to_string(n_));
@@ -292,7 +295,6 @@ class Stats {
     return p != f.metadata().end() && p->second == "fp32" ? "fp32" : "fp64";
   }
 };
-
 
 namespace {
 
@@ -335,7 +337,8 @@ nb::dict solve(Stats& st, const HostRows<T>& w_in, const HostVec<T>& b_in,
   const int64_t m = w.rows, n = w.cols;
   const Device dev = parse_device(device);
   std::shared_ptr<Backend> backend =
-      dev.name() == st.device() ? st.backend() : make_backend(dev, parse_precision(st.precision(), dev.cpu));
+      dev.name() == st.device() ? st.backend()
+                                : make_backend(dev, parse_precision(st.precision(), dev.cpu));
   LayerStats<T> stats = st.result<T>();
 
   SolveOptions opt;
@@ -370,8 +373,8 @@ nb::dict solve(Stats& st, const HostRows<T>& w_in, const HostVec<T>& b_in,
   params["before"] = before;
   params["after"] = after;
   params["kept_fraction"] = double(after) / double(before);
-  params["kept_fraction_weights"] = is_pruning(method) ? double(f.rank) / double(m)
-                                                       : double(f.rank * (m + n)) / double(m * n);
+  params["kept_fraction_weights"] =
+      is_pruning(method) ? double(f.rank) / double(m) : double(f.rank * (m + n)) / double(m * n);
   rep["params"] = params;
   rep["energy_kept"] = f.energy_kept;
   rep["samples"] = stats.count();
