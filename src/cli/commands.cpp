@@ -235,7 +235,9 @@ void Commands::add_evaluate(CLI::App& app) {
   evaluate_ = app.add_subcommand(
       "evaluate",
       "Top-1 and top-5 accuracy of a model (compressed or not) on an image folder, and with\n"
-      "--compare the agreement of its predictions with another model's.\n"
+      "--compare the agreement of its predictions with another model's. Class folders map to\n"
+      "outputs by the model's class names (metadata dalr.classes) when it has them (a folder\n"
+      "that is not a class is an error), else by sorted folder name (with a warning).\n"
       "Example: dalr-gpu evaluate --model small.bin --data test/ --compare vgg19.bin");
   auto* e = evaluate_;
   e->add_option("--model", eopt_.model, "Model with dalr.arch metadata (or --arch)")->required();
@@ -245,6 +247,9 @@ void Commands::add_evaluate(CLI::App& app) {
   e->add_option("--compare", eopt_.compare, "Another model: report the top-1 agreement");
   e->add_option("--arch", eopt_.arch, "Preset for a state dict without dalr.arch metadata");
   e->add_option("--report", eopt_.report, "Write the JSON result here");
+  e->add_option("--predictions", eopt_.predictions,
+                "Write one CSV row per image: path, true_class, true_index, predicted_index, "
+                "predicted_class, softmax_probability (of the predicted class)");
   e->add_option("--precision", eprecision_,
                 "fp32 | fp64 | tf32 (CUDA only) | fp16 | bf16 (16-bit activations; emulated "
                 "rounding on the CPU)");
