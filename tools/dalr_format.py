@@ -138,14 +138,55 @@ def read_bin(path):
     return tensors, arch, inp, meta
 
 
-def write_bin(path, tensors, arch, inp=None, extra_meta=None):
+def write_bin(path, tensors, arch, inp=None, extra_meta=None, classes=None):
+    """`classes`: the class names, one per output (dalr.classes), so that `evaluate` maps
+    class folders to outputs by name."""
     meta = {"dalr.arch": json.dumps(arch, separators=(",", ":"))}
     if inp is not None:
         meta["dalr.input"] = json.dumps(inp, separators=(",", ":"))
+    if classes is not None:
+        meta["dalr.classes"] = classes_json(classes)
     if extra_meta:
         meta.update(extra_meta)
     check_arch(arch, tensors)
     write_safetensors(path, tensors, meta)
+
+
+def classes_json(classes):
+    """dalr.classes: a JSON list of distinct non-empty names."""
+    names = [str(c) for c in classes]
+    if not names or not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"class names must be distinct and non-empty, got {names[:20]}")
+    return json.dumps(names, separators=(",", ":"), ensure_ascii=False)
+
+
+def read_classes_file(path):
+    """Class names from a text file, one per line (blank lines ignored), or a JSON list."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        return [str(c) for c in json.loads(text)]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def update_metadata(path, out, updates):
+    """Copies safetensors file `path` to `out` with metadata entries `updates` added
+    or replaced; the tensor bytes are copied unchanged (only the header is rewritten)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n).decode("utf-8"))
+        data = f.read()
+    meta = header.pop("__metadata__", None) or {}
+    meta.update({str(k): str(v) for k, v in updates.items()})
+    header["__metadata__"] = meta
+    hb = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    hb += b" " * ((8 - len(hb) % 8) % 8)
+    tmp = out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        f.write(data)
+    os.replace(tmp, out)
 
 
 def check_arch(arch, tensors):
@@ -260,9 +301,9 @@ def tensors_from_module(model):
     return out
 
 
-def save_module(path, model, inp=None, extra_meta=None):
+def save_module(path, model, inp=None, extra_meta=None, classes=None):
     arch = arch_from_module(model)
-    write_bin(path, tensors_from_module(model), arch, inp, extra_meta)
+    write_bin(path, tensors_from_module(model), arch, inp, extra_meta, classes)
     return arch
 
 
@@ -446,52 +487,150 @@ def fc_layers(arch):
 
 
 # ----------------------------------------------------------------------------- preprocessing
+# The engine's rules (src/io/images.cpp, src/io/class_map.cpp), copied so that the tools
+# score an image folder as `dalr-gpu evaluate` does, image by image
+# (tests/tools/test_eval_agreement.py checks it).
+
+def _pixels(img):
+    """8-bit interleaved (h, w, sc) pixels, sc = 1 (grey) or 3 (colour), as the engine's
+    PNG decoder gives them: palettes expanded to RGB, alpha dropped, 16-bit samples scaled
+    to 8 bits as libpng's png_set_scale_16."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img).astype(np.int64)
+        a = ((np.clip(a, 0, 65535) * 255 + 32895) >> 16).astype(np.uint8)
+        return a[:, :, None]
+    if mode in ("1", "L", "LA"):
+        return np.asarray(img.convert("L"), dtype=np.uint8)[:, :, None]
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _taps(in_size, out_size, out_first, n):
+    """PIL's bilinear (a triangle filter widened when shrinking), for output pixels
+    out_first .. out_first + n - 1: (first input pixel, count, float64 weights [n, stride]);
+    the engine's bilinear_taps, in the same float64 arithmetic."""
+    import math
+    scale = float(in_size) / float(out_size)
+    support = max(scale, 1.0)
+    stride = int(math.ceil(support)) * 2 + 1
+    first = np.zeros(n, dtype=np.int64)
+    count = np.zeros(n, dtype=np.int64)
+    weights = np.zeros((n, stride), dtype=np.float64)
+    for i in range(n):
+        center = (float(out_first + i) + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        w = [0.0] * (hi - lo)
+        total = 0.0
+        for x in range(lo, hi):
+            d = abs((float(x) - center + 0.5) / support)
+            w[x - lo] = 1.0 - d if d < 1.0 else 0.0
+            total += w[x - lo]
+        for k in range(hi - lo):
+            weights[i, k] = w[k] / total if total > 0 else 0.0
+        first[i], count[i] = lo, hi - lo
+    return first, count, weights
+
+
+def resized_size(w, h, target):
+    """(width, height) with the shorter side `target`, the longer one truncated (the
+    engine and torchvision's Resize); `target` falsy: unchanged."""
+    if not target or target <= 0:
+        return w, h
+    if w <= h:
+        return int(target), int(float(target) * h / w)
+    return int(float(target) * w / h), int(target)
+
 
 def preprocess_image(img, inp):
-    """PIL image -> float32 array (C, H, W) as dalr.input prescribes:
-    resize the shorter side to `resize` (bilinear), centre crop, (pixel*scale - mean)/std."""
-    from PIL import Image
+    """PIL image -> float32 array (C, H, W) as dalr.input prescribes and as the engine
+    computes it (src/io/images.cpp), bit for bit for 8-bit PNGs: resize the shorter side
+    to `resize` (PIL's bilinear in float, without rounding to 8 bits; the longer side
+    truncated), centre crop (round half to even), grey replicated to 3 channels or colour
+    to ITU-R 601 luma after the resize, then (pixel*scale - mean)/std.
+
+    JPEGs agree only approximately: the engine lets libjpeg decode them at a reduced
+    (DCT-scaled) size and convert them to grey itself."""
     c = int(inp.get("channels", 3))
-    img = img.convert("L" if c == 1 else "RGB")
-    r = inp.get("resize")
-    w, h = img.size
-    if r and min(w, h) != r:
-        if w <= h:
-            nw, nh = r, max(1, int(round(h * r / w)))
-        else:
-            nw, nh = max(1, int(round(w * r / h))), r
-        img = img.resize((nw, nh), Image.BILINEAR)
-    ch, cw = inp.get("crop", [img.size[1], img.size[0]])
-    w, h = img.size
-    left = int(round((w - cw) / 2.0))
-    top = int(round((h - ch) / 2.0))
-    img = img.crop((left, top, left + cw, top + ch))
-    a = np.asarray(img, dtype=np.float32)
-    if a.ndim == 2:
-        a = a[None]
+    px = _pixels(img)
+    h, w, sc = px.shape
+    ow, oh = resized_size(w, h, inp.get("resize"))
+    ch, cw = [int(v) for v in inp.get("crop", [oh, ow])]
+    if ow < cw or oh < ch:
+        raise ValueError(f"image is {w}x{h} ({ow}x{oh} after resize), smaller than the {cw}x{ch} crop")
+    x0 = int(round((ow - cw) / 2.0))
+    y0 = int(round((oh - ch) / 2.0))
+    fx, nx, wx = _taps(w, ow, x0, cw)
+    fy, ny, wy = _taps(h, oh, y0, ch)
+    row_lo, row_hi = int(fy[0]), int(fy[-1] + ny[-1])
+    # Horizontal pass over the rows the vertical pass reads, float32 sums in tap order.
+    src = px[row_lo:row_hi].astype(np.float32)             # (rows, w, sc)
+    wx32 = wx.astype(np.float32)
+    tmp = np.zeros((row_hi - row_lo, cw, sc), dtype=np.float32)
+    for k in range(wx.shape[1]):
+        on = k < nx
+        if not on.any():
+            break
+        idx = np.minimum(fx + k, w - 1)
+        wk = np.where(on, wx32[:, k], np.float32(0))[None, :, None]
+        tmp += wk * src[:, idx, :]
+    # Vertical pass.
+    planes = np.zeros((sc, ch, cw), dtype=np.float32)
+    tmp = tmp.transpose(2, 0, 1)                            # (sc, rows, cw)
+    for y in range(ch):
+        for k in range(int(ny[y])):
+            planes[:, y, :] += np.float32(wy[y, k]) * tmp[:, int(fy[y]) + k - row_lo, :]
+    if sc == c:
+        v = planes.astype(np.float64)
+    elif sc == 1:
+        v = np.repeat(planes.astype(np.float64), c, axis=0)
     else:
-        a = a.transpose(2, 0, 1)
-    a = a * float(inp.get("scale", 1.0))
-    mean = np.asarray(inp.get("mean", [0.0] * c), dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(inp.get("std", [1.0] * c), dtype=np.float32).reshape(-1, 1, 1)
-    return ((a - mean) / std).astype(np.float32)
+        p = planes.astype(np.float64)
+        v = (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2])[None]
+    mean = np.asarray(inp.get("mean") or [0.0] * c, dtype=np.float64).reshape(-1, 1, 1)
+    std = np.asarray(inp.get("std") or [1.0] * c, dtype=np.float64).reshape(-1, 1, 1)
+    return ((v * float(inp.get("scale", 1.0)) - mean) * (1.0 / std)).astype(np.float32)
 
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")  # the engine's; any case
 
 
-def list_image_folder(root):
-    """[(path, label)] of an image folder root/<class>/<file>; classes sorted by name
-    (numeric names numerically), labels = position in that order."""
-    import os
-    classes = [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
-    if all(c.isdigit() for c in classes):
-        classes.sort(key=int)
+def model_classes(meta):
+    """The class names of a model's metadata (dalr.classes), or None."""
+    if "dalr.classes" not in meta:
+        return None
+    names = json.loads(meta["dalr.classes"])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names) \
+            or len(set(names)) != len(names):
+        raise ValueError("dalr.classes must be a JSON list of distinct non-empty strings")
+    return names
+
+
+def list_image_folder(root, classes=None, outputs=None):
+    """([(path, label)], names) of an image folder root/<class>/<file>, by the engine's
+    rule: class folders and files sorted by name as strings (so "10" comes before "2");
+    .jpg/.jpeg/.png in any case. With `classes` (the model's dalr.classes) a folder's
+    label is its name's index there, and a folder that is not a class is an error; without,
+    folder i is label i, and more folders than `outputs` is an error. `names` are the
+    labels' names (the classes, or the folders)."""
+    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not folders:
+        raise ValueError(f"image folder {root} has no class subfolders (expected DIR/CLASS/IMAGE)")
+    if classes:
+        index = {c: i for i, c in enumerate(classes)}
+        for f in folders:
+            if f not in index:
+                raise ValueError(f"{root}: class folder '{f}' is not one of the model's classes")
+        labels, names = [index[f] for f in folders], list(classes)
     else:
-        classes.sort()
+        if outputs is not None and len(folders) > outputs:
+            raise ValueError(f"{root} has {len(folders)} class folders but the model has only "
+                             f"{outputs} outputs")
+        labels, names = list(range(len(folders))), folders
     items = []
-    for i, c in enumerate(classes):
-        for fn in sorted(os.listdir(os.path.join(root, c))):
-            if fn.lower().endswith(IMAGE_EXTS):
-                items.append((os.path.join(root, c, fn), i))
-    return items, classes
+    for f, label in zip(folders, labels):
+        d = os.path.join(root, f)
+        for fn in sorted(os.listdir(d)):
+            if fn.lower().endswith(IMAGE_EXTS) and os.path.isfile(os.path.join(d, fn)):
+                items.append((os.path.join(d, fn), label))
+    return items, names
