@@ -249,9 +249,11 @@ def _arch_of_layer(prefix, m, out):
     elif isinstance(m, nn.Flatten):
         out.append({"type": "flatten"})
     elif isinstance(m, nn.Linear):
-        # no "bias" key: a linear layer has a bias unless it is the first half
-        # (NAME.0) of a compressed pair, and the tensors say which
+        # "bias": false only where there is none (the first half NAME.0 of a compressed
+        # pair), as the engine writes it and needs it
         out.append({"type": "linear", "name": prefix, "in": m.in_features, "out": m.out_features})
+        if m.bias is None:
+            out[-1]["bias"] = False
     elif isinstance(m, nn.Dropout):
         out.append({"type": "dropout"})
     elif isinstance(m, nn.Sequential):
@@ -337,6 +339,81 @@ def _split_name(name):
     return parts[0], parts[1:]
 
 
+def _layer_module(L, arch, tensors):
+    """The nn.Module of one dalr.arch entry (tensors, if given, decide a linear's bias)."""
+    import torch.nn as nn
+    t = L["type"]
+    name = L.get("name")
+    if t == "conv":
+        mod = nn.Conv2d(L["in"], L["out"], L["kernel"], stride=L.get("stride", 1), padding=L.get("pad", 0))
+    elif t == "relu":
+        mod = nn.ReLU(inplace=True)
+    elif t == "maxpool":
+        mod = nn.MaxPool2d(L["kernel"], L.get("stride", L["kernel"]))
+    elif t == "avgpool":
+        mod = nn.AvgPool2d(L["kernel"], L.get("stride", L["kernel"]))
+    elif t == "adaptive_avgpool":
+        mod = nn.AdaptiveAvgPool2d(tuple(L["out"]))
+    elif t == "batchnorm":
+        c = None
+        if tensors is not None:
+            c = tensors[name + ".weight"].shape[0]
+        else:
+            c = _channels_before(arch, L)
+        mod = nn.BatchNorm2d(c, eps=L.get("eps", 1e-5))
+    elif t == "linear":
+        parts = name.split(".")
+        if tensors is not None:
+            bias = name + ".bias" in tensors
+        elif "bias" in L:
+            bias = bool(L["bias"])
+        else:  # the first half of a compressed pair (features.N.0 or, in a Sequential, N.0)
+            bias = not (parts[-1] == "0" and len(parts) == (2 if parts[0].isdigit() else 3))
+        mod = nn.Linear(L["in"], L["out"], bias=bias)
+    elif t == "dropout":
+        mod = nn.Dropout()
+    else:
+        raise ValueError(f"unsupported layer type {t!r} in dalr.arch")
+    return mod
+
+
+def _is_plain_sequential(arch):
+    """True when the layers are named by position ("0", "3", "5.0"): the arch of an
+    nn.Sequential, as arch_from_module (save_module) writes it."""
+    names = [L["name"] for L in arch if L.get("name")]
+    return bool(names) and all(n.split(".")[0].isdigit() for n in names)
+
+
+def _sequential_from_arch(arch, tensors):
+    """An nn.Sequential whose indices are the layers' names; unnamed layers (relu, pool,
+    flatten, dropout) take the next index, as in the Sequential that was saved."""
+    import torch.nn as nn
+    mods, pairs, last = {}, {}, -1
+    for L in arch:
+        name, mod = L.get("name"), _layer_module(L, arch, tensors) if L["type"] != "flatten" \
+            else nn.Flatten()
+        if name is None:
+            idx = last + 1
+        else:
+            parts = name.split(".")
+            idx = int(parts[0])
+            if len(parts) == 2 and L["type"] == "linear":  # a compressed pair N.0, N.1
+                pairs.setdefault(idx, {})[int(parts[1])] = mod
+                if len(pairs[idx]) < 2:
+                    last = idx
+                    continue
+                mod = nn.Sequential(pairs[idx][0], pairs.pop(idx)[1])
+            elif len(parts) != 1:
+                raise ValueError(f"unsupported layer name {name}")
+        if idx in mods:
+            raise ValueError(f"layer {idx} defined twice in dalr.arch")
+        mods[idx] = mod
+        last = idx
+    if pairs:
+        raise ValueError(f"incomplete compressed layers: {sorted(pairs)}")
+    return nn.Sequential(*[mods.get(i, nn.Identity()) for i in range(max(mods) + 1)])
+
+
 def module_from_arch(arch, tensors=None):
     """Rebuilds an nn.Module from dalr.arch (and loads `tensors` if given).
 
@@ -347,6 +424,9 @@ def module_from_arch(arch, tensors=None):
     import torch
     import torch.nn as nn
 
+    if _is_plain_sequential(arch):
+        model = _sequential_from_arch(arch, tensors)
+        return _load_tensors(model, tensors)
     sections = {"features": OrderedDict(), "avgpool": None, "classifier": OrderedDict()}
     section = "features"
     flatten_in_features = False
@@ -381,34 +461,7 @@ def module_from_arch(arch, tensors=None):
             sections["avgpool"] = (nn.AdaptiveAvgPool2d(tuple(L["out"])) if t == "adaptive_avgpool"
                                    else nn.AvgPool2d(L["kernel"], L["stride"]))
             continue
-        if t == "conv":
-            mod = nn.Conv2d(L["in"], L["out"], L["kernel"], stride=L.get("stride", 1), padding=L.get("pad", 0))
-        elif t == "relu":
-            mod = nn.ReLU(inplace=True)
-        elif t == "maxpool":
-            mod = nn.MaxPool2d(L["kernel"], L.get("stride", L["kernel"]))
-        elif t == "avgpool":
-            mod = nn.AvgPool2d(L["kernel"], L.get("stride", L["kernel"]))
-        elif t == "adaptive_avgpool":
-            mod = nn.AdaptiveAvgPool2d(tuple(L["out"]))
-        elif t == "batchnorm":
-            c = None
-            if tensors is not None:
-                c = tensors[name + ".weight"].shape[0]
-            else:
-                c = _channels_before(arch, L)
-            mod = nn.BatchNorm2d(c, eps=L.get("eps", 1e-5))
-        elif t == "linear":
-            if tensors is not None:
-                bias = name + ".bias" in tensors
-            else:  # the first half of a compressed pair has no bias
-                bias = not (len(name.split(".")) == 3 and name.endswith(".0"))
-            mod = nn.Linear(L["in"], L["out"], bias=bias)
-        elif t == "dropout":
-            mod = nn.Dropout()
-        else:
-            raise ValueError(f"unsupported layer type {t!r} in dalr.arch")
-
+        mod = _layer_module(L, arch, tensors)
         if name is None:
             put(section, next_idx(section), mod)
             continue
@@ -437,6 +490,12 @@ def module_from_arch(arch, tensors=None):
     avg = sections["avgpool"] if sections["avgpool"] is not None else nn.Identity()
     DalrNet = _module_classes()
     model = DalrNet(seq(sections["features"]), avg, seq(sections["classifier"]), flatten_in_features=False)
+    return _load_tensors(model, tensors)
+
+
+def _load_tensors(model, tensors):
+    """Loads numpy `tensors` into `model` (all of them, and all it has); eval mode."""
+    import torch
     if tensors is not None:
         sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
         missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -474,6 +533,41 @@ def module_from_bin(path):
     """(nn.Module in eval mode, dalr.input dict or None) from a `.bin` file."""
     tensors, arch, inp, _ = read_bin(path)
     return module_from_arch(arch, tensors), inp
+
+
+def _torch_save_atomic(obj, path):
+    """torch.save to PATH.tmp.<pid>, then rename: a failure never leaves a broken PATH."""
+    import torch
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_torch(path, bin_path):
+    """A `.bin` as a torch.save file that plain torch.load reads (no pickled classes, so
+    no dalr_format needed to unpickle it): {"format": "dalr-gpu", "arch": dalr.arch list,
+    "input": dalr.input dict or None, "classes": list or None, "state_dict": tensors}.
+    Rebuild the module with module_from_torch(path). Written atomically."""
+    import torch
+    tensors, arch, inp, meta = read_bin(bin_path)
+    _torch_save_atomic({"format": "dalr-gpu", "arch": arch, "input": inp,
+                        "classes": model_classes(meta),
+                        "state_dict": {k: torch.from_numpy(np.ascontiguousarray(v))
+                                       for k, v in tensors.items()}}, path)
+
+
+def module_from_torch(path):
+    """(nn.Module in eval mode, dalr.input dict or None) from a file save_torch wrote."""
+    import torch
+    d = torch.load(path, map_location="cpu")
+    if not isinstance(d, dict) or d.get("format") != "dalr-gpu":
+        raise ValueError(f"{path}: not a file written by bin_to_torch.py --save")
+    tensors = {k: v.numpy() for k, v in d["state_dict"].items()}
+    return module_from_arch(d["arch"], tensors), d.get("input")
 
 
 def fc_layers(arch):
