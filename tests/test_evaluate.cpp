@@ -296,5 +296,20 @@ TEST_F(Evaluate, PredictionsOfANpyNameItsRows) {
   EXPECT_FALSE(std::getline(in, line));
 }
 
+// --input-size sizes an --arch preset's input and nothing else.
+TEST_F(Evaluate, InputSizeIsForPresetsOnly) {
+  auto r = run_cli("evaluate --model " + kEx + "model.bin --data " + kEx +
+                   "test --input-size 64 --device cpu -q");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("has its own input size in dalr.input"), std::string::npos) << r.output;
+  r = run_cli("compress --model " + kEx + "model.bin --acts " + kEx +
+              "acts_train.npy --layer classifier.3 --rank 4 --input-size 64 --out " +
+              dir_.file("o.bin") + " --device cpu -q");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("--input-size"), std::string::npos) << r.output;
+  r = run_cli("evaluate --help");
+  EXPECT_NE(r.output.find("--input-size"), std::string::npos) << r.output;
+}
+
 }  // namespace
 }  // namespace dalr

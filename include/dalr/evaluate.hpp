@@ -9,6 +9,7 @@ namespace dalr {
 
 struct EvaluateOptions {
   std::string model, arch, compare, data, report;
+  int64_t input_size = 0;  // --arch preset's crop (0: 224)
   // A CSV of one row per image (evaluate's --predictions; write_predictions's columns).
   std::string predictions;
   int workers = 2;

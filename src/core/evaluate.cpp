@@ -76,14 +76,14 @@ EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
   check_batch_and_workers(o.batch, o.workers);
   check_outputs(o);
   SafetensorsFile model(o.model);
-  const Arch arch = load_arch(model, o.arch);
+  const Arch arch = load_arch(model, o.arch, o.input_size);
   const std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, arch, model);
   const ModelClasses classes = model_classes(model, arch);
   std::unique_ptr<SafetensorsFile> other_file;
   std::unique_ptr<Forward<T>> other;
   if (!o.compare.empty()) {
     other_file = std::make_unique<SafetensorsFile>(o.compare);
-    const Arch other_arch = load_arch(*other_file, o.arch);
+    const Arch other_arch = load_arch(*other_file, o.arch, o.input_size);
     other = make_forward<T>(backend, other_arch, *other_file);
     const ModelClasses other_classes = model_classes(*other_file, other_arch);
     if (!classes.names.empty() && !other_classes.names.empty() &&

@@ -166,5 +166,14 @@ if torch is not None:
         check(r.returncode != 0 and not os.path.exists(os.path.dirname(bad)),
               "a failed --save fails and writes nothing")
 
+# torchvision_to_bin.py checks its sizes before building anything (a full VGG is 0.5 GB).
+for extra, what in ((["--input-size", "16"], "at least 32"),
+                    (["--input-size", "64", "--resize", "60"], "smaller than --input-size")):
+    r = subprocess.run([sys.executable, os.path.join(src, "tools", "torchvision_to_bin.py"),
+                        "vgg11", os.path.join(tempfile.gettempdir(), "never.bin")] + extra,
+                       capture_output=True, text=True)
+    check(r.returncode != 0 and what in r.stderr, f"torchvision_to_bin.py {' '.join(extra)}: "
+          f"refused ({r.stderr.strip()[-200:]})")
+
 print(f"{failures} failed")
 sys.exit(1 if failures else 0)
