@@ -3,6 +3,7 @@
 // layer. (The forward pass that runs an arch is tested in test_forward.cpp.)
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <functional>
 #include <random>
 #include <set>
@@ -247,6 +248,24 @@ TEST(Arch, PresetErrors) {
   expect_error([] { vgg_preset("vgg17", 10); },
                {"unknown architecture preset 'vgg17'", "vgg11", "vgg19_bn"});
   expect_error([] { vgg_preset("vgg16", 0); }, {"classes must be >= 1"});
+  expect_error([] { vgg_preset("vgg16", 10, 31); }, {"--input-size", "32", "got 31"});
+}
+
+// --input-size: the crop, and the resize in ImageNet's ratio 256/224 (truncated); the
+// network runs at that size (the adaptive pool makes 7x7 of any size >= 32).
+TEST(Arch, PresetInputSize) {
+  const Arch d = vgg_preset("vgg11", 10);
+  EXPECT_EQ(d.input.crop, (std::array<int64_t, 2>{224, 224}));
+  EXPECT_EQ(d.input.resize, 256);
+  for (const int64_t n : {32, 33, 64, 100, 299}) {
+    const Arch a = vgg_preset("vgg11", 10, n);
+    EXPECT_EQ(a.input.crop, (std::array<int64_t, 2>{n, n}));
+    EXPECT_EQ(a.input.resize, static_cast<int64_t>(std::floor(n * 256.0 / 224.0)));
+    EXPECT_EQ(a.input.mean, d.input.mean);
+    const auto shapes = layer_input_shapes(a, 3, n, n);
+    EXPECT_EQ(shapes.back().numel(), 10);
+  }
+  EXPECT_EQ(vgg_preset("vgg11", 10, 64).input.resize, 73);  // 64 * 256 / 224 = 73.14
 }
 
 // ------------------------------------------------------------ loading, weights, factoring
@@ -267,6 +286,10 @@ TEST(Arch, LoadAndCheckWeights) {
                {"plain.safetensors", "no architecture", "--arch", "vgg16_bn"});
   expect_error([&] { load_arch(plain, "vggx"); }, {"unknown architecture preset 'vggx'"});
   expect_error([&] { load_arch(plain, "vgg16"); }, {"needs tensor 'classifier.6.weight'"});
+  // --input-size only with a preset, never over a file's own dalr.input.
+  expect_error([&] { load_arch(SafetensorsFile(dir.file("meta.safetensors")), "vgg16", 64); },
+               {"--input-size", "has its own input size in dalr.input"});
+  expect_error([&] { load_arch(plain, "", 64); }, {"--input-size", "needs --arch"});
 
   // A preset takes its classes from classifier.6.weight, then checks every tensor.
   write_safetensors(dir.file("head.safetensors"),

@@ -261,12 +261,13 @@ namespace {
 TEST(StreamImages, UnreadableImagesAreSkippedAndCounted) {
   test::TempDir dir;
   const std::string ex = std::string(DALR_SOURCE_DIR) + "/examples/fashion2digits/";
-  for (const char* cls : {"a", "b"}) std::filesystem::create_directories(dir.file(cls));
-  std::filesystem::copy_file(ex + "test/0/0000.png", dir.file("a/0.png"));
-  std::filesystem::copy_file(ex + "test/1/0000.png", dir.file("b/1.png"));
-  std::filesystem::copy_file(ex + "test/2/0000.png", dir.file("b/2.png"));
-  test::write_file(dir.file("a/broken.png"), "\x89PNG\r\n\x1a\n not really");
-  test::write_file(dir.file("b/text.jpg"), "plain text, not a JPEG");
+  // Named as the model's classes (dalr.classes), which evaluate maps them by.
+  for (const char* cls : {"0", "1"}) std::filesystem::create_directories(dir.file(cls));
+  std::filesystem::copy_file(ex + "test/0/0000.png", dir.file("0/0.png"));
+  std::filesystem::copy_file(ex + "test/1/0000.png", dir.file("1/1.png"));
+  std::filesystem::copy_file(ex + "test/2/0000.png", dir.file("1/2.png"));
+  test::write_file(dir.file("0/broken.png"), "\x89PNG\r\n\x1a\n not really");
+  test::write_file(dir.file("1/text.jpg"), "plain text, not a JPEG");
   const std::string out = dir.file("o.bin");
   test::CommandResult r = run_cli("compress --model " + ex + "model.bin --acts stream --data " +
                                   dir.path() + " --layer classifier.3 --rank 2 --out " + out +
@@ -283,9 +284,9 @@ TEST(StreamImages, UnreadableImagesAreSkippedAndCounted) {
   EXPECT_NE(e.output.find("on 3 images"), std::string::npos) << e.output;
   EXPECT_NE(e.output.find("skipped 2 images"), std::string::npos) << e.output;
 
-  std::filesystem::remove(dir.file("a/0.png"));
-  std::filesystem::remove(dir.file("b/1.png"));
-  std::filesystem::remove(dir.file("b/2.png"));
+  std::filesystem::remove(dir.file("0/0.png"));
+  std::filesystem::remove(dir.file("1/1.png"));
+  std::filesystem::remove(dir.file("1/2.png"));
   std::filesystem::remove(out);
   test::CommandResult n =
       run_cli("compress --model " + ex + "model.bin --acts stream --data " + dir.path() +

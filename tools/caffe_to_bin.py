@@ -383,14 +383,21 @@ def main():
     ap.add_argument("--resize", type=int, help="shorter side before the centre crop (default: the crop; "
                     "256 is usual for a 224 VGG)")
     ap.add_argument("--keep-bgr", action="store_true", help="do not reverse a 3-channel model to RGB")
+    ap.add_argument("--classes", metavar="FILE",
+                    help="class names, one per line in output order (or a JSON list): written as "
+                         "dalr.classes, so that `evaluate` maps class folders by name")
     args = ap.parse_args()
 
     with open(args.prototxt) as f:
         proto = parse_prototxt(f.read())
     model_layers = read_caffemodel(args.caffemodel)
     arch, tensors, inp = convert(proto, model_layers, args)
+    classes = dalr_format.read_classes_file(args.classes) if args.classes else None
+    outputs = next(L["out"] for L in reversed(arch) if L["type"] == "linear")
+    if classes is not None and len(classes) != outputs:
+        sys.exit(f"--classes {args.classes}: {len(classes)} names for {outputs} outputs")
     dalr_format.write_bin(args.output, tensors, arch, inp,
-                          {"dalr.source": f"caffe: {os.path.basename(args.caffemodel)}"})
+                          {"dalr.source": f"caffe: {os.path.basename(args.caffemodel)}"}, classes)
     n = sum(t.size for t in tensors.values())
     print(f"{args.output}: {len(arch)} layers, {n:,} parameters; dalr.input {json.dumps(inp)}")
 

@@ -138,14 +138,55 @@ def read_bin(path):
     return tensors, arch, inp, meta
 
 
-def write_bin(path, tensors, arch, inp=None, extra_meta=None):
+def write_bin(path, tensors, arch, inp=None, extra_meta=None, classes=None):
+    """`classes`: the class names, one per output (dalr.classes), so that `evaluate` maps
+    class folders to outputs by name."""
     meta = {"dalr.arch": json.dumps(arch, separators=(",", ":"))}
     if inp is not None:
         meta["dalr.input"] = json.dumps(inp, separators=(",", ":"))
+    if classes is not None:
+        meta["dalr.classes"] = classes_json(classes)
     if extra_meta:
         meta.update(extra_meta)
     check_arch(arch, tensors)
     write_safetensors(path, tensors, meta)
+
+
+def classes_json(classes):
+    """dalr.classes: a JSON list of distinct non-empty names."""
+    names = [str(c) for c in classes]
+    if not names or not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"class names must be distinct and non-empty, got {names[:20]}")
+    return json.dumps(names, separators=(",", ":"), ensure_ascii=False)
+
+
+def read_classes_file(path):
+    """Class names from a text file, one per line (blank lines ignored), or a JSON list."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        return [str(c) for c in json.loads(text)]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def update_metadata(path, out, updates):
+    """Copies safetensors file `path` to `out` with metadata entries `updates` added
+    or replaced; the tensor bytes are copied unchanged (only the header is rewritten)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n).decode("utf-8"))
+        data = f.read()
+    meta = header.pop("__metadata__", None) or {}
+    meta.update({str(k): str(v) for k, v in updates.items()})
+    header["__metadata__"] = meta
+    hb = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    hb += b" " * ((8 - len(hb) % 8) % 8)
+    tmp = out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        f.write(data)
+    os.replace(tmp, out)
 
 
 def check_arch(arch, tensors):
@@ -208,9 +249,11 @@ def _arch_of_layer(prefix, m, out):
     elif isinstance(m, nn.Flatten):
         out.append({"type": "flatten"})
     elif isinstance(m, nn.Linear):
-        # no "bias" key: a linear layer has a bias unless it is the first half
-        # (NAME.0) of a compressed pair, and the tensors say which
+        # "bias": false only where there is none (the first half NAME.0 of a compressed
+        # pair), as the engine writes it and needs it
         out.append({"type": "linear", "name": prefix, "in": m.in_features, "out": m.out_features})
+        if m.bias is None:
+            out[-1]["bias"] = False
     elif isinstance(m, nn.Dropout):
         out.append({"type": "dropout"})
     elif isinstance(m, nn.Sequential):
@@ -260,9 +303,9 @@ def tensors_from_module(model):
     return out
 
 
-def save_module(path, model, inp=None, extra_meta=None):
+def save_module(path, model, inp=None, extra_meta=None, classes=None):
     arch = arch_from_module(model)
-    write_bin(path, tensors_from_module(model), arch, inp, extra_meta)
+    write_bin(path, tensors_from_module(model), arch, inp, extra_meta, classes)
     return arch
 
 
@@ -296,6 +339,81 @@ def _split_name(name):
     return parts[0], parts[1:]
 
 
+def _layer_module(L, arch, tensors):
+    """The nn.Module of one dalr.arch entry (tensors, if given, decide a linear's bias)."""
+    import torch.nn as nn
+    t = L["type"]
+    name = L.get("name")
+    if t == "conv":
+        mod = nn.Conv2d(L["in"], L["out"], L["kernel"], stride=L.get("stride", 1), padding=L.get("pad", 0))
+    elif t == "relu":
+        mod = nn.ReLU(inplace=True)
+    elif t == "maxpool":
+        mod = nn.MaxPool2d(L["kernel"], L.get("stride", L["kernel"]))
+    elif t == "avgpool":
+        mod = nn.AvgPool2d(L["kernel"], L.get("stride", L["kernel"]))
+    elif t == "adaptive_avgpool":
+        mod = nn.AdaptiveAvgPool2d(tuple(L["out"]))
+    elif t == "batchnorm":
+        c = None
+        if tensors is not None:
+            c = tensors[name + ".weight"].shape[0]
+        else:
+            c = _channels_before(arch, L)
+        mod = nn.BatchNorm2d(c, eps=L.get("eps", 1e-5))
+    elif t == "linear":
+        parts = name.split(".")
+        if tensors is not None:
+            bias = name + ".bias" in tensors
+        elif "bias" in L:
+            bias = bool(L["bias"])
+        else:  # the first half of a compressed pair (features.N.0 or, in a Sequential, N.0)
+            bias = not (parts[-1] == "0" and len(parts) == (2 if parts[0].isdigit() else 3))
+        mod = nn.Linear(L["in"], L["out"], bias=bias)
+    elif t == "dropout":
+        mod = nn.Dropout()
+    else:
+        raise ValueError(f"unsupported layer type {t!r} in dalr.arch")
+    return mod
+
+
+def _is_plain_sequential(arch):
+    """True when the layers are named by position ("0", "3", "5.0"): the arch of an
+    nn.Sequential, as arch_from_module (save_module) writes it."""
+    names = [L["name"] for L in arch if L.get("name")]
+    return bool(names) and all(n.split(".")[0].isdigit() for n in names)
+
+
+def _sequential_from_arch(arch, tensors):
+    """An nn.Sequential whose indices are the layers' names; unnamed layers (relu, pool,
+    flatten, dropout) take the next index, as in the Sequential that was saved."""
+    import torch.nn as nn
+    mods, pairs, last = {}, {}, -1
+    for L in arch:
+        name, mod = L.get("name"), _layer_module(L, arch, tensors) if L["type"] != "flatten" \
+            else nn.Flatten()
+        if name is None:
+            idx = last + 1
+        else:
+            parts = name.split(".")
+            idx = int(parts[0])
+            if len(parts) == 2 and L["type"] == "linear":  # a compressed pair N.0, N.1
+                pairs.setdefault(idx, {})[int(parts[1])] = mod
+                if len(pairs[idx]) < 2:
+                    last = idx
+                    continue
+                mod = nn.Sequential(pairs[idx][0], pairs.pop(idx)[1])
+            elif len(parts) != 1:
+                raise ValueError(f"unsupported layer name {name}")
+        if idx in mods:
+            raise ValueError(f"layer {idx} defined twice in dalr.arch")
+        mods[idx] = mod
+        last = idx
+    if pairs:
+        raise ValueError(f"incomplete compressed layers: {sorted(pairs)}")
+    return nn.Sequential(*[mods.get(i, nn.Identity()) for i in range(max(mods) + 1)])
+
+
 def module_from_arch(arch, tensors=None):
     """Rebuilds an nn.Module from dalr.arch (and loads `tensors` if given).
 
@@ -306,6 +424,9 @@ def module_from_arch(arch, tensors=None):
     import torch
     import torch.nn as nn
 
+    if _is_plain_sequential(arch):
+        model = _sequential_from_arch(arch, tensors)
+        return _load_tensors(model, tensors)
     sections = {"features": OrderedDict(), "avgpool": None, "classifier": OrderedDict()}
     section = "features"
     flatten_in_features = False
@@ -340,34 +461,7 @@ def module_from_arch(arch, tensors=None):
             sections["avgpool"] = (nn.AdaptiveAvgPool2d(tuple(L["out"])) if t == "adaptive_avgpool"
                                    else nn.AvgPool2d(L["kernel"], L["stride"]))
             continue
-        if t == "conv":
-            mod = nn.Conv2d(L["in"], L["out"], L["kernel"], stride=L.get("stride", 1), padding=L.get("pad", 0))
-        elif t == "relu":
-            mod = nn.ReLU(inplace=True)
-        elif t == "maxpool":
-            mod = nn.MaxPool2d(L["kernel"], L.get("stride", L["kernel"]))
-        elif t == "avgpool":
-            mod = nn.AvgPool2d(L["kernel"], L.get("stride", L["kernel"]))
-        elif t == "adaptive_avgpool":
-            mod = nn.AdaptiveAvgPool2d(tuple(L["out"]))
-        elif t == "batchnorm":
-            c = None
-            if tensors is not None:
-                c = tensors[name + ".weight"].shape[0]
-            else:
-                c = _channels_before(arch, L)
-            mod = nn.BatchNorm2d(c, eps=L.get("eps", 1e-5))
-        elif t == "linear":
-            if tensors is not None:
-                bias = name + ".bias" in tensors
-            else:  # the first half of a compressed pair has no bias
-                bias = not (len(name.split(".")) == 3 and name.endswith(".0"))
-            mod = nn.Linear(L["in"], L["out"], bias=bias)
-        elif t == "dropout":
-            mod = nn.Dropout()
-        else:
-            raise ValueError(f"unsupported layer type {t!r} in dalr.arch")
-
+        mod = _layer_module(L, arch, tensors)
         if name is None:
             put(section, next_idx(section), mod)
             continue
@@ -396,6 +490,12 @@ def module_from_arch(arch, tensors=None):
     avg = sections["avgpool"] if sections["avgpool"] is not None else nn.Identity()
     DalrNet = _module_classes()
     model = DalrNet(seq(sections["features"]), avg, seq(sections["classifier"]), flatten_in_features=False)
+    return _load_tensors(model, tensors)
+
+
+def _load_tensors(model, tensors):
+    """Loads numpy `tensors` into `model` (all of them, and all it has); eval mode."""
+    import torch
     if tensors is not None:
         sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
         missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -435,6 +535,41 @@ def module_from_bin(path):
     return module_from_arch(arch, tensors), inp
 
 
+def _torch_save_atomic(obj, path):
+    """torch.save to PATH.tmp.<pid>, then rename: a failure never leaves a broken PATH."""
+    import torch
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_torch(path, bin_path):
+    """A `.bin` as a torch.save file that plain torch.load reads (no pickled classes, so
+    no dalr_format needed to unpickle it): {"format": "dalr-gpu", "arch": dalr.arch list,
+    "input": dalr.input dict or None, "classes": list or None, "state_dict": tensors}.
+    Rebuild the module with module_from_torch(path). Written atomically."""
+    import torch
+    tensors, arch, inp, meta = read_bin(bin_path)
+    _torch_save_atomic({"format": "dalr-gpu", "arch": arch, "input": inp,
+                        "classes": model_classes(meta),
+                        "state_dict": {k: torch.from_numpy(np.ascontiguousarray(v))
+                                       for k, v in tensors.items()}}, path)
+
+
+def module_from_torch(path):
+    """(nn.Module in eval mode, dalr.input dict or None) from a file save_torch wrote."""
+    import torch
+    d = torch.load(path, map_location="cpu")
+    if not isinstance(d, dict) or d.get("format") != "dalr-gpu":
+        raise ValueError(f"{path}: not a file written by bin_to_torch.py --save")
+    tensors = {k: v.numpy() for k, v in d["state_dict"].items()}
+    return module_from_arch(d["arch"], tensors), d.get("input")
+
+
 def fc_layers(arch):
     """[(name, in, out, params)] of the linear layers (a compressed pair counts as two)."""
     out = []
@@ -446,52 +581,150 @@ def fc_layers(arch):
 
 
 # ----------------------------------------------------------------------------- preprocessing
+# The engine's rules (src/io/images.cpp, src/io/class_map.cpp), copied so that the tools
+# score an image folder as `dalr-gpu evaluate` does, image by image
+# (tests/tools/test_eval_agreement.py checks it).
+
+def _pixels(img):
+    """8-bit interleaved (h, w, sc) pixels, sc = 1 (grey) or 3 (colour), as the engine's
+    PNG decoder gives them: palettes expanded to RGB, alpha dropped, 16-bit samples scaled
+    to 8 bits as libpng's png_set_scale_16."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img).astype(np.int64)
+        a = ((np.clip(a, 0, 65535) * 255 + 32895) >> 16).astype(np.uint8)
+        return a[:, :, None]
+    if mode in ("1", "L", "LA"):
+        return np.asarray(img.convert("L"), dtype=np.uint8)[:, :, None]
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _taps(in_size, out_size, out_first, n):
+    """PIL's bilinear (a triangle filter widened when shrinking), for output pixels
+    out_first .. out_first + n - 1: (first input pixel, count, float64 weights [n, stride]);
+    the engine's bilinear_taps, in the same float64 arithmetic."""
+    import math
+    scale = float(in_size) / float(out_size)
+    support = max(scale, 1.0)
+    stride = int(math.ceil(support)) * 2 + 1
+    first = np.zeros(n, dtype=np.int64)
+    count = np.zeros(n, dtype=np.int64)
+    weights = np.zeros((n, stride), dtype=np.float64)
+    for i in range(n):
+        center = (float(out_first + i) + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        w = [0.0] * (hi - lo)
+        total = 0.0
+        for x in range(lo, hi):
+            d = abs((float(x) - center + 0.5) / support)
+            w[x - lo] = 1.0 - d if d < 1.0 else 0.0
+            total += w[x - lo]
+        for k in range(hi - lo):
+            weights[i, k] = w[k] / total if total > 0 else 0.0
+        first[i], count[i] = lo, hi - lo
+    return first, count, weights
+
+
+def resized_size(w, h, target):
+    """(width, height) with the shorter side `target`, the longer one truncated (the
+    engine and torchvision's Resize); `target` falsy: unchanged."""
+    if not target or target <= 0:
+        return w, h
+    if w <= h:
+        return int(target), int(float(target) * h / w)
+    return int(float(target) * w / h), int(target)
+
 
 def preprocess_image(img, inp):
-    """PIL image -> float32 array (C, H, W) as dalr.input prescribes:
-    resize the shorter side to `resize` (bilinear), centre crop, (pixel*scale - mean)/std."""
-    from PIL import Image
+    """PIL image -> float32 array (C, H, W) as dalr.input prescribes and as the engine
+    computes it (src/io/images.cpp), bit for bit for 8-bit PNGs: resize the shorter side
+    to `resize` (PIL's bilinear in float, without rounding to 8 bits; the longer side
+    truncated), centre crop (round half to even), grey replicated to 3 channels or colour
+    to ITU-R 601 luma after the resize, then (pixel*scale - mean)/std.
+
+    JPEGs agree only approximately: the engine lets libjpeg decode them at a reduced
+    (DCT-scaled) size and convert them to grey itself."""
     c = int(inp.get("channels", 3))
-    img = img.convert("L" if c == 1 else "RGB")
-    r = inp.get("resize")
-    w, h = img.size
-    if r and min(w, h) != r:
-        if w <= h:
-            nw, nh = r, max(1, int(round(h * r / w)))
-        else:
-            nw, nh = max(1, int(round(w * r / h))), r
-        img = img.resize((nw, nh), Image.BILINEAR)
-    ch, cw = inp.get("crop", [img.size[1], img.size[0]])
-    w, h = img.size
-    left = int(round((w - cw) / 2.0))
-    top = int(round((h - ch) / 2.0))
-    img = img.crop((left, top, left + cw, top + ch))
-    a = np.asarray(img, dtype=np.float32)
-    if a.ndim == 2:
-        a = a[None]
+    px = _pixels(img)
+    h, w, sc = px.shape
+    ow, oh = resized_size(w, h, inp.get("resize"))
+    ch, cw = [int(v) for v in inp.get("crop", [oh, ow])]
+    if ow < cw or oh < ch:
+        raise ValueError(f"image is {w}x{h} ({ow}x{oh} after resize), smaller than the {cw}x{ch} crop")
+    x0 = int(round((ow - cw) / 2.0))
+    y0 = int(round((oh - ch) / 2.0))
+    fx, nx, wx = _taps(w, ow, x0, cw)
+    fy, ny, wy = _taps(h, oh, y0, ch)
+    row_lo, row_hi = int(fy[0]), int(fy[-1] + ny[-1])
+    # Horizontal pass over the rows the vertical pass reads, float32 sums in tap order.
+    src = px[row_lo:row_hi].astype(np.float32)             # (rows, w, sc)
+    wx32 = wx.astype(np.float32)
+    tmp = np.zeros((row_hi - row_lo, cw, sc), dtype=np.float32)
+    for k in range(wx.shape[1]):
+        on = k < nx
+        if not on.any():
+            break
+        idx = np.minimum(fx + k, w - 1)
+        wk = np.where(on, wx32[:, k], np.float32(0))[None, :, None]
+        tmp += wk * src[:, idx, :]
+    # Vertical pass.
+    planes = np.zeros((sc, ch, cw), dtype=np.float32)
+    tmp = tmp.transpose(2, 0, 1)                            # (sc, rows, cw)
+    for y in range(ch):
+        for k in range(int(ny[y])):
+            planes[:, y, :] += np.float32(wy[y, k]) * tmp[:, int(fy[y]) + k - row_lo, :]
+    if sc == c:
+        v = planes.astype(np.float64)
+    elif sc == 1:
+        v = np.repeat(planes.astype(np.float64), c, axis=0)
     else:
-        a = a.transpose(2, 0, 1)
-    a = a * float(inp.get("scale", 1.0))
-    mean = np.asarray(inp.get("mean", [0.0] * c), dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(inp.get("std", [1.0] * c), dtype=np.float32).reshape(-1, 1, 1)
-    return ((a - mean) / std).astype(np.float32)
+        p = planes.astype(np.float64)
+        v = (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2])[None]
+    mean = np.asarray(inp.get("mean") or [0.0] * c, dtype=np.float64).reshape(-1, 1, 1)
+    std = np.asarray(inp.get("std") or [1.0] * c, dtype=np.float64).reshape(-1, 1, 1)
+    return ((v * float(inp.get("scale", 1.0)) - mean) * (1.0 / std)).astype(np.float32)
 
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")  # the engine's; any case
 
 
-def list_image_folder(root):
-    """[(path, label)] of an image folder root/<class>/<file>; classes sorted by name
-    (numeric names numerically), labels = position in that order."""
-    import os
-    classes = [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
-    if all(c.isdigit() for c in classes):
-        classes.sort(key=int)
+def model_classes(meta):
+    """The class names of a model's metadata (dalr.classes), or None."""
+    if "dalr.classes" not in meta:
+        return None
+    names = json.loads(meta["dalr.classes"])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names) \
+            or len(set(names)) != len(names):
+        raise ValueError("dalr.classes must be a JSON list of distinct non-empty strings")
+    return names
+
+
+def list_image_folder(root, classes=None, outputs=None):
+    """([(path, label)], names) of an image folder root/<class>/<file>, by the engine's
+    rule: class folders and files sorted by name as strings (so "10" comes before "2");
+    .jpg/.jpeg/.png in any case. With `classes` (the model's dalr.classes) a folder's
+    label is its name's index there, and a folder that is not a class is an error; without,
+    folder i is label i, and more folders than `outputs` is an error. `names` are the
+    labels' names (the classes, or the folders)."""
+    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not folders:
+        raise ValueError(f"image folder {root} has no class subfolders (expected DIR/CLASS/IMAGE)")
+    if classes:
+        index = {c: i for i, c in enumerate(classes)}
+        for f in folders:
+            if f not in index:
+                raise ValueError(f"{root}: class folder '{f}' is not one of the model's classes")
+        labels, names = [index[f] for f in folders], list(classes)
     else:
-        classes.sort()
+        if outputs is not None and len(folders) > outputs:
+            raise ValueError(f"{root} has {len(folders)} class folders but the model has only "
+                             f"{outputs} outputs")
+        labels, names = list(range(len(folders))), folders
     items = []
-    for i, c in enumerate(classes):
-        for fn in sorted(os.listdir(os.path.join(root, c))):
-            if fn.lower().endswith(IMAGE_EXTS):
-                items.append((os.path.join(root, c, fn), i))
-    return items, classes
+    for f, label in zip(folders, labels):
+        d = os.path.join(root, f)
+        for fn in sorted(os.listdir(d)):
+            if fn.lower().endswith(IMAGE_EXTS) and os.path.isfile(os.path.join(d, fn)):
+                items.append((os.path.join(d, fn), label))
+    return items, names

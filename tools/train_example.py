@@ -8,7 +8,7 @@ As the paper's ImageNet -> birds transfer: train on the source, replace the last
 classifier layer for the 10 digit classes, fine-tune all layers on the target.
 
 Writes into OUT (default examples/fashion2digits):
-  model.bin                  the fine-tuned network (dalr.arch + dalr.input)
+  model.bin                  the fine-tuned network (dalr.arch + dalr.input + dalr.classes)
   train/<d>/NNNN.png, test/<d>/NNNN.png   the target images, grey 32x32 PNG
   acts_{train,test}.npy      float32 (p, n): input of --acts-layer (default classifier.3)
   labels_{train,test}.npy    int64 (p,)
@@ -207,7 +207,8 @@ def main():
     inp = {"channels": 1, "resize": 32, "crop": [32, 32], "scale": 1.0 / 255.0,
            "mean": [tmean], "std": [tstd]}
     arch = dalr_format.save_module(os.path.join(out, "model.bin"), model, inp,
-                                   {"dalr.source": "tools/train_example.py: Fashion-MNIST -> OpenCV digits"})
+                                   {"dalr.source": "tools/train_example.py: Fashion-MNIST -> OpenCV digits"},
+                                   classes=[str(d) for d in range(10)])  # the folders' names
     info["fc_params"] = {n: p for n, _, _, p in dalr_format.fc_layers(arch)}
     info["total_params"] = int(sum(p.numel() for p in model.parameters()))
 

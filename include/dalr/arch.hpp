@@ -72,14 +72,17 @@ std::string arch_to_json(const Arch& arch);
 // Both keys ({"dalr.arch": ..., "dalr.input": ...}) for write_safetensors.
 std::map<std::string, std::string> arch_metadata(const Arch& arch);
 
-// torchvision VGG: vgg11, vgg13, vgg16, vgg19 and their _bn variants, ImageNet input.
+// torchvision VGG: vgg11, vgg13, vgg16, vgg19 and their _bn variants, ImageNet's
+// preprocessing (mean, std) at `input_size` (the square crop, >= 32: 224 is ImageNet's),
+// resized first to input_size * 256/224 (truncated; 256 for 224).
 std::vector<std::string> vgg_preset_names();
-Arch vgg_preset(const std::string& name, int64_t num_classes);
+Arch vgg_preset(const std::string& name, int64_t num_classes, int64_t input_size = 224);
 
 // The file's dalr.arch / dalr.input metadata if present, else the preset (its classes
-// taken from classifier.6.weight), else an error asking for --arch. The weights are
-// checked against the result (check_weights).
-Arch load_arch(const SafetensorsFile& file, const std::string& preset);
+// taken from classifier.6.weight) at `input_size` (0: 224; --input-size, refused for a
+// file with dalr.arch), else an error asking for --arch. The weights are checked
+// against the result (check_weights).
+Arch load_arch(const SafetensorsFile& file, const std::string& preset, int64_t input_size = 0);
 
 // A copy with linear layer `name` (m x n) replaced by `name.0` (n -> rank, no bias)
 // and `name.1` (rank -> m, with the original bias), the layout of a compressed model.

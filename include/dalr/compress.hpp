@@ -43,10 +43,11 @@ struct CompressOptions {
   bool lambda_auto = false;  // choose lambda_rel on every 10th sample, held out
   int64_t batch = 512;       // samples per streamed chunk (images per forward batch when streaming)
   // --acts stream: the network runs on these images up to each layer's input.
-  std::string data;   // image folder (class subfolders) or .npy (N, C, H, W)
-  std::string arch;   // preset for a state dict without dalr.arch (vgg11 ... vgg19_bn)
-  int workers = 2;    // image decoding threads
-  int64_t limit = 0;  // use at most this many images (0: all)
+  std::string data;        // image folder (class subfolders) or .npy (N, C, H, W)
+  std::string arch;        // preset for a state dict without dalr.arch (vgg11 ... vgg19_bn)
+  int64_t input_size = 0;  // the preset's crop (0: 224)
+  int workers = 2;         // image decoding threads
+  int64_t limit = 0;       // use at most this many images (0: all)
   bool shuffle = false;
   uint64_t seed = 0;
   bool quiet = false;  // no progress lines

@@ -16,6 +16,7 @@ class Backend;
 
 struct SweepOptions {
   std::string model, arch, layer;
+  int64_t input_size = 0;            // --arch preset's crop (0: 224)
   std::vector<std::string> methods;  // dalr, dalr-exact, svd, svd-bc, prune-mean, prune-max
   std::vector<int64_t> ranks;        // k; pruning keeps the units of the same budget
   std::string data;                  // training split (image folder or .npy), or...

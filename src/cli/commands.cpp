@@ -126,6 +126,10 @@ void Commands::add_sweep(CLI::App& app) {
               "Shuffle both splits (with --seed) before the limits, as compress/evaluate do");
   s->add_option("--seed", sopt_.seed, "Seed of --shuffle");
   s->add_option("--arch", sopt_.arch, "Preset for a state dict without dalr.arch metadata");
+  s->add_option(
+      "--input-size", sopt_.input_size,
+      "Square crop of an --arch preset's input (default 224, ImageNet's), resized first to "
+      "N*256/224");
   s->add_flag("--quiet,-q", sopt_.quiet, "Print nothing but errors");
 }
 
@@ -172,6 +176,10 @@ void Commands::add_compress(CLI::App& app) {
   c->add_option("--arch", copt_.arch,
                 "Architecture preset for a state dict without dalr.arch metadata: vgg11, vgg13, "
                 "vgg16, vgg19 (and _bn)");
+  c->add_option(
+      "--input-size", copt_.input_size,
+      "Square crop of an --arch preset's input (default 224, ImageNet's), resized first to "
+      "N*256/224");
   c->add_option("--workers", copt_.workers, "Image decoding threads");
   c->add_option("--limit", copt_.limit, "Use at most this many images (0: all)");
   c->add_flag("--shuffle", copt_.shuffle, "Shuffle the images (with --seed) before --limit");
@@ -235,7 +243,9 @@ void Commands::add_evaluate(CLI::App& app) {
   evaluate_ = app.add_subcommand(
       "evaluate",
       "Top-1 and top-5 accuracy of a model (compressed or not) on an image folder, and with\n"
-      "--compare the agreement of its predictions with another model's.\n"
+      "--compare the agreement of its predictions with another model's. Class folders map to\n"
+      "outputs by the model's class names (metadata dalr.classes) when it has them (a folder\n"
+      "that is not a class is an error), else by sorted folder name (with a warning).\n"
       "Example: dalr-gpu evaluate --model small.bin --data test/ --compare vgg19.bin");
   auto* e = evaluate_;
   e->add_option("--model", eopt_.model, "Model with dalr.arch metadata (or --arch)")->required();
@@ -244,7 +254,14 @@ void Commands::add_evaluate(CLI::App& app) {
       ->required();
   e->add_option("--compare", eopt_.compare, "Another model: report the top-1 agreement");
   e->add_option("--arch", eopt_.arch, "Preset for a state dict without dalr.arch metadata");
+  e->add_option(
+      "--input-size", eopt_.input_size,
+      "Square crop of an --arch preset's input (default 224, ImageNet's), resized first to "
+      "N*256/224");
   e->add_option("--report", eopt_.report, "Write the JSON result here");
+  e->add_option("--predictions", eopt_.predictions,
+                "Write one CSV row per image: path, true_class, true_index, predicted_index, "
+                "predicted_class, softmax_probability (of the predicted class)");
   e->add_option("--precision", eprecision_,
                 "fp32 | fp64 | tf32 (CUDA only) | fp16 | bf16 (16-bit activations; emulated "
                 "rounding on the CPU)");

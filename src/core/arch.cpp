@@ -409,10 +409,14 @@ std::map<std::string, std::string> arch_metadata(const Arch& arch) {
   return {{"dalr.arch", arch_to_json(arch)}, {"dalr.input", input_to_json(arch.input)}};
 }
 
-Arch load_arch(const SafetensorsFile& file, const std::string& preset) {
+Arch load_arch(const SafetensorsFile& file, const std::string& preset, int64_t input_size) {
   const auto& md = file.metadata();
   const auto a = md.find("dalr.arch");
   Arch arch;
+  if (input_size != 0 && (a != md.end() || preset.empty()))
+    throw Error("--input-size applies to an --arch preset, for a state dict without dalr.arch; " +
+                file.path() +
+                (a != md.end() ? " has its own input size in dalr.input" : " needs --arch"));
   if (a != md.end()) {
     const auto in = md.find("dalr.input");
     if (in == md.end())
@@ -432,7 +436,7 @@ Arch load_arch(const SafetensorsFile& file, const std::string& preset) {
                   "' needs tensor 'classifier.6.weight' (classes x 4096) to know the number of "
                   "classes; " +
                   (t ? "it has shape " + shape_str(t->shape) : std::string("it is missing")));
-    arch = vgg_preset(preset, t->shape[0]);
+    arch = vgg_preset(preset, t->shape[0], input_size ? input_size : 224);
   } else {
     std::string list;
     for (const auto& n : vgg_preset_names()) list += (list.empty() ? "" : "|") + n;

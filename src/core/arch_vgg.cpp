@@ -34,7 +34,7 @@ std::vector<std::string> vgg_preset_names() {
   return names;
 }
 
-Arch vgg_preset(const std::string& name, int64_t num_classes) {
+Arch vgg_preset(const std::string& name, int64_t num_classes, int64_t input_size) {
   const VggConfig* cfg = nullptr;
   bool bn = false;
   for (const auto& c : vgg_configs()) {
@@ -49,6 +49,11 @@ Arch vgg_preset(const std::string& name, int64_t num_classes) {
   if (num_classes < 1)
     throw Error("preset " + name + ": number of classes must be >= 1, got " +
                 std::to_string(num_classes));
+  // Five 2x2 poolings need 32 pixels; the cap keeps resize's arithmetic and the images
+  // within the decoder's sizes.
+  if (input_size < 32 || input_size > (int64_t(1) << 15))
+    throw Error("preset " + name + ": --input-size must be between 32 and 32768, got " +
+                std::to_string(input_size));
   Arch arch;
   auto add = [&](LayerType t, const std::string& nm) {
     LayerSpec l;
@@ -91,8 +96,8 @@ Arch vgg_preset(const std::string& name, int64_t num_classes) {
     }
   }
   arch.input.channels = 3;
-  arch.input.resize = 256;
-  arch.input.crop = {224, 224};
+  arch.input.resize = input_size * 256 / 224;
+  arch.input.crop = {input_size, input_size};
   arch.input.scale = 1.0 / 255.0;
   arch.input.mean = {0.485, 0.456, 0.406};
   arch.input.std = {0.229, 0.224, 0.225};

@@ -169,7 +169,9 @@ LayerPlan plan_layer(const SafetensorsFile& f, const std::string& name) {
 void plan_arch(Plan& p) {
   const CompressOptions& o = p.o;
   p.have_arch = p.model->metadata().count("dalr.arch") || !o.arch.empty();
-  if (p.have_arch) p.arch = load_arch(*p.model, o.arch);
+  if (o.input_size != 0 && !p.have_arch)
+    throw Error("--input-size applies to an --arch preset: give --arch too");
+  if (p.have_arch) p.arch = load_arch(*p.model, o.arch, o.input_size);
   if (p.stream && !p.have_arch)
     throw Error(o.model + " has no dalr.arch metadata: pass --arch (" + [] {
       std::string v;

@@ -1,6 +1,8 @@
 #include "dalr/evaluate.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <iomanip>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -19,22 +21,81 @@ namespace dalr {
 
 namespace {
 
+void check_outputs(const EvaluateOptions& o) {
+  for (const auto& [option, path] :
+       {std::pair<const char*, const std::string&>{"--report", o.report},
+        {"--predictions", o.predictions}})
+    if (!path.empty() && (same_file(path, o.model) || same_file(path, o.compare)))
+      throw Error(std::string(option) + " " + path + " is an input: refusing to overwrite it");
+  if (!o.report.empty() && !o.predictions.empty() && same_file(o.report, o.predictions))
+    throw Error("--report and --predictions name the same file " + o.report);
+}
+
+// A CSV field: quoted (RFC 4180) when it holds a comma, a quote or a line break.
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char ch : s) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+  return q + "\"";
+}
+
+// --predictions: one row per image, in the order the images were read.
+class Predictions {
+ public:
+  explicit Predictions(bool on) : on_(on) {
+    if (on_)
+      csv_ = "path,true_class,true_index,predicted_index,predicted_class,softmax_probability\n";
+  }
+  // Column j of `logits` is image `name` with label `label` (-1: unknown); `names` are
+  // the outputs' class names where known (BatchSource::label_names).
+  template <typename T>
+  void add(const Matrix<T>& logits, int64_t j, int64_t best, const std::string& name, int64_t label,
+           const std::vector<std::string>& names) {
+    if (!on_) return;
+    double sum = 0;  // softmax of the best class: 1 / sum exp(l_i - l_best), l_best the max
+    for (int64_t i = 0; i < logits.rows; ++i)
+      sum += std::exp(static_cast<double>(logits(i, j)) - static_cast<double>(logits(best, j)));
+    auto name_of = [&](int64_t k) {
+      return k >= 0 && k < static_cast<int64_t>(names.size()) ? names[static_cast<size_t>(k)]
+                                                              : std::string();
+    };
+    char prob[32];
+    std::snprintf(prob, sizeof prob, "%.9g", 1.0 / sum);
+    csv_ += csv_field(name) + "," + csv_field(name_of(label)) + "," + std::to_string(label) + "," +
+            std::to_string(best) + "," + csv_field(name_of(best)) + "," + prob + "\n";
+  }
+  const std::string& text() const { return csv_; }
+
+ private:
+  bool on_;
+  std::string csv_;
+};
+
 template <typename T>
 EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
   check_batch_and_workers(o.batch, o.workers);
-  if (!o.report.empty() && (same_file(o.report, o.model) || same_file(o.report, o.compare)))
-    throw Error("--report " + o.report + " is an input: refusing to overwrite it");
+  check_outputs(o);
   SafetensorsFile model(o.model);
-  const Arch arch = load_arch(model, o.arch);
+  const Arch arch = load_arch(model, o.arch, o.input_size);
   const std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, arch, model);
+  const ModelClasses classes = model_classes(model, arch);
   std::unique_ptr<SafetensorsFile> other_file;
   std::unique_ptr<Forward<T>> other;
   if (!o.compare.empty()) {
     other_file = std::make_unique<SafetensorsFile>(o.compare);
-    other = make_forward<T>(backend, load_arch(*other_file, o.arch), *other_file);
+    const Arch other_arch = load_arch(*other_file, o.arch, o.input_size);
+    other = make_forward<T>(backend, other_arch, *other_file);
+    const ModelClasses other_classes = model_classes(*other_file, other_arch);
+    if (!classes.names.empty() && !other_classes.names.empty() &&
+        classes.names != other_classes.names)
+      throw Error(o.model + " and " + o.compare +
+                  " name their classes differently (metadata dalr.classes): their predictions "
+                  "cannot be compared");
   }
-  DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
+  DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet, &classes};
   std::unique_ptr<BatchSource> src = open_data(d, arch.input);
+  const std::vector<std::string> label_names = src->label_names();
+  Predictions predictions(!o.predictions.empty());
   const int64_t c = src->channels(), h = src->height(), w = src->width();
   HostBatch<T> in(*src, o.batch);
   std::vector<int64_t> labels;
@@ -54,9 +115,13 @@ EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
     } catch (const Error& e) {
       throw with_precision_hint(e, backend.precision());
     }
+    const std::vector<std::string> names =
+        o.predictions.empty() ? std::vector<std::string>() : src->last_names();
     for (int64_t j = 0; j < got; ++j) {
       const std::vector<int64_t> best = top_k(logits, j, 5);
       const int64_t label = labels.empty() ? -1 : labels[static_cast<size_t>(j)];
+      if (!names.empty())
+        predictions.add(logits, j, best[0], names[static_cast<size_t>(j)], label, label_names);
       if (label >= 0) {
         ++r.labelled;
         hit1 += best[0] == label;
@@ -74,6 +139,7 @@ EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
   r.top1 = r.labelled ? double(hit1) / r.labelled : 0;
   r.top5 = r.labelled ? double(hit5) / r.labelled : 0;
   if (other) r.agreement = double(agree) / r.images;
+  if (!src->label_warning().empty()) r.warnings.push_back(src->label_warning());
 
   nlohmann::json j = {{"model", o.model},
                       {"data", o.data},
@@ -84,6 +150,8 @@ EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
   if (r.labelled) j["top1"] = r.top1, j["top5"] = r.top5;
   if (other) j["compare"] = o.compare, j["agreement"] = r.agreement;
   j["skipped"] = src->skipped();
+  if (!r.warnings.empty()) j["warnings"] = r.warnings;
+  if (!o.predictions.empty()) j["predictions"] = o.predictions;
   r.report_json = j.dump(2);
   std::ostringstream s;
   s << std::fixed << std::setprecision(2) << o.model << " on " << r.images << " images";
@@ -96,8 +164,12 @@ EvaluateResult run(const EvaluateOptions& o, Backend& backend) {
   if (src->skipped())
     s << "skipped " << src->skipped()
       << " images that could not be read (first: " << src->first_skip_reason() << ")\n";
+  for (const std::string& w : r.warnings) s << "warning: " << w << "\n";
   r.summary = s.str();
-  if (!o.report.empty()) write_text_file(o.report, r.report_json + "\n");
+  std::vector<std::unique_ptr<AtomicFile>> files;  // committed together
+  if (!o.report.empty()) files.push_back(stage_text_file(o.report, r.report_json + "\n"));
+  if (!o.predictions.empty()) files.push_back(stage_text_file(o.predictions, predictions.text()));
+  commit_all(files);
   return r;
 }
 

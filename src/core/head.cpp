@@ -15,7 +15,11 @@ Features cache_features(const DataOptions& d, const std::string& layer, const st
                         const Arch& arch, const SafetensorsFile& model, Backend& backend,
                         std::vector<std::string>& warnings) {
   const std::unique_ptr<Forward<float>> fwd = make_forward<float>(backend, arch, model);
-  std::unique_ptr<BatchSource> src = open_data(d, arch.input);
+  const ModelClasses classes = model_classes(model, arch);
+  DataOptions labelled = d;
+  labelled.classes = &classes;  // the labels are scored: folders map to the model's outputs
+  std::unique_ptr<BatchSource> src = open_data(labelled, arch.input);
+  if (!src->label_warning().empty()) warnings.push_back(option + ": " + src->label_warning());
   const int64_t c = src->channels(), h = src->height(), w = src->width();
   HostBatch<float> buf(*src, d.batch);
   std::vector<int64_t> labels;

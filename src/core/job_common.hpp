@@ -76,14 +76,17 @@ inline std::vector<float> kept_columns(const std::vector<float>& w, int64_t rows
   return out;
 }
 
-// Indices of the k largest values of column j of a (classes x batch) matrix, best first.
+// Indices of the k largest values of column j of a (classes x batch) matrix, best first;
+// equal values by index, lowest first (as numpy's and torch's argmax), so a tie (a grey
+// image's identical channels, a saturated output) is broken the same way everywhere.
 template <typename T>
 std::vector<int64_t> top_k(const Matrix<T>& logits, int64_t j, int64_t k) {
   std::vector<int64_t> idx(static_cast<size_t>(logits.rows));
   std::iota(idx.begin(), idx.end(), 0);
   k = std::min<int64_t>(k, logits.rows);
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                    [&](int64_t a, int64_t b) { return logits(a, j) > logits(b, j); });
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t a, int64_t b) {
+    return logits(a, j) > logits(b, j) || (logits(a, j) == logits(b, j) && a < b);
+  });
   idx.resize(static_cast<size_t>(k));
   return idx;
 }

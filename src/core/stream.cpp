@@ -8,6 +8,7 @@
 
 #include "common/checked.hpp"
 #include "dalr/error.hpp"
+#include "dalr/safetensors.hpp"
 
 namespace dalr {
 
@@ -24,8 +25,18 @@ std::unique_ptr<BatchSource> open_data(const DataOptions& o, const InputSpec& in
   if (o.limit < 0) throw Error("--limit must be >= 0");
   if (std::filesystem::is_directory(o.data))
     return open_images(o.data, in, o.workers, o.limit, o.shuffle, o.seed,
-                       /*skip_bad=*/true);
+                       /*skip_bad=*/true, o.classes);
   return open_npy_images(o.data, o.limit);
+}
+
+ModelClasses model_classes(const SafetensorsFile& file, const Arch& arch) {
+  ModelClasses c;
+  const std::vector<ActShape> shapes =
+      layer_input_shapes(arch, arch.input.channels, arch.input.crop[0], arch.input.crop[1]);
+  c.outputs = shapes.back().numel();
+  const auto it = file.metadata().find("dalr.classes");
+  if (it != file.metadata().end()) c.names = parse_class_names(it->second, c.outputs, file.path());
+  return c;
 }
 
 Progress::Progress(std::string what, int64_t total, bool quiet)

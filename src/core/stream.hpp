@@ -17,6 +17,8 @@
 
 namespace dalr {
 
+class SafetensorsFile;
+
 struct DataOptions {
   std::string data;  // image folder, or .npy of shape (N, C, H, W) already preprocessed
   int workers = 2;
@@ -25,9 +27,16 @@ struct DataOptions {
   uint64_t seed = 0;
   int64_t batch = 64;
   bool quiet = false;
+  // An image folder's labels as the model's outputs (open_images); null: a statistics
+  // pass, which reads no label.
+  const ModelClasses* classes = nullptr;
 };
 
 std::unique_ptr<BatchSource> open_data(const DataOptions& o, const InputSpec& in);
+
+// The model's class names (its metadata's dalr.classes, checked against its outputs)
+// and number of outputs, for DataOptions::classes.
+ModelClasses model_classes(const SafetensorsFile& file, const Arch& arch);
 
 // The host batch a forward pass reads, filled by BatchSource::next. For float the
 // source writes into this memory directly, so the decode is the only host copy of a

@@ -201,7 +201,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
   r.device = backend.name();
   r.precision = precision_name(backend.precision());
   SafetensorsFile model(o.model);
-  const Arch arch = load_arch(model, o.arch);
+  const Arch arch = load_arch(model, o.arch, o.input_size);
   Network net = find_layers(arch, o, any_pruning);
   const LayerSpec& spec = arch.layers[net.layer];
   const int64_t m = spec.out, n = spec.in;

@@ -299,8 +299,10 @@ namespace {
 // ring_size images ahead of the consumer, so memory stays bounded.
 class ImageFolderSource final : public BatchSource {
  public:
-  ImageFolderSource(std::vector<Sample> samples, const InputSpec& p, int workers, bool skip_bad)
+  ImageFolderSource(std::vector<Sample> samples, ClassMap classes, const InputSpec& p, int workers,
+                    bool skip_bad)
       : samples_(std::move(samples)),
+        classes_(std::move(classes)),
         p_(p),
         image_floats_(p.channels * p.crop[0] * p.crop[1]),
         skip_bad_(skip_bad) {
@@ -328,9 +330,13 @@ class ImageFolderSource final : public BatchSource {
   int64_t width() const override { return p_.crop[1]; }
   int64_t skipped() const override { return skipped_; }
   std::string first_skip_reason() const override { return first_skip_reason_; }
+  std::vector<std::string> label_names() const override { return classes_.names; }
+  std::string label_warning() const override { return classes_.warning; }
+  std::vector<std::string> last_names() const override { return last_names_; }
 
   int64_t next(float* out, int64_t max_batch, std::vector<int64_t>* labels) override {
     if (labels) labels->clear();
+    last_names_.clear();
     int64_t n = 0;
     while (n < max_batch && consumed_ < size()) {
       Slot& s = ring_[static_cast<size_t>(consumed_ % ring_size_)];
@@ -356,7 +362,9 @@ class ImageFolderSource final : public BatchSource {
       }
       std::memcpy(out + n * image_floats_, s.data.data(),
                   static_cast<size_t>(image_floats_) * sizeof(float));
-      if (labels) labels->push_back(samples_[static_cast<size_t>(consumed_)].label);
+      const Sample& sample = samples_[static_cast<size_t>(consumed_)];
+      if (labels) labels->push_back(sample.label);
+      last_names_.push_back(sample.path);
       ++n;
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -412,11 +420,13 @@ class ImageFolderSource final : public BatchSource {
   }
 
   const std::vector<Sample> samples_;
+  const ClassMap classes_;
   const InputSpec p_;
   const int64_t image_floats_;
   const bool skip_bad_;
   int64_t skipped_ = 0;  // consumer side only
   std::string first_skip_reason_;
+  std::vector<std::string> last_names_;  // consumer side only
   int64_t ring_size_ = 0;
   std::vector<Slot> ring_;
   std::vector<std::thread> threads_;
@@ -429,7 +439,7 @@ class ImageFolderSource final : public BatchSource {
 
 class NpyImageSource final : public BatchSource {
  public:
-  NpyImageSource(const std::string& path, int64_t limit) : reader_(path) {
+  NpyImageSource(const std::string& path, int64_t limit) : path_(path), reader_(path) {
     const auto& shape = reader_.shape();
     if (shape.size() != 4)
       throw Error(path + ": expected an N x C x H x W array of images, got rank " +
@@ -443,13 +453,24 @@ class NpyImageSource final : public BatchSource {
   int64_t height() const override { return reader_.shape()[2]; }
   int64_t width() const override { return reader_.shape()[3]; }
   int64_t next(float* out, int64_t max_batch, std::vector<int64_t>* labels) override {
-    const int64_t want = std::min(max_batch, size_ - reader_.position());
+    const int64_t first = reader_.position();
+    const int64_t want = std::min(max_batch, size_ - first);
     const int64_t n = want > 0 ? reader_.read_rows(out, want) : 0;
     if (labels) labels->assign(static_cast<size_t>(n), -1);
+    last_first_ = first;
+    last_count_ = n;
     return n;
+  }
+  std::vector<std::string> last_names() const override {
+    std::vector<std::string> v;
+    for (int64_t i = 0; i < last_count_; ++i)
+      v.push_back(path_ + "[" + std::to_string(last_first_ + i) + "]");
+    return v;
   }
 
  private:
+  std::string path_;
+  int64_t last_first_ = 0, last_count_ = 0;
   NpyReader reader_;
   int64_t size_ = 0;
 };
@@ -457,13 +478,19 @@ class NpyImageSource final : public BatchSource {
 }  // namespace
 
 std::unique_ptr<BatchSource> open_images(const std::string& dir, const InputSpec& p, int workers,
-                                         int64_t limit, bool shuffle, uint64_t seed,
-                                         bool skip_bad) {
+                                         int64_t limit, bool shuffle, uint64_t seed, bool skip_bad,
+                                         const ModelClasses* classes) {
   check_decodable(p);
   if (workers < 1 || workers > kMaxWorkers)
     throw Error("images: workers must be between 1 and " + std::to_string(kMaxWorkers) + ", not " +
                 std::to_string(workers));
-  std::vector<Sample> samples = list_image_folder(dir, nullptr);
+  std::vector<std::string> folders;
+  std::vector<Sample> samples = list_image_folder(dir, &folders);
+  ClassMap map;
+  if (classes) {
+    map = map_class_folders(dir, folders, *classes);
+    for (Sample& s : samples) s.label = map.label[static_cast<size_t>(s.label)];
+  }
   if (shuffle) {
     // Fisher-Yates with raw engine output (std::shuffle and the distributions differ
     // between standard libraries; this order is the same everywhere for a seed).
@@ -472,7 +499,8 @@ std::unique_ptr<BatchSource> open_images(const std::string& dir, const InputSpec
   }
   if (limit > 0 && limit < static_cast<int64_t>(samples.size()))
     samples.resize(static_cast<size_t>(limit));
-  return std::make_unique<ImageFolderSource>(std::move(samples), p, workers, skip_bad);
+  return std::make_unique<ImageFolderSource>(std::move(samples), std::move(map), p, workers,
+                                             skip_bad);
 }
 
 std::unique_ptr<BatchSource> open_npy_images(const std::string& path, int64_t limit) {
