@@ -703,3 +703,25 @@ TEST_F(Cli, StatisticsOfAnotherModelAreRefused) {
   EXPECT_NE(rep["warnings"][0].get<std::string>().find("does not record the weights"),
             std::string::npos);
 }
+
+// An error that overflows is reported as not finite, never as a number: null in the JSON,
+// "not finite" in the summary, and a warning that says what to do.
+TEST_F(Cli, NonFiniteErrorIsNullInTheReport) {
+  std::vector<float> huge(acts_);
+  for (auto& v : huge) v *= 3e37f;  // finite in fp32; their squares are not
+  write_npy(dir_.file("huge.npy"), huge.data(), kP, kN);
+  test::CommandResult r = run_cli(base("dalr") + " --precision fp32 --device cpu --acts-test " +
+                                  dir_.file("huge.npy") + " --report " + dir_.file("r.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("reconstruction error (test):  not finite"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("warning: layer 'fc': the reconstruction error (error_test) is not "
+                          "finite: the computation overflowed; use --precision fp64"),
+            std::string::npos)
+      << r.output;
+  auto rep = nlohmann::json::parse(test::read_file(dir_.file("r.json")));
+  EXPECT_TRUE(rep["error_test"]["abs"].is_null()) << rep.dump();
+  EXPECT_TRUE(rep["error_test"]["rel"].is_null()) << rep.dump();
+  EXPECT_TRUE(rep["error_train"]["rel"].is_number()) << rep.dump();
+  ASSERT_EQ(rep["warnings"].size(), 1u);
+}

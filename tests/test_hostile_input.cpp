@@ -612,5 +612,32 @@ TEST_F(ImageCap, HugeDeclaredJpegIsRefusedBeforeAllocating) {
   EXPECT_EQ(jpeg_error(64, 48).find("declares"), std::string::npos);
 }
 
+
+// The cap as a command-line option (--max-image-pixels, compress / evaluate / sweep): it
+// wins over the environment, names the file, and a bad value is refused before any work.
+TEST_F(ImageCap, CommandLineOption) {
+  test::TempDir dir;
+  std::filesystem::create_directories(dir.file("imgs/0"));
+  const std::vector<uint8_t> png = tiny_png(64, 48);
+  test::write_file(dir.file("imgs/0/a.png"), std::string(png.begin(), png.end()));
+  const std::string model = std::string(DALR_SOURCE_DIR) + "/examples/fashion2digits/model.bin";
+  const std::string eval = "evaluate --model " + model + " --data " + dir.file("imgs") +
+                           " --device cpu -q --max-image-pixels ";
+  ::setenv("DALR_MAX_IMAGE_PIXELS", "100000000", 1);
+  test::CommandResult r = test::run_cli(eval + "3000");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("a.png: PNG declares 64 x 48 pixels, more than the 3000"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("--max-image-pixels"), std::string::npos) << r.output;
+  for (const char* bad : {"0", "-5"}) {
+    r = test::run_cli(eval + bad);
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("--max-image-pixels must be a positive whole number"),
+              std::string::npos)
+        << r.output;
+  }
+}
+
 }  // namespace
 }  // namespace dalr

@@ -7,6 +7,7 @@
 #include "cli/inspect.hpp"
 #include "common/split_list.hpp"
 #include "dalr/backend.hpp"
+#include "io/decode.hpp"
 #ifdef DALR_HAVE_CUDA
 #include "dalr/cuda.hpp"
 #endif
@@ -120,6 +121,7 @@ void Commands::add_sweep(CLI::App& app) {
   s->add_option("--device", sdevice_, "auto | cuda | cuda:N | cpu (as for compress)");
   s->add_option("--batch", sopt_.batch, "Images per forward batch (both splits)");
   s->add_option("--workers", sopt_.workers, "Image decoding threads");
+  add_image_cap(s);
   s->add_option("--limit", sopt_.limit, "Use at most this many training images (0: all)");
   s->add_option("--test-limit", sopt_.test_limit, "Use at most this many test images (0: all)");
   s->add_flag("--shuffle", sopt_.shuffle,
@@ -181,6 +183,7 @@ void Commands::add_compress(CLI::App& app) {
       "Square crop of an --arch preset's input (default 224, ImageNet's), resized first to "
       "N*256/224");
   c->add_option("--workers", copt_.workers, "Image decoding threads");
+  add_image_cap(c);
   c->add_option("--limit", copt_.limit, "Use at most this many images (0: all)");
   c->add_flag("--shuffle", copt_.shuffle, "Shuffle the images (with --seed) before --limit");
   c->add_option("--seed", copt_.seed, "Seed of --shuffle");
@@ -268,6 +271,7 @@ void Commands::add_evaluate(CLI::App& app) {
   e->add_option("--device", edevice_, "auto | cuda | cuda:N | cpu (as for compress)");
   e->add_option("--batch", eopt_.batch, "Images per forward batch");
   e->add_option("--workers", eopt_.workers, "Image decoding threads");
+  add_image_cap(e);
   e->add_option("--limit", eopt_.limit, "Use at most this many images (0: all)");
   e->add_flag("--shuffle", eopt_.shuffle, "Shuffle the images (with --seed) before --limit");
   e->add_option("--seed", eopt_.seed, "Seed of --shuffle");
@@ -291,7 +295,16 @@ Commands::Commands(CLI::App& app) {
   add_inspect(app);
 }
 
+void Commands::add_image_cap(CLI::App* verb) {
+  verb->add_option("--max-image-pixels", max_image_pixels_,
+                   "Refuse images declaring more than N pixels (width x height) before decoding "
+                   "them (default 268435456, or DALR_MAX_IMAGE_PIXELS)");
+}
+
 int Commands::run() {
+  for (CLI::App* verb : {compress_, evaluate_, sweep_})
+    if (verb->parsed() && verb->count("--max-image-pixels"))
+      io::set_max_image_pixels(max_image_pixels_);
   if (compress_->parsed()) return run_compress();
   if (inspect_->parsed()) return run_inspect();
   if (evaluate_->parsed()) return run_evaluate();

@@ -33,6 +33,7 @@ class Commands {
   void add_evaluate(CLI::App& app);
   void add_sweep(CLI::App& app);
   void add_inspect(CLI::App& app);
+  void add_image_cap(CLI::App* verb);
 
   CLI::App* compress_ = nullptr;
   CLI::App* inspect_ = nullptr;
@@ -49,6 +50,7 @@ class Commands {
   int64_t rank_ = 0;
   double keep_ = 0, budget_ = 0, max_drop_ = 0;
   bool quiet_ = false;
+  int64_t max_image_pixels_ = 0;  // --max-image-pixels (compress, evaluate, sweep)
   std::string inspect_model_;
   bool inspect_json_ = false;
 };

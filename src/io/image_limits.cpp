@@ -1,3 +1,4 @@
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <string>
@@ -7,7 +8,19 @@
 
 namespace dalr::io {
 
+namespace {
+std::atomic<int64_t> g_cap{0};  // 0: not set
+}  // namespace
+
+void set_max_image_pixels(int64_t pixels) {
+  if (pixels <= 0)
+    throw Error("--max-image-pixels must be a positive whole number of pixels (got " +
+                std::to_string(pixels) + ")");
+  g_cap = pixels;
+}
+
 int64_t max_image_pixels() {
+  if (const int64_t set = g_cap.load(); set > 0) return set;
   const char* env = std::getenv("DALR_MAX_IMAGE_PIXELS");
   if (!env || !*env) return kDefaultMaxImagePixels;
   char* end = nullptr;
@@ -29,7 +42,8 @@ void check_image_size(const std::string& path, const char* format, uint64_t widt
   if (__builtin_mul_overflow(width, height, &pixels) || pixels > cap)
     throw Error(path + ": " + format + " declares " + size + " pixels, more than the " +
                 std::to_string(cap) +
-                " this run decodes (set DALR_MAX_IMAGE_PIXELS to allow larger images)");
+                " this run decodes (--max-image-pixels N, or DALR_MAX_IMAGE_PIXELS, allows larger "
+                "images)");
 }
 
 }  // namespace dalr::io
