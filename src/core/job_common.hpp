@@ -48,6 +48,10 @@ LayerStats<T> load_layer_stats(const std::string& path, const std::string& layer
                                int64_t n) {
   std::map<std::string, std::string> meta;
   LayerStats<T> st = LayerStats<T>::load(path, &meta);
+  if (st.n() == n && st.m() == 0 && m > 0)
+    throw Error(path + " holds the statistics of '" + layer +
+                "'s inputs only (Python's dalr.Stats(n)); the command line also keeps those of "
+                "its outputs: save them from dalr.Stats(n, weight=W, bias=b)");
   if (st.n() != n || st.m() != m)
     throw Error(path + " holds statistics of a " + std::to_string(st.m()) + " x " +
                 std::to_string(st.n()) + " layer, but '" + layer + "' is " + std::to_string(m) +

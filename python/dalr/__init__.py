@@ -1,0 +1,18 @@
+"""dalr: data-aware low-rank compression of linear layers (DALR, Masana et al., ICCV 2017).
+
+The engine of the ``dalr-gpu`` command line as a Python package:
+
+* ``Stats``: the streaming statistics of one layer's inputs (C = sum x x^T and the
+  per-unit sums), fed with NumPy arrays or torch tensors of shape (batch, n); CUDA
+  tensors go to the GPU accumulator through DLPack without a host copy.
+* ``solve``: one layer's factors (A, B, bias) by any of the CLI's methods.
+* ``compress``: an ``nn.Module`` in, a copy out with each named ``nn.Linear`` replaced by
+  ``nn.Sequential(nn.Linear(n, k, bias=False), nn.Linear(k, m))``.
+
+Errors the user can act on raise ``dalr.Error`` (a ``ValueError``) with the CLI's messages.
+"""
+from ._api import Error, Factors, Stats, cuda_available, methods, solve
+from ._torch import compress
+
+__all__ = ["Error", "Factors", "Stats", "compress", "cuda_available", "methods", "solve"]
+__version__ = "0.1.0"

@@ -1,0 +1,177 @@
+"""dalr.Stats and dalr.solve over the extension dalr._dalr (src/python/module.cpp)."""
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _dalr
+
+Error = _dalr.Error
+
+_DTYPES = {"fp64": np.float64, "fp32": np.float32, "tf32": np.float32}
+
+
+def methods():
+    """The method names: dalr, dalr-exact, svd, svd-bc, prune-mean, prune-max."""
+    return list(_dalr.method_names())
+
+
+def cuda_available():
+    """True when this package was built with CUDA and a device is present."""
+    return bool(_dalr.cuda_built()) and _dalr.cuda_devices() > 0
+
+
+def _is_torch(x):
+    return type(x).__module__.startswith("torch")
+
+
+def _check_precision(precision):
+    if precision not in _DTYPES:
+        raise Error(f"precision must be fp64, fp32 or tf32 for statistics (got '{precision}')")
+    return precision
+
+
+def _host_array(x, dtype, what, ndim):
+    """x (NumPy, torch or a sequence) as a C-contiguous host array of `dtype`."""
+    if _is_torch(x):
+        x = x.detach()
+        if x.device.type != "cpu":
+            x = x.cpu()
+        x = x.numpy() if x.dtype not in _torch_16bit() else x.float().numpy()
+    a = np.ascontiguousarray(x, dtype=dtype)
+    if a.ndim != ndim:
+        raise Error(f"{what} must have {ndim} dimension(s), got shape {tuple(a.shape)}")
+    return a
+
+
+def _torch_16bit():
+    import torch
+    return (torch.bfloat16, torch.float16)
+
+
+class Stats:
+    """Streaming statistics of a layer's inputs x (n features): C = sum_j x_j x_j^T and
+    the per-feature sums and maxima, in memory independent of the number of samples.
+
+    ``Stats(n, precision="fp64", device="cpu")``; ``weight`` (m, n) and ``bias`` (m)
+    also keep the statistics of the layer's relu outputs, which the pruning methods need.
+    ``device`` is "cpu", "cuda" or "cuda:N" (the GPU accumulator; fp32 or tf32 suit it).
+    """
+
+    def __init__(self, n, precision="fp64", device="cpu", weight=None, bias=None, _impl=None):
+        if _impl is not None:
+            self._s = _impl
+            return
+        _check_precision(precision)
+        if weight is None:
+            if bias is not None:
+                raise Error("Stats: bias given without weight")
+            self._s = _dalr.Stats(int(n), precision, device)
+        else:
+            dt = _DTYPES[precision]
+            w = _host_array(weight, dt, "weight", 2)
+            b = np.zeros(w.shape[0], dt) if bias is None else _host_array(bias, dt, "bias", 1)
+            if w.shape[1] != n:
+                raise Error(f"Stats: the weight takes {w.shape[1]} inputs, n is {n}")
+            self._s = _dalr.Stats.with_layer(w, b, precision, device)
+
+    @property
+    def n(self):
+        return self._s.n
+
+    @property
+    def count(self):
+        """Samples added so far (rows of every batch, merged statistics included)."""
+        return self._s.count
+
+    @property
+    def precision(self):
+        return self._s.precision
+
+    @property
+    def device(self):
+        return self._s.device
+
+    @property
+    def dtype(self):
+        return _DTYPES[self._s.precision]
+
+    def add(self, x):
+        """Adds a batch of samples: x of shape (batch, n), NumPy or torch (any float
+        dtype; converted to the statistics' precision). A CUDA tensor on the statistics'
+        device is read in place through DLPack (on torch's current stream)."""
+        if _is_torch(x) and x.device.type == "cuda" and self.device != "cpu":
+            import torch
+            t = x.detach()
+            if t.dim() != 2:
+                raise Error(f"activation batch must have 2 dimensions, got shape {tuple(t.shape)}")
+            t = t.to(torch.float64 if self.dtype == np.float64 else torch.float32).contiguous()
+            self._s.add_cuda(t, torch.cuda.current_stream(t.device).cuda_stream)
+            return self
+        a = _host_array(x, self.dtype, "activation batch", 2)
+        self._s.add(a)
+        return self
+
+    def merge(self, other):
+        """Adds another Stats' samples (same n, precision and output width)."""
+        self._s.merge(other._s)
+        return self
+
+    def save(self, path, layer=None):
+        """Writes the statistics in the format of the CLI's --save-stats (readable by
+        ``dalr-gpu compress --stats``; ``layer`` names the layer they belong to)."""
+        self._s.save(str(path), layer)
+
+    @staticmethod
+    def load(path, precision=None, device="cpu"):
+        """Reads statistics written by save() or by the CLI's --save-stats."""
+        if precision is not None:
+            _check_precision(precision)
+        return Stats(0, _impl=_dalr.Stats.load(str(path), precision or "", device))
+
+    def __repr__(self):
+        return (f"dalr.Stats(n={self.n}, count={self.count}, precision='{self.precision}', "
+                f"device='{self.device}')")
+
+
+@dataclass
+class Factors:
+    """A layer y = W x + b replaced by y ~= A (B x) + bias (A: m x k, B: k x n).
+    Pruning methods: A is None, B = W[kept_units] and bias = b[kept_units]."""
+    A: Any
+    B: Any
+    bias: Any
+    kept_units: list = field(default_factory=list)
+    spectrum: list = field(default_factory=list)
+    report: dict = field(default_factory=dict)
+
+    @property
+    def rank(self):
+        return self.report.get("rank")
+
+
+def solve(weight, bias, stats, method="dalr", rank=None, keep=None, lam=None, lam_rel=1e-3,
+          device="cpu", error=True):
+    """Compresses one layer y = W x + b (weight (m, n), bias (m) or None) from its input
+    statistics by `method` (see methods()), to `rank` or to the rank that keeps the
+    fraction `keep` of the weights. `lam` is the absolute ridge; by default
+    lam_rel * trace(C) / n, as the CLI. Returns Factors (NumPy arrays, or torch tensors
+    on the weight's device when the weight was a tensor); `report` holds the CLI report's
+    fields for the layer (lambda, energy kept, training error, timings)."""
+    if not isinstance(stats, Stats):
+        raise Error("solve: stats must be a dalr.Stats")
+    dt = stats.dtype
+    w = _host_array(weight, dt, "weight", 2)
+    had_bias = bias is not None
+    b = np.zeros(w.shape[0], dt) if bias is None else _host_array(bias, dt, "bias", 1)
+    r = _dalr.solve(stats._s, w, b, method, None if rank is None else int(rank),
+                    None if keep is None else float(keep), None if lam is None else float(lam),
+                    float(lam_rel), device, bool(error), had_bias)
+    out = Factors(r["A"], r["B"], r["bias"], list(r["kept_units"]), list(r["spectrum"]),
+                  dict(r["report"]))
+    if _is_torch(weight):
+        import torch
+        conv = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(  # noqa: E731
+            device=weight.device, dtype=weight.dtype)
+        out.A, out.B, out.bias = conv(out.A), conv(out.B), conv(out.bias)
+    return out
