@@ -136,7 +136,11 @@ def engine_cli(model, ranks, acts, method, lam, dalr_gpu, workdir):
 
 def engine_python(model, ranks, calib, method, lam):
     """The engine through the Python package: dalr.compress in one call."""
-    import dalr
+    try:
+        import dalr
+    except ImportError:
+        sys.exit("--route python: the package dalr is not importable here; install it "
+                 "(tools/install_python.sh) and run this script with build/pyenv/bin/python")
     import torch
     data = [torch.from_numpy(calib[i:i + 64].astype(np.int64)) for i in range(0, len(calib), 64)]
     return dalr.compress(model, ranks, data, method=method, device="cpu", precision="fp64",
