@@ -9,7 +9,8 @@ namespace dalr::compress_job {
 
 namespace {
 
-// --budget: each layer's spectrum (a rank-1 solve returns all of it), then one allocation.
+// --budget: each layer's spectrum (a rank-1 solve with the full eigensolver returns all of
+// it), then one allocation.
 template <typename T>
 std::vector<int64_t> budget_ranks(const Plan& p, const std::vector<LayerJob<T>>& jobs,
                                   Backend& backend, JobOutput& out) {
@@ -20,7 +21,8 @@ std::vector<int64_t> budget_ranks(const Plan& p, const std::vector<LayerJob<T>>&
   for (const auto& j : jobs) {
     const double lam = o.lambda ? *o.lambda : default_lambda(j.st, o.lambda_rel);
     shapes.push_back({j.l.w.rows, j.l.w.cols});
-    spectra.push_back(backend.solve({p.method, 1, lam}, j.l.w, j.l.b, j.st).spectrum);
+    spectra.push_back(
+        backend.solve({p.method, 1, lam, Eigensolver::Full}, j.l.w, j.l.b, j.st).spectrum);
   }
   const std::vector<int64_t> ranks = allocate_ranks(shapes, spectra, *o.budget);
   out.solve_s += seconds_since(t0);
@@ -64,7 +66,8 @@ double choose_lambda_rel(const Plan& p, LayerJob<T>& j, Backend& backend) {
   double best = -1, chosen = p.o.lambda_rel;
   for (double rel : {1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0}) {
     const double lam = default_lambda(j.st, rel);
-    const Factors<T> f = backend.solve({p.method, j.rank, lam}, j.l.w, j.l.b, j.st);
+    const Factors<T> f =
+        backend.solve({p.method, j.rank, lam, p.o.eigensolver}, j.l.w, j.l.b, j.st);
     const double err = backend.reconstruction_error(j.held, j.l.w, j.l.b, f).rel;
     curve.push_back({{"lambda_rel", rel}, {"lambda", lam}, {"held_out_rel_error", err}});
     if (best < 0 || err < best) best = err, chosen = rel;
@@ -103,7 +106,7 @@ template <typename T>
 void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend) {
   j.lambda_rel = p.o.lambda_auto ? choose_lambda_rel(p, j, backend) : p.o.lambda_rel;
   j.lambda = p.o.lambda ? *p.o.lambda : default_lambda(j.st, j.lambda_rel);
-  j.fac = backend.solve({p.method, j.rank, j.lambda}, j.l.w, j.l.b, j.st);
+  j.fac = backend.solve({p.method, j.rank, j.lambda, p.o.eigensolver}, j.l.w, j.l.b, j.st);
   // Before an error is measured from overflowed factors, and once for the write too:
   // these are the factors write_model writes (nothing non-finite is written).
   check_factors(p, j);

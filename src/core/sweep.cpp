@@ -164,9 +164,9 @@ struct SweepContext {
 // One (method, rank) point: solve, error, and the network's scores with the factors
 // substituted. Returns the factors for the spectrum.
 template <typename T>
-Factors<T> measure_point(const SweepContext<T>& c, Method method, SweepPoint& p) {
+Factors<T> measure_point(const SweepContext<T>& c, Method method, Eigensolver es, SweepPoint& p) {
   auto ts = Clock::now();
-  const Factors<T> fac = c.backend.solve({method, p.kept, p.lambda}, c.w, c.b, c.st);
+  const Factors<T> fac = c.backend.solve({method, p.kept, p.lambda, es}, c.w, c.b, c.st);
   const ReconError e = c.backend.reconstruction_error(c.st, c.w, c.b, fac);
   p.solve_s = seconds_since(ts);
   p.error_abs = e.abs;
@@ -263,7 +263,11 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
     for (int64_t k : o.ranks) {
       SweepPoint p = new_point(method, k, m, n, lambda);
       if (!p.skipped) {
-        const Factors<T> fac = measure_point(c, method, p);
+        // The spectrum's point: the whole spectrum, unless the user asked for top-k.
+        const Eigensolver es = !spectrum_kept && o.eigensolver == Eigensolver::Auto
+                                   ? Eigensolver::Full
+                                   : o.eigensolver;
+        const Factors<T> fac = measure_point(c, method, es, p);
         if (!spectrum_kept && !is_pruning(method) && !(method == Method::SvdBc && svd_swept)) {
           r.spectra.emplace_back(p.method, fac.spectrum);
           spectrum_kept = true;

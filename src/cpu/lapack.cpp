@@ -53,6 +53,36 @@ void syevd_impl(const char* name, Work work, char jobz, char uplo, int64_t n, T*
 }
 
 template <typename T, typename Work>
+void syevr_impl(const char* name, Work work, char uplo, int64_t n, T* a, int64_t lda, int64_t il,
+                int64_t iu, T* w, T* z, int64_t ldz) {
+  const int64_t want = iu - il + 1;
+  if (il < 1 || iu > n || want < 1)
+    throw Error(std::string(name) + ": eigenpairs " + std::to_string(il) + ".." +
+                std::to_string(iu) + " of a " + std::to_string(n) + " x " + std::to_string(n) +
+                " matrix (internal error)");
+  std::vector<T> all_w(static_cast<size_t>(n));  // LAPACK writes up to n eigenvalues
+  std::vector<lapack_int> isuppz(static_cast<size_t>(2 * want));
+  lapack_int found = 0;
+  T lwork_q = 0;
+  lapack_int liwork_q = 0;
+  lapack_int info = work(LAPACK_COL_MAJOR, 'V', 'I', uplo, n, a, lda, T(0), T(0), il, iu, T(0),
+                         &found, all_w.data(), z, ldz, isuppz.data(), &lwork_q, -1, &liwork_q, -1);
+  if (info != 0) throw_lapack(name, info, "workspace query");
+  std::vector<T> wk(workspace(lwork_q, 26 * n));
+  std::vector<lapack_int> iwk(static_cast<size_t>(std::max<int64_t>({liwork_q, 10 * n, 1})));
+  info = work(LAPACK_COL_MAJOR, 'V', 'I', uplo, n, a, lda, T(0), T(0), il, iu, T(0), &found,
+              all_w.data(), z, ldz, isuppz.data(), wk.data(), static_cast<lapack_int>(wk.size()),
+              iwk.data(), static_cast<lapack_int>(iwk.size()));
+  if (info != 0)
+    throw_lapack(name, info,
+                 "the eigensolver did not converge (input has NaN/Inf or is badly scaled)");
+  if (found != want)
+    throw Error(std::string("LAPACK ") + name + " returned " + std::to_string(found) + " of the " +
+                std::to_string(want) + " eigenpairs asked for (input has NaN/Inf?)");
+  std::copy_n(all_w.begin(), want, w);
+}
+
+template <typename T, typename Work>
 void gesdd_impl(const char* name, Work work, int64_t m, int64_t n, T* a, int64_t lda, T* s, T* u,
                 int64_t ldu, T* vt, int64_t ldvt) {
   const int64_t r = std::min(m, n);
@@ -78,6 +108,15 @@ void syevd(char jobz, char uplo, int64_t n, float* a, int64_t lda, float* w) {
 }
 void syevd(char jobz, char uplo, int64_t n, double* a, int64_t lda, double* w) {
   syevd_impl("dsyevd", LAPACKE_dsyevd_work, jobz, uplo, n, a, lda, w);
+}
+
+void syevr(char uplo, int64_t n, float* a, int64_t lda, int64_t il, int64_t iu, float* w, float* z,
+           int64_t ldz) {
+  syevr_impl("ssyevr", LAPACKE_ssyevr_work, uplo, n, a, lda, il, iu, w, z, ldz);
+}
+void syevr(char uplo, int64_t n, double* a, int64_t lda, int64_t il, int64_t iu, double* w,
+           double* z, int64_t ldz) {
+  syevr_impl("dsyevr", LAPACKE_dsyevr_work, uplo, n, a, lda, il, iu, w, z, ldz);
 }
 
 void potrf(char uplo, int64_t n, float* a, int64_t lda) {
