@@ -1,5 +1,5 @@
 // CPU timing of the two eigensolvers the dalr solves can use for G's top k
-// eigenvectors: the full decomposition (?syevd) against the index range (?syevr,
+// eigenvectors: the full decomposition (?syevd) against the index range (cpu::syev_range,
 // eigenpairs m-k+1..m), on a symmetric PSD matrix shaped like G = W C W^T (a Gram of
 // random activations with a decaying scale, so the spectrum decays as real layers' do).
 // The auto rule's threshold (dalr::topk_eigensolver_pays) comes from these numbers
@@ -52,7 +52,7 @@ nlohmann::json run(const std::vector<int64_t>& sizes, const std::vector<double>&
       dalr::Matrix<T> z(m, k);
       const double topk = dalr::bench::wall_median(repeats, [&] {
         dalr::Matrix<T> a = a0;
-        dalr::cpu::syevr('L', m, a.ptr(), a.ld(), m - k + 1, m, w.data(), z.ptr(), z.ld());
+        dalr::cpu::syev_range('L', m, a.ptr(), a.ld(), m - k + 1, m, w.data(), z.ptr(), z.ld());
       });
       rows.push_back({{"m", m},
                       {"k", k},

@@ -1,4 +1,4 @@
-// The top-k eigensolver (cpu::syevr, index range m-k+1..m) against the full one
+// The top-k eigensolver (cpu::syev_range, index range m-k+1..m) against the full one
 // (cpu::syevd) and against matrices of known spectrum (Q diag(lambda) Q^T, Q from the
 // Jacobi oracle), fp32 and fp64, odd sizes, k = 1, k in between and k = m, with tied
 // eigenvalues inside the top k; then the dalr and dalr-exact solves with
@@ -91,7 +91,7 @@ void check_lapack_topk(int64_t m, int64_t k, uint64_t seed) {
   Matrix<T> z(m, k), a2 = a;
   for (auto& v : z.data) v = std::numeric_limits<T>::quiet_NaN();  // poison: all written?
   std::vector<T> w(static_cast<size_t>(k), std::numeric_limits<T>::quiet_NaN());
-  cpu::syevr('L', m, a2.ptr(), a2.ld(), m - k + 1, m, w.data(), z.ptr(), z.ld());
+  cpu::syev_range('L', m, a2.ptr(), a2.ld(), m - k + 1, m, w.data(), z.ptr(), z.ld());
 
   std::vector<double> want(lambda);
   std::sort(want.begin(), want.end());  // ascending, as both solvers return them
@@ -125,7 +125,7 @@ TEST(LapackTopK, RejectsARangeOutsideTheMatrix) {
   Matrix<double> a(3, 3), z(3, 3);
   std::vector<double> w(3);
   EXPECT_NE(test::error_message([&] {
-              cpu::syevr('L', 3, a.ptr(), 3, 0, 2, w.data(), z.ptr(), 3);
+              cpu::syev_range('L', 3, a.ptr(), 3, 0, 2, w.data(), z.ptr(), 3);
             }).find("eigenpairs 0..2"),
             std::string::npos);
 }

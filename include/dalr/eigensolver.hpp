@@ -9,8 +9,8 @@ namespace dalr {
 
 // How dalr and dalr-exact find the top k eigenvectors of their m x m matrix (G or H):
 // the full decomposition (?syevd, cuSOLVER Xsyevd), or only the index range m-k+1..m
-// (?syevr, cuSOLVER Xsyevdx). Auto picks by m and k (use_topk_eigensolver). Both give
-// the same eigenvalues and, where the k-th and (k+1)-th eigenvalues are apart, the same
+// (?sytrd + ?stemr + ?ormtr, cuSOLVER Xsyevdx). Auto picks by m and k (use_topk_eigensolver). Both
+// give the same eigenvalues and, where the k-th and (k+1)-th eigenvalues are apart, the same
 // subspace to rounding; the factors may differ in their last bits.
 enum class Eigensolver { Auto, Full, TopK };
 

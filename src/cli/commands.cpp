@@ -67,7 +67,7 @@ namespace {
 
 constexpr const char* kEigensolverHelp =
     "dalr, dalr-exact: auto | full | topk. How the top k eigenvectors are found: the full "
-    "eigendecomposition, or only the top k (LAPACK syevr, cuSOLVER Xsyevdx; same subspace "
+    "eigendecomposition, or only the top k (LAPACK MRRR, cuSOLVER Xsyevdx; same subspace "
     "to rounding); auto takes top-k when m >= 512 and k <= m / 5, where it is faster";
 
 std::vector<int64_t> parse_ranks(const std::string& s) {

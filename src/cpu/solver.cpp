@@ -44,7 +44,7 @@ void top_eigenvectors(Matrix<T> s, int64_t k, Eigensolver es, Factors<T>* f) {
   if (use_topk_eigensolver(es, m, k)) {
     double trace = 0, top = 0;
     for (int64_t i = 0; i < m; ++i) trace += double(s(i, i));
-    cpu::syevr('L', m, s.ptr(), s.ld(), m - k + 1, m, w.data(), f->a.ptr(), f->a.ld());
+    cpu::syev_range('L', m, s.ptr(), s.ld(), m - k + 1, m, w.data(), f->a.ptr(), f->a.ld());
     for (int64_t j = 0; j < k / 2; ++j)  // ascending: reverse to descending
       std::swap_ranges(&f->a(0, j), &f->a(0, j) + m, &f->a(0, k - 1 - j));
     f->spectrum.assign(w.rend() - k, w.rend());  // w[k-1], ..., w[0]

@@ -279,7 +279,7 @@ class GpuSolverShapes : public ::testing::TestWithParam<Shape> {};
 
 // Every method, lambda = 0 (pseudo-inverse) and lambda > 0 (Cholesky) for the methods
 // that use C, and for those both eigensolvers (full: Xsyevd against syevd; top-k: Xsyevdx
-// against syevr), on the same inputs through both backends.
+// against cpu::syev_range), on the same inputs through both backends.
 template <typename T>
 void compare_all_methods(const Shape& s, double tol) {
   const uint64_t seed = test::test_seed(4242 + 7 * s.m + s.n + s.p);
