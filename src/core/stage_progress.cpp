@@ -94,6 +94,7 @@ void StageRates::observe(double flops, double seconds) {
 
 StageProgress::StageProgress(std::string what, double flops, StageRates& rates, bool quiet)
     : what_(std::move(what)),
+      label_(what_.substr(0, what_.find(" ("))),
       flops_(flops),
       rates_(rates),
       quiet_(quiet),
@@ -102,16 +103,19 @@ StageProgress::StageProgress(std::string what, double flops, StageRates& rates, 
   if (quiet_) return;
   const double est = rates_.seconds(flops_);
   what_ += " (est. " + format_seconds(est) + ") ...";
-  if (est >= 1.0) {
-    std::fprintf(stderr, "%s%s", what_.c_str(), tty_ ? "" : "\n");
-    std::fflush(stderr);
-    shown_ = true;
-  }
+  if (est >= 1.0) show();
   ticker_ = std::thread([this] { tick(); });
 }
 
 StageProgress::~StageProgress() {
   stop();
+  if (open_line_) std::fputc('\n', stderr);  // an exception: the error on a line of its own
+}
+
+void StageProgress::show() {
+  std::fprintf(stderr, "%s\n", what_.c_str());
+  std::fflush(stderr);
+  shown_ = true;
 }
 
 void StageProgress::stop() {
@@ -123,29 +127,37 @@ void StageProgress::stop() {
   if (ticker_.joinable()) ticker_.join();
 }
 
-// Every second on a terminal (the line rewritten), every 5 s otherwise (a new line).
+// Every second on a terminal, where a short line ("solve fc7: 12 s") is rewritten in
+// place (the start line can be wider than the terminal); every 5 s otherwise, a new line.
 void StageProgress::tick() {
   std::unique_lock<std::mutex> lock(mu_);
   const auto period = std::chrono::milliseconds(tty_ ? 1000 : 5000);
   while (!cv_.wait_for(lock, period, [this] { return done_; })) {
+    if (!shown_) show();  // estimated short, but running on
     const std::string t = format_seconds(now_s() - start_);
-    if (tty_)
-      std::fprintf(stderr, "\r%s %s", what_.c_str(), t.c_str());
-    else
+    if (tty_) {
+      std::fprintf(stderr, "\r%s: %s ", label_.c_str(), t.c_str());
+      open_line_ = true;
+    } else {
       std::fprintf(stderr, "%s %s so far\n", what_.c_str(), t.c_str());
+    }
     std::fflush(stderr);
-    shown_ = true;
   }
 }
 
 double StageProgress::finish() {
-  stop();
+  stop();  // the ticker has stopped: its fields need no lock from here
   const double s = now_s() - start_;
   rates_.observe(flops_, s);
-  if (shown_) {  // the ticker has stopped: no lock needed
-    std::fprintf(stderr, "%s%s %s\n", tty_ ? "\r" : "", what_.c_str(), format_seconds(s).c_str());
+  if (shown_) {
+    const std::string t = format_seconds(s);
+    if (tty_)
+      std::fprintf(stderr, "\r%s: %s  \n", label_.c_str(), t.c_str());
+    else
+      std::fprintf(stderr, "%s %s\n", what_.c_str(), t.c_str());
     std::fflush(stderr);
   }
+  open_line_ = false;
   return s;
 }
 

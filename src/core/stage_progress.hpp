@@ -6,8 +6,12 @@
 // runs, the elapsed time every few seconds (rewritten in place on a terminal); and the
 // time it took when it ends. A stage estimated under a second starts silently and says
 // something only if it runs past the first tick (small jobs print what they printed).
+// Not on a terminal:
 //   solve fc6 (dalr, 4096 x 25088, rank 256): eigenvectors of 4096 x 4096 (top 256),
-//     Cholesky of 25088 x 25088 (est. 50 s) ... 48.2 s
+//     Cholesky of 25088 x 25088 (est. 50 s) ...                    [one line]
+//   solve fc6 (...) (est. 50 s) ... 5.0 s so far                     [every 5 s]
+//   solve fc6 (...) (est. 50 s) ... 48.2 s                           [at the end]
+// On a terminal the start line, then "solve fc6: 12 s" rewritten every second.
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -43,7 +47,8 @@ class StageProgress {
  public:
   // Prints the start line (nothing when quiet) and starts the ticker.
   StageProgress(std::string what, double flops, StageRates& rates, bool quiet);
-  // Stops the ticker; without finish() (an exception) prints nothing more.
+  // Stops the ticker; without finish() (an exception) only ends a terminal's open line,
+  // so that the error message starts on a line of its own.
   ~StageProgress();
   // Prints the time taken, teaches `rates` the observed rate; returns the seconds.
   double finish();
@@ -52,14 +57,17 @@ class StageProgress {
   StageProgress& operator=(const StageProgress&) = delete;
 
  private:
+  void show();
   void tick();
   void stop();
 
-  std::string what_;
+  std::string what_, label_;  // "solve fc7 (...)", and "solve fc7"
   double flops_;
   StageRates& rates_;
   bool quiet_, tty_;
-  bool shown_ = false;  // a line was printed (guarded by mu_ once the ticker runs)
+  // Written by the ticker while it runs (under mu_), read after it stops.
+  bool shown_ = false;      // the start line was printed
+  bool open_line_ = false;  // a terminal line without its newline yet
   double start_;
   std::mutex mu_;
   std::condition_variable cv_;
