@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "dalr/eigensolver.hpp"
+
 namespace dalr {
 
 class Backend;
@@ -54,6 +56,9 @@ struct CompressOptions {
   // Skip the training reconstruction error (2 m n^2 flops from the statistics: minutes
   // at VGG19 fc6 on a CPU); the report's error_train is then null. --acts-test still runs.
   bool no_error = false;
+  // dalr/dalr-exact's eigensolver (solver.hpp). --budget and --max-drop's comparison rank
+  // by whole spectra and use the full one for them whatever this says.
+  Eigensolver eigensolver = Eigensolver::Auto;
 };
 
 struct CompressResult {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "dalr/eigensolver.hpp"
 #include "dalr/matrix.hpp"
 #include "dalr/stats.hpp"
 
@@ -43,6 +44,7 @@ struct SolveOptions {
   Method method = Method::Dalr;
   int64_t rank = 0;     // k for factorisations; the number of kept units for pruning
   double lambda = 0.0;  // absolute ridge added to C (dalr, dalr-exact)
+  Eigensolver eigensolver = Eigensolver::Auto;  // dalr, dalr-exact
 };
 
 template <typename T>
@@ -54,8 +56,12 @@ struct Factors {
   std::vector<T> bias;              // m (k for pruning)
   std::vector<int64_t> kept_units;  // pruning: indices into the m outputs, ascending
   double lambda = 0.0;
-  std::vector<double> spectrum;  // what the method ranks by, descending
-  double energy_kept = 0.0;      // sum of the top `rank` of spectrum / sum of all
+  // What the method ranks by, descending: all of it, except after the top-k
+  // eigensolver, which finds only the top `rank` eigenvalues; spectrum_rest then holds
+  // the sum of the others (the trace minus the top `rank`, at least 0).
+  std::vector<double> spectrum;
+  double spectrum_rest = 0.0;
+  double energy_kept = 0.0;  // sum of the top `rank` of spectrum / sum of all
 };
 
 // The reconstruction error of Eq. 13 over a set of samples: ||Y - Yhat||_F with Y = W X + b

@@ -31,6 +31,9 @@ struct SweepOptions {
   bool shuffle = false;
   uint64_t seed = 0;
   bool quiet = false;
+  // dalr/dalr-exact's eigensolver (solver.hpp); with auto, each method's first point, whose
+  // spectrum PREFIX-spectrum.svg draws, uses the full one.
+  Eigensolver eigensolver = Eigensolver::Auto;
 };
 
 struct SweepPoint {

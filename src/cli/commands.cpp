@@ -66,6 +66,11 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
 
 namespace {
 
+constexpr const char* kEigensolverHelp =
+    "dalr, dalr-exact: auto | full | topk. How the top k eigenvectors are found: the full "
+    "eigendecomposition, or only the top k (LAPACK MRRR, cuSOLVER Xsyevdx; same subspace "
+    "to rounding); auto takes top-k when m >= 512 and k <= m / 5, where it is faster";
+
 std::vector<int64_t> parse_ranks(const std::string& s) {
   std::vector<int64_t> out;
   for (const auto& t : split_list(s)) {
@@ -133,6 +138,7 @@ void Commands::add_sweep(CLI::App& app) {
       "Square crop of an --arch preset's input (default 224, ImageNet's), resized first to "
       "N*256/224");
   s->add_flag("--quiet,-q", sopt_.quiet, "Print nothing but errors");
+  s->add_option("--eigensolver", seigensolver_, kEigensolverHelp);
 }
 
 // compress: what to read and write, then how (precision, device, data).
@@ -238,6 +244,7 @@ void Commands::add_compress_ranks(CLI::App* c) {
               "Skip the reconstruction error on the training statistics (2 (m + k) n^2 "
               "flops, on the job's device; most of a minute at VGG19 fc6 on a small CPU): "
               "the report's error_train is null");
+  c->add_option("--eigensolver", eigensolver_, kEigensolverHelp);
   c->add_option("--save-stats", copt_.save_stats,
                 "Save the accumulated statistics (C, means, maxima, count) to resume later");
 }
@@ -336,6 +343,7 @@ int Commands::run_compress() {
   // Streaming images: a forward batch of 512 VGG-sized images would hold gigabytes.
   if (copt_.acts == "stream" && !compress_->count("--batch")) copt_.batch = 64;
   copt_.quiet = quiet_;
+  copt_.eigensolver = eigensolver_from_name(eigensolver_);
   std::unique_ptr<Backend> backend = make_backend(device_, precision_, quiet_);
   CompressResult r = compress(copt_, *backend);
   for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << one_line(w) << "\n";
@@ -354,6 +362,7 @@ int Commands::run_sweep() {
   sopt_.methods = split_list(smethods_);
   sopt_.ranks = parse_ranks(sranks_);
   if (sweep_->count("--lambda")) sopt_.lambda = slambda_;
+  sopt_.eigensolver = eigensolver_from_name(seigensolver_);
   std::unique_ptr<Backend> backend = make_backend(sdevice_, sprecision_, sopt_.quiet);
   const SweepResult r = sweep(sopt_, *backend);
   for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << one_line(w) << "\n";

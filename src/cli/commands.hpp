@@ -40,12 +40,12 @@ class Commands {
   CLI::App* evaluate_ = nullptr;
   CLI::App* sweep_ = nullptr;
   SweepOptions sopt_;
-  std::string smethods_, sranks_, sdevice_ = "auto", sprecision_ = "auto";
+  std::string smethods_, sranks_, sdevice_ = "auto", sprecision_ = "auto", seigensolver_ = "auto";
   double slambda_ = 0;
   EvaluateOptions eopt_;
   std::string edevice_ = "auto", eprecision_ = "fp32";
   CompressOptions copt_;
-  std::string device_ = "auto", precision_ = "auto";
+  std::string device_ = "auto", precision_ = "auto", eigensolver_ = "auto";
   std::string lambda_str_;
   int64_t rank_ = 0;
   double keep_ = 0, budget_ = 0, max_drop_ = 0;

@@ -64,4 +64,39 @@ bool needs_gram(Method m) {
   return kMethods[static_cast<size_t>(method_from_index(m))].gram;
 }
 
+Eigensolver eigensolver_from_name(const std::string& name) {
+  for (Eigensolver e : {Eigensolver::Auto, Eigensolver::Full, Eigensolver::TopK})
+    if (name == eigensolver_name(e)) return e;
+  throw Error("unknown eigensolver '" + name + "' (valid: auto, full, topk)");
+}
+
+const char* eigensolver_name(Eigensolver e) {
+  switch (e) {
+    case Eigensolver::Auto:
+      return "auto";
+    case Eigensolver::Full:
+      return "full";
+    case Eigensolver::TopK:
+      return "topk";
+  }
+  throw Error("unknown eigensolver (enum value " + std::to_string(static_cast<int>(e)) + ")");
+}
+
+bool use_topk_eigensolver(Eigensolver e, int64_t m, int64_t k) {
+  // Measured by bench_eigen on the 2-core build machine (bench/RESULTS.md): below m = 512
+  // the full solve takes milliseconds and wins; above, the top-k solve wins up to k/m of
+  // about a quarter, by 2-4x at small k/m. A fifth leaves room for machine noise.
+  constexpr int64_t kMinSize = 512;
+  constexpr int64_t kMaxFractionInverse = 5;
+  switch (e) {
+    case Eigensolver::Full:
+      return false;
+    case Eigensolver::TopK:
+      return true;
+    case Eigensolver::Auto:
+      return m >= kMinSize && k * kMaxFractionInverse <= m;
+  }
+  throw Error("unknown eigensolver (enum value " + std::to_string(static_cast<int>(e)) + ")");
+}
+
 }  // namespace dalr

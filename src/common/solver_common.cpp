@@ -35,13 +35,14 @@ void check_solve_arguments(const SolveOptions& opt, const Matrix<T>& w, const st
     throw Error("lambda must be a finite number >= 0 (got " + std::to_string(opt.lambda) + ")");
 }
 
-double energy_fraction(const std::vector<double>& spectrum, int64_t k) {
+double energy_fraction(const std::vector<double>& spectrum, int64_t k, double rest) {
   double top = 0, all = 0;
   for (size_t i = 0; i < spectrum.size(); ++i) {
     const double v = std::max(spectrum[i], 0.0);
     all += v;
     if (static_cast<int64_t>(i) < k) top += v;
   }
+  all += std::max(rest, 0.0);  // + 0.0 when the spectrum is whole: the sum is unchanged
   return all > 0 ? top / all : 0.0;
 }
 

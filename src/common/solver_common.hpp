@@ -24,8 +24,9 @@ Factors<T> start_factors(const SolveOptions& opt, const std::vector<T>& b) {
   return f;
 }
 
-// Sum of the top k of a (descending) spectrum over the sum of all, negatives as 0.
-double energy_fraction(const std::vector<double>& spectrum, int64_t k);
+// Sum of the top k of a (descending) spectrum over the sum of all, negatives as 0; rest
+// is the sum of the values the spectrum does not hold (Factors::spectrum_rest).
+double energy_fraction(const std::vector<double>& spectrum, int64_t k, double rest = 0.0);
 
 // svd-bc: bias += (W - A B) xbar, the mean residual of the low-rank layer.
 template <typename T>

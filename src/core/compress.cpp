@@ -20,13 +20,14 @@ CompressResult run(const Plan& p, Backend& backend) {
   std::vector<LayerJob<T>> jobs = load_layers<T>(p);
   out.timing["load_model"] = seconds_since(t0);
   collect_statistics(p, jobs, backend, out);
-  choose_ranks(p, jobs, backend, out);
+  StageRates rates(backend);
+  choose_ranks(p, jobs, backend, out, rates);
   for (auto& j : jobs) {
     t0 = Clock::now();
-    solve_layer(p, j, backend);
+    solve_layer(p, j, backend, rates);
     out.solve_s += seconds_since(t0);
     t0 = Clock::now();
-    measure_error(p, j, backend);
+    measure_error(p, j, backend, rates);
     out.error_s += seconds_since(t0);
   }
   out.timing["solve"] = out.solve_s;

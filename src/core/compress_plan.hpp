@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/job_common.hpp"  // Clock, seconds_since
+#include "core/stage_progress.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/compress.hpp"
@@ -109,12 +110,15 @@ std::vector<LayerJob<T>> load_layers(const Plan& p);
 template <typename T>
 void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
                         JobOutput& out);
+// The solves and errors below print progress lines (stage_progress.hpp) unless --quiet,
+// their estimates from `rates`.
 template <typename T>
-void choose_ranks(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out);
+void choose_ranks(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out,
+                  StageRates& rates);
 template <typename T>
-void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend);
+void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& rates);
 template <typename T>
-void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend);
+void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& rates);
 // Throws naming the tensor when a factor of the layer is NaN, Inf or beyond float32's
 // range (the model stores float32): an overflow, with what to do about it.
 template <typename T>

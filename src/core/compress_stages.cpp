@@ -1,5 +1,6 @@
 // The compress job's middle stages (compress_plan.hpp): ranks, solve, error.
 #include <algorithm>
+#include <memory>
 
 #include "core/compress_plan.hpp"
 #include "dalr/error.hpp"
@@ -9,10 +10,11 @@ namespace dalr::compress_job {
 
 namespace {
 
-// --budget: each layer's spectrum (a rank-1 solve returns all of it), then one allocation.
+// --budget: each layer's spectrum (a rank-1 solve with the full eigensolver returns all of
+// it), then one allocation.
 template <typename T>
 std::vector<int64_t> budget_ranks(const Plan& p, const std::vector<LayerJob<T>>& jobs,
-                                  Backend& backend, JobOutput& out) {
+                                  Backend& backend, JobOutput& out, StageRates& rates) {
   const CompressOptions& o = p.o;
   const auto t0 = Clock::now();
   std::vector<std::pair<int64_t, int64_t>> shapes;
@@ -20,7 +22,11 @@ std::vector<int64_t> budget_ranks(const Plan& p, const std::vector<LayerJob<T>>&
   for (const auto& j : jobs) {
     const double lam = o.lambda ? *o.lambda : default_lambda(j.st, o.lambda_rel);
     shapes.push_back({j.l.w.rows, j.l.w.cols});
-    spectra.push_back(backend.solve({p.method, 1, lam}, j.l.w, j.l.b, j.st).spectrum);
+    const SolveOptions opt{p.method, 1, lam, Eigensolver::Full};
+    StageProgress line("spectrum " + j.name + " (" + solve_description(opt, j.l.w.rows, j.l.w.cols),
+                       solve_flops(opt, j.l.w.rows, j.l.w.cols), rates, o.quiet);
+    spectra.push_back(backend.solve(opt, j.l.w, j.l.b, j.st).spectrum);
+    line.finish();
   }
   const std::vector<int64_t> ranks = allocate_ranks(shapes, spectra, *o.budget);
   out.solve_s += seconds_since(t0);
@@ -59,16 +65,23 @@ void set_rank(const Plan& p, LayerJob<T>& j, int64_t requested, JobOutput& out) 
 // --lambda auto: the grid around the default, each solved on the fit part and measured
 // on the held-out part; then the chosen relative lambda on all the samples.
 template <typename T>
-double choose_lambda_rel(const Plan& p, LayerJob<T>& j, Backend& backend) {
+double choose_lambda_rel(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& rates) {
+  const int64_t m = j.l.w.rows, n = j.l.w.cols;
+  const SolveOptions guess{p.method, j.rank, default_lambda(j.st, 1e-3), p.o.eigensolver};
+  StageProgress line(
+      "lambda auto " + j.name + " (6 solves and held-out errors, " + solve_description(guess, m, n),
+      6 * (solve_flops(guess, m, n) + error_flops(m, n, j.rank, 0)), rates, p.o.quiet);
   json curve = json::array();
   double best = -1, chosen = p.o.lambda_rel;
   for (double rel : {1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0}) {
     const double lam = default_lambda(j.st, rel);
-    const Factors<T> f = backend.solve({p.method, j.rank, lam}, j.l.w, j.l.b, j.st);
+    const Factors<T> f =
+        backend.solve({p.method, j.rank, lam, p.o.eigensolver}, j.l.w, j.l.b, j.st);
     const double err = backend.reconstruction_error(j.held, j.l.w, j.l.b, f).rel;
     curve.push_back({{"lambda_rel", rel}, {"lambda", lam}, {"held_out_rel_error", err}});
     if (best < 0 || err < best) best = err, chosen = rel;
   }
+  line.finish();
   j.rep["lambda_auto"] = {{"chosen_lambda_rel", chosen},
                           {"fit_samples", j.st.count()},
                           {"held_out_samples", j.held.count()},
@@ -85,10 +98,11 @@ json recon_json(const ReconError& e) {
 }  // namespace
 
 template <typename T>
-void choose_ranks(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out) {
+void choose_ranks(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out,
+                  StageRates& rates) {
   std::vector<int64_t> requested;
   if (p.mode == RankMode::Budget) {
-    requested = budget_ranks(p, jobs, backend, out);
+    requested = budget_ranks(p, jobs, backend, out, rates);
   } else if (p.mode == RankMode::Joint) {
     const auto t0 = Clock::now();
     requested = joint_ranks(p.o, *p.model, p.arch, jobs, p.method, backend, out.rep, out.warnings);
@@ -100,10 +114,15 @@ void choose_ranks(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backen
 }
 
 template <typename T>
-void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend) {
-  j.lambda_rel = p.o.lambda_auto ? choose_lambda_rel(p, j, backend) : p.o.lambda_rel;
+void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& rates) {
+  j.lambda_rel = p.o.lambda_auto ? choose_lambda_rel(p, j, backend, rates) : p.o.lambda_rel;
   j.lambda = p.o.lambda ? *p.o.lambda : default_lambda(j.st, j.lambda_rel);
-  j.fac = backend.solve({p.method, j.rank, j.lambda}, j.l.w, j.l.b, j.st);
+  const SolveOptions opt{p.method, j.rank, j.lambda, p.o.eigensolver};
+  const int64_t m = j.l.w.rows, n = j.l.w.cols;
+  StageProgress line("solve " + j.name + " (" + solve_description(opt, m, n),
+                     solve_flops(opt, m, n), rates, p.o.quiet);
+  j.fac = backend.solve(opt, j.l.w, j.l.b, j.st);
+  line.finish();
   // Before an error is measured from overflowed factors, and once for the write too:
   // these are the factors write_model writes (nothing non-finite is written).
   check_factors(p, j);
@@ -112,27 +131,44 @@ void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend) {
 // The training error from the activation file when there is one (exact), else from the
 // statistics on the backend; --acts-test's from its file.
 template <typename T>
-void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend) {
+void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& rates) {
   const CompressOptions& o = p.o;
+  const int64_t m = j.l.w.rows, n = j.l.w.cols, k = j.rank;
+  // A line per error: over the activation file's p samples, or from the statistics.
+  auto line = [&](const char* what, int64_t samples) {
+    return std::make_unique<StageProgress>(
+        std::string(what) + " " + j.name + " (" +
+            (samples
+                 ? "over " + std::to_string(samples) + " samples)"
+                 : "from the statistics, " + std::to_string(n) + " x " + std::to_string(n) + ")"),
+        error_flops(m, n, k, samples), rates, o.quiet);
+  };
   if (o.no_error) {
     j.rep["error_train"] = nullptr;
   } else if (!o.acts.empty() && !p.stream) {
     NpyReader r(o.acts);
+    const auto l = line("training error", r.rows());
     j.rep["error_train"] =
         recon_json(backend.reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
+    l->finish();
   } else {
+    const auto l = line("training error", 0);
     j.rep["error_train"] = recon_json(backend.reconstruction_error(j.st, j.l.w, j.l.b, j.fac));
+    l->finish();
   }
   if (!o.acts_test.empty()) {
     NpyReader r(o.acts_test);  // a single layer of the right width (the plan)
+    const auto l = line("test error", r.rows());
     j.rep["error_test"] = recon_json(backend.reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
+    l->finish();
   }
 }
 
-#define DALR_COMPRESS_STAGES(T)                                                             \
-  template void choose_ranks(const Plan&, std::vector<LayerJob<T>>&, Backend&, JobOutput&); \
-  template void solve_layer(const Plan&, LayerJob<T>&, Backend&);                           \
-  template void measure_error(const Plan&, LayerJob<T>&, Backend&);
+#define DALR_COMPRESS_STAGES(T)                                                            \
+  template void choose_ranks(const Plan&, std::vector<LayerJob<T>>&, Backend&, JobOutput&, \
+                             StageRates&);                                                 \
+  template void solve_layer(const Plan&, LayerJob<T>&, Backend&, StageRates&);             \
+  template void measure_error(const Plan&, LayerJob<T>&, Backend&, StageRates&);
 DALR_COMPRESS_STAGES(float)
 DALR_COMPRESS_STAGES(double)
 #undef DALR_COMPRESS_STAGES

@@ -46,7 +46,7 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
     if (it != cache[i].end()) return it->second;
     const auto ts = Clock::now();
     const Factors<T> f =
-        backend.solve({method, k, lambdas[i]}, jobs[i].l.w, jobs[i].l.b, jobs[i].st);
+        backend.solve({method, k, lambdas[i], o.eigensolver}, jobs[i].l.w, jobs[i].l.b, jobs[i].st);
     t_solve += seconds_since(ts);
     return cache[i].emplace(k, factored_substitution(jobs[i].name, f)).first->second;
   };
@@ -138,8 +138,10 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
     std::vector<std::vector<double>> spectra;
     for (size_t i = 0; i < jobs.size(); ++i) {
       shapes.push_back({jobs[i].l.w.rows, jobs[i].l.w.cols});
-      spectra.push_back(
-          backend.solve({method, 1, lambdas[i]}, jobs[i].l.w, jobs[i].l.b, jobs[i].st).spectrum);
+      spectra.push_back(backend
+                            .solve({method, 1, lambdas[i], Eigensolver::Full}, jobs[i].l.w,
+                                   jobs[i].l.b, jobs[i].st)
+                            .spectrum);
     }
     const std::vector<int64_t> b = allocate_ranks(shapes, spectra, fraction);
     const double acc = accuracy(b);

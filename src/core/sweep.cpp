@@ -10,6 +10,7 @@
 #include "common/finite.hpp"
 #include "core/head.hpp"
 #include "core/job_common.hpp"
+#include "core/stage_progress.hpp"
 #include "core/stats_binding.hpp"
 #include "core/stream.hpp"
 #include "core/sweep_report.hpp"
@@ -162,15 +163,21 @@ struct SweepContext {
   const std::vector<int64_t>& base_pred;
   const Forward<float>& head;
   Backend& backend;
+  StageRates& rates;
 };
 
 // One (method, rank) point: solve, error, and the network's scores with the factors
 // substituted. Returns the factors for the spectrum.
 template <typename T>
-Factors<T> measure_point(const SweepContext<T>& c, Method method, SweepPoint& p) {
+Factors<T> measure_point(const SweepContext<T>& c, Method method, Eigensolver es, SweepPoint& p) {
   auto ts = Clock::now();
-  const Factors<T> fac = c.backend.solve({method, p.kept, p.lambda}, c.w, c.b, c.st);
+  const SolveOptions opt{method, p.kept, p.lambda, es};
+  const int64_t m = c.w.rows, n = c.w.cols;
+  StageProgress line("sweep point (" + solve_description(opt, m, n) + ", and its error",
+                     solve_flops(opt, m, n) + error_flops(m, n, p.kept, 0), c.rates, c.o.quiet);
+  const Factors<T> fac = c.backend.solve(opt, c.w, c.b, c.st);
   const ReconError e = c.backend.reconstruction_error(c.st, c.w, c.b, fac);
+  line.finish();
   p.solve_s = seconds_since(ts);
   p.error_abs = e.abs;
   p.error_rel = e.rel;
@@ -258,7 +265,8 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
   r.features_s = seconds_since(t0);
 
   const double lambda = o.lambda ? *o.lambda : default_lambda(st, o.lambda_rel);
-  const SweepContext<T> c{o, w, b, st, net, feat, base_pred, *head, backend};
+  StageRates rates(backend);
+  const SweepContext<T> c{o, w, b, st, net, feat, base_pred, *head, backend, rates};
   // svd-bc ranks by the same singular values as svd: its curve only when svd is absent.
   const bool svd_swept = std::find(methods.begin(), methods.end(), Method::Svd) != methods.end();
   for (Method method : methods) {
@@ -266,7 +274,11 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
     for (int64_t k : o.ranks) {
       SweepPoint p = new_point(method, k, m, n, lambda);
       if (!p.skipped) {
-        const Factors<T> fac = measure_point(c, method, p);
+        // The spectrum's point: the whole spectrum, unless the user asked for top-k.
+        const Eigensolver es = !spectrum_kept && o.eigensolver == Eigensolver::Auto
+                                   ? Eigensolver::Full
+                                   : o.eigensolver;
+        const Factors<T> fac = measure_point(c, method, es, p);
         if (!spectrum_kept && !is_pruning(method) && !(method == Method::SvdBc && svd_swept)) {
           r.spectra.emplace_back(p.method, fac.spectrum);
           spectrum_kept = true;

@@ -51,6 +51,16 @@ inline void symm(CBLAS_SIDE side, CBLAS_UPLO uplo, int64_t m, int64_t n, double 
 void syevd(char jobz, char uplo, int64_t n, float* a, int64_t lda, float* w);
 void syevd(char jobz, char uplo, int64_t n, double* a, int64_t lda, double* w);
 
+// The eigenpairs il..iu (1-based, in ascending order of eigenvalue) of a symmetric
+// matrix (the `uplo` triangle of a is read and destroyed): iu - il + 1 eigenvalues,
+// ascending, in w, their eigenvectors in z (n x (iu - il + 1)). ?sytrd, ?stemr (MRRR) for
+// the range only, ?ormtr: ?syevr's steps, without its switch to inverse iteration for a
+// partial range (lapack.cpp says why). Workspace queries, then the calls.
+void syev_range(char uplo, int64_t n, float* a, int64_t lda, int64_t il, int64_t iu, float* w,
+                float* z, int64_t ldz);
+void syev_range(char uplo, int64_t n, double* a, int64_t lda, int64_t il, int64_t iu, double* w,
+                double* z, int64_t ldz);
+
 // Cholesky factorisation; throws "not positive definite" with the failing minor.
 void potrf(char uplo, int64_t n, float* a, int64_t lda);
 void potrf(char uplo, int64_t n, double* a, int64_t lda);

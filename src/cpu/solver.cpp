@@ -33,18 +33,29 @@ Matrix<T> matmul(const Matrix<T>& a, bool ta, const Matrix<T>& b, bool tb) {
   return c;
 }
 
-// Top-k eigenvectors of a symmetric matrix (only its lower triangle is read), and
-// all eigenvalues in descending order.
+// Top-k eigenvectors of a symmetric matrix (only its lower triangle is read), into
+// f->a, and f->spectrum: all eigenvalues in descending order after the full solver; the
+// top k after the top-k one, with the trace's remainder in f->spectrum_rest.
 template <typename T>
-Matrix<T> top_eigenvectors(Matrix<T> s, int64_t k, std::vector<double>* spectrum) {
+void top_eigenvectors(Matrix<T> s, int64_t k, Eigensolver es, Factors<T>* f) {
   const int64_t m = s.rows;
   std::vector<T> w(static_cast<size_t>(m));
+  f->a = Matrix<T>(m, k);
+  if (use_topk_eigensolver(es, m, k)) {
+    double trace = 0, top = 0;
+    for (int64_t i = 0; i < m; ++i) trace += double(s(i, i));
+    cpu::syev_range('L', m, s.ptr(), s.ld(), m - k + 1, m, w.data(), f->a.ptr(), f->a.ld());
+    for (int64_t j = 0; j < k / 2; ++j)  // ascending: reverse to descending
+      std::swap_ranges(&f->a(0, j), &f->a(0, j) + m, &f->a(0, k - 1 - j));
+    f->spectrum.assign(w.rend() - k, w.rend());  // w[k-1], ..., w[0]
+    for (double v : f->spectrum) top += std::max(v, 0.0);
+    f->spectrum_rest = std::max(trace - top, 0.0);
+    return;
+  }
   cpu::syevd('V', 'L', m, s.ptr(), s.ld(), w.data());
-  Matrix<T> u(m, k);
   for (int64_t j = 0; j < k; ++j)
-    std::copy_n(&s(0, m - 1 - j), m, &u(0, j));  // syevd sorts ascending
-  spectrum->assign(w.rbegin(), w.rend());
-  return u;
+    std::copy_n(&s(0, m - 1 - j), m, &f->a(0, j));  // syevd sorts ascending
+  f->spectrum.assign(w.rbegin(), w.rend());
 }
 
 // Applies (C + lambda I)^-1 by Cholesky when lambda > 0, and the pseudo-inverse C^+
@@ -103,7 +114,7 @@ class RidgeSolve {
 
 template <typename T>
 void solve_dalr(const Matrix<T>& w, const LayerStats<T>& st, int64_t k, double lambda, bool exact,
-                Factors<T>& f) {
+                Eigensolver es, Factors<T>& f) {
   const Matrix<T>& c = st.gram();
   const int64_t m = w.rows, n = w.cols;
   Matrix<T> wc(m, n);  // W C
@@ -113,7 +124,7 @@ void solve_dalr(const Matrix<T>& w, const LayerStats<T>& st, int64_t k, double l
   if (!exact) {
     // Eq. 11: U_k from G = W C W^T; B = U_k^T W C (C + lambda I)^-1.
     Matrix<T> g = matmul(wc, false, w, true);
-    f.a = top_eigenvectors(std::move(g), k, &f.spectrum);
+    top_eigenvectors(std::move(g), k, es, &f);
     Matrix<T> bt = matmul(wc, true, f.a, false);  // n x k: C W^T U_k
     ridge.apply(bt);
     f.b = transpose(bt);
@@ -122,7 +133,7 @@ void solve_dalr(const Matrix<T>& w, const LayerStats<T>& st, int64_t k, double l
     Matrix<T> wrt = transpose(wc);  // n x m, becomes W_r^T
     ridge.apply(wrt);
     Matrix<T> h = matmul(wc, false, wrt, false);
-    f.a = top_eigenvectors(std::move(h), k, &f.spectrum);
+    top_eigenvectors(std::move(h), k, es, &f);
     f.b = transpose(matmul(wrt, false, f.a, false));
   }
 }
@@ -172,7 +183,8 @@ void solve_method(const SolveOptions& opt, const Matrix<T>& w, const std::vector
   switch (opt.method) {
     case Method::Dalr:
     case Method::DalrExact:
-      return solve_dalr(w, stats, k, opt.lambda, opt.method == Method::DalrExact, f);
+      return solve_dalr(w, stats, k, opt.lambda, opt.method == Method::DalrExact, opt.eigensolver,
+                        f);
     case Method::Svd:
     case Method::SvdBc:
       solve_svd(w, k, f);
@@ -196,7 +208,7 @@ Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<
 
   Factors<T> f = detail::start_factors(opt, b);
   solve_method(opt, w, b, stats, f);
-  f.energy_kept = detail::energy_fraction(f.spectrum, k);
+  f.energy_kept = detail::energy_fraction(f.spectrum, k, f.spectrum_rest);
   return f;
 }
 

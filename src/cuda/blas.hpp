@@ -137,6 +137,29 @@ void syevd(Context& ctx, cublasFillMode_t uplo, int64_t n, T* a, int64_t lda, T*
   ctx.check_info("Xsyevd", no_convergence_hint);  // host_ws lives until the stream is idle
 }
 
+// The eigenpairs il..iu (1-based, ascending order) of a (n x n, `uplo` triangle read;
+// destroyed): their eigenvalues ascending in w[0, iu - il] (w holds n), their eigenvectors
+// in a's first iu - il + 1 columns. Returns how many cuSOLVER found (the caller checks).
+template <typename T>
+int64_t syevdx(Context& ctx, cublasFillMode_t uplo, int64_t n, T* a, int64_t lda, int64_t il,
+               int64_t iu, T* w, const char* no_convergence_hint) {
+  constexpr cudaDataType t = kDataType<T>;
+  T vl = 0, vu = 0;  // read only for CUSOLVER_EIG_RANGE_V
+  int64_t found = 0;
+  size_t dev_bytes = 0, host_bytes = 0;
+  DALR_CUSOLVER_CHECK(cusolverDnXsyevdx_bufferSize(
+      ctx.cusolver(), ctx.cusolver_params(), CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I, uplo,
+      n, t, a, lda, &vl, &vu, il, iu, &found, t, w, t, &dev_bytes, &host_bytes));
+  void* dev_ws = detail::device_ws(ctx, dev_bytes);
+  std::vector<unsigned char> host_ws(host_bytes);
+  DALR_CUSOLVER_CHECK(
+      cusolverDnXsyevdx(ctx.cusolver(), ctx.cusolver_params(), CUSOLVER_EIG_MODE_VECTOR,
+                        CUSOLVER_EIG_RANGE_I, uplo, n, t, a, lda, &vl, &vu, il, iu, &found, t, w, t,
+                        dev_ws, dev_bytes, detail::host_ptr(host_ws), host_bytes, ctx.dev_info()));
+  ctx.check_info("Xsyevdx", no_convergence_hint);  // synchronises: `found` is set
+  return found;
+}
+
 // Cholesky factor of a (n x n) in place, in its `uplo` triangle.
 template <typename T>
 void potrf(Context& ctx, cublasFillMode_t uplo, int64_t n, T* a, int64_t lda,

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "cuda/blas.hpp"
@@ -14,6 +15,7 @@
 #include "cuda/cuda_check.hpp"
 #include "cuda/device_buffer.hpp"
 #include "cuda/device_gram.hpp"
+#include "dalr/error.hpp"
 #include "dalr/stats.hpp"
 #include "solver_ops.cuh"
 
@@ -95,6 +97,16 @@ class Ops {
   // Eigenvectors overwrite a (n x n, lower triangle read); eigenvalues ascending in w.
   void syevd(int64_t n, T* a, int64_t lda, T* w) {
     blas::syevd(ctx_, CUBLAS_FILL_MODE_LOWER, n, a, lda, w, kNoConvergence);
+  }
+
+  // The top k eigenpairs of a (n x n, lower triangle read; destroyed): eigenvalues
+  // ascending in w[0, k) (w holds n), eigenvectors in a's first k columns, same order.
+  void syevdx_top(int64_t n, int64_t k, T* a, int64_t lda, T* w) {
+    const int64_t found =
+        blas::syevdx(ctx_, CUBLAS_FILL_MODE_LOWER, n, a, lda, n - k + 1, n, w, kNoConvergence);
+    if (found != k)
+      throw Error("cuSOLVER Xsyevdx returned " + std::to_string(found) + " of the " +
+                  std::to_string(k) + " eigenpairs asked for (input has NaN/Inf?)");
   }
 
   // Cholesky factor L (lower) of a (n x n) in place.

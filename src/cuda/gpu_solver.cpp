@@ -89,21 +89,41 @@ class RidgeSolve {
 };
 
 // Top-k eigenvectors of the symmetric m x m matrix s (lower triangle read; destroyed)
-// into u (m x k), and all eigenvalues, descending, into spectrum.
+// into u (m x k), and f->spectrum: all eigenvalues, descending, after the full solver
+// (Xsyevd); the top k after the top-k one (Xsyevdx), with the trace's remainder in
+// f->spectrum_rest. The CPU's top_eigenvectors, with the same choice of solver.
 template <typename T>
-void top_eigenvectors(Ops<T>& ops, DeviceBuffer<T>& s, int64_t m, int64_t k, DeviceBuffer<T>& u,
-                      std::vector<double>* spectrum) {
+void top_eigenvectors(Ops<T>& ops, DeviceBuffer<T>& s, int64_t m, int64_t k, Eigensolver es,
+                      DeviceBuffer<T>& u, Factors<T>* f) {
   DeviceBuffer<T> d_w(static_cast<size_t>(m));
+  if (use_topk_eigensolver(es, m, k)) {
+    // The diagonal (stride m + 1) to the host before the solve destroys it: the trace,
+    // summed as the CPU sums it.
+    std::vector<T> diag(static_cast<size_t>(m));
+    DALR_CUDA_CHECK(cudaMemcpy2DAsync(diag.data(), sizeof(T), s.data(), sizeof(T) * (m + 1),
+                                      sizeof(T), static_cast<size_t>(m), cudaMemcpyDeviceToHost,
+                                      ops.stream()));
+    ops.syevdx_top(m, k, s.data(), m, d_w.data());  // synchronises the stream
+    double trace = 0, top = 0;
+    for (T v : diag) trace += double(v);
+    // Ascending in columns 0..k-1: column k - 1 - j is the j-th largest.
+    dk::launch_reverse_columns(s.data(), m, k - 1, u.data(), m, m, k, ops.stream());
+    const std::vector<T> w = ops.download(d_w, k);
+    f->spectrum.assign(w.rbegin(), w.rend());
+    for (double v : f->spectrum) top += std::max(v, 0.0);
+    f->spectrum_rest = std::max(trace - top, 0.0);
+    return;
+  }
   ops.syevd(m, s.data(), m, d_w.data());
   // syevd sorts ascending: column m - 1 - j is the j-th largest.
   dk::launch_reverse_columns(s.data(), m, m - 1, u.data(), m, m, k, ops.stream());
   const std::vector<T> w = ops.download(d_w, m);
-  spectrum->assign(w.rbegin(), w.rend());
+  f->spectrum.assign(w.rbegin(), w.rend());
 }
 
 template <typename T>
 void solve_dalr(Ops<T>& ops, const Matrix<T>& w, const LayerStats<T>& st, int64_t k, double lambda,
-                bool exact, Factors<T>& f) {
+                bool exact, Eigensolver es, Factors<T>& f) {
   const int64_t m = w.rows, n = w.cols;
   const cudaStream_t s = ops.stream();
   DeviceBuffer<T> d_w = device_matrix<T>(m, n), d_c = device_matrix<T>(n, n);
@@ -118,7 +138,7 @@ void solve_dalr(Ops<T>& ops, const Matrix<T>& w, const LayerStats<T>& st, int64_
     // Eq. 11: U_k from G = W C W^T; B = U_k^T W C (C + lambda I)^-1.
     DeviceBuffer<T> d_g = device_matrix<T>(m, m);
     ops.gemm(false, true, m, m, n, d_wc.data(), m, d_w.data(), m, d_g.data(), m);
-    top_eigenvectors(ops, d_g, m, k, d_u, &f.spectrum);
+    top_eigenvectors(ops, d_g, m, k, es, d_u, &f);
     DeviceBuffer<T> d_bt = device_matrix<T>(n, k);  // C W^T U_k, then B^T
     ops.gemm(true, false, n, k, m, d_wc.data(), m, d_u.data(), m, d_bt.data(), n);
     ridge.apply(d_bt.data(), k);
@@ -130,7 +150,7 @@ void solve_dalr(Ops<T>& ops, const Matrix<T>& w, const LayerStats<T>& st, int64_
     ridge.apply(d_wrt.data(), m);
     DeviceBuffer<T> d_h = device_matrix<T>(m, m);
     ops.gemm(false, false, m, m, n, d_wc.data(), m, d_wrt.data(), n, d_h.data(), m);
-    top_eigenvectors(ops, d_h, m, k, d_u, &f.spectrum);
+    top_eigenvectors(ops, d_h, m, k, es, d_u, &f);
     // B = (W_r^T U_k)^T = U_k^T W_r, formed directly as op(U_k) op(W_r^T) = U_k^T (W_r^T)^T.
     ops.gemm(true, true, k, n, m, d_u.data(), m, d_wrt.data(), n, d_b.data(), k);
   }
@@ -276,8 +296,8 @@ Factors<T> solve_on(Context& ctx, const SolveOptions& opt, const Matrix<T>& w,
   switch (opt.method) {
     case Method::Dalr:
     case Method::DalrExact:
-      solve_dalr(ops, w, stats, k, opt.lambda, opt.method == Method::DalrExact, f);
-      f.energy_kept = dalr::detail::energy_fraction(f.spectrum, k);
+      solve_dalr(ops, w, stats, k, opt.lambda, opt.method == Method::DalrExact, opt.eigensolver, f);
+      f.energy_kept = dalr::detail::energy_fraction(f.spectrum, k, f.spectrum_rest);
       return f;
     case Method::Svd:
     case Method::SvdBc:

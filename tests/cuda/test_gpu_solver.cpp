@@ -278,7 +278,8 @@ void PrintTo(const Shape& s, std::ostream* os) {
 class GpuSolverShapes : public ::testing::TestWithParam<Shape> {};
 
 // Every method, lambda = 0 (pseudo-inverse) and lambda > 0 (Cholesky) for the methods
-// that use C, on the same inputs through both backends.
+// that use C, and for those both eigensolvers (full: Xsyevd against syevd; top-k: Xsyevdx
+// against cpu::syev_range), on the same inputs through both backends.
 template <typename T>
 void compare_all_methods(const Shape& s, double tol) {
   const uint64_t seed = test::test_seed(4242 + 7 * s.m + s.n + s.p);
@@ -290,11 +291,17 @@ void compare_all_methods(const Shape& s, double tol) {
   for (Method method : kAllMethods) {
     for (double lambda : {0.0, ridge}) {
       if (lambda > 0 && !needs_gram(method)) continue;
-      SCOPED_TRACE(std::string(method_name(method)) + " lambda=" + std::to_string(lambda));
-      const SolveOptions opt{method, s.k, lambda};
-      const Factors<T> cpu = dalr::solve<T>(opt, in.w, in.b, in.stats);
-      const Factors<T> gpu = dc::solve<T>(opt, in.w, in.b, in.stats);
-      expect_same(gpu, cpu, in, tol);
+      for (Eigensolver es : {Eigensolver::Full, Eigensolver::TopK}) {
+        if (es == Eigensolver::TopK && !needs_gram(method)) continue;
+        SCOPED_TRACE(std::string(method_name(method)) + " lambda=" + std::to_string(lambda) +
+                     " eigensolver " + eigensolver_name(es));
+        const SolveOptions opt{method, s.k, lambda, es};
+        const Factors<T> cpu = dalr::solve<T>(opt, in.w, in.b, in.stats);
+        const Factors<T> gpu = dc::solve<T>(opt, in.w, in.b, in.stats);
+        expect_same(gpu, cpu, in, tol);
+        if (es == Eigensolver::TopK)
+          EXPECT_NEAR(gpu.spectrum_rest, cpu.spectrum_rest, tol * cpu.spectrum[0]);
+      }
     }
   }
 }
