@@ -20,6 +20,7 @@
 #include "dalr/error.hpp"
 #include "dalr/solver.hpp"
 #include "oracle.hpp"
+#include "solver_problem.hpp"
 #include "test_util.hpp"
 
 using namespace dalr;
@@ -132,27 +133,9 @@ TEST(LapackTopK, RejectsARangeOutsideTheMatrix) {
 
 // ---- the dalr solves with either eigensolver ----
 
-struct Problem {
-  Mat w, x;
-  std::vector<double> b;
-};
-
-// Correlated activations with a decaying spectrum and a non-zero mean (as in
-// test_solver.cpp), so that G's eigenvalues decay as real layers' do.
-Problem make_problem(int64_t m, int64_t n, int64_t p, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  Problem pr;
-  pr.w = test::random_matrix<double>(m, n, rng);
-  Mat mix = test::random_matrix<double>(n, n, rng);
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = 0; i < n; ++i) mix(i, j) *= std::pow(0.85, double(j));
-  pr.x = oracle::mul(mix, test::random_matrix<double>(n, p, rng));
-  for (int64_t j = 0; j < p; ++j)
-    for (int64_t i = 0; i < n; ++i) pr.x(i, j) += 0.5 + 0.1 * double(i % 3);
-  std::normal_distribution<double> nd;
-  for (int64_t i = 0; i < m; ++i) pr.b.push_back(nd(rng));
-  return pr;
-}
+// Activations whose G decays as real layers' do (solver_problem.hpp, decay 0.85).
+using test::make_problem;
+using test::Problem;
 
 // ||W X + b - (A B X + bias)||_F / ||W X + b||_F in float64.
 template <typename T>
@@ -212,7 +195,7 @@ TEST(SolveTopK, DalrAndDalrExactMatchTheFullEigensolver) {
     int64_t m, n, p;
   };
   for (const Case c : {Case{23, 31, 57}, Case{37, 19, 45}, Case{41, 53, 29}}) {
-    const Problem pr = make_problem(c.m, c.n, c.p, seed + c.m);
+    const Problem pr = make_problem(c.m, c.n, c.p, seed + c.m, 0.85);
     const int64_t r = std::min(c.m, c.n);
     for (Method method : {Method::Dalr, Method::DalrExact})
       for (int64_t k : {int64_t(1), r / 2 + 1, r}) {
@@ -224,7 +207,7 @@ TEST(SolveTopK, DalrAndDalrExactMatchTheFullEigensolver) {
 }
 
 TEST(SolveTopK, SvdAndPruningIgnoreTheChoice) {
-  const Problem pr = make_problem(13, 17, 25, announce_seed(1503));
+  const Problem pr = make_problem(13, 17, 25, announce_seed(1503), 0.85);
   const Matrix<double> w = pr.w;
   LayerStats<double> st(17, 13);
   st.add(pr.x.ptr(), pr.x.cols, pr.x.ld(), &w, pr.b.data(), 0);

@@ -8,6 +8,7 @@
 #include "dalr/error.hpp"
 #include "dalr/solver.hpp"
 #include "oracle.hpp"
+#include "solver_problem.hpp"
 #include "test_util.hpp"
 
 using namespace dalr;
@@ -15,27 +16,8 @@ using oracle::Mat;
 
 namespace {
 
-struct Problem {
-  Mat w, x;  // m x n, n x p
-  std::vector<double> b;
-};
-
-Problem make_problem(int64_t m, int64_t n, int64_t p, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  Problem pr;
-  pr.w = test::random_matrix<double>(m, n, rng);
-  // Correlated activations with a decaying spectrum, shifted to a non-zero mean, as
-  // real post-ReLU features are.
-  Mat mix = test::random_matrix<double>(n, n, rng);
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = 0; i < n; ++i) mix(i, j) *= std::pow(0.8, double(j));
-  pr.x = oracle::mul(mix, test::random_matrix<double>(n, p, rng));
-  for (int64_t j = 0; j < p; ++j)
-    for (int64_t i = 0; i < n; ++i) pr.x(i, j) += 0.5 + 0.1 * double(i % 3);
-  std::normal_distribution<double> nd;
-  for (int64_t i = 0; i < m; ++i) pr.b.push_back(nd(rng));
-  return pr;
-}
+using test::make_problem;
+using test::Problem;
 
 template <typename T>
 LayerStats<T> stats_of(const Problem& pr, int64_t chunk) {
