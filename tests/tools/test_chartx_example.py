@@ -30,13 +30,7 @@ import chartx  # noqa: E402
 import compress_chartx as cc  # noqa: E402
 
 torch.set_num_threads(2)
-failures = 0
-
-
-def check(cond, what):
-    global failures
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    failures += not cond
+from tool_checks import check, finish  # noqa: E402
 
 
 example = os.path.join(src, "examples", "fortunes-chartx")
@@ -99,5 +93,4 @@ for nm in names:
     check(all(e["dalr-exact"] <= v * (1 + 1e-9) for v in e.values()),
           f"{nm}: output reconstruction error " + ", ".join(f"{m} {v:.4f}" for m, v in e.items()))
 
-print("all passed" if not failures else f"{failures} check(s) failed")
-sys.exit(1 if failures else 0)
+finish()

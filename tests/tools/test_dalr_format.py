@@ -17,13 +17,7 @@ dalr_gpu, src = sys.argv[1], sys.argv[2]
 sys.path.insert(0, os.path.join(src, "tools"))
 import dalr_format as F  # noqa: E402
 
-failures = 0
-
-
-def check(cond, what):
-    global failures
-    print(("ok   " if cond else "FAIL ") + what)
-    failures += not cond
+from tool_checks import check, finish  # noqa: E402
 
 
 example = os.path.join(src, "examples", "fashion2digits")
@@ -175,5 +169,4 @@ for extra, what in ((["--input-size", "16"], "at least 32"),
     check(r.returncode != 0 and what in r.stderr, f"torchvision_to_bin.py {' '.join(extra)}: "
           f"refused ({r.stderr.strip()[-200:]})")
 
-print(f"{failures} failed")
-sys.exit(1 if failures else 0)
+finish()

@@ -21,13 +21,7 @@ dalr_gpu, src = sys.argv[1], sys.argv[2]
 sys.path.insert(0, os.path.join(src, "tools"))
 import dalr_format as F  # noqa: E402
 
-failures = 0
-
-
-def check(cond, what):
-    global failures
-    print(("ok   " if cond else "FAIL ") + what)
-    failures += not cond
+from tool_checks import check, failed, finish  # noqa: E402
 
 
 def make_images(root, rng):
@@ -95,7 +89,7 @@ with tempfile.TemporaryDirectory() as d:
                             "cpu", "-q", "--batch", "5", "--predictions", cpp_csv],
                            capture_output=True, text=True)
         check(r.returncode == 0, f"{what}: dalr-gpu evaluate runs " + (r.stderr.strip()[-300:] if r.returncode else ""))
-        if failures:
+        if failed():
             break
         h1, py = read_csv(py_csv)
         h2, cpp = read_csv(cpp_csv)
@@ -144,5 +138,4 @@ with tempfile.TemporaryDirectory() as d:
               f"identity model, {channels} channel(s): the same brightest pixel in {same}/{count} "
               f"images, probabilities within {diff:.1e} (relative; < 1e-8)")
 
-print(f"{failures} failed")
-sys.exit(1 if failures else 0)
+finish()
