@@ -6,9 +6,11 @@
 
 #include <cmath>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "cpu/recon.hpp"
 #include "dalr/error.hpp"
+#include "dalr/npy.hpp"
 #include "dalr/solver.hpp"
 #include "oracle.hpp"
 #include "test_util.hpp"
@@ -130,6 +132,78 @@ TEST(Dual, RefusesOtherMethodsAndBadShapes) {
   EXPECT_THROW(solve_dual<double>({Method::Dalr, 2, -1.0}, w, b, x), Error);  // lambda < 0
   EXPECT_THROW(solve_dual<double>({Method::Dalr, 2, 0.0}, w, b, samples<double>(7, 3, rng)), Error);
   EXPECT_THROW(solve_dual<double>({Method::Dalr, 2, 0.0}, w, b, Matrix<double>(8, 0)), Error);
+}
+
+// ---- compress --solve ----
+
+// The shipped example's classifier.3 (128 x 256) on its first 100 training activations:
+// p = 100 < n = 256, so auto takes the dual.
+class SolveCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    NpyReader r(std::string(DALR_SOURCE_DIR) + "/examples/fashion2digits/acts_train.npy");
+    std::vector<float> x(static_cast<size_t>(100 * r.cols()));
+    ASSERT_EQ(r.read_rows<float>(x.data(), 100), 100);
+    write_npy(dir_.file("acts.npy"), x.data(), 100, r.cols());
+  }
+  test::CommandResult run(const std::string& name, const std::string& extra) {
+    return test::run_cli("--model " + std::string(DALR_SOURCE_DIR) +
+                         "/examples/fashion2digits/model.bin --acts " + dir_.file("acts.npy") +
+                         " --layer classifier.3 --out " + dir_.file(name + ".bin") + " --report " +
+                         dir_.file(name + ".json") + " --device cpu -q " + extra);
+  }
+  nlohmann::json report(const std::string& name) {
+    return nlohmann::json::parse(test::read_file(dir_.file(name + ".json")));
+  }
+  test::TempDir dir_;
+};
+
+TEST_F(SolveCli, DualAndPrimalGiveTheSameLayer) {
+  for (const std::string prec : {"fp64", "fp32"})
+    for (const std::string method : {"dalr", "dalr-exact"})
+      for (const std::string lambda : {"", " --lambda 0"}) {
+        SCOPED_TRACE(prec + " " + method + lambda);
+        const std::string common = "--method " + method + " --rank 12 --precision " + prec + lambda;
+        for (const std::string solve : {"primal", "dual", "auto"}) {
+          const test::CommandResult r = run(solve, common + " --solve " + solve);
+          ASSERT_EQ(r.exit_code, 0) << r.output;
+        }
+        const auto p = report("primal"), d = report("dual"), a = report("auto");
+        EXPECT_EQ(p["solve"], "primal");
+        EXPECT_EQ(d["solve"], "dual");
+        EXPECT_EQ(a["solve"], "dual");  // p < n on the CPU
+        const double tol = prec == "fp64" ? 1e-9 : 1e-4;
+        EXPECT_NEAR(d["lambda"].get<double>(), p["lambda"].get<double>(),
+                    tol * (1 + p["lambda"].get<double>()));
+        EXPECT_NEAR(d["energy_kept"].get<double>(), p["energy_kept"].get<double>(), tol);
+        const double pe = p["error_train"]["rel"], de = d["error_train"]["rel"];
+        EXPECT_NEAR(de, pe, 10 * tol * pe);
+        EXPECT_EQ(d["error_train"]["samples"], 100);
+        EXPECT_EQ(test::read_file(dir_.file("dual.bin")), test::read_file(dir_.file("auto.bin")));
+      }
+}
+
+TEST_F(SolveCli, PrimalWhenDualDoesNotApplyAndDualRefusedNamingWhy) {
+  ASSERT_EQ(run("svd", "--method svd --rank 12").exit_code, 0);
+  EXPECT_EQ(report("svd")["solve"], "primal");  // auto: not dalr
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"--method svd --rank 12", "dalr and dalr-exact only"},
+      {"--rank 12 --save-stats " + dir_.file("s.safetensors"), "--save-stats saves C"},
+      {"--rank 12 --lambda auto", "--lambda auto"},
+      {"--budget 0.3", "--budget"}};
+  for (const auto& [args, why] : refused) {
+    const test::CommandResult r = run("x", args + " --solve dual");
+    EXPECT_NE(r.exit_code, 0) << args;
+    EXPECT_NE(r.output.find("--solve dual cannot be used here: "), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(why), std::string::npos) << r.output;
+  }
+  const test::CommandResult bad = run("x", "--rank 12 --solve sideways");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("--solve must be primal, dual or auto (got 'sideways')"),
+            std::string::npos)
+      << bad.output;
+  ASSERT_EQ(run("big", "--rank 12 --save-stats " + dir_.file("s.safetensors")).exit_code, 0);
+  EXPECT_EQ(report("big")["solve"], "primal");  // auto: C is saved
 }
 
 }  // namespace
