@@ -61,7 +61,7 @@ struct CompressOptions {
   Eigensolver eigensolver = Eigensolver::Auto;
   // dalr/dalr-exact from --acts FILE: "primal" (from C = X X^T, n x n), "dual" (from the
   // samples X kept in memory: p x p and m x m problems) or "auto" (dual when p < n, the
-  // method is dalr or dalr-exact, the device is the CPU and X fits comfortably in memory).
+  // method is dalr or dalr-exact, the device is the CPU and X fits in half the memory).
   std::string solve = "auto";
 };
 

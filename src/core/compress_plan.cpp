@@ -239,8 +239,8 @@ double physical_memory() {
   return pages > 0 && page > 0 ? double(pages) * double(page) : 0.0;
 }
 
-// --solve: explicit dual is refused where it cannot run, naming why; auto takes it when
-// p < n and X (p n values) fits in half the memory (C, n^2 values, is larger still).
+// --solve: explicit dual is refused where it cannot run, naming why; auto takes it on the
+// CPU when p < n and X (p n values) fits in half the memory (C, n^2 values, is larger).
 void plan_solve(Plan& p, bool on_cpu) {
   const CompressOptions& o = p.o;
   if (o.solve != "auto" && o.solve != "primal" && o.solve != "dual")
@@ -254,8 +254,7 @@ void plan_solve(Plan& p, bool on_cpu) {
                     : !o.save_stats.empty() ? "--save-stats saves C, which the dual never forms"
                     : o.lambda_auto         ? "--lambda auto is not implemented for it"
                     : p.mode == RankMode::Budget ? "--budget is not implemented for it"
-                    : !on_cpu ? "it runs on the CPU only for now (no GPU twin): use --device cpu"
-                              : nullptr;
+                                                 : nullptr;
   if (why) {
     if (ask) throw Error(std::string("--solve dual cannot be used here: ") + why);
     return;
@@ -265,7 +264,9 @@ void plan_solve(Plan& p, bool on_cpu) {
   const double bytes =
       double(r.rows()) * double(l.n) * (p.precision == Precision::Fp64 ? 8.0 : 4.0);
   const double mem = physical_memory();
-  p.dual = ask || (r.rows() < l.n && (mem == 0 || bytes <= 0.5 * mem));
+  // Auto on the CPU only: the GPU twin (cuda::solve_dual) runs when asked for, until a
+  // device has measured where it wins.
+  p.dual = ask || (on_cpu && r.rows() < l.n && (mem == 0 || bytes <= 0.5 * mem));
 }
 
 }  // namespace

@@ -69,7 +69,7 @@ struct Plan {
 // Validates `o` for a job at `precision` and resolves what can be known before the data:
 // the method, the rank mode, the layers' shapes, the architecture, fixed ranks. Throws
 // dalr::Error with a message a user can act on; writes nothing.
-// on_cpu: the job's backend is the CPU one (the dual solve has no GPU twin yet).
+// on_cpu: the job's backend is the CPU one (--solve auto takes the dual only there).
 Plan make_plan(const CompressOptions& o, Precision precision, bool on_cpu = true);
 
 // The rank (pruning: kept units) of a layer from its requested one, rounded up to a

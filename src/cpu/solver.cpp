@@ -249,24 +249,7 @@ Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<
 template <typename T>
 Factors<T> solve_dual(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
                       const Matrix<T>& x) {
-  if (!needs_gram(opt.method))
-    throw Error(std::string("the sample-space (dual) solve is for dalr and dalr-exact, not ") +
-                method_name(opt.method));
-  if (x.rows != w.cols)
-    throw Error("activations have " + std::to_string(x.rows) + " features, the layer takes " +
-                std::to_string(w.cols));
-  if (x.cols == 0)
-    throw Error(std::string("method ") + method_name(opt.method) + " needs activations (got none)");
-  const int64_t k = opt.rank, max_rank = std::min(w.rows, w.cols);
-  if (static_cast<int64_t>(b.size()) != w.rows)
-    throw Error("bias has " + std::to_string(b.size()) + " values, the weight has " +
-                std::to_string(w.rows) + " rows");
-  if (k < 1 || k > max_rank)
-    throw Error("rank " + std::to_string(k) + " is out of range: it must be between 1 and " +
-                std::to_string(max_rank) + " for a " + std::to_string(w.rows) + " x " +
-                std::to_string(w.cols) + " layer");
-  if (!(opt.lambda >= 0) || !std::isfinite(opt.lambda))
-    throw Error("lambda must be a finite number >= 0 (got " + std::to_string(opt.lambda) + ")");
+  detail::check_dual_arguments(opt, w, b, x);
   Factors<T> f = detail::start_factors(opt, b);
   solve_dalr_dual(w, x, opt.rank, opt.lambda, opt.method == Method::DalrExact, opt.eigensolver, f);
   f.energy_kept = detail::energy_fraction(f.spectrum, opt.rank, f.spectrum_rest);
