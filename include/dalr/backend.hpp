@@ -71,6 +71,13 @@ class Backend {
                                const std::vector<float>& b, const LayerStats<float>& st) = 0;
   virtual Factors<double> solve(const SolveOptions& opt, const Matrix<double>& w,
                                 const std::vector<double>& b, const LayerStats<double>& st) = 0;
+  // The sample-space solve of dalr and dalr-exact from the samples x (n x p, host memory):
+  // dalr::solve_dual's semantics. Not pure: by default the CPU twin's (defined in
+  // src/cpu/cpu_backend.cpp); the CUDA backend overrides it.
+  virtual Factors<float> solve_dual(const SolveOptions& opt, const Matrix<float>& w,
+                                    const std::vector<float>& b, const Matrix<float>& x);
+  virtual Factors<double> solve_dual(const SolveOptions& opt, const Matrix<double>& w,
+                                     const std::vector<double>& b, const Matrix<double>& x);
   // The factors' reconstruction error over the samples behind `st`, from the statistics
   // alone (C, s, p): the CPU's reconstruction_error (src/cpu/recon.hpp), one m x n x n
   // product with C on this backend.

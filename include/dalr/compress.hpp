@@ -59,6 +59,10 @@ struct CompressOptions {
   // dalr/dalr-exact's eigensolver (solver.hpp). --budget and --max-drop's comparison rank
   // by whole spectra and use the full one for them whatever this says.
   Eigensolver eigensolver = Eigensolver::Auto;
+  // dalr/dalr-exact from --acts FILE: "primal" (from C = X X^T, n x n), "dual" (from the
+  // samples X kept in memory: p x p and m x m problems) or "auto" (dual when p < n, the
+  // method is dalr or dalr-exact, the device is the CPU and X fits in half the memory).
+  std::string solve = "auto";
 };
 
 struct CompressResult {

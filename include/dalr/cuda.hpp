@@ -89,6 +89,15 @@ template <typename T>
 Factors<T> solve(Context& ctx, const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
                  const LayerStats<T>& stats);
 
+// dalr::solve_dual on the GPU (on ctx's stream and handles): uploads W and the samples x
+// (n x p) once; Z = W X, K = X^T X, the m x m eigensolve and the p x p Cholesky (or
+// pseudo-inverse) stay on the device. Checks the device memory it needs first.
+template <typename T>
+Factors<T> solve_dual(Context& ctx, const SolveOptions& opt, const Matrix<T>& w,
+                      const std::vector<T>& b, const Matrix<T>& x);
+// Device bytes solve_dual() needs (an upper bound, used for its check).
+size_t solve_dual_bytes(int64_t m, int64_t n, int64_t p, int64_t k, size_t elem_size);
+
 // dalr::reconstruction_error from the statistics (src/cpu/recon.hpp) on the GPU: uploads
 // C, W and the factors, forms W C and D C = W C - A (B C) with cuBLAS and their inner
 // products in double on the device; the O(m) rest on the host. Pruning runs the CPU's

@@ -4,6 +4,7 @@
 // Pruning methods keep `rank` output units instead: B = W[kept, :], bias = b[kept].
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -79,6 +80,19 @@ struct ReconError {
 template <typename T>
 Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
                  const LayerStats<T>& stats);
+
+// The sample-space (dual) solve of dalr and dalr-exact from the samples x (n x p, one
+// per column) instead of C = X X^T: the same factors as solve() on their statistics (to
+// rounding), through p x p and m x m problems; worth it when p < n. Other methods throw.
+template <typename T>
+Factors<T> solve_dual(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                      const Matrix<T>& x);
+
+// Statistics of the samples x (n x p) without C: count, sums, maxima, and trace(C) =
+// ||X||_F^2 (so default_lambda works); C is formed from x only if something reads it.
+// No output statistics (m() == 0).
+template <typename T>
+LayerStats<T> stats_keeping_samples(std::shared_ptr<const Matrix<T>> x);
 
 // Throws "--lambda-rel must be a finite number >= 0" unless `rel` is one.
 void check_lambda_rel(double rel);

@@ -245,6 +245,11 @@ void Commands::add_compress_ranks(CLI::App* c) {
               "flops, on the job's device; most of a minute at VGG19 fc6 on a small CPU): "
               "the report's error_train is null");
   c->add_option("--eigensolver", eigensolver_, kEigensolverHelp);
+  c->add_option("--solve", copt_.solve,
+                "dalr, dalr-exact with --acts FILE: primal (from C = X X^T, n x n), dual (from "
+                "the p samples kept in memory: p x p and m x m problems, for p < n) or auto "
+                "(dual on the CPU when p < n and the samples fit in half the memory)")
+      ->default_str("auto");
   c->add_option("--save-stats", copt_.save_stats,
                 "Save the accumulated statistics (C, means, maxima, count) to resume later");
 }

@@ -35,6 +35,29 @@ void check_solve_arguments(const SolveOptions& opt, const Matrix<T>& w, const st
     throw Error("lambda must be a finite number >= 0 (got " + std::to_string(opt.lambda) + ")");
 }
 
+template <typename T>
+void check_dual_arguments(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                          const Matrix<T>& x) {
+  if (!needs_gram(opt.method))
+    throw Error(std::string("the sample-space (dual) solve is for dalr and dalr-exact, not ") +
+                method_name(opt.method));
+  if (x.rows != w.cols)
+    throw Error("activations have " + std::to_string(x.rows) + " features, the layer takes " +
+                std::to_string(w.cols));
+  if (x.cols == 0)
+    throw Error(std::string("method ") + method_name(opt.method) + " needs activations (got none)");
+  const int64_t k = opt.rank, max_rank = std::min(w.rows, w.cols);
+  if (static_cast<int64_t>(b.size()) != w.rows)
+    throw Error("bias has " + std::to_string(b.size()) + " values, the weight has " +
+                std::to_string(w.rows) + " rows");
+  if (k < 1 || k > max_rank)
+    throw Error("rank " + std::to_string(k) + " is out of range: it must be between 1 and " +
+                std::to_string(max_rank) + " for a " + std::to_string(w.rows) + " x " +
+                std::to_string(w.cols) + " layer");
+  if (!(opt.lambda >= 0) || !std::isfinite(opt.lambda))
+    throw Error("lambda must be a finite number >= 0 (got " + std::to_string(opt.lambda) + ")");
+}
+
 double energy_fraction(const std::vector<double>& spectrum, int64_t k, double rest) {
   double top = 0, all = 0;
   for (size_t i = 0; i < spectrum.size(); ++i) {
@@ -66,6 +89,10 @@ template void check_solve_arguments(const SolveOptions&, const Matrix<float>&,
                                     const std::vector<float>&, const LayerStats<float>&);
 template void check_solve_arguments(const SolveOptions&, const Matrix<double>&,
                                     const std::vector<double>&, const LayerStats<double>&);
+template void check_dual_arguments(const SolveOptions&, const Matrix<float>&,
+                                   const std::vector<float>&, const Matrix<float>&);
+template void check_dual_arguments(const SolveOptions&, const Matrix<double>&,
+                                   const std::vector<double>&, const Matrix<double>&);
 template void compensate_bias(const Matrix<float>&, const LayerStats<float>&, Factors<float>&);
 template void compensate_bias(const Matrix<double>&, const LayerStats<double>&, Factors<double>&);
 

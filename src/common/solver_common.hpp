@@ -13,6 +13,12 @@ template <typename T>
 void check_solve_arguments(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
                            const LayerStats<T>& stats);
 
+// solve_dual's: dalr or dalr-exact, x (n x p) with n == W.cols and p >= 1, the bias,
+// the rank range, lambda >= 0; the same words as above.
+template <typename T>
+void check_dual_arguments(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                          const Matrix<T>& x);
+
 // The fields every method sets the same way: method, rank, lambda (0 when unused), bias.
 template <typename T>
 Factors<T> start_factors(const SolveOptions& opt, const std::vector<T>& b) {

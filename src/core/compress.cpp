@@ -42,7 +42,8 @@ CompressResult run(const Plan& p, Backend& backend) {
 }  // namespace
 
 CompressResult compress(const CompressOptions& opt, Backend& backend) {
-  const Plan plan = make_plan(opt, backend.precision());  // before any data is read
+  const bool on_cpu = backend.name().rfind("cpu", 0) == 0;
+  const Plan plan = make_plan(opt, backend.precision(), on_cpu);  // before any data is read
   return with_precision(plan.precision,
                         [&](auto tag) { return run<decltype(tag)>(plan, backend); });
 }

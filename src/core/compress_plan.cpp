@@ -2,6 +2,8 @@
 // data is read.
 #include "core/compress_plan.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -231,6 +233,42 @@ void plan_fixed_ranks(Plan& p) {
   }
 }
 
+// Bytes of physical memory, 0 when unknown.
+double physical_memory() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? double(pages) * double(page) : 0.0;
+}
+
+// --solve: explicit dual is refused where it cannot run, naming why; auto takes it on the
+// CPU when p < n and X (p n values) fits in half the memory (C, n^2 values, is larger).
+void plan_solve(Plan& p, bool on_cpu) {
+  const CompressOptions& o = p.o;
+  if (o.solve != "auto" && o.solve != "primal" && o.solve != "dual")
+    throw Error("--solve must be primal, dual or auto (got '" + o.solve + "')");
+  if (o.solve == "primal") return;
+  const bool ask = o.solve == "dual";
+  const char* why = !needs_gram(p.method) ? "it applies to dalr and dalr-exact only"
+                    : p.stream || o.acts.empty()
+                        ? "it needs the samples of an activation file (--acts FILE), not statistics"
+                    : !o.stats_in.empty()   ? "--stats holds C, not the samples it came from"
+                    : !o.save_stats.empty() ? "--save-stats saves C, which the dual never forms"
+                    : o.lambda_auto         ? "--lambda auto is not implemented for it"
+                    : p.mode == RankMode::Budget ? "--budget is not implemented for it"
+                                                 : nullptr;
+  if (why) {
+    if (ask) throw Error(std::string("--solve dual cannot be used here: ") + why);
+    return;
+  }
+  const NpyReader r(o.acts);
+  const LayerPlan& l = p.layers.front();
+  const double bytes =
+      double(r.rows()) * double(l.n) * (p.precision == Precision::Fp64 ? 8.0 : 4.0);
+  const double mem = physical_memory();
+  // Auto on the CPU only: the GPU twin (cuda::solve_dual) runs when asked for, until a
+  // device has measured where it wins.
+  p.dual = ask || (on_cpu && r.rows() < l.n && (mem == 0 || bytes <= 0.5 * mem));
+}
+
 }  // namespace
 
 int64_t rounded_rank(const Plan& p, int64_t m, int64_t n, int64_t requested) {
@@ -240,7 +278,7 @@ int64_t rounded_rank(const Plan& p, int64_t m, int64_t n, int64_t requested) {
   return std::min(cap, (requested + r - 1) / r * r);
 }
 
-Plan make_plan(const CompressOptions& o, Precision precision) {
+Plan make_plan(const CompressOptions& o, Precision precision, bool on_cpu) {
   Plan p;
   p.o = o;
   p.precision = precision;
@@ -259,6 +297,7 @@ Plan make_plan(const CompressOptions& o, Precision precision) {
   check_width(o.acts_test, p.layers.front());
   plan_next_layer(p);
   plan_fixed_ranks(p);
+  plan_solve(p, on_cpu);
   return p;
 }
 

@@ -63,12 +63,14 @@ struct Plan {
   bool have_arch = false;                  // the model's dalr.arch, or --arch
   Arch arch;
   const TensorInfo* next = nullptr;  // --next-layer's weight (inside `model`)
+  bool dual = false;                 // --solve: the sample-space solve (solve_dual)
 };
 
 // Validates `o` for a job at `precision` and resolves what can be known before the data:
 // the method, the rank mode, the layers' shapes, the architecture, fixed ranks. Throws
 // dalr::Error with a message a user can act on; writes nothing.
-Plan make_plan(const CompressOptions& o, Precision precision);
+// on_cpu: the job's backend is the CPU one (--solve auto takes the dual only there).
+Plan make_plan(const CompressOptions& o, Precision precision, bool on_cpu = true);
 
 // The rank (pruning: kept units) of a layer from its requested one, rounded up to a
 // multiple of --round-rank (never past the maximum); the requested one without it.
@@ -88,6 +90,7 @@ struct LayerJob {
   Layer<T> l;
   LayerStats<T> st;    // all samples (for --lambda auto: first the fit part)
   LayerStats<T> held;  // --lambda auto: every 10th sample, held out to choose lambda
+  std::shared_ptr<const Matrix<T>> x;  // Plan::dual: the samples (n x p), st made from them
   Factors<T> fac;
   int64_t rank = 0;
   double lambda = 0, lambda_rel = 0;

@@ -119,10 +119,18 @@ void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& ra
   j.lambda = p.o.lambda ? *p.o.lambda : default_lambda(j.st, j.lambda_rel);
   const SolveOptions opt{p.method, j.rank, j.lambda, p.o.eigensolver};
   const int64_t m = j.l.w.rows, n = j.l.w.cols;
-  StageProgress line("solve " + j.name + " (" + solve_description(opt, m, n),
-                     solve_flops(opt, m, n), rates, p.o.quiet);
-  j.fac = backend.solve(opt, j.l.w, j.l.b, j.st);
-  line.finish();
+  if (p.dual) {
+    const int64_t s = j.x->cols;
+    StageProgress line("solve " + j.name + " (" + solve_description_dual(opt, m, n, s),
+                       solve_flops_dual(opt, m, n, s), rates, p.o.quiet);
+    j.fac = backend.solve_dual(opt, j.l.w, j.l.b, *j.x);
+    line.finish();
+  } else {
+    StageProgress line("solve " + j.name + " (" + solve_description(opt, m, n),
+                       solve_flops(opt, m, n), rates, p.o.quiet);
+    j.fac = backend.solve(opt, j.l.w, j.l.b, j.st);
+    line.finish();
+  }
   // Before an error is measured from overflowed factors, and once for the write too:
   // these are the factors write_model writes (nothing non-finite is written).
   check_factors(p, j);

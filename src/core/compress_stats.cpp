@@ -110,6 +110,24 @@ void gather_stats(const Plan& p, LayerJob<T>& job, Backend& backend, JobOutput& 
   take_statistics(p, *acc, job);
 }
 
+// --solve dual: the activation file's samples kept as X (n x p, one per column), and
+// statistics made from them without C (stats_keeping_samples).
+template <typename T>
+void keep_samples(const Plan& p, LayerJob<T>& job, JobOutput& out) {
+  const CompressOptions& o = p.o;
+  NpyReader r(o.acts);
+  auto x = std::make_shared<Matrix<T>>(job.l.w.cols, r.rows());
+  const int64_t n = x->rows;
+  int64_t first = 0;
+  for (int64_t c; (c = r.read_rows<T>(x->ptr() + first * n, o.batch)) > 0; first += c)
+    check_finite(x->ptr() + first * n, n, c, n, first);
+  if (first != x->cols) throw Error(o.acts + ": expected " + std::to_string(x->cols) + " rows");
+  out.rep["acts"] = {
+      {"path", o.acts}, {"samples", r.rows()}, {"shape", r.shape()}, {"dtype", r.descr()}};
+  job.st = stats_keeping_samples<T>(x);
+  job.x = std::move(x);
+}
+
 // Every layer in one pass of the network over --data.
 template <typename T>
 void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out) {
@@ -190,8 +208,11 @@ void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& 
   auto t0 = Clock::now();
   if (p.stream)
     stream_all(p, jobs, backend, out);
+  else if (p.dual)
+    keep_samples<T>(p, jobs.front(), out);
   else
     gather_stats<T>(p, jobs.front(), backend, out);
+  out.rep["solve"] = p.dual ? "dual" : "primal";
   for (const auto& j : jobs) {
     check_overflow(p, j.name, j.st);
     if (j.held.count() > 0) check_overflow(p, j.name, j.held);

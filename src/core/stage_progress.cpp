@@ -73,6 +73,25 @@ std::string solve_description(const SolveOptions& opt, int64_t m, int64_t n) {
          (opt.lambda > 0 ? "Cholesky" : "pseudo-inverse") + " of " + x(n, n);
 }
 
+// Z = W X, K = X^T X, G or H (m x m), its eigenvectors, the ridge of K, B = S^T X^T.
+double solve_flops_dual(const SolveOptions& opt, int64_t m, int64_t n, int64_t p) {
+  const double M = double(m), N = double(n), P = double(p), K = double(opt.rank);
+  const bool topk = use_topk_eigensolver(opt.eigensolver, m, opt.rank);
+  const double rhs = opt.method == Method::DalrExact ? M : K;
+  return 2 * M * N * P + N * P * P + 2 * M * M * P + eig_flops(m, opt.rank, topk) +
+         ridge_flops(p, int64_t(rhs), opt.lambda) + 2 * K * N * P +
+         (opt.method == Method::DalrExact ? 2 * P * P * M : 2 * M * P * K);
+}
+
+std::string solve_description_dual(const SolveOptions& opt, int64_t m, int64_t n, int64_t p) {
+  const bool topk = use_topk_eigensolver(opt.eigensolver, m, opt.rank);
+  return std::string(method_name(opt.method)) + ", " + x(m, n) + ", rank " +
+         std::to_string(opt.rank) + ", dual over " + std::to_string(p) +
+         " samples): " + "eigenvectors of " + x(m, m) +
+         (topk ? " (top " + std::to_string(opt.rank) + ")" : " (all)") + ", " +
+         (opt.lambda > 0 ? "Cholesky" : "pseudo-inverse") + " of " + x(p, p);
+}
+
 double error_flops(int64_t m, int64_t n, int64_t k, int64_t samples) {
   const double M = double(m), N = double(n), K = double(k);
   if (samples == 0) return 2 * (M + K) * N * N;

@@ -27,6 +27,9 @@ namespace dalr {
 // costs, not its textbook flops), and what it computes, for the line.
 double solve_flops(const SolveOptions& opt, int64_t m, int64_t n);
 std::string solve_description(const SolveOptions& opt, int64_t m, int64_t n);
+// The same for the sample-space solve over p samples (solve_dual).
+double solve_flops_dual(const SolveOptions& opt, int64_t m, int64_t n, int64_t p);
+std::string solve_description_dual(const SolveOptions& opt, int64_t m, int64_t n, int64_t p);
 // The training error: from the statistics (samples == 0: 2 (m + k) n^2) or a pass over
 // `samples` activations.
 double error_flops(int64_t m, int64_t n, int64_t k, int64_t samples);

@@ -129,6 +129,15 @@ ReconError Backend::reconstruction_error(NpyReader& acts, const Matrix<double>& 
   return dalr::reconstruction_error(acts, w, b, f, batch);
 }
 
+Factors<float> Backend::solve_dual(const SolveOptions& opt, const Matrix<float>& w,
+                                   const std::vector<float>& b, const Matrix<float>& x) {
+  return dalr::solve_dual(opt, w, b, x);
+}
+Factors<double> Backend::solve_dual(const SolveOptions& opt, const Matrix<double>& w,
+                                    const std::vector<double>& b, const Matrix<double>& x) {
+  return dalr::solve_dual(opt, w, b, x);
+}
+
 void prepare_cpu_kernels(char** argv) {
   cpu::use_best_openblas_kernels(argv);
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
 
 #include "common/solver_common.hpp"
@@ -65,8 +66,11 @@ void top_eigenvectors(Matrix<T> s, int64_t k, Eigensolver es, Factors<T>* f) {
 template <typename T>
 class RidgeSolve {
  public:
-  RidgeSolve(const Matrix<T>& c, double lambda) : lambda_(lambda), f_(c) {
+  // tol_n: the dimension in the pseudo-inverse's cut-off (n * eps * max); the dual solve
+  // passes the primal's n so that both drop the same eigenvalues.
+  RidgeSolve(const Matrix<T>& c, double lambda, int64_t tol_n = -1) : lambda_(lambda), f_(c) {
     const int64_t n = c.rows;
+    if (tol_n < 0) tol_n = n;
     if (lambda > 0) {
       for (int64_t i = 0; i < n; ++i) f_(i, i) += static_cast<T>(lambda);
       cpu::potrf('L', n, f_.ptr(), f_.ld());
@@ -75,7 +79,7 @@ class RidgeSolve {
     std::vector<T> w(static_cast<size_t>(n));
     cpu::syevd('V', 'L', n, f_.ptr(), f_.ld(), w.data());
     const double wmax = std::max<double>(w.empty() ? 0 : w.back(), 0.0);
-    const double tol = wmax * static_cast<double>(n) * std::numeric_limits<T>::epsilon();
+    const double tol = wmax * static_cast<double>(tol_n) * std::numeric_limits<T>::epsilon();
     int64_t first = 0;  // eigenvalues ascending: keep [first, n)
     while (first < n && !(static_cast<double>(w[first]) > tol)) ++first;
     inv_w_.clear();
@@ -136,6 +140,36 @@ void solve_dalr(const Matrix<T>& w, const LayerStats<T>& st, int64_t k, double l
     top_eigenvectors(std::move(h), k, es, &f);
     f.b = transpose(matmul(wrt, false, f.a, false));
   }
+}
+
+// The sample-space twin of solve_dalr (DESIGN.md's dual): with C = X X^T (X: n x p) and
+// K = X^T X, W C (C + lambda I)^-1 = Z (K + lambda I)^-1 X^T for Z = W X, so only p x p
+// and m x m problems are solved. dalr: G = Z Z^T, B = (U_k^T Z)(K + lambda I)^-1 X^T.
+// dalr-exact: H = W C W_r^T = Z K (K + lambda I)^-1 Z^T, B the same form. lambda == 0
+// uses K^+ (X K^+ X^T is the projector C C^+), cut at the primal's n * eps * max.
+template <typename T>
+void solve_dalr_dual(const Matrix<T>& w, const Matrix<T>& x, int64_t k, double lambda, bool exact,
+                     Eigensolver es, Factors<T>& f) {
+  const int64_t p = x.cols, n = x.rows;
+  Matrix<T> z = matmul(w, false, x, false);  // m x p
+  Matrix<T> kk(p, p);                        // K = X^T X, lower triangle
+  cpu::syrk(CblasLower, CblasTrans, p, n, T(1), x.ptr(), x.ld(), T(0), kk.ptr(), kk.ld());
+  RidgeSolve<T> ridge(kk, lambda, n);
+  Matrix<T> s;  // p x k: (K + lambda I)^-1 Z^T U_k
+  if (!exact) {
+    top_eigenvectors(matmul(z, false, z, true), k, es, &f);
+    s = matmul(z, true, f.a, false);
+    ridge.apply(s);
+  } else {
+    Matrix<T> zt = transpose(z);  // becomes (K + lambda I)^-1 Z^T
+    ridge.apply(zt);
+    Matrix<T> kzt(p, z.rows);
+    cpu::symm(CblasLeft, CblasLower, p, z.rows, T(1), kk.ptr(), kk.ld(), zt.ptr(), zt.ld(), T(0),
+              kzt.ptr(), kzt.ld());
+    top_eigenvectors(matmul(z, false, kzt, false), k, es, &f);
+    s = matmul(zt, false, f.a, false);
+  }
+  f.b = matmul(s, true, x, true);  // k x n: S^T X^T
 }
 
 template <typename T>
@@ -212,6 +246,59 @@ Factors<T> solve(const SolveOptions& opt, const Matrix<T>& w, const std::vector<
   return f;
 }
 
+template <typename T>
+Factors<T> solve_dual(const SolveOptions& opt, const Matrix<T>& w, const std::vector<T>& b,
+                      const Matrix<T>& x) {
+  detail::check_dual_arguments(opt, w, b, x);
+  Factors<T> f = detail::start_factors(opt, b);
+  solve_dalr_dual(w, x, opt.rank, opt.lambda, opt.method == Method::DalrExact, opt.eigensolver, f);
+  f.energy_kept = detail::energy_fraction(f.spectrum, opt.rank, f.spectrum_rest);
+  return f;
+}
+
+namespace {
+
+// X standing in for C = X X^T: the trace from X, and C itself (SYRK) only if read.
+template <typename T>
+class KeptSamples final : public LayerStats<T>::DeviceCopy {
+ public:
+  explicit KeptSamples(std::shared_ptr<const Matrix<T>> x) : x_(std::move(x)) {
+    for (const T v : x_->data) trace_ += static_cast<long double>(v) * v;
+  }
+  void download(T* host) const override {
+    const int64_t n = x_->rows;
+    cpu::syrk(CblasLower, CblasNoTrans, n, x_->cols, T(1), x_->ptr(), x_->ld(), T(0), host, n);
+  }
+  double trace() const override { return static_cast<double>(trace_); }
+  const Matrix<T>& samples() const { return *x_; }
+
+ private:
+  std::shared_ptr<const Matrix<T>> x_;
+  long double trace_ = 0;
+};
+
+}  // namespace
+
+template <typename T>
+LayerStats<T> stats_keeping_samples(std::shared_ptr<const Matrix<T>> x) {
+  const int64_t n = x->rows, p = x->cols;
+  std::vector<double> sum(static_cast<size_t>(n), 0.0), mx(static_cast<size_t>(n), 0.0);
+  for (int64_t j = 0; j < p; ++j)
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = (*x)(i, j);
+      sum[i] += v;
+      mx[i] = j == 0 ? v : std::max(mx[i], v);
+    }
+  return LayerStats<T>::from_device(p, n, std::make_shared<KeptSamples<T>>(std::move(x)),
+                                    std::move(sum), std::move(mx), {}, {});
+}
+
+template Factors<float> solve_dual(const SolveOptions&, const Matrix<float>&,
+                                   const std::vector<float>&, const Matrix<float>&);
+template Factors<double> solve_dual(const SolveOptions&, const Matrix<double>&,
+                                    const std::vector<double>&, const Matrix<double>&);
+template LayerStats<float> stats_keeping_samples(std::shared_ptr<const Matrix<float>>);
+template LayerStats<double> stats_keeping_samples(std::shared_ptr<const Matrix<double>>);
 template Factors<float> solve(const SolveOptions&, const Matrix<float>&, const std::vector<float>&,
                               const LayerStats<float>&);
 template Factors<double> solve(const SolveOptions&, const Matrix<double>&,

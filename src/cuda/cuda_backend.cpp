@@ -68,6 +68,14 @@ class CudaBackend final : public Backend {
                         const std::vector<double>& b, const LayerStats<double>& st) override {
     return cuda::solve<double>(*context(), o, w, b, st);
   }
+  Factors<float> solve_dual(const SolveOptions& o, const Matrix<float>& w,
+                            const std::vector<float>& b, const Matrix<float>& x) override {
+    return cuda::solve_dual<float>(*context(), o, w, b, x);
+  }
+  Factors<double> solve_dual(const SolveOptions& o, const Matrix<double>& w,
+                             const std::vector<double>& b, const Matrix<double>& x) override {
+    return cuda::solve_dual<double>(*context(), o, w, b, x);
+  }
   using Backend::reconstruction_error;  // the activation-file overloads (the default)
   ReconError reconstruction_error(const LayerStats<float>& st, const Matrix<float>& w,
                                   const std::vector<float>& b, const Factors<float>& f) override {

@@ -4,7 +4,8 @@
 // Only vectors cross the bus in between: eigenvalues of C, to decide on the host, with
 // the CPU's own rule, which of them the pseudo-inverse keeps. devInfo is checked after
 // every cuSOLVER call. The svd-bc bias and the pruning methods are host work, as on the
-// CPU (O(mn) loops over data the host already holds).
+// CPU (O(mn) loops over data the host already holds). solve_dual is the twin of the CPU's
+// sample-space solve (dalr::solve_dual), from the samples X instead of C.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -38,8 +39,10 @@ template <typename T>
 class RidgeSolve {
  public:
   // c: C (n x n, lower triangle read) on the device; becomes the factor or eigenvectors.
-  RidgeSolve(Ops<T>& ops, DeviceBuffer<T> c, int64_t n, double lambda)
+  // tol_n: the dimension in the pseudo-inverse's cut-off (the dual passes the primal's n).
+  RidgeSolve(Ops<T>& ops, DeviceBuffer<T> c, int64_t n, double lambda, int64_t tol_n = -1)
       : ops_(ops), n_(n), lambda_(lambda), f_(std::move(c)) {
+    if (tol_n < 0) tol_n = n;
     if (lambda > 0) {
       dk::launch_add_diagonal(f_.data(), n, n, static_cast<T>(lambda), ops.stream());
       ops.potrf(n, f_.data(), n);
@@ -49,7 +52,7 @@ class RidgeSolve {
     ops.syevd(n, f_.data(), n, d_w.data());
     const std::vector<T> w = ops.download(d_w, n);
     const double wmax = std::max<double>(w.empty() ? 0 : w.back(), 0.0);
-    const double tol = wmax * static_cast<double>(n) * std::numeric_limits<T>::epsilon();
+    const double tol = wmax * static_cast<double>(tol_n) * std::numeric_limits<T>::epsilon();
     int64_t first = 0;  // eigenvalues ascending: keep [first, n)
     while (first < n && !(static_cast<double>(w[first]) > tol)) ++first;
     first_ = first;
@@ -161,6 +164,50 @@ void solve_dalr(Ops<T>& ops, const Matrix<T>& w, const LayerStats<T>& st, int64_
   DALR_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
+// The CPU's solve_dalr_dual (src/cpu/solver.cpp), on the device: Z = W X, K = X^T X
+// (a full GEMM here, SYRK's lower triangle there), G = Z Z^T or H = Z K (K + lambda I)^-1
+// Z^T, then B = S^T X^T with S = (K + lambda I)^-1 Z^T U_k.
+template <typename T>
+void solve_dalr_dual(Ops<T>& ops, const Matrix<T>& w, const Matrix<T>& x, int64_t k, double lambda,
+                     bool exact, Eigensolver es, Factors<T>& f) {
+  const int64_t m = w.rows, n = w.cols, p = x.cols;
+  const cudaStream_t s = ops.stream();
+  DeviceBuffer<T> d_x = device_matrix<T>(n, p), d_z = device_matrix<T>(m, p);
+  {
+    DeviceBuffer<T> d_w = device_matrix<T>(m, n);
+    d_w.upload(w.ptr(), d_w.size(), s);
+    d_x.upload(x.ptr(), d_x.size(), s);
+    ops.gemm(false, false, m, p, n, d_w.data(), m, d_x.data(), n, d_z.data(), m);  // Z = W X
+  }  // W freed: cudaFree waits for the device, so after the GEMM
+  DeviceBuffer<T> d_k = device_matrix<T>(p, p);
+  ops.gemm(true, false, p, p, n, d_x.data(), n, d_x.data(), n, d_k.data(), p);  // K = X^T X
+  DeviceBuffer<T> d_u = device_matrix<T>(m, k), d_s = device_matrix<T>(p, k);
+  DeviceBuffer<T> d_h = device_matrix<T>(m, m);  // G or H
+  if (!exact) {
+    RidgeSolve<T> ridge(ops, std::move(d_k), p, lambda, n);
+    ops.gemm(false, true, m, m, p, d_z.data(), m, d_z.data(), m, d_h.data(), m);  // G = Z Z^T
+    top_eigenvectors(ops, d_h, m, k, es, d_u, &f);
+    ops.gemm(true, false, p, k, m, d_z.data(), m, d_u.data(), m, d_s.data(), p);  // Z^T U_k
+    ridge.apply(d_s.data(), k);
+  } else {
+    DeviceBuffer<T> d_zt = device_matrix<T>(p, m), d_kzt = device_matrix<T>(p, m);
+    ops.transpose(d_z.data(), m, p, m, d_zt.data(), p);
+    RidgeSolve<T> ridge(ops, d_k.clone(s), p, lambda, n);
+    ridge.apply(d_zt.data(), m);  // (K + lambda I)^-1 Z^T
+    ops.gemm(false, false, p, m, p, d_k.data(), p, d_zt.data(), p, d_kzt.data(), p);
+    ops.gemm(false, false, m, m, p, d_z.data(), m, d_kzt.data(), p, d_h.data(), m);  // H
+    top_eigenvectors(ops, d_h, m, k, es, d_u, &f);
+    ops.gemm(false, false, p, k, m, d_zt.data(), p, d_u.data(), m, d_s.data(), p);
+  }
+  DeviceBuffer<T> d_b = device_matrix<T>(k, n);
+  ops.gemm(true, true, k, n, p, d_s.data(), p, d_x.data(), n, d_b.data(), k);  // S^T X^T
+  f.a = Matrix<T>(m, k);
+  f.b = Matrix<T>(k, n);
+  d_u.download(f.a.ptr(), d_u.size(), s);
+  d_b.download(f.b.ptr(), d_b.size(), s);
+  DALR_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
 template <typename T>
 void solve_svd(Ops<T>& ops, const Matrix<T>& w, int64_t k, Factors<T>& f) {
   const int64_t m = w.rows, n = w.cols, r = std::min(m, n), big = std::max(m, n);
@@ -258,6 +305,18 @@ size_t solve_bytes(Method method, int64_t m, int64_t n, int64_t k, size_t elem_s
                                                              : static_cast<size_t>(bytes);
 }
 
+size_t solve_dual_bytes(int64_t m, int64_t n, int64_t p, int64_t k, size_t elem_size) {
+  const double M = double(m), N = double(n), P = double(p), K = double(k);
+  auto syevd_ws = [](double s) { return 1 + 6 * s + 2 * s * s; };
+  // W (freed after Z), X, Z, K and its copy, Z^T and K Z^T (exact), G or H, eigenvalues,
+  // U_k, S, B, ridge scratch (p x m), as for solve_bytes: generously.
+  const double elems = M * N + N * P + M * P + 2 * P * P + 3 * P * M + M * M + M + 2 * P + M * K +
+                       P * K + K * N + std::max(syevd_ws(M), syevd_ws(P));
+  const double bytes = elems * double(elem_size) + double(64u << 20);
+  return bytes >= double(std::numeric_limits<size_t>::max()) ? std::numeric_limits<size_t>::max()
+                                                             : static_cast<size_t>(bytes);
+}
+
 namespace {
 
 // Frees the context's workspace when a solve starts and however it ends, so that a solve
@@ -333,6 +392,27 @@ Factors<T> solve(Context& ctx, const SolveOptions& opt, const Matrix<T>& w, cons
   return solve_on(ctx, opt, w, stats, b);
 }
 
+template <typename T>
+Factors<T> solve_dual(Context& ctx, const SolveOptions& opt, const Matrix<T>& w,
+                      const std::vector<T>& b, const Matrix<T>& x) {
+  dalr::detail::check_dual_arguments(opt, w, b, x);
+  const int64_t m = w.rows, n = w.cols, p = x.cols, k = opt.rank;
+  ctx.make_current();
+  const WorkspaceScope workspace(ctx);
+  require_device_memory(solve_dual_bytes(m, n, p, k, sizeof(T)),
+                        "the sample-space " + job_name(opt.method, m, n, k).substr(4) + " over " +
+                            std::to_string(p) + " samples");
+  Ops<T> ops(ctx);
+  Factors<T> f = dalr::detail::start_factors(opt, b);
+  solve_dalr_dual(ops, w, x, k, opt.lambda, opt.method == Method::DalrExact, opt.eigensolver, f);
+  f.energy_kept = dalr::detail::energy_fraction(f.spectrum, k, f.spectrum_rest);
+  return f;
+}
+
+template Factors<float> solve_dual(Context&, const SolveOptions&, const Matrix<float>&,
+                                   const std::vector<float>&, const Matrix<float>&);
+template Factors<double> solve_dual(Context&, const SolveOptions&, const Matrix<double>&,
+                                    const std::vector<double>&, const Matrix<double>&);
 template Factors<float> solve(const SolveOptions&, const Matrix<float>&, const std::vector<float>&,
                               const LayerStats<float>&, Math, int);
 template Factors<double> solve(const SolveOptions&, const Matrix<double>&,
