@@ -11,6 +11,7 @@
 namespace dalr {
 
 class Backend;
+class Communicator;
 
 // Default relative ridge: lambda = kDefaultLambdaRel * trace(C) / n (see README).
 inline constexpr double kDefaultLambdaRel = 1e-3;
@@ -59,8 +60,12 @@ struct CompressOptions {
   // dalr/dalr-exact's eigensolver (solver.hpp). --budget and --max-drop's comparison rank
   // by whole spectra and use the full one for them whatever this says.
   Eigensolver eigensolver = Eigensolver::Auto;
+  // Several processes (dalr/communicator.hpp; null: one). Each rank reads its share of
+  // --acts FILE's rows; rank 0 merges --stats, solves, writes and reports.
+  Communicator* comm = nullptr;
 };
 
+// Empty on the ranks other than 0 of several processes: they only accumulate.
 struct CompressResult {
   std::string report_json;            // the whole report
   std::string summary;                // a few human-readable lines

@@ -293,7 +293,7 @@ void Commands::add_inspect(CLI::App& app) {
   inspect_->add_flag("--json", inspect_json_, "Print JSON instead of a table");
 }
 
-Commands::Commands(CLI::App& app) {
+Commands::Commands(CLI::App& app, Communicator& comm) : comm_(comm) {
   app.option_defaults()->always_capture_default()->multi_option_policy(
       CLI::MultiOptionPolicy::TakeLast);  // a repeated option: the last one wins
   add_compress(app);
@@ -313,6 +313,9 @@ int Commands::run() {
     if (verb->parsed() && verb->count("--max-image-pixels"))
       io::set_max_image_pixels(max_image_pixels_);
   if (compress_->parsed()) return run_compress();
+  if (comm_.size() > 1)
+    throw Error("only compress shares its work between processes (mpirun -np " +
+                std::to_string(comm_.size()) + "); run this verb as one process");
   if (inspect_->parsed()) return run_inspect();
   if (evaluate_->parsed()) return run_evaluate();
   if (sweep_->parsed()) return run_sweep();
@@ -342,9 +345,11 @@ int Commands::run_compress() {
   }
   // Streaming images: a forward batch of 512 VGG-sized images would hold gigabytes.
   if (copt_.acts == "stream" && !compress_->count("--batch")) copt_.batch = 64;
-  copt_.quiet = quiet_;
+  const bool root = comm_.rank() == 0;  // the other ranks print only errors
+  copt_.quiet = quiet_ || !root;
   copt_.eigensolver = eigensolver_from_name(eigensolver_);
-  std::unique_ptr<Backend> backend = make_backend(device_, precision_, quiet_);
+  copt_.comm = &comm_;
+  std::unique_ptr<Backend> backend = make_backend(device_, precision_, copt_.quiet);
   CompressResult r = compress(copt_, *backend);
   for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << one_line(w) << "\n";
   if (!quiet_) std::cout << r.summary;
