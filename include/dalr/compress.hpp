@@ -60,12 +60,14 @@ struct CompressOptions {
   // dalr/dalr-exact's eigensolver (solver.hpp). --budget and --max-drop's comparison rank
   // by whole spectra and use the full one for them whatever this says.
   Eigensolver eigensolver = Eigensolver::Auto;
-  // Several processes (dalr/communicator.hpp; null: one). Each rank reads its share of
-  // --acts FILE's rows; rank 0 merges --stats, solves, writes and reports.
+  // Several processes (dalr/communicator.hpp; null: one). Each rank reads its contiguous
+  // share of --acts FILE's rows or of --acts stream's image list; rank 0 merges --stats,
+  // solves, writes and reports.
   Communicator* comm = nullptr;
 };
 
-// Empty on the ranks other than 0 of several processes: they only accumulate.
+// On the ranks other than 0 of several processes, which only accumulate: no report,
+// only their own warnings (images they skipped).
 struct CompressResult {
   std::string report_json;            // the whole report
   std::string summary;                // a few human-readable lines

@@ -351,7 +351,9 @@ int Commands::run_compress() {
   copt_.comm = &comm_;
   std::unique_ptr<Backend> backend = make_backend(device_, precision_, copt_.quiet);
   CompressResult r = compress(copt_, *backend);
-  for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << one_line(w) << "\n";
+  const std::string who = root ? "" : " (process " + std::to_string(comm_.rank()) + ")";
+  for (const auto& w : r.warnings)
+    std::cerr << "dalr-gpu: warning" << who << ": " << one_line(w) << "\n";
   if (!quiet_) std::cout << r.summary;
   return 0;
 }

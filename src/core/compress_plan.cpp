@@ -10,7 +10,6 @@
 
 #include "common/checked.hpp"
 #include "core/job_common.hpp"
-#include "dalr/communicator.hpp"
 #include "dalr/error.hpp"
 #include "dalr/npy.hpp"
 #include "io/atomic_file.hpp"
@@ -135,11 +134,6 @@ void check_sources(const CompressOptions& o, size_t layers) {
   if (stream && !o.stats_in.empty())
     throw Error("--stats cannot be combined with --acts stream yet");
   if (layers > 1 && !o.acts_test.empty()) throw Error("--acts-test needs a single --layer");
-  if (stream && o.comm && o.comm->size() > 1)
-    throw Error("--acts stream does not shard over several processes yet (" +
-                std::to_string(o.comm->size()) +
-                " ranks): run one process, or extract the layer's inputs to a .npy and use "
-                "--acts FILE, whose rows the ranks share");
 }
 
 std::string list_layers(const SafetensorsFile& f) {

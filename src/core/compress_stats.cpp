@@ -124,12 +124,17 @@ void gather_stats(const Plan& p, LayerJob<T>& job, Backend& backend, JobOutput& 
   }
   if (first == 0) throw Error("no activation samples: the activation file is empty");
   take_statistics(p, *acc, job, comm);
+  if (comm.rank() != 0) out.warnings.clear();  // every rank found the same; rank 0 reports
 }
 
-// Every layer in one pass of the network over --data.
+// Every layer in one pass of the network over --data. With several processes each rank
+// streams its contiguous share of the image list (DataOptions::rank); the counts in the
+// report are the totals, a skipped image is reported by the rank that skipped it.
 template <typename T>
 void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out) {
   const CompressOptions& o = p.o;
+  SingleProcess single;
+  Communicator& comm = o.comm ? *o.comm : single;
   std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, p.arch, *p.model);
   std::vector<std::unique_ptr<StatsAccumulator<T>>> accs;
   std::vector<StatsAccumulator<T>*> raw;
@@ -140,20 +145,25 @@ void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
     names.push_back(j.name);
   }
   DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
+  d.rank = comm.rank();
+  d.ranks = comm.size();
   std::unique_ptr<BatchSource> src = open_data(d, p.arch.input);
   try {
     stream_statistics(*fwd, *src, names, raw, d);
-    SingleProcess single;  // the plan refuses --acts stream with several processes
-    for (size_t i = 0; i < jobs.size(); ++i) take_statistics(p, *accs[i], jobs[i], single);
+    for (size_t i = 0; i < jobs.size(); ++i) take_statistics(p, *accs[i], jobs[i], comm);
   } catch (const Error& e) {
     throw with_precision_hint(e, p.precision);
   }
-  out.rep["data"] = {{"path", o.data},       {"images", src->size()}, {"skipped", src->skipped()},
-                     {"shuffle", o.shuffle}, {"seed", o.seed},        {"limit", o.limit}};
+  int64_t counts[2] = {src->size(), src->skipped()};  // this share's; rank 0: all
+  comm.sum_to_root(counts, 2);
   if (src->skipped() > 0)
     out.warnings.push_back(
         "skipped " + std::to_string(src->skipped()) + " of " + std::to_string(src->size()) +
         " images that could not be read (first: " + src->first_skip_reason() + ")");
+  if (comm.rank() != 0) return;
+  out.rep["data"] = {{"path", o.data},       {"images", counts[0]}, {"skipped", counts[1]},
+                     {"shuffle", o.shuffle}, {"seed", o.seed},      {"limit", o.limit}};
+  if (comm.size() > 1) out.rep["data"]["processes"] = comm.size();
   if (jobs.front().st.count() == 0) throw Error("no images in " + o.data);
 }
 
