@@ -1,5 +1,6 @@
 #include "cli/commands.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <iomanip>
 #include <iostream>
@@ -28,6 +29,14 @@ struct DeviceChoice {
   int index = 0;  // the CUDA device when !cpu
 };
 
+// This process's place among those mpirun started on this machine (OpenMPI, MPICH); 0
+// for a single process.
+[[maybe_unused]] int local_rank() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"})
+    if (const char* v = std::getenv(var)) return std::max(0, std::atoi(v));
+  return 0;
+}
+
 DeviceChoice choose_device(const std::string& device, bool quiet) {
   if (device == "cpu") return {};
   int index = 0;
@@ -41,6 +50,10 @@ DeviceChoice choose_device(const std::string& device, bool quiet) {
     throw Error("--device must be auto, cuda, cuda:N or cpu (got '" + device + "')");
   }
 #ifdef DALR_HAVE_CUDA
+  // Several processes on a machine (mpirun): each takes its own GPU, its local rank
+  // modulo the devices, unless --device cuda:N names one.
+  if ((device == "auto" || device == "cuda") && cuda::device_count() > 0)
+    index = local_rank() % cuda::device_count();
   if (device != "auto" || cuda::available()) return {false, index};
   if (!quiet) std::cerr << "dalr-gpu: no CUDA device found; running on the CPU\n";
 #else
