@@ -20,6 +20,12 @@ class Communicator {
   virtual void sum_to_root(float* v, int64_t len) = 0;
   virtual void sum_to_root(int64_t* v, int64_t len) = 0;
   virtual void max_to_root(double* v, int64_t len) = 0;
+  // The same sums for v in the memory of CUDA device `device` (between GPUs: NCCL), if
+  // every rank can. Every rank calls it; one that cannot (its C is on the host) passes
+  // v = nullptr. Returns false on every rank, having summed nothing, when any cannot or
+  // the build has no NCCL; the caller then sums on the host.
+  virtual bool sum_to_root_device(float* /*v*/, int64_t /*len*/, int /*device*/) { return false; }
+  virtual bool sum_to_root_device(double* /*v*/, int64_t /*len*/, int /*device*/) { return false; }
 };
 
 // One process: its values are already the totals.

@@ -55,6 +55,9 @@ class LayerStats {
     // C's lower triangle (at least) into host (n x n, column-major).
     virtual void download(T* host) const = 0;
     virtual double trace() const = 0;
+    // Sums every rank's copy into rank 0's, on the devices (Communicator::
+    // sum_to_root_device); false when that cannot be done (nothing changed then).
+    virtual bool sum_to_root(Communicator& comm) const;  // base: takes part, cannot
   };
   // Statistics whose C exists only as `device` until something reads it on the host
   // (gram(), save(), add(), merge()): then it is downloaded once.
