@@ -96,6 +96,30 @@ else
   note "tests: ${PASSED} passed, ${FAILED:-?} failed, ${SKIPPED} skipped (ctest rc $CTEST_RC; ctest.log)"
 fi
 
+# ---- several processes: the NCCL path as a single-rank smoke test ----
+# mpirun -np 1 with --device cuda sums C through NCCL (one rank) and must give the
+# single process's report; skipped when the build has no NCCL or mpirun is missing.
+if command -v mpirun >/dev/null && ldd "$BUILD/dalr-gpu" 2>/dev/null | grep -q libnccl; then
+  EX=examples/fashion2digits
+  MPI_ARGS=(compress --model "$EX/model.bin" --acts "$EX/acts_train.npy" --layer classifier.3
+            --rank 12 --device cuda --precision fp32 -q)
+  "$BUILD/dalr-gpu" "${MPI_ARGS[@]}" --out "$LOG/nccl1.bin" --report "$LOG/nccl1.json" \
+    >"$LOG/nccl.log" 2>&1
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun -np 1 \
+    "$BUILD/dalr-gpu" "${MPI_ARGS[@]}" --out "$LOG/nccl2.bin" --report "$LOG/nccl2.json" \
+    >>"$LOG/nccl.log" 2>&1
+  NCCL_RC=$?
+  NCCL_SAME=$(python3 - "$LOG/nccl1.json" "$LOG/nccl2.json" <<'PY' 2>>"$LOG/nccl.log"
+import json, sys
+a, b = (json.load(open(f))["error_train"]["abs"] for f in sys.argv[1:])
+print("same" if abs(a - b) <= 1e-5 * abs(a) else f"differ: {a} vs {b}")
+PY
+)
+  note "NCCL smoke (mpirun -np 1 --device cuda): rc $NCCL_RC, error_train ${NCCL_SAME:-unread} (nccl.log)"
+else
+  note "NCCL smoke: not run (no mpirun, or dalr-gpu built without NCCL)"
+fi
+
 # ---- the GPU tests under compute-sanitizer (memcheck) when it is present ----
 # Out-of-bounds and misaligned device accesses, invalid frees and API errors that the
 # tests' comparisons cannot see. Each binary gets 40 s (memcheck is 10-100x slower);

@@ -5,6 +5,7 @@
 
 #include "cpu/recon.hpp"
 #include "dalr/backend.hpp"
+#include "dalr/communicator.hpp"
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
 #include "dalr/solver.hpp"
@@ -100,6 +101,82 @@ TEST(Stats, MergeEqualsOnePass) {
   expect_same(a, accumulate<double>(d, 41), 1e-13);
   LayerStats<double> wrong(12, 5);
   EXPECT_THROW(a.merge(wrong), Error);
+}
+
+// Ranks simulated in one process: the other ranks' reduce_to_root records what they
+// send (in call order); rank 0's then combines its own with the recordings.
+class Recorder final : public Communicator {
+ public:
+  Recorder(int rank, int size, std::vector<std::vector<double>>* log)
+      : r_(rank), s_(size), log_(log) {}
+  int rank() const override { return r_; }
+  int size() const override { return s_; }
+  void sum_to_root(double* v, int64_t len) override { combine(v, len, false); }
+  void sum_to_root(float* v, int64_t len) override {
+    std::vector<double> d(v, v + len);
+    combine(d.data(), len, false);
+    for (int64_t i = 0; i < len; ++i) v[i] = static_cast<float>(d[i]);
+  }
+  void sum_to_root(int64_t* v, int64_t len) override {
+    std::vector<double> d(v, v + len);
+    combine(d.data(), len, false);
+    for (int64_t i = 0; i < len; ++i) v[i] = static_cast<int64_t>(d[i]);
+  }
+  void max_to_root(double* v, int64_t len) override { combine(v, len, true); }
+
+ private:
+  int r_, s_;
+  std::vector<std::vector<double>>* log_;  // one per call, each rank's values appended
+  size_t call_ = 0;
+  void combine(double* v, int64_t len, bool max) {
+    if (log_->size() <= call_) log_->resize(call_ + 1);
+    std::vector<double>& rec = (*log_)[call_++];
+    if (r_ != 0) {
+      rec.insert(rec.end(), v, v + len);
+      return;
+    }
+    ASSERT_EQ(rec.size() % static_cast<size_t>(len ? len : 1), 0u);
+    for (size_t at = 0; at < rec.size(); at += static_cast<size_t>(len))
+      for (int64_t i = 0; i < len; ++i)
+        v[i] = max ? std::max(v[i], rec[at + i]) : v[i] + rec[at + i];
+  }
+};
+
+TEST(Stats, SharesCoverTheSamplesOnce) {
+  for (int64_t count : {0, 1, 2, 5, 101}) {
+    for (int size : {1, 2, 3, 7}) {
+      int64_t next = 0;
+      for (int r = 0; r < size; ++r) {
+        const Share s = share_of(count, r, size);
+        EXPECT_EQ(s.first, next);
+        EXPECT_LE(s.last - s.first, count / size + 1);
+        EXPECT_GE(s.last - s.first, count / size);
+        next = s.last;
+      }
+      EXPECT_EQ(next, count) << count << " over " << size;
+    }
+  }
+}
+
+// Three ranks with uneven shares, one of them empty: rank 0 ends with the statistics of
+// all the samples (merge()'s, and one pass's).
+TEST(Stats, ReduceToRootEqualsOnePass) {
+  Data d = make_data(13, 5, 41, test::test_seed(15));
+  std::vector<std::vector<double>> log;
+  const int64_t cuts[] = {0, 17, 17, 41};  // rank 1's share is empty
+  std::vector<LayerStats<double>> ranks;
+  for (int r = 0; r < 3; ++r) ranks.push_back(accumulate<double>(d, 6, cuts[r], cuts[r + 1]));
+  for (int r : {1, 2}) {
+    Recorder c(r, 3, &log);
+    ranks[r].reduce_to_root(c);
+  }
+  Recorder root(0, 3, &log);
+  ranks[0].reduce_to_root(root);
+  expect_same(ranks[0], accumulate<double>(d, 41), 1e-13);
+  SingleProcess one;
+  LayerStats<double> all = accumulate<double>(d, 41);
+  all.reduce_to_root(one);  // one process: unchanged
+  expect_same(all, accumulate<double>(d, 41), 1e-15);
 }
 
 TEST(Stats, SaveAndResumeEqualsOnePass) {

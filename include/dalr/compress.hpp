@@ -11,6 +11,7 @@
 namespace dalr {
 
 class Backend;
+class Communicator;
 
 // Default relative ridge: lambda = kDefaultLambdaRel * trace(C) / n (see README).
 inline constexpr double kDefaultLambdaRel = 1e-3;
@@ -63,8 +64,14 @@ struct CompressOptions {
   // samples X kept in memory: p x p and m x m problems) or "auto" (dual when p < n, the
   // method is dalr or dalr-exact, the device is the CPU and X fits in half the memory).
   std::string solve = "auto";
+  // Several processes (dalr/communicator.hpp; null: one). Each rank reads its contiguous
+  // share of --acts FILE's rows or of --acts stream's image list; rank 0 merges --stats,
+  // solves, writes and reports.
+  Communicator* comm = nullptr;
 };
 
+// On the ranks other than 0 of several processes, which only accumulate: no report,
+// only their own warnings (images they skipped).
 struct CompressResult {
   std::string report_json;            // the whole report
   std::string summary;                // a few human-readable lines

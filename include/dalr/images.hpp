@@ -62,6 +62,9 @@ class BatchSource {
  public:
   virtual ~BatchSource();
   virtual int64_t size() const = 0;  // images this source yields in all
+  // The position in the whole list of this source's first image: 0, unless the source is
+  // one process's share of the list (open_images' rank and ranks).
+  virtual int64_t first_index() const { return 0; }
   // Writes up to max_batch images (NCHW) to `out` and their labels to `labels` (may be
   // null; -1 where unknown). Returns the number written; 0 at the end. `out` is the
   // caller's memory (any host memory, pinned included) for max_batch x C x H x W floats,
@@ -92,12 +95,17 @@ class BatchSource {
 // the source with an error naming it, or with `skip_bad` is left out and counted.
 // With `classes` the labels are the model's outputs (map_class_folders); without, the
 // folders' sorted positions, unchecked (a statistics pass reads no label).
+// Several processes (mpirun): the source yields only the rank-th of `ranks` contiguous
+// parts of that list (dalr::share_of), which every rank computes alike.
 std::unique_ptr<BatchSource> open_images(const std::string& dir, const InputSpec& p, int workers,
                                          int64_t limit, bool shuffle, uint64_t seed,
                                          bool skip_bad = false,
-                                         const ModelClasses* classes = nullptr);
+                                         const ModelClasses* classes = nullptr, int rank = 0,
+                                         int ranks = 1);
 
-// An N x C x H x W .npy (float16/32/64), already preprocessed; labels are -1.
-std::unique_ptr<BatchSource> open_npy_images(const std::string& path, int64_t limit);
+// An N x C x H x W .npy (float16/32/64), already preprocessed; labels are -1. rank and
+// ranks: as open_images'.
+std::unique_ptr<BatchSource> open_npy_images(const std::string& path, int64_t limit, int rank = 0,
+                                             int ranks = 1);
 
 }  // namespace dalr

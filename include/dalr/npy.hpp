@@ -30,6 +30,8 @@ class NpyReader {
   int64_t read_rows(T* out, int64_t max_rows);
   int64_t position() const { return next_row_; }  // rows consumed so far
   void rewind() { next_row_ = 0; }
+  // The next read starts at `row` (0 .. rows()); throws beyond the end.
+  void seek(int64_t row);
 
  private:
   std::string path_;

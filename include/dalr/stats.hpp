@@ -16,6 +16,10 @@
 #include "dalr/matrix.hpp"
 
 namespace dalr {
+class Communicator;
+}
+
+namespace dalr {
 
 template <typename T>
 class LayerStats {
@@ -36,6 +40,10 @@ class LayerStats {
   void add(const T* x, int64_t cols, int64_t ldx, const Matrix<T>* w, const T* b,
            int64_t first_index = 0);
   void merge(const LayerStats& other);  // same n and m, else throws
+  // Combines every rank's statistics (same n and m on all; a rank with no samples holds
+  // zeros and -Inf maxima) into rank 0's: C, the sums and the count summed, the maxima
+  // maximised. The other ranks' statistics are unspecified afterwards. Every rank calls it.
+  void reduce_to_root(Communicator& comm);
 
   // A copy of C that the backend which accumulated it keeps on its device (the GPU's
   // statistics keep their C there), so that the same backend's solve and error need not
@@ -47,6 +55,9 @@ class LayerStats {
     // C's lower triangle (at least) into host (n x n, column-major).
     virtual void download(T* host) const = 0;
     virtual double trace() const = 0;
+    // Sums every rank's copy into rank 0's, on the devices (Communicator::
+    // sum_to_root_device); false when that cannot be done (nothing changed then).
+    virtual bool sum_to_root(Communicator& comm) const;  // base: takes part, cannot
   };
   // Statistics whose C exists only as `device` until something reads it on the host
   // (gram(), save(), add(), merge()): then it is downloaded once.

@@ -1,5 +1,6 @@
 #include "cli/commands.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <iomanip>
 #include <iostream>
@@ -28,6 +29,14 @@ struct DeviceChoice {
   int index = 0;  // the CUDA device when !cpu
 };
 
+// This process's place among those mpirun started on this machine (OpenMPI, MPICH); 0
+// for a single process.
+[[maybe_unused]] int local_rank() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"})
+    if (const char* v = std::getenv(var)) return std::max(0, std::atoi(v));
+  return 0;
+}
+
 DeviceChoice choose_device(const std::string& device, bool quiet) {
   if (device == "cpu") return {};
   int index = 0;
@@ -41,6 +50,10 @@ DeviceChoice choose_device(const std::string& device, bool quiet) {
     throw Error("--device must be auto, cuda, cuda:N or cpu (got '" + device + "')");
   }
 #ifdef DALR_HAVE_CUDA
+  // Several processes on a machine (mpirun): each takes its own GPU, its local rank
+  // modulo the devices, unless --device cuda:N names one.
+  if ((device == "auto" || device == "cuda") && cuda::device_count() > 0)
+    index = local_rank() % cuda::device_count();
   if (device != "auto" || cuda::available()) return {false, index};
   if (!quiet) std::cerr << "dalr-gpu: no CUDA device found; running on the CPU\n";
 #else
@@ -298,7 +311,7 @@ void Commands::add_inspect(CLI::App& app) {
   inspect_->add_flag("--json", inspect_json_, "Print JSON instead of a table");
 }
 
-Commands::Commands(CLI::App& app) {
+Commands::Commands(CLI::App& app, Communicator& comm) : comm_(comm) {
   app.option_defaults()->always_capture_default()->multi_option_policy(
       CLI::MultiOptionPolicy::TakeLast);  // a repeated option: the last one wins
   add_compress(app);
@@ -318,6 +331,9 @@ int Commands::run() {
     if (verb->parsed() && verb->count("--max-image-pixels"))
       io::set_max_image_pixels(max_image_pixels_);
   if (compress_->parsed()) return run_compress();
+  if (comm_.size() > 1)
+    throw Error("only compress shares its work between processes (mpirun -np " +
+                std::to_string(comm_.size()) + "); run this verb as one process");
   if (inspect_->parsed()) return run_inspect();
   if (evaluate_->parsed()) return run_evaluate();
   if (sweep_->parsed()) return run_sweep();
@@ -347,11 +363,15 @@ int Commands::run_compress() {
   }
   // Streaming images: a forward batch of 512 VGG-sized images would hold gigabytes.
   if (copt_.acts == "stream" && !compress_->count("--batch")) copt_.batch = 64;
-  copt_.quiet = quiet_;
+  const bool root = comm_.rank() == 0;  // the other ranks print only errors
+  copt_.quiet = quiet_ || !root;
   copt_.eigensolver = eigensolver_from_name(eigensolver_);
-  std::unique_ptr<Backend> backend = make_backend(device_, precision_, quiet_);
+  copt_.comm = &comm_;
+  std::unique_ptr<Backend> backend = make_backend(device_, precision_, copt_.quiet);
   CompressResult r = compress(copt_, *backend);
-  for (const auto& w : r.warnings) std::cerr << "dalr-gpu: warning: " << one_line(w) << "\n";
+  const std::string who = root ? "" : " (process " + std::to_string(comm_.rank()) + ")";
+  for (const auto& w : r.warnings)
+    std::cerr << "dalr-gpu: warning" << who << ": " << one_line(w) << "\n";
   if (!quiet_) std::cout << r.summary;
   return 0;
 }

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "dalr/backend.hpp"
+#include "dalr/communicator.hpp"
 #include "dalr/compress.hpp"
 #include "dalr/evaluate.hpp"
 #include "dalr/sweep.hpp"
@@ -20,7 +21,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
 // Registers the verbs and their options on `app`; run() executes the parsed one.
 class Commands {
  public:
-  explicit Commands(CLI::App& app);
+  Commands(CLI::App& app, Communicator& comm);  // comm: this run's processes
   int run();
 
  private:
@@ -35,6 +36,7 @@ class Commands {
   void add_inspect(CLI::App& app);
   void add_image_cap(CLI::App* verb);
 
+  Communicator& comm_;
   CLI::App* compress_ = nullptr;
   CLI::App* inspect_ = nullptr;
   CLI::App* evaluate_ = nullptr;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "cli/processes.hpp"
 #include "common/one_line.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
@@ -49,6 +50,14 @@ int main(int argc, char** argv) {
   dalr::prepare_cpu_kernels(argv);  // may start this program again
   // SIGINT/SIGTERM/SIGHUP: remove the outputs' temporaries, exit 130/143/129.
   dalr::install_interrupt_cleanup("dalr-gpu");
+  // mpirun -np N: every rank runs this program; MPI starts here (processes.hpp).
+  std::unique_ptr<dalr::cli::Processes> procs;
+  try {
+    procs = std::make_unique<dalr::cli::Processes>(&argc, &argv);
+  } catch (const dalr::Error& e) {
+    std::cerr << "dalr-gpu: error: " << dalr::one_line(e.what()) << "\n";
+    return 2;
+  }
   // The verb may be omitted: `dalr-gpu --model ...` means `dalr-gpu compress --model ...`.
   std::vector<std::string> args(argv, argv + argc);
   if (args.size() > 1 && args[1].size() > 1 && args[1][0] == '-' && args[1] != "-h" &&
@@ -72,7 +81,7 @@ int main(int argc, char** argv) {
       "Run `dalr-gpu VERB --help` for the options of each verb."};
   app.set_version_flag("--version", std::string("dalr-gpu ") + dalr::cli::version());
   app.require_subcommand(1);
-  dalr::cli::Commands cmds(app);
+  dalr::cli::Commands cmds(app, procs->comm());
 
   std::vector<const char*> cargv;
   for (auto& a : args) cargv.push_back(a.c_str());
@@ -81,16 +90,25 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
+  // With several ranks an error stops them all (abort_all) after this rank printed it:
+  // the others may be waiting for this one's statistics.
+  const int rank = procs->comm().rank(), size = procs->comm().size();
+  const std::string who =
+      size > 1 ? " (process " + std::to_string(rank) + " of " + std::to_string(size) + ")" : "";
+  int code = 0;
   try {
     return cmds.run();
   } catch (const dalr::Error& e) {
-    std::cerr << "dalr-gpu: error: " << dalr::one_line(e.what()) << "\n";
-    return 1;
+    std::cerr << "dalr-gpu: error" << who << ": " << dalr::one_line(e.what()) << "\n";
+    code = 1;
   } catch (const std::bad_alloc&) {
-    std::cerr << "dalr-gpu: error: out of memory (try --precision fp32 or a smaller --batch)\n";
-    return 1;
+    std::cerr << "dalr-gpu: error" << who
+              << ": out of memory (try --precision fp32 or a smaller --batch)\n";
+    code = 1;
   } catch (const std::exception& e) {
-    std::cerr << "dalr-gpu: internal error: " << e.what() << "\n";
-    return 3;
+    std::cerr << "dalr-gpu: internal error" << who << ": " << e.what() << "\n";
+    code = 3;
   }
+  procs->abort_all(code);
+  return code;
 }

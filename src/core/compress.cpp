@@ -5,6 +5,7 @@
 #include "core/compress_plan.hpp"
 #include "core/job_common.hpp"
 #include "dalr/backend.hpp"
+#include "dalr/communicator.hpp"
 
 namespace dalr {
 
@@ -20,6 +21,11 @@ CompressResult run(const Plan& p, Backend& backend) {
   std::vector<LayerJob<T>> jobs = load_layers<T>(p);
   out.timing["load_model"] = seconds_since(t0);
   collect_statistics(p, jobs, backend, out);
+  if (p.o.comm && p.o.comm->rank() != 0) {  // rank 0 holds the totals
+    CompressResult mine;
+    mine.warnings = out.warnings;  // what only this rank saw (images it skipped)
+    return mine;
+  }
   StageRates rates(backend);
   choose_ranks(p, jobs, backend, out, rates);
   for (auto& j : jobs) {

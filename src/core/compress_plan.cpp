@@ -12,6 +12,7 @@
 
 #include "common/checked.hpp"
 #include "core/job_common.hpp"
+#include "dalr/communicator.hpp"
 #include "dalr/error.hpp"
 #include "dalr/npy.hpp"
 #include "io/atomic_file.hpp"
@@ -250,6 +251,8 @@ void plan_solve(Plan& p, bool on_cpu) {
   const char* why = !needs_gram(p.method) ? "it applies to dalr and dalr-exact only"
                     : p.stream || o.acts.empty()
                         ? "it needs the samples of an activation file (--acts FILE), not statistics"
+                    : o.comm && o.comm->size() > 1
+                        ? "several processes (mpirun) share statistics, not samples"
                     : !o.stats_in.empty()   ? "--stats holds C, not the samples it came from"
                     : !o.save_stats.empty() ? "--save-stats saves C, which the dual never forms"
                     : o.lambda_auto         ? "--lambda auto is not implemented for it"

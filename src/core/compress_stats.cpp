@@ -11,6 +11,7 @@
 #include "core/job_common.hpp"
 #include "core/stats_binding.hpp"
 #include "core/stream.hpp"
+#include "dalr/communicator.hpp"
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
 #include "dalr/npy.hpp"
@@ -66,24 +67,33 @@ std::unique_ptr<StatsAccumulator<T>> make_accumulator(const Plan& p, const Layer
                                                backend.stats(n, m, &l.w, &l.b, batch), n);
 }
 
-// The statistics of a job once its samples are in (split for --lambda auto).
+// The statistics of a job once its samples are in (split for --lambda auto), combined
+// over the ranks into rank 0's when several processes share the samples.
 template <typename T>
-void take_statistics(const Plan& p, StatsAccumulator<T>& acc, LayerJob<T>& j) {
+void take_statistics(const Plan& p, StatsAccumulator<T>& acc, LayerJob<T>& j, Communicator& comm) {
   if (!p.o.lambda_auto) {
     j.st = acc.finish();
+    j.st.reduce_to_root(comm);
     return;
   }
   auto& split = static_cast<SplitAccumulator<T>&>(acc);
   j.st = split.fit();
   j.held = split.held();
-  if (j.held.count() == 0)
+  j.st.reduce_to_root(comm);
+  j.held.reduce_to_root(comm);
+  if (comm.rank() == 0 && j.held.count() == 0)
     throw Error("--lambda auto needs at least 10 samples (every 10th is held out)");
 }
 
-// One layer from --stats and/or --acts FILE (the plan checked the file's width).
+// One layer from --stats and/or --acts FILE (the plan checked the file's width). With
+// several processes each rank reads its contiguous share of the file's rows, numbered as
+// in the whole file (so --lambda auto holds out the same samples); rank 0 alone merges
+// --stats (every rank reads it for the numbering and the checks).
 template <typename T>
 void gather_stats(const Plan& p, LayerJob<T>& job, Backend& backend, JobOutput& out) {
   const CompressOptions& o = p.o;
+  SingleProcess single;
+  Communicator& comm = o.comm ? *o.comm : single;
   json& rep = out.rep;
   const int64_t m = job.l.w.rows, n = job.l.w.cols;
   auto acc = make_accumulator(p, job.l, backend);
@@ -95,19 +105,26 @@ void gather_stats(const Plan& p, LayerJob<T>& job, Backend& backend, JobOutput& 
                         out.warnings);
     rep["stats_in"] = {{"path", o.stats_in}, {"samples", earlier.count()}};
     first = earlier.count();
-    acc->merge(earlier);
+    if (comm.rank() == 0) acc->merge(earlier);
   }
   if (!o.acts.empty()) {
     NpyReader r(o.acts);
+    const Share share = share_of(r.rows(), comm.rank(), comm.size());
+    r.seek(share.first);
     std::vector<T> buf(
         static_cast<size_t>(checked_mul(n, o.batch, "--batch times the layer width")));
-    for (int64_t c; (c = r.read_rows<T>(buf.data(), o.batch)) > 0; first += c)
-      acc->add(buf.data(), c, n, first);
+    for (int64_t at = first + share.first, c;
+         (c = r.read_rows<T>(buf.data(), std::min(o.batch, share.last - r.position()))) > 0;
+         at += c)
+      acc->add(buf.data(), c, n, at);
+    first += r.rows();
     rep["acts"] = {
         {"path", o.acts}, {"samples", r.rows()}, {"shape", r.shape()}, {"dtype", r.descr()}};
+    if (comm.size() > 1) rep["acts"]["processes"] = comm.size();
   }
   if (first == 0) throw Error("no activation samples: the activation file is empty");
-  take_statistics(p, *acc, job);
+  take_statistics(p, *acc, job, comm);
+  if (comm.rank() != 0) out.warnings.clear();  // every rank found the same; rank 0 reports
 }
 
 // --solve dual: the activation file's samples kept as X (n x p, one per column), and
@@ -128,10 +145,14 @@ void keep_samples(const Plan& p, LayerJob<T>& job, JobOutput& out) {
   job.x = std::move(x);
 }
 
-// Every layer in one pass of the network over --data.
+// Every layer in one pass of the network over --data. With several processes each rank
+// streams its contiguous share of the image list (DataOptions::rank); the counts in the
+// report are the totals, a skipped image is reported by the rank that skipped it.
 template <typename T>
 void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out) {
   const CompressOptions& o = p.o;
+  SingleProcess single;
+  Communicator& comm = o.comm ? *o.comm : single;
   std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, p.arch, *p.model);
   std::vector<std::unique_ptr<StatsAccumulator<T>>> accs;
   std::vector<StatsAccumulator<T>*> raw;
@@ -142,19 +163,25 @@ void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
     names.push_back(j.name);
   }
   DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
+  d.rank = comm.rank();
+  d.ranks = comm.size();
   std::unique_ptr<BatchSource> src = open_data(d, p.arch.input);
   try {
     stream_statistics(*fwd, *src, names, raw, d);
-    for (size_t i = 0; i < jobs.size(); ++i) take_statistics(p, *accs[i], jobs[i]);
+    for (size_t i = 0; i < jobs.size(); ++i) take_statistics(p, *accs[i], jobs[i], comm);
   } catch (const Error& e) {
     throw with_precision_hint(e, p.precision);
   }
-  out.rep["data"] = {{"path", o.data},       {"images", src->size()}, {"skipped", src->skipped()},
-                     {"shuffle", o.shuffle}, {"seed", o.seed},        {"limit", o.limit}};
+  int64_t counts[2] = {src->size(), src->skipped()};  // this share's; rank 0: all
+  comm.sum_to_root(counts, 2);
   if (src->skipped() > 0)
     out.warnings.push_back(
         "skipped " + std::to_string(src->skipped()) + " of " + std::to_string(src->size()) +
         " images that could not be read (first: " + src->first_skip_reason() + ")");
+  if (comm.rank() != 0) return;
+  out.rep["data"] = {{"path", o.data},       {"images", counts[0]}, {"skipped", counts[1]},
+                     {"shuffle", o.shuffle}, {"seed", o.seed},      {"limit", o.limit}};
+  if (comm.size() > 1) out.rep["data"]["processes"] = comm.size();
   if (jobs.front().st.count() == 0) throw Error("no images in " + o.data);
 }
 
@@ -213,6 +240,7 @@ void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& 
   else
     gather_stats<T>(p, jobs.front(), backend, out);
   out.rep["solve"] = p.dual ? "dual" : "primal";
+  if (p.o.comm && p.o.comm->rank() != 0) return;  // rank 0 checks, saves and solves
   for (const auto& j : jobs) {
     check_overflow(p, j.name, j.st);
     if (j.held.count() > 0) check_overflow(p, j.name, j.held);

@@ -25,8 +25,8 @@ std::unique_ptr<BatchSource> open_data(const DataOptions& o, const InputSpec& in
   if (o.limit < 0) throw Error("--limit must be >= 0");
   if (std::filesystem::is_directory(o.data))
     return open_images(o.data, in, o.workers, o.limit, o.shuffle, o.seed,
-                       /*skip_bad=*/true, o.classes);
-  return open_npy_images(o.data, o.limit);
+                       /*skip_bad=*/true, o.classes, o.rank, o.ranks);
+  return open_npy_images(o.data, o.limit, o.rank, o.ranks);
 }
 
 ModelClasses model_classes(const SafetensorsFile& file, const Arch& arch) {
@@ -83,8 +83,8 @@ void stream_statistics(const Forward<T>& fwd, BatchSource& src,
   HostBatch<T> in(src, o.batch);
   const bool device = on_device(fwd, accs);
   Progress progress("statistics", src.size(), o.quiet);
-  int64_t first = 0;
-  for (int64_t got; (got = in.next(src, nullptr)) > 0; first += got) {
+  int64_t first = src.first_index(), done = 0;  // the samples' numbers, as one process's
+  for (int64_t got; (got = in.next(src, nullptr)) > 0; first += got, done += got) {
     if (device) {
       // Returns once the pass is queued: the next batch is decoded while the GPU works.
       fwd.run_taps_device(
@@ -103,7 +103,7 @@ void stream_statistics(const Forward<T>& fwd, BatchSource& src,
     progress.add(got);
   }
   progress.finish();
-  if (first == 0 && src.skipped() > 0)
+  if (done == 0 && src.skipped() > 0)
     throw Error("none of the " + std::to_string(src.size()) +
                 " images could be read (first: " + src.first_skip_reason() + ")");
 }

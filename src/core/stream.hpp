@@ -30,6 +30,9 @@ struct DataOptions {
   // An image folder's labels as the model's outputs (open_images); null: a statistics
   // pass, which reads no label.
   const ModelClasses* classes = nullptr;
+  // Several processes: this one streams the rank-th of `ranks` contiguous parts of the
+  // (shuffled, limited) list, its samples numbered by their place in the whole list.
+  int rank = 0, ranks = 1;
 };
 
 std::unique_ptr<BatchSource> open_data(const DataOptions& o, const InputSpec& in);

@@ -8,6 +8,7 @@
 #include "common/finite.hpp"
 #include "cpu/lapack.hpp"
 #include "cpu/row_stats.hpp"
+#include "dalr/communicator.hpp"
 #include "dalr/error.hpp"
 #include "dalr/safetensors.hpp"
 
@@ -173,6 +174,33 @@ void LayerStats<T>::merge(const LayerStats& o) {
     max_y_[i] = std::max(max_y_[i], o.max_y_[i]);
   }
   count_ += o.count_;
+}
+
+template <typename T>
+bool LayerStats<T>::DeviceCopy::sum_to_root(Communicator& comm) const {
+  return comm.sum_to_root_device(static_cast<T*>(nullptr), 0, -1);
+}
+
+template <typename T>
+void LayerStats<T>::reduce_to_root(Communicator& comm) {
+  // C on the GPUs is summed there when all ranks' is (NCCL), and stays there for the solve.
+  // Every rank takes part in the choice, one whose C is on the host saying it cannot.
+  const bool on_devices = host_missing_ && device_
+                              ? device_->sum_to_root(comm)
+                              : comm.sum_to_root_device(static_cast<T*>(nullptr), 0, -1);
+  if (!on_devices && comm.size() == 1) return;
+  if (!on_devices) {
+    materialize();
+    device_.reset();
+    // Only the lower triangle is meaningful (SYRK's); the upper is re-filled from the sum.
+    comm.sum_to_root(gram_.ptr(), gram_.size());
+    symmetric_ = false;
+  }
+  comm.sum_to_root(sum_x_.data(), n_);
+  comm.max_to_root(max_x_.data(), n_);
+  comm.sum_to_root(sum_y_.data(), m_);
+  comm.max_to_root(max_y_.data(), m_);
+  comm.sum_to_root(&count_, 1);
 }
 
 template <typename T>

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cuda/device_buffer.hpp"
+#include "dalr/communicator.hpp"
 #include "dalr/stats.hpp"
 
 namespace dalr::cuda {
@@ -48,6 +49,11 @@ class DeviceGram final : public LayerStats<T>::DeviceCopy {
     double t = 0;
     for (T v : d) t += static_cast<double>(v);
     return t;
+  }
+  // In place on rank 0's device (the buffer is this copy's own; the statistics holding
+  // it are rank 0's totals afterwards, the others' unspecified, as reduce_to_root says).
+  bool sum_to_root(Communicator& comm) const override {
+    return comm.sum_to_root_device(const_cast<T*>(c_.data()), n_ * n_, device_);
   }
 
  private:

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "common/checked.hpp"
+#include "dalr/communicator.hpp"
 #include "dalr/error.hpp"
 #include "dalr/npy.hpp"
 #include "io/input_file.hpp"
@@ -439,22 +440,28 @@ class ImageFolderSource final : public BatchSource {
 
 class NpyImageSource final : public BatchSource {
  public:
-  NpyImageSource(const std::string& path, int64_t limit) : path_(path), reader_(path) {
+  NpyImageSource(const std::string& path, int64_t limit, int rank, int ranks)
+      : path_(path), reader_(path) {
     const auto& shape = reader_.shape();
     if (shape.size() != 4)
       throw Error(path + ": expected an N x C x H x W array of images, got rank " +
                   std::to_string(shape.size()));
     if (shape[1] <= 0 || shape[2] <= 0 || shape[3] <= 0)
       throw Error(path + ": images have an empty dimension");
-    size_ = limit > 0 ? std::min(limit, reader_.rows()) : reader_.rows();
+    const Share share =
+        share_of(limit > 0 ? std::min(limit, reader_.rows()) : reader_.rows(), rank, ranks);
+    reader_.seek(share.first);
+    first_ = share.first;
+    end_ = share.last;
   }
-  int64_t size() const override { return size_; }
+  int64_t size() const override { return end_ - first_; }
+  int64_t first_index() const override { return first_; }
   int64_t channels() const override { return reader_.shape()[1]; }
   int64_t height() const override { return reader_.shape()[2]; }
   int64_t width() const override { return reader_.shape()[3]; }
   int64_t next(float* out, int64_t max_batch, std::vector<int64_t>* labels) override {
     const int64_t first = reader_.position();
-    const int64_t want = std::min(max_batch, size_ - first);
+    const int64_t want = std::min(max_batch, end_ - first);
     const int64_t n = want > 0 ? reader_.read_rows(out, want) : 0;
     if (labels) labels->assign(static_cast<size_t>(n), -1);
     last_first_ = first;
@@ -472,14 +479,37 @@ class NpyImageSource final : public BatchSource {
   std::string path_;
   int64_t last_first_ = 0, last_count_ = 0;
   NpyReader reader_;
-  int64_t size_ = 0;
+  int64_t first_ = 0, end_ = 0;  // this source's rows of the file
+};
+
+// One process's share of another source's list: the same images from `first` on.
+class ShareOf final : public BatchSource {
+ public:
+  ShareOf(std::unique_ptr<BatchSource> src, int64_t first) : src_(std::move(src)), first_(first) {}
+  int64_t size() const override { return src_->size(); }
+  int64_t first_index() const override { return first_; }
+  int64_t next(float* out, int64_t max_batch, std::vector<int64_t>* labels) override {
+    return src_->next(out, max_batch, labels);
+  }
+  int64_t channels() const override { return src_->channels(); }
+  int64_t height() const override { return src_->height(); }
+  int64_t width() const override { return src_->width(); }
+  int64_t skipped() const override { return src_->skipped(); }
+  std::string first_skip_reason() const override { return src_->first_skip_reason(); }
+  std::vector<std::string> label_names() const override { return src_->label_names(); }
+  std::string label_warning() const override { return src_->label_warning(); }
+  std::vector<std::string> last_names() const override { return src_->last_names(); }
+
+ private:
+  std::unique_ptr<BatchSource> src_;
+  int64_t first_;
 };
 
 }  // namespace
 
 std::unique_ptr<BatchSource> open_images(const std::string& dir, const InputSpec& p, int workers,
                                          int64_t limit, bool shuffle, uint64_t seed, bool skip_bad,
-                                         const ModelClasses* classes) {
+                                         const ModelClasses* classes, int rank, int ranks) {
   check_decodable(p);
   if (workers < 1 || workers > kMaxWorkers)
     throw Error("images: workers must be between 1 and " + std::to_string(kMaxWorkers) + ", not " +
@@ -499,12 +529,17 @@ std::unique_ptr<BatchSource> open_images(const std::string& dir, const InputSpec
   }
   if (limit > 0 && limit < static_cast<int64_t>(samples.size()))
     samples.resize(static_cast<size_t>(limit));
-  return std::make_unique<ImageFolderSource>(std::move(samples), std::move(map), p, workers,
-                                             skip_bad);
+  const Share share = share_of(static_cast<int64_t>(samples.size()), rank, ranks);
+  samples.erase(samples.begin() + share.last, samples.end());
+  samples.erase(samples.begin(), samples.begin() + share.first);
+  return std::make_unique<ShareOf>(
+      std::make_unique<ImageFolderSource>(std::move(samples), std::move(map), p, workers, skip_bad),
+      share.first);
 }
 
-std::unique_ptr<BatchSource> open_npy_images(const std::string& path, int64_t limit) {
-  return std::make_unique<NpyImageSource>(path, limit);
+std::unique_ptr<BatchSource> open_npy_images(const std::string& path, int64_t limit, int rank,
+                                             int ranks) {
+  return std::make_unique<NpyImageSource>(path, limit, rank, ranks);
 }
 
 }  // namespace dalr

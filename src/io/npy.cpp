@@ -325,6 +325,13 @@ NpyReader::~NpyReader() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+void NpyReader::seek(int64_t row) {
+  if (row < 0 || row > rows_)
+    throw Error(path_ + ": row " + std::to_string(row) + " is outside the file's " +
+                std::to_string(rows_) + " rows");
+  next_row_ = row;
+}
+
 template <typename T>
 int64_t NpyReader::read_rows(T* out, int64_t max_rows) {
   const int64_t n = std::min(max_rows, rows_ - next_row_);
