@@ -612,7 +612,6 @@ TEST_F(ImageCap, HugeDeclaredJpegIsRefusedBeforeAllocating) {
   EXPECT_EQ(jpeg_error(64, 48).find("declares"), std::string::npos);
 }
 
-
 // The cap as a command-line option (--max-image-pixels, compress / evaluate / sweep): it
 // wins over the environment, names the file, and a bad value is refused before any work.
 TEST_F(ImageCap, CommandLineOption) {
