@@ -13,7 +13,6 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
-#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -23,6 +22,7 @@
 #include <vector>
 
 #include "common/finite.hpp"
+#include "core/job_common.hpp"  // Clock, seconds_since, check_layer_finite
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
 #include "dalr/precision.hpp"
@@ -100,12 +100,8 @@ std::shared_ptr<Backend> make_backend(const Device& d, Precision p) {
 
 template <typename T>
 Matrix<T> to_matrix(const HostRows<T>& a) {  // row-major (rows, cols) -> column-major
-  const int64_t rows = static_cast<int64_t>(a.shape(0)), cols = static_cast<int64_t>(a.shape(1));
-  Matrix<T> m(rows, cols);
-  const T* p = a.data();
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) m(i, j) = p[i * cols + j];
-  return m;
+  return from_row_major(a.data(), static_cast<int64_t>(a.shape(0)),
+                        static_cast<int64_t>(a.shape(1)));
 }
 
 template <typename T>
@@ -123,10 +119,7 @@ nb::ndarray<nb::numpy, T> numpy_of(std::vector<T> v, std::vector<size_t> shape) 
 
 template <typename T>
 nb::ndarray<nb::numpy, T> numpy_row_major(const Matrix<T>& m) {
-  std::vector<T> v(static_cast<size_t>(m.rows * m.cols));
-  for (int64_t i = 0; i < m.rows; ++i)
-    for (int64_t j = 0; j < m.cols; ++j) v[static_cast<size_t>(i * m.cols + j)] = m(i, j);
-  return numpy_of(std::move(v), {static_cast<size_t>(m.rows), static_cast<size_t>(m.cols)});
+  return numpy_of(to_row_major(m), {static_cast<size_t>(m.rows), static_cast<size_t>(m.cols)});
 }
 
 // One precision's state of a Stats object.
@@ -164,7 +157,7 @@ class Stats {
     auto keep = std::make_shared<Accumulator<T>>();
     keep->w = to_matrix(w);
     keep->b = to_vector(b);
-    check_finite_layer(keep->w, keep->b);
+    check_layer_finite("layer", keep->w, keep->b);
     s.m_ = keep->w.rows;
     s.has_layer_ = true;
     s.start<T>(&keep->w, &keep->b, keep);
@@ -273,12 +266,6 @@ class Stats {
     count_ = st.count();
     accumulator<T>().merge(st);
   }
-  template <typename T>
-  static void check_finite_layer(const Matrix<T>& w, const std::vector<T>& b) {
-    if (first_non_finite(w.data.data(), w.data.size()) >= 0)
-      throw Error("the weight contains NaN or Inf");
-    if (first_non_finite(b.data(), b.size()) >= 0) throw Error("the bias contains NaN or Inf");
-  }
   void check_rows(size_t width) const {
     if (m_ > 0 && !has_layer_)
       throw Error(
@@ -297,11 +284,6 @@ class Stats {
 };
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 nb::dict error_dict(const ReconError& e) {
   nb::dict d;
@@ -331,9 +313,7 @@ nb::dict solve(Stats& st, const HostRows<T>& w_in, const HostVec<T>& b_in,
   check_lambda_rel(lam_rel);
   Matrix<T> w = to_matrix(w_in);
   std::vector<T> b = to_vector(b_in);
-  if (first_non_finite(w.data.data(), w.data.size()) >= 0)
-    throw Error("the weight contains NaN or Inf");
-  if (first_non_finite(b.data(), b.size()) >= 0) throw Error("the bias contains NaN or Inf");
+  check_layer_finite("layer", w, b);
   const int64_t m = w.rows, n = w.cols;
   const Device dev = parse_device(device);
   std::shared_ptr<Backend> backend =
