@@ -8,6 +8,7 @@
 
 #include "common/solver_common.hpp"
 #include "cpu/lapack.hpp"
+#include "cpu/row_stats.hpp"
 #include "dalr/error.hpp"
 
 namespace dalr {
@@ -282,13 +283,11 @@ class KeptSamples final : public LayerStats<T>::DeviceCopy {
 template <typename T>
 LayerStats<T> stats_keeping_samples(std::shared_ptr<const Matrix<T>> x) {
   const int64_t n = x->rows, p = x->cols;
-  std::vector<double> sum(static_cast<size_t>(n), 0.0), mx(static_cast<size_t>(n), 0.0);
-  for (int64_t j = 0; j < p; ++j)
-    for (int64_t i = 0; i < n; ++i) {
-      const double v = (*x)(i, j);
-      sum[i] += v;
-      mx[i] = j == 0 ? v : std::max(mx[i], v);
-    }
+  // The per-unit sums and maxima as LayerStats::add takes them (without samples: 0).
+  std::vector<double> sum(static_cast<size_t>(n), 0.0),
+      mx(static_cast<size_t>(n), p > 0 ? -std::numeric_limits<double>::infinity() : 0.0);
+  cpu::row_sum_max(x->ptr(), n, p, x->ld(), static_cast<const T*>(nullptr), false, sum.data(),
+                   mx.data());
   return LayerStats<T>::from_device(p, n, std::make_shared<KeptSamples<T>>(std::move(x)),
                                     std::move(sum), std::move(mx), {}, {});
 }
