@@ -9,6 +9,7 @@
 #include "common/finite.hpp"
 #include "core/compress_plan.hpp"
 #include "core/job_common.hpp"
+#include "core/sample_keeper.hpp"
 #include "core/stats_binding.hpp"
 #include "core/stream.hpp"
 #include "dalr/communicator.hpp"
@@ -155,10 +156,22 @@ void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
   Communicator& comm = o.comm ? *o.comm : single;
   std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, p.arch, *p.model);
   std::vector<std::unique_ptr<StatsAccumulator<T>>> accs;
+  std::vector<SampleKeeper<T>*> keepers;  // --solve dual: the layers that keep samples
   std::vector<StatsAccumulator<T>*> raw;
   std::vector<std::string> names;
-  for (auto& j : jobs) {
-    accs.push_back(make_accumulator(p, j.l, backend));
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const LayerPlan& lp = p.layers[i];
+    LayerJob<T>& j = jobs[i];
+    if (lp.dual) {
+      auto keeper = std::make_unique<SampleKeeper<T>>(lp.n, lp.keep, p.samples, [&p, &j, &backend] {
+        return make_accumulator(p, j.l, backend);
+      });
+      keepers.push_back(keeper.get());
+      accs.push_back(std::move(keeper));
+    } else {
+      keepers.push_back(nullptr);
+      accs.push_back(make_accumulator(p, j.l, backend));
+    }
     raw.push_back(accs.back().get());
     names.push_back(j.name);
   }
@@ -168,7 +181,19 @@ void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
   std::unique_ptr<BatchSource> src = open_data(d, p.arch.input);
   try {
     stream_statistics(*fwd, *src, names, raw, d);
-    for (size_t i = 0; i < jobs.size(); ++i) take_statistics(p, *accs[i], jobs[i], comm);
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      if (keepers[i] && keepers[i]->keeping()) {  // the dual (one process: the plan)
+        jobs[i].st = keepers[i]->finish();
+        jobs[i].x = keepers[i]->samples();
+        continue;
+      }
+      take_statistics(p, *accs[i], jobs[i], comm);
+      if (keepers[i])
+        jobs[i].solve_why += "; C was formed from the " +
+                             std::to_string(keepers[i]->switched_at()) +
+                             " samples kept when the next batch passed " +
+                             std::to_string(p.layers[i].keep) + ", and the pass went on primal";
+    }
   } catch (const Error& e) {
     throw with_precision_hint(e, p.precision);
   }
@@ -217,6 +242,7 @@ std::vector<LayerJob<T>> load_layers(const Plan& p) {
   for (const LayerPlan& lp : p.layers) {  // names and shapes checked by the plan
     LayerJob<T>& j = jobs.emplace_back();
     j.name = lp.name;
+    j.solve_why = lp.solve_why;
     j.l.w = from_row_major(p.model->read<T>(lp.name + ".weight").data(), lp.m, lp.n);
     if (p.model->find(lp.name + ".bias")) {
       j.l.b = p.model->read<T>(lp.name + ".bias");
@@ -235,11 +261,14 @@ void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& 
   auto t0 = Clock::now();
   if (p.stream)
     stream_all(p, jobs, backend, out);
-  else if (p.dual)
+  else if (p.layers.front().dual)
     keep_samples<T>(p, jobs.front(), out);
   else
     gather_stats<T>(p, jobs.front(), backend, out);
-  out.rep["solve"] = p.dual ? "dual" : "primal";
+  for (auto& j : jobs) {
+    j.rep["solve"] = j.x ? "dual" : "primal";
+    j.rep["solve_reason"] = j.solve_why;
+  }
   if (p.o.comm && p.o.comm->rank() != 0) return;  // rank 0 checks, saves and solves
   for (const auto& j : jobs) {
     check_overflow(p, j.name, j.st);
