@@ -96,13 +96,15 @@ void plan_solve(Plan& p) {
   const CompressOptions& o = p.o;
   if (o.solve != "auto" && o.solve != "primal" && o.solve != "dual")
     throw Error("--solve must be primal, dual or auto (got '" + o.solve + "')");
+  const char* why = dual_refusal(p);
+  // p, also for the memory check's remedies (a file's header; an image folder's listing).
+  if (!why) p.samples = p.stream ? count_images(o) : NpyReader(o.acts).rows();
   if (o.solve == "primal") return all_primal(p, "--solve primal");
   const bool ask = o.solve == "dual";
-  if (const char* why = dual_refusal(p)) {
+  if (why) {
     if (ask) throw Error(std::string("--solve dual cannot be used here: ") + why);
     return all_primal(p, std::string("auto: the sample-space solve does not apply (") + why + ")");
   }
-  p.samples = p.stream ? count_images(o) : NpyReader(o.acts).rows();
   for (LayerPlan& l : p.layers) {
     const std::string counts = count_text(p.samples, l.n);
     l.dual = ask || p.samples < l.n;

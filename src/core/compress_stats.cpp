@@ -189,10 +189,10 @@ void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
       }
       take_statistics(p, *accs[i], jobs[i], comm);
       if (keepers[i])
-        jobs[i].solve_why += "; C was formed from the " +
-                             std::to_string(keepers[i]->switched_at()) +
-                             " samples kept when the next batch passed " +
-                             std::to_string(p.layers[i].keep) + ", and the pass went on primal";
+        jobs[i].solve_why += "; at " + std::to_string(keepers[i]->switched_at()) +
+                             " samples the next batch would pass " +
+                             std::to_string(p.layers[i].keep) +
+                             ", so C was formed from the kept ones and the pass went on primal";
     }
   } catch (const Error& e) {
     throw with_precision_hint(e, p.precision);

@@ -218,29 +218,26 @@ std::string remedies(const Plan& p, const MemoryShape& shape, bool device) {
     if (!(will < 0.97 * was) && !(device && cpu)) return;
     const bool fits = (b.host_limit == 0 || n.host <= b.host_limit) &&
                       (cpu || b.device_free == 0 || n.device <= b.device_free);
-    out.push_back(what + " (" + gigabytes(n.host) + " on the host" +
-                  (cpu ? "" : ", " + gigabytes(n.device) + " on the GPU") +
-                  (fits ? ": fits)" : ": still too much)"));
+    out.push_back(what + ": " + gigabytes(n.host) + " on the host" +
+                  (cpu ? "" : " and " + gigabytes(n.device) + " on the GPU") +
+                  (fits ? ", fits" : ", still too much"));
   };
-  const char* no_dual = dual_refusal(p);
-  bool any_primal = false;
-  for (const auto& l : shape.layers) any_primal |= !l.dual || l.switches;
-  if (!no_dual && any_primal && p.samples > 0) {
-    MemoryShape d = shape;
-    bool changed = false;
+  const auto fp32 = [&](MemoryShape f) {
+    f.elem = 4;
+    f.max_im2col = 0;  // float convolutions run oneDNN's
+    f.convert_bytes = p.acts_elem == 4 ? 0 : f.convert_bytes;
+    return f;
+  };
+  bool dual = false;
+  MemoryShape d = shape;
+  if (!dual_refusal(p) && p.samples > 0)
     for (auto& l : d.layers)
       if (p.samples < l.n && (!l.dual || l.switches))
-        l.dual = true, l.switches = false, l.kept = p.samples, changed = true;
-    if (changed)
-      offer("--solve dual (p = " + std::to_string(p.samples) + " samples, fewer than n)", d);
-  }
-  if (shape.elem == 8) {
-    MemoryShape f = shape;
-    f.elem = 4;
-    f.max_im2col = 0;
-    f.convert_bytes = p.acts_elem == 4 ? 0 : shape.convert_bytes;
-    offer("--precision fp32", f);
-  }
+        l.dual = true, l.switches = false, l.kept = p.samples, dual = true;
+  const std::string dual_text = "--solve dual (p = " + std::to_string(p.samples) + " < n)";
+  if (dual) offer(dual_text, d);
+  if (shape.elem == 8) offer("--precision fp32", fp32(shape));
+  if (dual && shape.elem == 8) offer(dual_text + " --precision fp32", fp32(d));
   if (shape.layers.size() > 1) {
     MemoryShape first = shape;  // the worst single layer stands for "one per pass"
     double top = -1;
@@ -278,7 +275,7 @@ std::string remedies(const Plan& p, const MemoryShape& shape, bool device) {
     offer("--device cpu", c);
   }
   std::string s;
-  for (const std::string& r : out) s += r + "; ";
+  for (const std::string& r : out) s += (s.empty() ? "" : "; ") + r;
   return s;
 }
 
@@ -298,13 +295,15 @@ void check_memory(Plan& p) {
   const double have = device ? b.device_free : b.host_limit;
   const std::string where =
       device ? "free on the GPU" : "available to this process (" + b.host_source + ")";
-  throw Error("not enough memory for this job: its " + st.name + " stage needs " + gigabytes(need) +
-              (device ? " on the GPU" : " on the host") + " but " + gigabytes(have) + " is " +
-              where + ". Largest terms: " + largest_terms(device ? st.device : st.host, 4) +
-              (device ? "" : "; the program itself " + gigabytes(b.baseline)) +
-              ". What would help: " + remedies(p, shape, device) +
-              "or --memory-limit SIZE (none: no check) if the estimate is wrong for this "
-              "machine. Nothing was read or written.");
+  const std::string help = remedies(p, shape, device);
+  throw Error(
+      "not enough memory for this job: its " + st.name + " stage needs " + gigabytes(need) +
+      (device ? " on the GPU" : " on the host") + " but " + gigabytes(have) + " is " + where +
+      ". Largest terms: " + largest_terms(device ? st.device : st.host, 4) +
+      (device ? "" : "; the program itself " + gigabytes(b.baseline)) + ". " +
+      (help.empty() ? "No option of this job lowers it; " : "What would help: " + help + "; or ") +
+      "--memory-limit SIZE (none: no check) if the estimate is wrong for this "
+      "machine. Nothing was read or written.");
 }
 
 nlohmann::json memory_report(const Plan& p) {

@@ -188,8 +188,8 @@ class Model {
       }
       if (l.dual && in_pass)  // the samples kept until the switch, when C is formed
         h.add("X kept until C is formed (" + dims(l.n, l.kept) + ")", double(l.n) * double(l.kept));
-      if (s_.cuda) {
-        d.add("C (n x n) on the device", double(l.n) * double(l.n));
+      if (s_.cuda) {  // during the pass C is the GPU statistics' own (gpu_stats_terms)
+        if (!in_pass) d.add("C (n x n) on the device", double(l.n) * double(l.n));
         if (s_.save_stats && !in_pass)
           h.add("C (n x n), fetched for --save-stats", double(l.n) * double(l.n));
         continue;
