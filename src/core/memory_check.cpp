@@ -77,9 +77,9 @@ double parse_memory_size(const std::string& text) {
 
 MemoryBudget memory_budget(const CompressOptions& o, Backend& backend) {
   MemoryBudget b;
+  b.device_free = backend.available_device_bytes();  // first: a GPU's context is then resident
   const HostMemory h = probe_host_memory();
   b.baseline = h.resident;
-  b.device_free = backend.available_device_bytes();
   if (o.memory_limit == "none") {
     b.check = false;
     return b;

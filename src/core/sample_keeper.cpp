@@ -54,24 +54,24 @@ void SampleKeeper<T>::merge(const LayerStats<T>& earlier) {
 }
 
 template <typename T>
-LayerStats<T> SampleKeeper<T>::result() {
-  if (acc_) return acc_->result();
+std::shared_ptr<const Matrix<T>> SampleKeeper<T>::as_matrix(std::vector<T> values) const {
   auto x = std::make_shared<Matrix<T>>();
   x->rows = n_;
   x->cols = count_;
-  x->data = x_;
-  return stats_keeping_samples<T>(std::move(x));
+  x->data = std::move(values);
+  return x;
+}
+
+template <typename T>
+LayerStats<T> SampleKeeper<T>::result() {
+  return acc_ ? acc_->result() : stats_keeping_samples<T>(as_matrix(x_));
 }
 
 template <typename T>
 LayerStats<T> SampleKeeper<T>::finish() {
   if (acc_) return acc_->finish();
-  auto x = std::make_shared<Matrix<T>>();
-  x->rows = n_;
-  x->cols = count_;
-  x->data = std::move(x_);
-  done_ = x;
-  return stats_keeping_samples<T>(std::move(x));
+  done_ = as_matrix(std::move(x_));
+  return stats_keeping_samples<T>(done_);
 }
 
 template class SampleKeeper<float>;

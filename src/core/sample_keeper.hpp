@@ -39,6 +39,7 @@ class SampleKeeper final : public StatsAccumulator<T> {
 
  private:
   void switch_to_c();
+  std::shared_ptr<const Matrix<T>> as_matrix(std::vector<T> values) const;  // n x count_
 
   struct Batch {
     int64_t cols, first;
