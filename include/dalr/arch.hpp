@@ -4,7 +4,8 @@
 // or a built-in torchvision VGG preset for a plain state dict without metadata.
 //
 // dalr.arch layers (fields in brackets are optional, with their defaults):
-//   {"type":"conv","name":N,"in":C,"out":O,"kernel":K,["stride":1],["pad":0],["bias":true]}
+//   {"type":"conv","name":N,"in":C,"out":O,"kernel":K,["stride":1],["pad":0],["dilation":1],
+//    ["bias":true]}   (PyTorch's Conv2d, square; "dilation" is written only when not 1)
 //   {"type":"relu"}  {"type":"dropout"} (identity)  {"type":"flatten"} (C order)
 //   {"type":"maxpool","kernel":K,["stride":K]}  {"type":"avgpool","kernel":K,["stride":K]}
 //       (PyTorch semantics: floor mode, no padding)
@@ -50,6 +51,7 @@ struct LayerSpec {
   int64_t kernel = 0;
   int64_t stride = 1;
   int64_t pad = 0;
+  int64_t dilation = 1;             // conv: the kernel's taps are this far apart
   double eps = 1e-5;                // batchnorm
   std::array<int64_t, 2> out_hw{};  // adaptive_avgpool
   bool bias = true;                 // conv, linear
@@ -87,6 +89,13 @@ Arch load_arch(const SafetensorsFile& file, const std::string& preset, int64_t i
 // A copy with linear layer `name` (m x n) replaced by `name.0` (n -> rank, no bias)
 // and `name.1` (rank -> m, with the original bias), the layout of a compressed model.
 Arch replace_linear_with_factors(const Arch& arch, const std::string& name, int64_t rank);
+
+// A copy with conv layer `name` (c_out x c_in x kh x kw) replaced by `name.0` (c_in ->
+// rank, the original kernel, stride, padding and dilation, no bias) and `name.1` (a 1x1
+// conv rank -> c_out with a bias), the layout of a compressed conv layer. `name.1` has a
+// bias even when the original had none: compress always writes NAME.1.bias (svd-bc
+// corrects it; the other methods write the original's, or zeros).
+Arch replace_conv_with_factors(const Arch& arch, const std::string& name, int64_t rank);
 
 // Every named layer's tensors exist, are floating point and have the shapes the arch
 // implies; the message names the tensor, the expected and the found shape.
