@@ -64,4 +64,23 @@ bool file_exists(const std::string& path) {
   return std::filesystem::exists(path);
 }
 
+void write_images_npy(const std::string& path, const std::vector<float>& v, int64_t n, int64_t c,
+                      int64_t h, int64_t w) {
+  if (static_cast<int64_t>(v.size()) != n * c * h * w)
+    throw std::runtime_error("write_images_npy: size does not match the shape");
+  std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(n) +
+                     ", " + std::to_string(c) + ", " + std::to_string(h) + ", " +
+                     std::to_string(w) + "), }";
+  dict.append((64 - (10 + dict.size() + 1) % 64) % 64, ' ');  // format 1.0: 64-byte aligned
+  dict += '\n';
+  std::string bytes = "\x93NUMPY";
+  bytes += '\x01';
+  bytes += '\x00';
+  bytes += static_cast<char>(dict.size() & 0xff);
+  bytes += static_cast<char>(dict.size() >> 8);
+  bytes += dict;
+  bytes.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  write_file(path, bytes);
+}
+
 }  // namespace dalr::test

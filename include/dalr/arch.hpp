@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "dalr/conv_geometry.hpp"
 #include "dalr/input_spec.hpp"
 
 namespace dalr {
@@ -113,6 +114,11 @@ struct ActShape {
   int64_t numel() const { return c * h * w; }
 };
 std::vector<ActShape> layer_input_shapes(const Arch& arch, int64_t c, int64_t h, int64_t w);
+
+// The geometry of conv layer `index` (dalr/conv_geometry.hpp: its input feature map, kernel,
+// stride, padding and dilation) when the network's input is c x h x w. Throws dalr::Error
+// when that layer is not a conv or the data cannot flow (layer_input_shapes).
+ConvGeometry conv_geometry(const Arch& arch, size_t index, int64_t c, int64_t h, int64_t w);
 
 // "layer 3 (conv 'features.0')", as errors name a layer.
 std::string layer_label(const Arch& arch, size_t index);

@@ -386,6 +386,18 @@ std::vector<ActShape> layer_input_shapes(const Arch& arch, int64_t c, int64_t h,
   return shapes;
 }
 
+ConvGeometry conv_geometry(const Arch& arch, size_t index, int64_t c, int64_t h, int64_t w) {
+  if (index >= arch.layers.size() || arch.layers[index].type != LayerType::Conv)
+    throw Error("internal: layer " + std::to_string(index) + " is not a conv layer");
+  const LayerSpec& l = arch.layers[index];
+  const ActShape s = layer_input_shapes(arch, c, h, w)[index];
+  ConvGeometry g;
+  g.channels = s.c, g.height = s.h, g.width = s.w;
+  g.kernel_h = g.kernel_w = l.kernel;
+  g.stride = l.stride, g.pad = l.pad, g.dilation = l.dilation;
+  return g;
+}
+
 Arch parse_arch(const std::string& arch_json, const std::string& input_json) {
   Arch arch;
   const json a = parse_json(arch_json, "dalr.arch");
