@@ -392,25 +392,19 @@ TEST(Arch, ReplaceConvWithFactors) {
       R"({"channels":3,"crop":[8,7]})");
   const Arch f = replace_conv_with_factors(a, "c", 4);
   ASSERT_EQ(f.layers.size(), a.layers.size() + 1);
-  const LayerSpec &f0 = f.layers[0], &f1 = f.layers[1];
-  EXPECT_EQ(f0.type, LayerType::Conv);
-  EXPECT_EQ(f0.name, "c.0");
-  EXPECT_EQ(f0.in, 3);
-  EXPECT_EQ(f0.out, 4);
-  EXPECT_EQ(f0.kernel, 3);
-  EXPECT_EQ(f0.stride, 2);
-  EXPECT_EQ(f0.pad, 2);
-  EXPECT_EQ(f0.dilation, 2);
-  EXPECT_FALSE(f0.bias);
-  EXPECT_EQ(f1.type, LayerType::Conv);
-  EXPECT_EQ(f1.name, "c.1");
-  EXPECT_EQ(f1.in, 4);
-  EXPECT_EQ(f1.out, 6);
-  EXPECT_EQ(f1.kernel, 1);
-  EXPECT_EQ(f1.stride, 1);
-  EXPECT_EQ(f1.pad, 0);
-  EXPECT_EQ(f1.dilation, 1);
-  EXPECT_TRUE(f1.bias);  // compress writes c.1.bias whatever the original had
+  // c.0: the original's kernel, stride, padding and dilation, k outputs, no bias; c.1: a
+  // 1x1 conv k -> 6 with a bias (compress writes c.1.bias whatever the original had).
+  LayerSpec want0 = a.layers[0], want1 = a.layers[0];
+  want0.name = "c.0";
+  want0.out = 4;
+  want1.name = "c.1";
+  want1.in = 4;
+  want1.kernel = want1.stride = want1.dilation = 1;
+  want1.pad = 0;
+  want1.bias = true;
+  EXPECT_EQ(a.layers[0].dilation, 2);
+  EXPECT_TRUE(f.layers[0] == want0) << arch_to_json(f);
+  EXPECT_TRUE(f.layers[1] == want1) << arch_to_json(f);
   EXPECT_EQ(f.layers[2].type, LayerType::Relu);
   // The same activation shapes after the pair as after the original.
   const auto sa = layer_input_shapes(a, 3, 8, 7), sf = layer_input_shapes(f, 3, 8, 7);

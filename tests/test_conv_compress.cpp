@@ -21,6 +21,7 @@
 #include "test_util.hpp"
 
 using namespace dalr;
+using test::rel_diff;
 using test::run_cli;
 
 namespace {
@@ -88,14 +89,6 @@ class ConvCompress : public ::testing::Test {
   Arch arch_;
   std::vector<float> images_;
 };
-
-double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
-    num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
-  return std::sqrt(num / std::max(den, 1e-300));
-}
 
 double gram_diff(const LayerStats<double>& a, const LayerStats<double>& b) {
   return rel_diff(a.gram().data, b.gram().data);

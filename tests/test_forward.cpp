@@ -32,6 +32,7 @@ using test::kNet1;
 using test::kNet2;
 using test::randn;
 using test::random_weights;
+using test::rel_diff;
 using test::Tensors;
 using test::write_model;
 
@@ -147,14 +148,6 @@ T4 ref_linear(const T4& x, const std::vector<double>& wt, const std::vector<doub
 }
 
 // ------------------------------------------------------------ fixtures
-
-double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
-    num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
-  return std::sqrt(num / std::max(den, 1e-300));
-}
 
 template <typename T>
 std::vector<double> as_double(const Matrix<T>& m) {
