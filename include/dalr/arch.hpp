@@ -50,6 +50,7 @@ struct LayerSpec {
   int64_t kernel = 0;
   int64_t stride = 1;
   int64_t pad = 0;
+  int64_t dilation = 1;             // conv: the kernel's taps are this far apart
   double eps = 1e-5;                // batchnorm
   std::array<int64_t, 2> out_hw{};  // adaptive_avgpool
   bool bias = true;                 // conv, linear

@@ -89,6 +89,7 @@ class GpuPatchStats final : public StatsAccumulator<T> {
     if (cols <= 0) return;
     const int64_t first = check_batch(dx, ldx, first_index, cols);
     ctx_->make_current();
+    require_on_device(dx, ctx_->device(), "feature-map");
     tiles(dx, cols, ldx, first, static_cast<cudaStream_t>(stream));
   }
 
