@@ -41,17 +41,19 @@ __global__ void im2row_kernel(Im2rowShape a, const T* __restrict__ x, int64_t ld
 }  // namespace
 
 template <typename T>
-void launch_im2row(const ConvGeometry& g, const T* x, int64_t ldx, int64_t images, int64_t s0,
+void launch_im2row(const Im2rowGeometry& g, const T* x, int64_t ldx, int64_t images, int64_t s0,
                    int64_t count, T* dst, int64_t ldd, cudaStream_t stream) {
-  g.check();
-  const int64_t n = g.patch_size(), positions = g.positions();
+  if (g.channels < 1 || g.height < 1 || g.width < 1 || g.kernel_h < 1 || g.kernel_w < 1 ||
+      g.stride < 1 || g.pad < 0 || g.dilation < 1 || g.out_height < 1 || g.out_width < 1)
+    throw Error("im2row: bad geometry (every size at least 1, the padding at least 0)");
+  const int64_t n = g.channels * g.kernel_h * g.kernel_w, positions = g.out_height * g.out_width;
+  const int64_t map = g.channels * g.height * g.width;
   if (n > INT_MAX / 2)  // the kernel's unit loop counts in int
     throw Error("im2row: patch size " + std::to_string(n) + " exceeds " +
                 std::to_string(INT_MAX / 2));
-  if (ldx < g.map_size() || ldd < n || images < 0 || s0 < 0 || count < 0 ||
-      s0 > images * positions - count)
+  if (ldx < map || ldd < n || images < 0 || s0 < 0 || count < 0 || s0 > images * positions - count)
     throw Error("im2row: bad tile (ldx " + std::to_string(ldx) + " for maps of " +
-                std::to_string(g.map_size()) + ", ldd " + std::to_string(ldd) + " for patches of " +
+                std::to_string(map) + ", ldd " + std::to_string(ldd) + " for patches of " +
                 std::to_string(n) + ", samples " + std::to_string(s0) + " + " +
                 std::to_string(count) + " of " + std::to_string(images * positions) + ")");
   if (count == 0) return;
@@ -66,7 +68,7 @@ void launch_im2row(const ConvGeometry& g, const T* x, int64_t ldx, int64_t image
                       g.stride,
                       g.pad,
                       g.dilation,
-                      g.out_width(),
+                      g.out_width,
                       positions};
   // A warp-multiple no wider than the patch (27 units at a first 3x3 layer), at most 256.
   const int threads = static_cast<int>(std::min<int64_t>(256, (n + 31) / 32 * 32));
@@ -78,9 +80,9 @@ void launch_im2row(const ConvGeometry& g, const T* x, int64_t ldx, int64_t image
   DALR_CUDA_CHECK_LAUNCH();
 }
 
-template void launch_im2row<float>(const ConvGeometry&, const float*, int64_t, int64_t, int64_t,
+template void launch_im2row<float>(const Im2rowGeometry&, const float*, int64_t, int64_t, int64_t,
                                    int64_t, float*, int64_t, cudaStream_t);
-template void launch_im2row<double>(const ConvGeometry&, const double*, int64_t, int64_t, int64_t,
+template void launch_im2row<double>(const Im2rowGeometry&, const double*, int64_t, int64_t, int64_t,
                                     int64_t, double*, int64_t, cudaStream_t);
 
 }  // namespace dalr::kernels

@@ -22,7 +22,6 @@
 #include "dalr/cuda.hpp"
 #include "dalr/error.hpp"
 #include "dalr/patches.hpp"
-#include "im2row.cuh"
 
 namespace dalr::cuda {
 
@@ -131,7 +130,7 @@ class GpuPatchStats final : public StatsAccumulator<T> {
     const int64_t total = cols * positions_;
     for (int64_t s0 = 0; s0 < total; s0 += tile_cols_) {
       const int64_t c = std::min(tile_cols_, total - s0);
-      kernels::launch_im2row<T>(g_, x, ldx, cols, s0, c, tile_.data(), n_, s);
+      kernels::launch_im2row<T>(im2row_geometry(g_), x, ldx, cols, s0, c, tile_.data(), n_, s);
       inner_.add_device(tile_.data(), c, n_, first + s0, s);
     }
   }

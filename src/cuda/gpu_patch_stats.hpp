@@ -8,10 +8,17 @@
 
 #include "dalr/backend.hpp"
 #include "dalr/conv_geometry.hpp"
+#include "im2row.cuh"
 
 namespace dalr::cuda {
 
 class Context;
+
+// The device im2row's view of a geometry (kernels/im2row.cuh).
+inline kernels::Im2rowGeometry im2row_geometry(const ConvGeometry& g) {
+  return {g.channels, g.height, g.width,    g.kernel_h,     g.kernel_w,
+          g.stride,   g.pad,    g.dilation, g.out_height(), g.out_width()};
+}
 
 // The same semantics as PatchAccumulator<T>(stats(g.patch_size(), m, w, b, tile_cols), g,
 // tile_cols): add() takes host feature maps (g.map_size() x images); samples are

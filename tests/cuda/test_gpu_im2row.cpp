@@ -17,10 +17,10 @@
 
 #include "conv_cases.hpp"
 #include "cuda/device_buffer.hpp"
+#include "cuda/gpu_patch_stats.hpp"
 #include "dalr/error.hpp"
 #include "dalr/patches.hpp"
 #include "gpu_test.hpp"
-#include "im2row.cuh"
 
 namespace dc = dalr::cuda;
 
@@ -71,8 +71,8 @@ void check_against_host() {
       std::vector<T> got(static_cast<size_t>(ldd * t.count), std::numeric_limits<T>::quiet_NaN());
       dc::DeviceBuffer<T> dst(got.size());
       dst.upload(got.data(), got.size(), stream);  // poisoned
-      dalr::kernels::launch_im2row<T>(g, dmaps.data(), maps.rows, images, t.s0, t.count, dst.data(),
-                                      ldd, stream);
+      dalr::kernels::launch_im2row<T>(dc::im2row_geometry(g), dmaps.data(), maps.rows, images, t.s0,
+                                      t.count, dst.data(), ldd, stream);
       dst.download(got.data(), got.size(), stream);
       stream.synchronize();
       const std::vector<T> want = host_tile(g, maps, t.s0, t.count, ldd);
@@ -100,7 +100,8 @@ TEST(GpuIm2row, BadArgumentsAreRefused) {
   const int64_t map = g.map_size(), n = g.patch_size(), total = 2 * g.positions();
   auto msg = [&](int64_t ldx, int64_t s0, int64_t count, int64_t ldd) {
     return dalr::test::error_message([&] {
-      dalr::kernels::launch_im2row<float>(g, nullptr, ldx, 2, s0, count, nullptr, ldd, nullptr);
+      dalr::kernels::launch_im2row<float>(dc::im2row_geometry(g), nullptr, ldx, 2, s0, count,
+                                          nullptr, ldd, nullptr);
     });
   };
   EXPECT_NE(msg(map - 1, 0, 1, n).find("ldx " + std::to_string(map - 1)), std::string::npos);
@@ -109,11 +110,11 @@ TEST(GpuIm2row, BadArgumentsAreRefused) {
   EXPECT_NE(msg(map, -1, 1, n).find("samples -1"), std::string::npos);
   EXPECT_NE(msg(map, 0, 1, n).find("null pointer"), std::string::npos);
   EXPECT_EQ(msg(map, total, 0, n), "<no throw>");  // an empty tile at the end is nothing
-  ConvGeometry bad = g;
+  dalr::kernels::Im2rowGeometry bad = dc::im2row_geometry(g);
   bad.stride = 0;
   EXPECT_NE(dalr::test::error_message([&] {
               dalr::kernels::launch_im2row<double>(bad, nullptr, map, 1, 0, 1, nullptr, n, nullptr);
-            }).find("stride is 0"),
+            }).find("bad geometry"),
             std::string::npos);
 }
 
