@@ -13,31 +13,15 @@
 
 namespace dalr::test {
 
-struct ConvCase {
-  int64_t c, h, w, kh, kw, stride, pad, dilation;
-};
-
-inline const std::vector<ConvCase>& conv_cases() {
-  static const std::vector<ConvCase> cases = {
+// Channels, height, width, kernel height and width, stride, padding, dilation.
+inline const std::vector<ConvGeometry>& conv_cases() {
+  static const std::vector<ConvGeometry> cases = {
       {3, 7, 5, 3, 3, 1, 1, 1},  {2, 9, 11, 3, 3, 2, 1, 1}, {5, 8, 7, 3, 2, 1, 2, 2},
       {4, 6, 6, 1, 1, 1, 0, 1},  {1, 5, 5, 5, 5, 1, 0, 1},  {3, 10, 9, 2, 3, 3, 0, 2},
       {2, 4, 3, 3, 3, 2, 1, 1},  {3, 7, 6, 1, 1, 2, 0, 1},  // 1x1, stride 2: rows 1, 3, 5 unread
       {37, 6, 5, 3, 3, 1, 1, 1},  // 333 units: several thread blocks per column
   };
   return cases;
-}
-
-inline ConvGeometry geometry(const ConvCase& k) {
-  ConvGeometry g;
-  g.channels = k.c;
-  g.height = k.h;
-  g.width = k.w;
-  g.kernel_h = k.kh;
-  g.kernel_w = k.kw;
-  g.stride = k.stride;
-  g.pad = k.pad;
-  g.dilation = k.dilation;
-  return g;
 }
 
 inline std::string describe(const ConvGeometry& g) {

@@ -111,8 +111,7 @@ void run(Precision precision, Tol tol, Feed feed) {
   const auto gpu = dc::make_backend(0, precision);
   const auto cpu =
       dalr::make_cpu_backend(precision == Precision::Tf32 ? Precision::Fp32 : precision);
-  for (const auto& k : dalr::test::conv_cases()) {
-    const ConvGeometry g = dalr::test::geometry(k);
+  for (const ConvGeometry& g : dalr::test::conv_cases()) {
     const int64_t images = 7, m = 6, positions = g.positions();
     const Matrix<T> maps = dalr::test::random_maps<T>(g, images, 4, rng);
     const int64_t ldx = maps.rows;
@@ -162,7 +161,7 @@ TEST(GpuConvStats, Tf32MatchesCpuLoosely) {
 
 // 2 x 5 x 5 maps, 3 x 3 kernel, padding 1: 25 positions, 18 units.
 ConvGeometry small() {
-  return dalr::test::geometry({2, 5, 5, 3, 3, 1, 1, 1});
+  return ConvGeometry{2, 5, 5, 3, 3, 1, 1, 1};
 }
 
 // Two images of 0.5 with an Inf at channel 0, row 1, column 2 of image 1: the first
@@ -213,7 +212,7 @@ TEST(GpuConvStats, DeviceNonFiniteIsReportedLaterWithTheCpuMessage) {
 // neither twin complains and the statistics agree.
 TEST(GpuConvStats, NonFiniteThatNoWindowReadsIsIgnoredAsByTheCpu) {
   DALR_SKIP_WITHOUT_GPU();
-  const ConvGeometry g = dalr::test::geometry({3, 7, 6, 1, 1, 2, 0, 1});
+  const ConvGeometry g{3, 7, 6, 1, 1, 2, 0, 1};
   std::mt19937_64 rng(announce_seed(6));
   Matrix<double> maps = dalr::test::random_maps<double>(g, 2, 0, rng);
   maps(g.width + 2, 1) = std::numeric_limits<double>::quiet_NaN();  // channel 0, row 1

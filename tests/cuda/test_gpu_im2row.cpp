@@ -49,8 +49,7 @@ void check_against_host() {
   DALR_SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(announce_seed(31));
   const dc::Stream stream;
-  for (const auto& k : dalr::test::conv_cases()) {
-    const ConvGeometry g = dalr::test::geometry(k);
+  for (const ConvGeometry& g : dalr::test::conv_cases()) {
     SCOPED_TRACE(dalr::test::describe(g));
     const int64_t images = 3, n = g.patch_size(), positions = g.positions();
     const int64_t total = images * positions, ldd = n + 3;
@@ -96,7 +95,7 @@ TEST(GpuIm2row, EqualsHostFp64) {
 
 // Runs everywhere: every check comes before the launch.
 TEST(GpuIm2row, BadArgumentsAreRefused) {
-  const ConvGeometry g = dalr::test::geometry({3, 7, 5, 3, 3, 1, 1, 1});
+  const ConvGeometry g{3, 7, 5, 3, 3, 1, 1, 1};
   const int64_t map = g.map_size(), n = g.patch_size(), total = 2 * g.positions();
   auto msg = [&](int64_t ldx, int64_t s0, int64_t count, int64_t ldd) {
     return dalr::test::error_message([&] {
