@@ -1,5 +1,6 @@
 """dalr.compress: an nn.Module in, a copy out with named nn.Linear and nn.Conv2d layers
 factored."""
+import collections.abc
 import copy
 import sys
 import time
@@ -226,7 +227,7 @@ def compress(model, ranks, data, method="dalr", device=None, precision=None, lam
     layers = _check_ranks(model, ranks)
     if sequential is None:
         sequential = any(_is_conv(m) for m in layers.values())
-    if sequential and len(layers) > 1 and not callable(data) and iter(data) is data:
+    if sequential and len(layers) > 1 and isinstance(data, collections.abc.Iterator):
         raise Error("sequential compression runs the data once per layer: pass a list, a "
                     "DataLoader or a callable, not an iterator or generator (or sequential=False)")
     param = next(model.parameters(), None)
