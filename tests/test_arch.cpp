@@ -103,6 +103,25 @@ TEST(Arch, JsonRoundTrip) {
   EXPECT_EQ(d.layers[1].stride, 2);
   EXPECT_EQ(d.layers[2].eps, 1e-5);
   EXPECT_EQ(d.input.crop, (std::array<int64_t, 2>{8, 8}));
+  EXPECT_EQ(d.layers[0].dilation, 1);
+  // dilation: parsed, compared, and written only when it is not 1 (files written before
+  // the field existed keep their dalr.arch, and the hashes bound to it).
+  EXPECT_EQ(arch_to_json(d).find("dilation"), std::string::npos) << arch_to_json(d);
+  const Arch dil =
+      parse_arch(R"([{"type":"conv","name":"c","in":1,"out":2,"kernel":3,"pad":1,"dilation":3}])",
+                 R"({"channels":1,"crop":[8,9]})");
+  EXPECT_EQ(dil.layers[0].dilation, 3);
+  EXPECT_NE(arch_to_json(dil).find(R"("pad":1,"dilation":3})"), std::string::npos)
+      << arch_to_json(dil);
+  EXPECT_TRUE(parse_arch(arch_to_json(dil), input_to_json(dil.input)) == dil);
+  Arch undilated = dil;
+  undilated.layers[0].dilation = 1;
+  EXPECT_FALSE(undilated == dil);
+  // Its kernel spans 7 pixels: 8 + 2 - 7 + 1 = 4 rows, 5 columns.
+  const auto shapes = layer_input_shapes(dil, 1, 8, 9);
+  EXPECT_EQ(shapes[1].h, 4);
+  EXPECT_EQ(shapes[1].w, 5);
+  EXPECT_EQ(layer_input_shapes(dil, 1, 5, 5)[1].h, 1);  // 5 + 2 - 7 + 1
 }
 
 TEST(Arch, BadArchErrors) {
@@ -132,6 +151,10 @@ TEST(Arch, BadArchErrors) {
   arch_err("[{" + conv + R"(,"kernel":3,"stride":0}])", {"'stride' must be >= 1"});
   arch_err("[{" + conv + R"(,"kernel":3,"pad":-1}])", {"'pad' must be >= 0, got -1"});
   arch_err("[{" + conv + R"(,"kernel":3,"bias":1}])", {"'bias' must be true or false"});
+  arch_err("[{" + conv + R"(,"kernel":3,"dilation":0}])", {"'dilation' must be >= 1, got 0"});
+  arch_err("[{" + conv + R"(,"kernel":3,"dilation":4}])",
+           {"conv 'c'", "kernel 3 (dilation 4: it spans 9) is larger than its input 3x8x8"});
+  arch_err(R"([{"type":"maxpool","kernel":2,"dilation":2}])", {"unknown field 'dilation'"});
   arch_err("[{" + conv + R"(,"kernel":3,"groups":2}])", {"unknown field 'groups'", "allowed"});
   arch_err(R"([{"type":"relu","inplace":true}])", {"relu", "unknown field 'inplace'"});
   arch_err(R"([{"type":"conv","name":"c","in":3,"out":0,"kernel":1}])", {"'out' must be >= 1"});
@@ -359,6 +382,39 @@ TEST(Arch, ReplaceLinearWithFactors) {
   clash.layers[11].name = "fc1.0";
   expect_error([&] { replace_linear_with_factors(clash, "fc1", 2); },
                {"cannot factor 'fc1'", "'fc1.0' already exists"});
+}
+
+TEST(Arch, ReplaceConvWithFactors) {
+  const Arch a = parse_arch(
+      R"([{"type":"conv","name":"c","in":3,"out":6,"kernel":3,"stride":2,"pad":2,"dilation":2,
+           "bias":false},
+          {"type":"relu"},{"type":"flatten"},{"type":"linear","name":"fc","in":96,"out":2}])",
+      R"({"channels":3,"crop":[8,7]})");
+  const Arch f = replace_conv_with_factors(a, "c", 4);
+  ASSERT_EQ(f.layers.size(), a.layers.size() + 1);
+  // c.0: the original's kernel, stride, padding and dilation, k outputs, no bias; c.1: a
+  // 1x1 conv k -> 6 with a bias (compress writes c.1.bias whatever the original had).
+  LayerSpec want0 = a.layers[0], want1 = a.layers[0];
+  want0.name = "c.0";
+  want0.out = 4;
+  want1.name = "c.1";
+  want1.in = 4;
+  want1.kernel = want1.stride = want1.dilation = 1;
+  want1.pad = 0;
+  want1.bias = true;
+  EXPECT_EQ(a.layers[0].dilation, 2);
+  EXPECT_TRUE(f.layers[0] == want0) << arch_to_json(f);
+  EXPECT_TRUE(f.layers[1] == want1) << arch_to_json(f);
+  EXPECT_EQ(f.layers[2].type, LayerType::Relu);
+  // The same activation shapes after the pair as after the original.
+  const auto sa = layer_input_shapes(a, 3, 8, 7), sf = layer_input_shapes(f, 3, 8, 7);
+  EXPECT_EQ(sf[1].c, 4);
+  EXPECT_EQ(sf[2].numel(), sa[1].numel());
+  EXPECT_EQ(sf.back().numel(), sa.back().numel());
+  EXPECT_TRUE(parse_arch(arch_to_json(f), input_to_json(f.input)) == f);
+  EXPECT_NO_THROW(replace_conv_with_factors(f, "c.0", 2));  // compresses again
+  expect_error([&] { replace_conv_with_factors(a, "fc", 2); }, {"no conv layer named 'fc'", "c"});
+  expect_error([&] { replace_conv_with_factors(a, "c", 0); }, {"rank", ">= 1"});
 }
 
 }  // namespace

@@ -32,6 +32,7 @@ using test::kNet1;
 using test::kNet2;
 using test::randn;
 using test::random_weights;
+using test::rel_diff;
 using test::Tensors;
 using test::write_model;
 
@@ -51,9 +52,11 @@ struct T4 {  // NCHW, row-major
   }
 };
 
+// PyTorch's Conv2d: tap (ky, kx) reads pixel (oy s + ky d - p, ox s + kx d - p).
 T4 ref_conv(const T4& x, const std::vector<double>& wt, const std::vector<double>* bias, int64_t o,
-            int64_t k, int64_t s, int64_t p) {
-  T4 y(x.n, o, (x.h + 2 * p - k) / s + 1, (x.w + 2 * p - k) / s + 1);
+            int64_t k, int64_t s, int64_t p, int64_t d = 1) {
+  const int64_t span = d * (k - 1) + 1;
+  T4 y(x.n, o, (x.h + 2 * p - span) / s + 1, (x.w + 2 * p - span) / s + 1);
   for (int64_t b = 0; b < x.n; ++b)
     for (int64_t oc = 0; oc < o; ++oc)
       for (int64_t oy = 0; oy < y.h; ++oy)
@@ -62,7 +65,7 @@ T4 ref_conv(const T4& x, const std::vector<double>& wt, const std::vector<double
           for (int64_t ic = 0; ic < x.c; ++ic)
             for (int64_t ky = 0; ky < k; ++ky)
               for (int64_t kx = 0; kx < k; ++kx) {
-                const int64_t iy = oy * s + ky - p, ix = ox * s + kx - p;
+                const int64_t iy = oy * s + ky * d - p, ix = ox * s + kx * d - p;
                 if (iy < 0 || ix < 0 || iy >= x.h || ix >= x.w) continue;
                 acc += wt[((oc * x.c + ic) * k + ky) * k + kx] * x.at(b, ic, iy, ix);
               }
@@ -145,14 +148,6 @@ T4 ref_linear(const T4& x, const std::vector<double>& wt, const std::vector<doub
 }
 
 // ------------------------------------------------------------ fixtures
-
-double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
-    num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
-  return std::sqrt(num / std::max(den, 1e-300));
-}
 
 template <typename T>
 std::vector<double> as_double(const Matrix<T>& m) {
@@ -311,6 +306,94 @@ TEST(Forward, FactoredLinearMatchesProduct) {
   EXPECT_LT(rel_diff(run_as(fact, x, "").data, run_as(dense, x, "").data), 1e-12);
   EXPECT_LT(rel_diff(run_as(fact, x, "fc1.0").data, run_as(dense, x, "fc1").data), 1e-15);
   EXPECT_EQ(run_as(fact, x, "fc1.1").rows, k);
+}
+
+// Dilated convolutions (with stride 2 and padding), one without a bias, and a 1x1 conv
+// fed by a conv (oneDNN hands its own layout over): 3x17x15 -> conv k3 p2 d2 (5x17x15) ->
+// relu -> conv k3 s2 p1 d3, no bias (4x7x6) -> 1x1 conv (6x7x6) -> flatten -> linear.
+const char* kInputDilated = R"({"channels":3,"crop":[17,15]})";
+const char* kNetDilated = R"([
+  {"type":"conv","name":"d1","in":3,"out":5,"kernel":3,"stride":1,"pad":2,"dilation":2},
+  {"type":"relu"},
+  {"type":"conv","name":"d2","in":5,"out":4,"kernel":3,"stride":2,"pad":1,"dilation":3,"bias":false},
+  {"type":"conv","name":"d3","in":4,"out":6,"kernel":1},
+  {"type":"flatten"},
+  {"type":"linear","name":"fc","in":252,"out":3}])";
+
+TEST(Forward, DilatedAndBiasFreeConvsMatchNaiveLoops) {
+  const uint64_t seed = test::test_seed(77);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  test::TempDir dir;
+  const Arch a = parse_arch(kNetDilated, kInputDilated);
+  const Tensors t = random_weights(a, rng);
+  ASSERT_EQ(t.count("d2.bias"), 0u);
+  write_model(dir.file("dil.safetensors"), a, t);
+  const SafetensorsFile file(dir.file("dil.safetensors"));
+  const T4 x = random_input(3, 3, 17, 15, rng);
+  T4 y = ref_conv(x, t.at("d1.weight"), &t.at("d1.bias"), 5, 3, 1, 2, 2);
+  ASSERT_EQ(y.h * y.w, 17 * 15);
+  ref_relu(y);
+  const T4 d2_in = y;
+  y = ref_conv(y, t.at("d2.weight"), nullptr, 4, 3, 2, 1, 3);
+  ASSERT_EQ(y.h, 7);
+  ASSERT_EQ(y.w, 6);
+  const T4 d3_in = y;
+  y = ref_conv(y, t.at("d3.weight"), &t.at("d3.bias"), 6, 1, 1, 0);
+  y = ref_linear(ref_flatten(y), t.at("fc.weight"), &t.at("fc.bias"), 3);
+  // fp64 (im2col): summation orders only, 1e-10 relative (Frobenius).
+  const CpuForward<double> fwd(a, file);
+  EXPECT_LT(rel_diff(run_as(fwd, x, "d2").data, d2_in.v), 1e-10);
+  EXPECT_LT(rel_diff(run_as(fwd, x, "d3").data, d3_in.v), 1e-10);
+  EXPECT_LT(rel_diff(run_as(fwd, x, "").data, y.v), 1e-10);
+  // fp32 on both CPU paths (oneDNN where built, and im2col): 1e-5 relative.
+  const CpuForward<float> fwd32(a, file);
+  ASSERT_EQ(setenv("DALR_CPU_CONV", "im2col", 1), 0);
+  const CpuForward<float> im2col32(a, file);
+  ASSERT_EQ(unsetenv("DALR_CPU_CONV"), 0);
+  for (const CpuForward<float>* f : {&fwd32, &im2col32}) {
+    EXPECT_LT(rel_diff(as_double(run_as(*f, x, "d3")), d3_in.v), 1e-5);
+    EXPECT_LT(rel_diff(as_double(run_as(*f, x, "")), y.v), 1e-5);
+  }
+}
+
+// A conv layer whose weight is A B (c_out x k times k x c_in kh kw) computes what its two
+// factors do as a compressed model holds them: NAME.0 (k filters of the original size,
+// stride, padding and dilation) and NAME.1 (a 1x1 conv with the bias).
+TEST(Forward, FactoredConvMatchesProduct) {
+  const uint64_t seed = test::test_seed(78);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  test::TempDir dir;
+  const Arch a = parse_arch(kNetDilated, kInputDilated);
+  Tensors t = random_weights(a, rng);
+  const int64_t k = 3, m = 5, n = 3 * 3 * 3;  // d1: 5 x 3x3x3
+  const auto A = randn(m * k, rng), B = randn(k * n, rng);
+  std::vector<double> W(m * n, 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t l = 0; l < k; ++l) W[i * n + j] += A[i * k + l] * B[l * n + j];
+  t["d1.weight"] = W;
+  write_model(dir.file("dense.safetensors"), a, t);
+  const Arch f = replace_conv_with_factors(a, "d1", k);
+  Tensors tf = t;
+  tf["d1.1.bias"] = t["d1.bias"];
+  tf.erase("d1.weight");
+  tf.erase("d1.bias");
+  tf["d1.0.weight"] = B;
+  tf["d1.1.weight"] = A;
+  // write_model's shapes come from the arch: (k, 3, 3, 3) and (5, k, 1, 1).
+  write_model(dir.file("fact.safetensors"), f, tf);
+  const SafetensorsFile ff(dir.file("fact.safetensors"));
+  EXPECT_EQ(ff.at("d1.1.weight").shape, (std::vector<int64_t>{m, k, 1, 1}));
+  const CpuForward<double> dense(a, SafetensorsFile(dir.file("dense.safetensors")));
+  const CpuForward<double> fact(load_arch(ff, ""), ff);
+  const T4 x = random_input(2, 3, 17, 15, rng);
+  EXPECT_LT(rel_diff(run_as(fact, x, "").data, run_as(dense, x, "").data), 1e-12);
+  EXPECT_LT(rel_diff(run_as(fact, x, "d2").data, run_as(dense, x, "d2").data), 1e-12);
+  EXPECT_EQ(run_as(fact, x, "d1.1").rows, k * 17 * 15);
+  const CpuForward<float> fact32(load_arch(ff, ""), ff);
+  EXPECT_LT(rel_diff(as_double(run_as(fact32, x, "")), run_as(dense, x, "").data), 1e-5);
 }
 
 // A VGG-like net with odd sizes for the two fp32 convolution paths: 3x19x17 -> conv k3 p1

@@ -146,6 +146,21 @@ TEST_F(StreamDualCli, RefusedWhenAskedWhereItCannotRunAndPrimalUnderAuto) {
   }
 }
 
+TEST_F(StreamDualCli, ConvLayersStayPrimal) {
+  // A conv layer's samples are every patch of every image: not kept; the fc layer is.
+  const std::string args = "--layer features.0,classifier.0 --independent --limit 15 --rank 2 ";
+  const test::CommandResult r = fail(args + "--solve dual");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("--solve dual cannot be used here: conv layer 'features.0'"),
+            std::string::npos)
+      << r.output;
+  const auto a = run("auto", args);
+  ASSERT_FALSE(a.is_null());
+  EXPECT_EQ(a["layers"][0]["solve"], "primal");
+  EXPECT_NE(a["layers"][0]["solve_reason"].get<std::string>().find("patches"), std::string::npos);
+  EXPECT_EQ(a["layers"][1]["solve"], "dual");
+}
+
 // Several processes share statistics, not samples: asked for, the dual is refused; auto
 // stays primal. (The plan alone: a communicator that says there are two ranks.)
 class TwoRanks final : public Communicator {

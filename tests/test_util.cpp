@@ -3,11 +3,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 
@@ -48,6 +51,13 @@ CommandResult run_cli(const std::string& args) {
   return r;
 }
 
+double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   std::stringstream ss;
@@ -62,6 +72,25 @@ void write_file(const std::string& path, const std::string& bytes) {
 
 bool file_exists(const std::string& path) {
   return std::filesystem::exists(path);
+}
+
+void write_images_npy(const std::string& path, const std::vector<float>& v, int64_t n, int64_t c,
+                      int64_t h, int64_t w) {
+  if (static_cast<int64_t>(v.size()) != n * c * h * w)
+    throw std::runtime_error("write_images_npy: size does not match the shape");
+  std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(n) +
+                     ", " + std::to_string(c) + ", " + std::to_string(h) + ", " +
+                     std::to_string(w) + "), }";
+  dict.append((64 - (10 + dict.size() + 1) % 64) % 64, ' ');  // format 1.0: 64-byte aligned
+  dict += '\n';
+  std::string bytes = "\x93NUMPY";
+  bytes += '\x01';
+  bytes += '\x00';
+  bytes += static_cast<char>(dict.size() & 0xff);
+  bytes += static_cast<char>(dict.size() >> 8);
+  bytes += dict;
+  bytes.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  write_file(path, bytes);
 }
 
 }  // namespace dalr::test

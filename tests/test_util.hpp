@@ -51,8 +51,15 @@ std::string error_message(F&& f) {
   return "<no throw>";
 }
 
+// sqrt(sum (a - b)^2 / sum b^2), the relative Frobenius distance of a from b; infinity
+// when the sizes differ.
+double rel_diff(const std::vector<double>& a, const std::vector<double>& b);
+
 std::string read_file(const std::string& path);
 void write_file(const std::string& path, const std::string& bytes);
 bool file_exists(const std::string& path);
+// A float32 .npy of shape (n, c, h, w), C order: images for --data FILE.npy.
+void write_images_npy(const std::string& path, const std::vector<float>& v, int64_t n, int64_t c,
+                      int64_t h, int64_t w);
 
 }  // namespace dalr::test

@@ -222,12 +222,15 @@ def _pair(v):
 def _arch_of_layer(prefix, m, out):
     import torch.nn as nn
     if isinstance(m, nn.Conv2d):
-        if m.groups != 1 or _pair(m.dilation) != 1:
-            raise ValueError(f"{prefix}: grouped or dilated convolutions are not supported")
-        out.append({"type": "conv", "name": prefix, "in": m.in_channels, "out": m.out_channels,
-                    "kernel": _pair(m.kernel_size), "stride": _pair(m.stride), "pad": _pair(m.padding)})
+        if m.groups != 1:
+            raise ValueError(f"{prefix}: grouped convolutions are not supported")
+        L = {"type": "conv", "name": prefix, "in": m.in_channels, "out": m.out_channels,
+             "kernel": _pair(m.kernel_size), "stride": _pair(m.stride), "pad": _pair(m.padding)}
+        if _pair(m.dilation) != 1:
+            L["dilation"] = _pair(m.dilation)
         if m.bias is None:
-            raise ValueError(f"{prefix}: convolution without bias is not supported")
+            L["bias"] = False
+        out.append(L)
     elif isinstance(m, nn.ReLU):
         out.append({"type": "relu"})
     elif isinstance(m, nn.MaxPool2d):
@@ -345,7 +348,9 @@ def _layer_module(L, arch, tensors):
     t = L["type"]
     name = L.get("name")
     if t == "conv":
-        mod = nn.Conv2d(L["in"], L["out"], L["kernel"], stride=L.get("stride", 1), padding=L.get("pad", 0))
+        bias = name + ".bias" in tensors if tensors is not None else bool(L.get("bias", True))
+        mod = nn.Conv2d(L["in"], L["out"], L["kernel"], stride=L.get("stride", 1), padding=L.get("pad", 0),
+                        dilation=L.get("dilation", 1), bias=bias)
     elif t == "relu":
         mod = nn.ReLU(inplace=True)
     elif t == "maxpool":
@@ -397,7 +402,7 @@ def _sequential_from_arch(arch, tensors):
         else:
             parts = name.split(".")
             idx = int(parts[0])
-            if len(parts) == 2 and L["type"] == "linear":  # a compressed pair N.0, N.1
+            if len(parts) == 2 and L["type"] in ("linear", "conv"):  # a compressed pair N.0, N.1
                 pairs.setdefault(idx, {})[int(parts[1])] = mod
                 if len(pairs[idx]) < 2:
                     last = idx
@@ -420,7 +425,9 @@ def module_from_arch(arch, tensors=None):
     Named layers keep their torchvision index (so that state-dict keys match);
     unnamed ones (relu, pool, dropout, flatten) take the next free index of their
     section. A compressed layer `classifier.0.0`/`classifier.0.1` becomes
-    `classifier[0] = Sequential(Linear(n, k, bias=False), Linear(k, m))`."""
+    `classifier[0] = Sequential(Linear(n, k, bias=False), Linear(k, m))`, and a compressed
+    conv `features.3.0`/`features.3.1` `features[3] = Sequential(Conv2d(c, k, kernel,
+    bias=False), Conv2d(k, c_out, 1))`."""
     import torch
     import torch.nn as nn
 
@@ -468,7 +475,7 @@ def module_from_arch(arch, tensors=None):
         sec, rest = _split_name(name)
         if len(rest) == 1:
             put(sec, int(rest[0]), mod)
-        elif len(rest) == 2 and t == "linear":
+        elif len(rest) == 2 and t in ("linear", "conv"):
             idx, sub = int(rest[0]), int(rest[1])
             pending_lowrank.setdefault((sec, idx), {})[sub] = mod
             if len(pending_lowrank[(sec, idx)]) == 2:

@@ -4,7 +4,8 @@
 // or a built-in torchvision VGG preset for a plain state dict without metadata.
 //
 // dalr.arch layers (fields in brackets are optional, with their defaults):
-//   {"type":"conv","name":N,"in":C,"out":O,"kernel":K,["stride":1],["pad":0],["bias":true]}
+//   {"type":"conv","name":N,"in":C,"out":O,"kernel":K,["stride":1],["pad":0],["dilation":1],
+//    ["bias":true]}   (PyTorch's Conv2d, square; "dilation" is written only when not 1)
 //   {"type":"relu"}  {"type":"dropout"} (identity)  {"type":"flatten"} (C order)
 //   {"type":"maxpool","kernel":K,["stride":K]}  {"type":"avgpool","kernel":K,["stride":K]}
 //       (PyTorch semantics: floor mode, no padding)
@@ -22,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "dalr/conv_geometry.hpp"
 #include "dalr/input_spec.hpp"
 
 namespace dalr {
@@ -50,6 +52,7 @@ struct LayerSpec {
   int64_t kernel = 0;
   int64_t stride = 1;
   int64_t pad = 0;
+  int64_t dilation = 1;             // conv: the kernel's taps are this far apart
   double eps = 1e-5;                // batchnorm
   std::array<int64_t, 2> out_hw{};  // adaptive_avgpool
   bool bias = true;                 // conv, linear
@@ -88,6 +91,13 @@ Arch load_arch(const SafetensorsFile& file, const std::string& preset, int64_t i
 // and `name.1` (rank -> m, with the original bias), the layout of a compressed model.
 Arch replace_linear_with_factors(const Arch& arch, const std::string& name, int64_t rank);
 
+// A copy with conv layer `name` (c_out x c_in x kh x kw) replaced by `name.0` (c_in ->
+// rank, the original kernel, stride, padding and dilation, no bias) and `name.1` (a 1x1
+// conv rank -> c_out with a bias), the layout of a compressed conv layer. `name.1` has a
+// bias even when the original had none: compress always writes NAME.1.bias (svd-bc
+// corrects it; the other methods write the original's, or zeros).
+Arch replace_conv_with_factors(const Arch& arch, const std::string& name, int64_t rank);
+
 // Every named layer's tensors exist, are floating point and have the shapes the arch
 // implies; the message names the tensor, the expected and the found shape.
 void check_weights(const Arch& arch, const SafetensorsFile& file);
@@ -104,6 +114,11 @@ struct ActShape {
   int64_t numel() const { return c * h * w; }
 };
 std::vector<ActShape> layer_input_shapes(const Arch& arch, int64_t c, int64_t h, int64_t w);
+
+// The geometry of conv layer `index` (dalr/conv_geometry.hpp: its input feature map, kernel,
+// stride, padding and dilation) when the network's input is c x h x w. Throws dalr::Error
+// when that layer is not a conv or the data cannot flow (layer_input_shapes).
+ConvGeometry conv_geometry(const Arch& arch, size_t index, int64_t c, int64_t h, int64_t w);
 
 // "layer 3 (conv 'features.0')", as errors name a layer.
 std::string layer_label(const Arch& arch, size_t index);

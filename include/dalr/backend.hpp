@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dalr/arch.hpp"
+#include "dalr/conv_geometry.hpp"
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
 #include "dalr/matrix.hpp"
@@ -65,6 +66,19 @@ class Backend {
                                                           const Matrix<double>* w,
                                                           const std::vector<double>* b,
                                                           int64_t max_batch) = 0;
+  // Statistics of a conv layer's patches (dalr/patches.hpp): add() takes the layer's input
+  // feature maps (g.map_size() x images); the statistics have width g.patch_size(), w is
+  // the weight as m x patch_size. `tile_cols` patches go to the inner accumulator at once.
+  // Not pure: by default the host twin (PatchAccumulator around stats(), defined in
+  // src/cpu/cpu_backend.cpp); the CUDA backend overrides it to take device batches too.
+  virtual std::unique_ptr<StatsAccumulator<float>> conv_stats(const ConvGeometry& g, int64_t m,
+                                                              const Matrix<float>* w,
+                                                              const std::vector<float>* b,
+                                                              int64_t tile_cols);
+  virtual std::unique_ptr<StatsAccumulator<double>> conv_stats(const ConvGeometry& g, int64_t m,
+                                                               const Matrix<double>* w,
+                                                               const std::vector<double>* b,
+                                                               int64_t tile_cols);
   // The network's forward pass on this backend (weights loaded once).
   virtual std::unique_ptr<Forward<float>> forward_f32(const Arch& arch,
                                                       const SafetensorsFile& weights) = 0;

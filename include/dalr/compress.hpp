@@ -17,12 +17,12 @@ class Communicator;
 inline constexpr double kDefaultLambdaRel = 1e-3;
 
 struct CompressOptions {
-  std::string model;       // safetensors (*.bin or *.safetensors)
-  std::string layer;       // NAME of NAME.weight (m x n) / NAME.bias (m)
-  std::string acts;        // .npy (p, n) layer inputs, or "stream" (run the network on `data`);
-                           // may be empty when `stats_in` is given
-  std::string acts_test;   // optional held-out activations for the error report
-  std::string stats_in;    // optional statistics file to start from (resume)
+  std::string model;      // safetensors (*.bin or *.safetensors)
+  std::string layer;      // NAME of NAME.weight (m x n, or conv c_out x c_in x kh x kw) / NAME.bias
+  std::string acts;       // .npy (p, n) layer inputs, or "stream" (run the network on `data`);
+                          // may be empty when `stats_in` is given
+  std::string acts_test;  // optional held-out activations for the error report
+  std::string stats_in;   // optional statistics file to start from (resume)
   std::string save_stats;  // optional: write the accumulated statistics here
   std::string out;         // compressed model
   std::string report;      // optional JSON report
@@ -53,6 +53,11 @@ struct CompressOptions {
   int64_t limit = 0;       // use at most this many images (0: all)
   bool shuffle = false;
   uint64_t seed = 0;
+  // Conv layers among several (--acts stream) are compressed one after another: each
+  // layer's statistics come from a pass of the network whose earlier given layers are
+  // already replaced by their factors (the fc layers share one last pass, through every
+  // compressed conv layer). true: one pass of the original network for all layers.
+  bool independent = false;
   bool quiet = false;  // no progress lines
   // Skip the training reconstruction error (2 m n^2 flops from the statistics: minutes
   // at VGG19 fc6 on a CPU); the report's error_train is then null. --acts-test still runs.

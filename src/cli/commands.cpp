@@ -159,15 +159,18 @@ void Commands::add_compress(CLI::App& app) {
   compress_ = app.add_subcommand(
       "compress",
       "Replace one fc layer NAME (NAME.weight m x n, NAME.bias m) by NAME.0 (k x n, no bias)\n"
-      "followed by NAME.1 (m x k, bias), fitted to the layer's input activations.\n"
+      "followed by NAME.1 (m x k, bias), fitted to the layer's input activations; a conv\n"
+      "layer (c_out x c_in x kh x kw) by NAME.0 (k filters of its size, stride, padding and\n"
+      "dilation, no bias) and NAME.1 (1x1, c_out x k, bias), fitted to its input patches.\n"
       "Example: dalr-gpu compress --model M.safetensors --layer ip1 --acts acts.npy \\\n"
       "           --method dalr --rank 16 --out small.safetensors --report report.json");
   auto* c = compress_;
   c->add_option("--model", copt_.model, "Model file (safetensors; *.bin or *.safetensors)")
       ->required();
   c->add_option("--layer", copt_.layer,
-                "Layer to compress: the NAME of NAME.weight; with --acts stream, several "
-                "separated by commas, collected in one pass")
+                "Layer to compress: the NAME of NAME.weight (fc or conv); with --acts stream, "
+                "several separated by commas, collected in one pass (conv layers: see "
+                "--independent)")
       ->required();
   c->add_option("--acts", copt_.acts,
                 "The layer's input activations, .npy of shape (p, n), one sample per row "
@@ -206,6 +209,10 @@ void Commands::add_compress(CLI::App& app) {
   c->add_option("--limit", copt_.limit, "Use at most this many images (0: all)");
   c->add_flag("--shuffle", copt_.shuffle, "Shuffle the images (with --seed) before --limit");
   c->add_option("--seed", copt_.seed, "Seed of --shuffle");
+  c->add_flag("--independent", copt_.independent,
+              "Conv layers among several: collect every layer's statistics in one pass of the "
+              "original network, instead of one pass per conv layer in network order through "
+              "the network whose earlier given layers are already compressed (the default)");
   c->add_flag("--quiet,-q", quiet_, "Print nothing but errors");
 }
 

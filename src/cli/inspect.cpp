@@ -28,6 +28,7 @@ std::string inspect_text(const std::string& path, bool as_json) {
   j["metadata"] = f.metadata();
   j["tensors"] = nlohmann::json::array();
   j["fc_layers"] = nlohmann::json::array();
+  j["conv_layers"] = nlohmann::json::array();
   std::ostringstream os;
   os << path << "\n\n"
      << std::left << std::setw(40) << "tensor" << std::setw(6) << "dtype" << std::setw(20)
@@ -44,6 +45,11 @@ std::string inspect_text(const std::string& path, bool as_json) {
     if (t.shape.size() == 2 && ends_with(t.name, ".weight"))
       j["fc_layers"].push_back(
           {{"name", t.name.substr(0, t.name.size() - 7)}, {"out", t.shape[0]}, {"in", t.shape[1]}});
+    if (t.shape.size() == 4 && ends_with(t.name, ".weight"))
+      j["conv_layers"].push_back({{"name", t.name.substr(0, t.name.size() - 7)},
+                                  {"out", t.shape[0]},
+                                  {"in", t.shape[1]},
+                                  {"kernel", {t.shape[2], t.shape[3]}}});
   }
   j["total_params"] = total;
   if (as_json) return j.dump(2) + "\n";
@@ -52,6 +58,11 @@ std::string inspect_text(const std::string& path, bool as_json) {
   if (j["fc_layers"].empty()) os << " none";
   for (const auto& l : j["fc_layers"])
     os << " " << l["name"].get<std::string>() << " (" << l["out"] << "x" << l["in"] << ")";
+  os << "\nconv layers (--layer):";
+  if (j["conv_layers"].empty()) os << " none";
+  for (const auto& l : j["conv_layers"])
+    os << " " << l["name"].get<std::string>() << " (" << l["out"] << "x" << l["in"] << "x"
+       << l["kernel"][0] << "x" << l["kernel"][1] << ")";
   os << "\n";
   if (!f.metadata().empty()) {
     os << "\nmetadata:\n";

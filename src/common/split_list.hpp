@@ -24,4 +24,11 @@ inline std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
+// The items with `sep` between them (split_list's inverse for sep ",").
+inline std::string join_list(const std::vector<std::string>& items, const std::string& sep = ",") {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? sep : std::string()) + items[i];
+  return out;
+}
+
 }  // namespace dalr

@@ -52,7 +52,8 @@ void expect_tensor(const SafetensorsFile& f, const std::string& tensor, const st
 // ---- The layer table: one row per LayerType drives parsing, JSON, shapes and tensors.
 
 // A field of a layer's JSON object and where LayerSpec keeps it. Written back in this
-// order: integers, [h, w] and reals always, a bool only when it is not its default.
+// order: integers, [h, w] and reals always (an integer marked omit_default only when it is
+// not its default), a bool only when it is not its default.
 struct Field {
   enum Kind { Int, Bool, Hw, Real } kind;
   const char* key;
@@ -61,6 +62,7 @@ struct Field {
   int64_t max = json_fields::kMaxCount;  // Int: the largest
   bool required = true;                  // Int: else the default below (or default_from's value)
   int64_t fallback = 0;
+  bool omit_default = false;  // Int: not written when it equals `fallback` (a newer field)
   int64_t LayerSpec::*default_from = nullptr;
   bool LayerSpec::*b = nullptr;                     // Bool (default true)
   std::array<int64_t, 2> LayerSpec::*hw = nullptr;  // Hw (required, positive)
@@ -87,7 +89,14 @@ Field int_field_like(const char* key, int64_t LayerSpec::*m, int64_t min,
   f.default_from = from;
   return f;
 }
-Field spatial(Field f) {  // kernel, stride, pad: a smaller maximum
+// A field added after files were written without it: absent when it has its default,
+// so that those files' dalr.arch (and the hashes of statistics bound to it) stay the same.
+Field newer_int_field(const char* key, int64_t LayerSpec::*m, int64_t min, int64_t fallback) {
+  Field f = int_field(key, m, min, fallback);
+  f.omit_default = true;
+  return f;
+}
+Field spatial(Field f) {  // kernel, stride, pad, dilation: a smaller maximum
   f.max = json_fields::kMaxSpatial;
   return f;
 }
@@ -146,14 +155,20 @@ void need_image(const ActShape& s, const ShapeContext& c) {
     throw Error(c.where + " needs an image-shaped input, but it comes after a flatten/linear");
 }
 
-// A sliding window (conv, pools): the output's height and width.
+// A sliding window (conv, pools): the output's height and width. A dilated kernel spans
+// dilation (kernel - 1) + 1 pixels (pools have dilation 1).
 ActShape window(const LayerSpec& l, ActShape s, int64_t pad, const ShapeContext& c) {
   need_image(s, c);
-  if (s.h + 2 * pad < l.kernel || s.w + 2 * pad < l.kernel)
-    throw Error(c.where + ": kernel " + std::to_string(l.kernel) + " is larger than its input " +
-                dims_of(s) + (pad ? " (padded by " + std::to_string(pad) + ")" : ""));
-  s.h = (s.h + 2 * pad - l.kernel) / l.stride + 1;
-  s.w = (s.w + 2 * pad - l.kernel) / l.stride + 1;
+  const int64_t span = l.dilation * (l.kernel - 1) + 1;
+  if (s.h + 2 * pad < span || s.w + 2 * pad < span)
+    throw Error(c.where + ": kernel " + std::to_string(l.kernel) +
+                (l.dilation > 1 ? " (dilation " + std::to_string(l.dilation) + ": it spans " +
+                                      std::to_string(span) + ")"
+                                : std::string()) +
+                " is larger than its input " + dims_of(s) +
+                (pad ? " (padded by " + std::to_string(pad) + ")" : ""));
+  s.h = (s.h + 2 * pad - span) / l.stride + 1;
+  s.w = (s.w + 2 * pad - span) / l.stride + 1;
   return s;
 }
 
@@ -215,7 +230,8 @@ const std::vector<LayerRow>& layer_table() {
        true,
        {int_field("in", &L::in, 1), int_field("out", &L::out, 1),
         spatial(int_field("kernel", &L::kernel, 1)), spatial(int_field("stride", &L::stride, 1, 1)),
-        spatial(int_field("pad", &L::pad, 0, 0)), bool_field("bias", &L::bias)},
+        spatial(int_field("pad", &L::pad, 0, 0)),
+        spatial(newer_int_field("dilation", &L::dilation, 1, 1)), bool_field("bias", &L::bias)},
        conv_shape,
        [](const L& l, const ActShape&) {
          return weight_and_bias(l, {l.out, l.in, l.kernel, l.kernel});
@@ -294,7 +310,7 @@ void read_field(const Field& f, const json& o, const std::string& where, LayerSp
 void write_field(const Field& f, const LayerSpec& l, ojson& o) {
   switch (f.kind) {
     case Field::Int:
-      o[f.key] = l.*f.i;
+      if (!f.omit_default || l.*f.i != f.fallback) o[f.key] = l.*f.i;
       return;
     case Field::Bool:
       if (!(l.*f.b)) o[f.key] = false;
@@ -368,6 +384,18 @@ std::vector<ActShape> layer_input_shapes(const Arch& arch, int64_t c, int64_t h,
   }
   shapes.push_back(s);
   return shapes;
+}
+
+ConvGeometry conv_geometry(const Arch& arch, size_t index, int64_t c, int64_t h, int64_t w) {
+  if (index >= arch.layers.size() || arch.layers[index].type != LayerType::Conv)
+    throw Error("internal: layer " + std::to_string(index) + " is not a conv layer");
+  const LayerSpec& l = arch.layers[index];
+  const ActShape s = layer_input_shapes(arch, c, h, w)[index];
+  ConvGeometry g;
+  g.channels = s.c, g.height = s.h, g.width = s.w;
+  g.kernel_h = g.kernel_w = l.kernel;
+  g.stride = l.stride, g.pad = l.pad, g.dilation = l.dilation;
+  return g;
 }
 
 Arch parse_arch(const std::string& arch_json, const std::string& input_json) {
@@ -449,30 +477,56 @@ Arch load_arch(const SafetensorsFile& file, const std::string& preset, int64_t i
   return arch;
 }
 
-Arch replace_linear_with_factors(const Arch& arch, const std::string& name, int64_t rank) {
+namespace {
+
+// Layer `name` of type `type` replaced by name.0 (rank outputs, no bias) and name.1
+// (rank inputs), both copies of it otherwise; the caller adjusts name.1's other fields.
+Arch split_in_two(const Arch& arch, const std::string& name, int64_t rank, LayerType type,
+                  size_t* second) {
   size_t found = arch.layers.size();
-  std::string linears;
+  std::string names;
   for (size_t i = 0; i < arch.layers.size(); ++i) {
     const LayerSpec& l = arch.layers[i];
-    if (l.type != LayerType::Linear) continue;
-    linears += (linears.empty() ? "" : ", ") + l.name;
+    if (l.type != type) continue;
+    names += (names.empty() ? "" : ", ") + l.name;
     if (l.name == name) found = i;
   }
+  const std::string kind = type == LayerType::Conv ? "conv" : "linear";
   if (found == arch.layers.size())
-    throw Error("no linear layer named '" + name + "' (linear layers: " + linears + ")");
+    throw Error("no " + kind + " layer named '" + name + "' (" + kind + " layers: " + names + ")");
   if (rank < 1) throw Error("rank for '" + name + "' must be >= 1, got " + std::to_string(rank));
   for (const LayerSpec& l : arch.layers)
     if (l.name == name + ".0" || l.name == name + ".1")
       throw Error("cannot factor '" + name + "': a layer named '" + l.name + "' already exists");
   Arch out = arch;
-  LayerSpec first = arch.layers[found], second = arch.layers[found];
+  LayerSpec first = arch.layers[found], two = arch.layers[found];
   first.name = name + ".0";
   first.out = rank;
   first.bias = false;
-  second.name = name + ".1";
-  second.in = rank;
+  two.name = name + ".1";
+  two.in = rank;
   out.layers[found] = first;
-  out.layers.insert(out.layers.begin() + static_cast<std::ptrdiff_t>(found) + 1, second);
+  out.layers.insert(out.layers.begin() + static_cast<std::ptrdiff_t>(found) + 1, two);
+  *second = found + 1;
+  return out;
+}
+
+}  // namespace
+
+Arch replace_linear_with_factors(const Arch& arch, const std::string& name, int64_t rank) {
+  size_t second = 0;
+  return split_in_two(arch, name, rank, LayerType::Linear, &second);
+}
+
+Arch replace_conv_with_factors(const Arch& arch, const std::string& name, int64_t rank) {
+  size_t at = 0;
+  Arch out = split_in_two(arch, name, rank, LayerType::Conv, &at);
+  LayerSpec& second = out.layers[at];  // a 1x1 conv on the first's output, position by position
+  second.kernel = 1;
+  second.stride = 1;
+  second.pad = 0;
+  second.dilation = 1;
+  second.bias = true;
   return out;
 }
 
@@ -490,8 +544,8 @@ void check_weights(const Arch& arch, const SafetensorsFile& file) {
 
 bool operator==(const LayerSpec& a, const LayerSpec& b) {
   return a.type == b.type && a.name == b.name && a.in == b.in && a.out == b.out &&
-         a.kernel == b.kernel && a.stride == b.stride && a.pad == b.pad && a.eps == b.eps &&
-         a.out_hw == b.out_hw && a.bias == b.bias;
+         a.kernel == b.kernel && a.stride == b.stride && a.pad == b.pad &&
+         a.dilation == b.dilation && a.eps == b.eps && a.out_hw == b.out_hw && a.bias == b.bias;
 }
 
 bool operator==(const Arch& a, const Arch& b) {

@@ -20,21 +20,18 @@ CompressResult run(const Plan& p, Backend& backend) {
   auto t0 = Clock::now();
   std::vector<LayerJob<T>> jobs = load_layers<T>(p);
   out.timing["load_model"] = seconds_since(t0);
-  collect_statistics(p, jobs, backend, out);
-  if (p.o.comm && p.o.comm->rank() != 0) {  // rank 0 holds the totals
-    CompressResult mine;
-    mine.warnings = out.warnings;  // what only this rank saw (images it skipped)
-    return mine;
-  }
   StageRates rates(backend);
-  choose_ranks(p, jobs, backend, out, rates);
-  for (auto& j : jobs) {
-    t0 = Clock::now();
-    solve_layer(p, j, backend, rates);
-    out.solve_s += seconds_since(t0);
-    t0 = Clock::now();
-    measure_error(p, j, backend, rates);
-    out.error_s += seconds_since(t0);
+  if (p.sequential) {  // one process (the plan): a pass, its solves, then the next pass
+    compress_sequentially(p, jobs, backend, out, rates);
+  } else {
+    collect_statistics(p, jobs, backend, out);
+    if (p.o.comm && p.o.comm->rank() != 0) {  // rank 0 holds the totals
+      CompressResult mine;
+      mine.warnings = out.warnings;  // what only this rank saw (images it skipped)
+      return mine;
+    }
+    choose_ranks(p, jobs, backend, out, rates);
+    solve_layers(p, jobs, backend, out, rates);
   }
   out.timing["solve"] = out.solve_s;
   out.timing["error"] = out.error_s;

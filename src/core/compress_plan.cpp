@@ -139,14 +139,23 @@ void check_sources(const CompressOptions& o, size_t layers) {
   if (layers > 1 && !o.acts_test.empty()) throw Error("--acts-test needs a single --layer");
 }
 
-std::string list_layers(const SafetensorsFile& f) {
+// "12x34" for a shape.
+std::string dims(const std::vector<int64_t>& shape) {
+  std::string s;
+  for (int64_t d : shape) s += (s.empty() ? "" : "x") + std::to_string(d);
+  return s;
+}
+
+// The layers --layer can name: 2-D (fully connected) and 4-D (conv) weights.
+std::string list_layers(const SafetensorsFile& f, bool with_conv = true) {
   std::string s;
   for (const auto& t : f.tensors()) {
     const std::string suffix = ".weight";
-    if (t.shape.size() == 2 && t.name.size() > suffix.size() &&
+    const bool conv = t.shape.size() == 4;
+    if ((t.shape.size() == 2 || (conv && with_conv)) && t.name.size() > suffix.size() &&
         t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) == 0) {
       s += (s.empty() ? "" : ", ") + t.name.substr(0, t.name.size() - suffix.size()) + " (" +
-           std::to_string(t.shape[0]) + "x" + std::to_string(t.shape[1]) + ")";
+           (conv ? "conv " : "") + dims(t.shape) + ")";
     }
   }
   return s.empty() ? "none" : s;
@@ -156,20 +165,24 @@ LayerPlan plan_layer(const SafetensorsFile& f, const std::string& name) {
   const TensorInfo* wi = f.find(name + ".weight");
   if (!wi)
     throw Error("unknown layer '" + name + "': " + f.path() + " has no tensor '" + name +
-                ".weight' (fully connected layers found: " + list_layers(f) + ")");
-  if (wi->shape.size() != 2)
-    throw Error("layer '" + name + "' is not fully connected: " + name + ".weight has " +
-                std::to_string(wi->shape.size()) + " dimensions, expected 2 (m x n)");
-  const int64_t m = wi->shape[0], n = wi->shape[1];
-  if (m <= 0 || n <= 0) throw Error("layer '" + name + "' has an empty weight");
+                ".weight' (layers found: " + list_layers(f) + ")");
+  if (wi->shape.size() != 2 && wi->shape.size() != 4)
+    throw Error("layer '" + name + "' is neither fully connected nor a convolution: " + name +
+                ".weight has " + std::to_string(wi->shape.size()) +
+                " dimensions, expected 2 (m x n) or 4 (c_out x c_in x kh x kw)");
+  for (int64_t d : wi->shape)
+    if (d <= 0) throw Error("layer '" + name + "' has an empty weight");
   LayerPlan l;
   l.name = name;
-  l.m = m;
-  l.n = n;
+  l.conv = wi->shape.size() == 4;
+  l.weight_shape = wi->shape;
+  l.m = wi->shape[0];
+  l.n = checked_mul(wi->shape[1], wi->shape.size() == 4 ? wi->shape[2] * wi->shape[3] : 1,
+                    "the conv layer's patch size");
   l.file_bytes = double(wi->end - wi->begin);
   if (const TensorInfo* bi = f.find(name + ".bias")) {
-    if (bi->shape != std::vector<int64_t>{m})
-      throw Error(name + ".bias has the wrong shape: expected [" + std::to_string(m) + "]");
+    if (bi->shape != std::vector<int64_t>{l.m})
+      throw Error(name + ".bias has the wrong shape: expected [" + std::to_string(l.m) + "]");
     l.file_bytes += double(bi->end - bi->begin);
   }
   return l;
@@ -188,12 +201,70 @@ void plan_arch(Plan& p) {
       for (const auto& n : vgg_preset_names()) v += (v.empty() ? "" : ", ") + n;
       return v;
     }() + ") for a plain torchvision state dict");
-  if (!p.stream) return;
-  for (const LayerPlan& l : p.layers) {
-    bool linear = false;
-    for (const auto& s : p.arch.layers) linear |= s.name == l.name && s.type == LayerType::Linear;
-    if (!linear) throw Error("layer '" + l.name + "' is not a linear layer of the architecture");
+  if (!p.stream &&
+      !std::any_of(p.layers.begin(), p.layers.end(), [](const LayerPlan& l) { return l.conv; }))
+    return;
+  if (!p.have_arch)
+    throw Error("conv layer '" + p.layers.front().name + "': " + o.model +
+                " has no dalr.arch metadata, which gives the convolution's stride, padding and "
+                "input size: pass --arch for a torchvision VGG state dict");
+  for (LayerPlan& l : p.layers) {
+    const LayerType want = l.conv ? LayerType::Conv : LayerType::Linear;
+    size_t& at = l.arch_index;
+    for (at = 0; at < p.arch.layers.size(); ++at)
+      if (p.arch.layers[at].name == l.name && p.arch.layers[at].type == want) break;
+    if (at == p.arch.layers.size())
+      throw Error("layer '" + l.name + "' is not a " + (l.conv ? "conv" : "linear") +
+                  " layer of the architecture");
   }
+}
+
+// Conv layers: their geometry, and what does not apply to them, refused naming why.
+void plan_conv(Plan& p) {
+  const CompressOptions& o = p.o;
+  std::string convs;
+  for (LayerPlan& l : p.layers) {
+    if (!l.conv) continue;
+    convs += (convs.empty() ? "'" : ", '") + l.name + "'";
+    const Arch& a = p.arch;
+    l.geometry = conv_geometry(a, l.arch_index, a.input.channels, a.input.crop[0], a.input.crop[1]);
+  }
+  if (convs.empty()) return;
+  const std::string what = "conv layer " + convs + ": ";
+  if (is_pruning(p.method))
+    throw Error(what + "--method " + o.method +
+                " prunes fc output units (and the next fc layer's input columns); pruning a "
+                "convolution's filters is not implemented: use dalr, dalr-exact, svd or svd-bc");
+  if (!p.stream && !o.acts.empty())
+    throw Error(what +
+                "its samples are the patches of its input feature maps, which an "
+                "activation file (--acts FILE) does not hold: use --acts stream --data DIR "
+                "(or --stats FILE saved by --save-stats)");
+  if (!o.acts_test.empty())
+    throw Error(what +
+                "--acts-test is an activation file of an fc layer's inputs; the "
+                "statistics of a conv layer come from --acts stream");
+  if (o.lambda_auto)
+    throw Error(what +
+                "--lambda auto holds out every 10th sample, but neighbouring patches "
+                "overlap, so the held-out error would not measure generalisation: give "
+                "--lambda or --lambda-rel");
+  if (o.max_drop)
+    throw Error(what +
+                "--max-drop searches the ranks of fc layers only: use --rank, --keep or "
+                "--budget");
+  p.sequential = p.stream && p.layers.size() > 1 && !o.independent;
+  if (!p.sequential) return;
+  if (p.mode == RankMode::Budget)
+    throw Error(what +
+                "--budget chooses every rank at once from the layers' spectra, but "
+                "sequential compression collects each layer's statistics after the "
+                "earlier ones are compressed: add --independent (one pass of the "
+                "original network)");
+  if (o.comm && o.comm->size() > 1)
+    throw Error(what +
+                "sequential compression needs each layer's factors on every process "
+                "before the next pass: add --independent, or run one process");
 }
 
 // An activation file's width against the layer's n (its header only); the bytes of its
@@ -219,7 +290,7 @@ void plan_next_layer(Plan& p) {
   p.next = p.model->find(o.next_layer + ".weight");
   if (!p.next)
     throw Error("unknown --next-layer '" + o.next_layer + "': no tensor '" + o.next_layer +
-                ".weight' (fully connected layers found: " + list_layers(*p.model) + ")");
+                ".weight' (fully connected layers found: " + list_layers(*p.model, false) + ")");
   const LayerPlan& first = p.layers.front();
   if (p.next->shape.size() != 2 || p.next->shape[1] != first.m)
     throw Error("--next-layer '" + o.next_layer + "' does not take layer '" + first.name +
@@ -239,7 +310,10 @@ void plan_fixed_ranks(Plan& p) {
     if (k > max_rank)
       throw Error(std::string(is_pruning(p.method) ? "kept units " : "rank ") + std::to_string(k) +
                   " is out of range: it must be between 1 and " + std::to_string(max_rank) +
-                  " for a " + std::to_string(l.m) + " x " + std::to_string(l.n) + " layer");
+                  " for a " + std::to_string(l.m) + " x " + std::to_string(l.n) + " layer" +
+                  (l.conv ? " ('" + l.name + "', conv " + dims(l.weight_shape) + ": c_out x c_in " +
+                                "kh kw)"
+                          : std::string()));
   }
 }
 
@@ -270,6 +344,7 @@ Plan make_plan(const CompressOptions& o, Precision precision, bool on_cpu,
   p.model = std::make_unique<SafetensorsFile>(o.model);
   for (const auto& name : names) p.layers.push_back(plan_layer(*p.model, name));
   plan_arch(p);
+  plan_conv(p);
   p.acts_elem = check_width(o.acts, p.layers.front());
   check_width(o.acts_test, p.layers.front());
   plan_next_layer(p);

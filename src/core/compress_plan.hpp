@@ -5,7 +5,9 @@
 //   load_layers -> collect_statistics -> choose_ranks -> solve_layer -> measure_error
 //   -> write_model -> make_report -> commit_all (the model and the report together)
 // (compress_plan.cpp, compress_stats.cpp, compress_stages.cpp, compress_write.cpp,
-// compress_report.cpp; --max-drop's search in joint_search.cpp).
+// compress_report.cpp; --max-drop's search in joint_search.cpp). A sequential job (conv
+// layers, compress_sequential.cpp) runs collect_statistics to measure_error once per
+// pass, each pass through the network with the layers solved so far replaced.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -21,6 +23,7 @@
 #include "dalr/arch.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/compress.hpp"
+#include "dalr/conv_geometry.hpp"
 #include "dalr/precision.hpp"
 #include "dalr/safetensors.hpp"
 #include "dalr/solver.hpp"
@@ -58,6 +61,13 @@ struct LayerPlan {
   bool dual = false;
   int64_t keep = 0;
   std::string solve_why;  // why this path (the report's solve_reason)
+  // A conv layer: NAME.weight is c_out x c_in x kh x kw (`weight_shape`), seen as
+  // m = c_out by n = c_in kh kw; its samples are the patches of its input feature maps
+  // (dalr/conv_geometry.hpp), whose geometry at the arch's input size is `geometry`.
+  bool conv = false;
+  std::vector<int64_t> weight_shape;
+  ConvGeometry geometry;
+  size_t arch_index = 0;  // its place in the arch (with one; --acts stream and conv layers)
 };
 
 struct Plan {
@@ -78,6 +88,16 @@ struct Plan {
   int64_t acts_elem = 0;  // bytes of an activation file's values (0: none)
   MemoryBudget budget;    // what the machine offers (memory_check.hpp)
   MemoryEstimate memory;  // the job's estimate, made by check_memory
+  // Conv layers among several, without --independent: a pass per conv layer in network
+  // order, then one for the fc layers (compress_sequential.cpp).
+  bool sequential = false;
+};
+
+// What a statistics pass runs: the plan's model and arch, or (a sequential pass) the
+// model with the layers solved so far replaced by their factors.
+struct Network {
+  const SafetensorsFile* model = nullptr;
+  const Arch* arch = nullptr;
 };
 
 // Validates `o` for a job at `precision` and resolves what can be known before the data:
@@ -109,11 +129,17 @@ struct Layer {
 template <typename T>
 struct LayerJob {
   std::string name;
+  bool conv = false;                  // LayerPlan's
+  std::vector<int64_t> weight_shape;  // conv: c_out x c_in x kh x kw
+  ConvGeometry geometry;              // conv: at the input size the statistics were taken at
+  std::vector<std::string> upstream;  // sequential: the compressed layers its pass ran through
   Layer<T> l;
   LayerStats<T> st;    // all samples (for --lambda auto: first the fit part)
   LayerStats<T> held;  // --lambda auto: every 10th sample, held out to choose lambda
   std::shared_ptr<const Matrix<T>> x;  // the dual's samples (n x p), st made from them
-  std::string solve_why;               // the plan's LayerPlan::solve_why, and the switch
+  bool dual = false;                   // LayerPlan's: its samples are kept (the dual's)
+  int64_t keep = 0;                    // LayerPlan's: streaming keeps at most this many
+  std::string solve_why;               // LayerPlan's, and the switch if one came
   Factors<T> fac;
   int64_t rank = 0;
   double lambda = 0, lambda_rel = 0;
@@ -130,12 +156,17 @@ struct JobOutput {
   std::vector<std::unique_ptr<AtomicFile>> staged;
 };
 
+// A conv layer's statistics take its patches a tile at a time: at most 2^22 values (32 MB
+// at fp64) and one image's positions.
+int64_t patch_tile(const ConvGeometry& g);
+
 template <typename T>
 std::vector<LayerJob<T>> load_layers(const Plan& p);
-// The layers' statistics (from --stats, --acts FILE or --acts stream); --save-stats.
+// The layers' statistics (from --stats, --acts FILE or --acts stream through `net`, null:
+// the plan's model); --save-stats.
 template <typename T>
 void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
-                        JobOutput& out);
+                        JobOutput& out, const Network* net = nullptr);
 // The solves and errors below print progress lines (stage_progress.hpp) unless --quiet,
 // their estimates from `rates`.
 template <typename T>
@@ -145,12 +176,31 @@ template <typename T>
 void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& rates);
 template <typename T>
 void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& rates);
+// solve_layer and measure_error for every job, their times added to out.solve_s, error_s.
+template <typename T>
+void solve_layers(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out,
+                  StageRates& rates);
+// The sequential job (Plan::sequential): statistics, ranks, solves and errors of every
+// layer, pass by pass (compress_sequential.cpp).
+template <typename T>
+void compress_sequentially(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
+                           JobOutput& out, StageRates& rates);
 // Throws naming the tensor when a factor of the layer is NaN, Inf or beyond float32's
 // range (the model stores float32): an overflow, with what to do about it.
 template <typename T>
 void check_factors(const Plan& p, const LayerJob<T>& job);
 template <typename T>
 void write_model(const Plan& p, const std::vector<LayerJob<T>>& jobs, JobOutput& out);
+// The model with `jobs`' layers replaced by their factors, as write_model writes it: its
+// tensors in file order (borrowing the unchanged ones from the plan's model; `rep` gets
+// --next-layer's entry) and its architecture (with one; pruning without --next-layer
+// adds a warning).
+template <typename T>
+std::vector<TensorOut> factored_tensors(const Plan& p, const std::vector<const LayerJob<T>*>& jobs,
+                                        json& rep);
+template <typename T>
+Arch factored_arch(const Plan& p, const std::vector<const LayerJob<T>*>& jobs,
+                   std::vector<std::string>& warnings);
 template <typename T>
 CompressResult make_report(const Plan& p, const std::vector<LayerJob<T>>& jobs,
                            const Backend& backend, JobOutput& out);

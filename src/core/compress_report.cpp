@@ -2,6 +2,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "common/split_list.hpp"
 #include "core/compress_plan.hpp"
 #include "dalr/backend.hpp"
 #include "io/atomic_file.hpp"
@@ -10,6 +11,33 @@ namespace dalr::compress_job {
 
 namespace {
 
+// Multiply-adds per image (conv: per output position times its positions) before and
+// after: m n against k (m + n), or k n for a pruning (its next layer's saving aside).
+template <typename T>
+json flops_json(const LayerJob<T>& j, Method method) {
+  const int64_t m = j.l.w.rows, n = j.l.w.cols, k = j.rank;
+  const int64_t positions = j.conv ? j.geometry.positions() : 1;
+  const int64_t before = positions * m * n;
+  const int64_t after = positions * k * (is_pruning(method) ? n : m + n);
+  return {{"per", j.conv ? "image" : "sample"},
+          {"positions", positions},
+          {"before", before},
+          {"after", after},
+          {"kept_fraction", double(after) / double(before)}};
+}
+
+// A conv layer's shape: what the patches are and where the layer runs.
+json conv_json(const ConvGeometry& g, int64_t c_out) {
+  return {{"in", g.channels},
+          {"out", c_out},
+          {"kernel", {g.kernel_h, g.kernel_w}},
+          {"stride", g.stride},
+          {"pad", g.pad},
+          {"dilation", g.dilation},
+          {"input", {g.channels, g.height, g.width}},
+          {"output", {c_out, g.out_height(), g.out_width()}}};
+}
+
 // A layer's fields of the report (beside its error, ranks and lambda-auto parts).
 template <typename T>
 void layer_json(const Plan& p, const LayerJob<T>& j, json& r) {
@@ -17,6 +45,10 @@ void layer_json(const Plan& p, const LayerJob<T>& j, json& r) {
   const int64_t m = j.l.w.rows, n = j.l.w.cols;
   const int64_t before = m * n + m, after = params_after(method, m, n, j.rank);
   r["layer"] = {{"name", j.name}, {"m", m}, {"n", n}, {"had_bias", j.l.had_bias}};
+  r["kind"] = j.conv ? "conv" : "fc";
+  if (j.conv) r["layer"]["conv"] = conv_json(j.geometry, m);
+  r["flops"] = flops_json(j, method);
+  if (p.sequential) r["statistics_through"] = j.upstream;
   r["method"] = method_name(method);
   r["rank"] = j.rank;
   r["lambda"] = needs_gram(method) ? json(j.lambda) : json(nullptr);
@@ -54,9 +86,15 @@ std::string error_text(const json& v) {
 template <typename T>
 void layer_summary(const Plan& p, const LayerJob<T>& j, const json& r, std::ostream& s) {
   const Method method = p.method;
-  s << "layer " << j.name << " (" << j.l.w.rows << " x " << j.l.w.cols << "), " << j.st.count()
-    << " samples\n"
-    << "method " << method_name(method) << ", " << (is_pruning(method) ? "kept units " : "rank ")
+  const ConvGeometry& g = j.geometry;
+  s << "layer " << j.name << " (" << j.l.w.rows << " x " << j.l.w.cols;
+  if (j.conv)
+    s << ": conv " << g.channels << " -> " << j.l.w.rows << ", " << g.kernel_h << "x" << g.kernel_w
+      << " kernel, " << g.out_height() << "x" << g.out_width() << " positions";
+  s << "), " << j.st.count() << (j.conv ? " patches" : " samples") << "\n";
+  if (!j.upstream.empty())
+    s << "statistics through the network with " << join_list(j.upstream, ", ") << " compressed\n";
+  s << "method " << method_name(method) << ", " << (is_pruning(method) ? "kept units " : "rank ")
     << j.rank;
   if (needs_gram(method)) s << ", lambda " << fmt(j.lambda);
   const double before = r["params"]["before"].get<double>(),
@@ -65,6 +103,10 @@ void layer_summary(const Plan& p, const LayerJob<T>& j, const json& r, std::ostr
     << fmt(100.0 * after / before, 3) << "% kept), "
     << (is_pruning(method) ? "activation mass kept " : "spectral energy kept ")
     << fmt(100.0 * j.fac.energy_kept, 4) << "%\n";
+  if (j.conv)
+    s << "multiply-adds per image " << fmt(r["flops"]["before"].get<double>(), 6) << " -> "
+      << fmt(r["flops"]["after"].get<double>(), 6) << " ("
+      << fmt(100.0 * r["flops"]["kept_fraction"].get<double>(), 3) << "% kept)\n";
   if (!r["error_train"].is_null())
     s << "reconstruction error (train): " << error_text(r["error_train"]["abs"]) << " (relative "
       << error_text(r["error_train"]["rel"]) << ")\n";

@@ -56,9 +56,11 @@ int64_t keep_budget(Plan& p) {
     if (s.name == "statistics") stats = s.host_bytes();
   for (size_t i = 0; i < p.layers.size(); ++i) {
     p.layers[i].keep = keep[i];
-    per_sample += double(p.layers[i].n) * (uses_double(p.precision) ? 8.0 : 4.0);
+    if (p.layers[i].dual)
+      per_sample += double(p.layers[i].n) * (uses_double(p.precision) ? 8.0 : 4.0);
   }
   const double room = b.host_limit - b.baseline - stats;
+  if (per_sample == 0) return std::numeric_limits<int64_t>::max();
   return room <= 0 ? 0 : static_cast<int64_t>(std::min(room / per_sample, 1e18));
 }
 
@@ -106,6 +108,14 @@ void plan_solve(Plan& p) {
     return all_primal(p, std::string("auto: the sample-space solve does not apply (") + why + ")");
   }
   for (LayerPlan& l : p.layers) {
+    if (l.conv) {  // its samples would be every patch of every image
+      const std::string why = "conv layer '" + l.name +
+                              "': its samples are the patches of its input feature maps, "
+                              "which the sample-space solve does not keep";
+      if (ask) throw Error("--solve dual cannot be used here: " + why);
+      l.dual = false, l.solve_why = "auto: " + why;
+      continue;
+    }
     const std::string counts = count_text(p.samples, l.n);
     l.dual = ask || p.samples < l.n;
     l.keep = p.stream ? l.n - 1 : 0;  // streaming keeps samples while they are fewer than n
@@ -115,7 +125,7 @@ void plan_solve(Plan& p) {
     if (!p.stream) return;
     const int64_t room = keep_budget(p);
     for (LayerPlan& l : p.layers) {
-      if (room >= l.keep) continue;
+      if (!l.dual || room >= l.keep) continue;
       l.keep = room;
       l.solve_why += "; the memory leaves room to keep " + std::to_string(room) + " samples";
       if (room == 0) l.dual = false;

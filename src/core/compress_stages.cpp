@@ -107,8 +107,10 @@ void choose_ranks(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backen
     const auto t0 = Clock::now();
     requested = joint_ranks(p.o, *p.model, p.arch, jobs, p.method, backend, out.rep, out.warnings);
     out.timing["joint"] = seconds_since(t0);
-  } else {
-    for (const LayerPlan& l : p.layers) requested.push_back(l.rank);
+  } else {  // jobs may be a sequential pass's part of the plan's layers
+    for (const auto& j : jobs)
+      for (const LayerPlan& l : p.layers)
+        if (l.name == j.name) requested.push_back(l.rank);
   }
   for (size_t i = 0; i < jobs.size(); ++i) set_rank(p, jobs[i], requested[i], out);
 }
@@ -177,11 +179,26 @@ void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& 
   }
 }
 
+template <typename T>
+void solve_layers(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out,
+                  StageRates& rates) {
+  for (auto& j : jobs) {
+    auto t0 = Clock::now();
+    solve_layer(p, j, backend, rates);
+    out.solve_s += seconds_since(t0);
+    t0 = Clock::now();
+    measure_error(p, j, backend, rates);
+    out.error_s += seconds_since(t0);
+  }
+}
+
 #define DALR_COMPRESS_STAGES(T)                                                            \
   template void choose_ranks(const Plan&, std::vector<LayerJob<T>>&, Backend&, JobOutput&, \
                              StageRates&);                                                 \
   template void solve_layer(const Plan&, LayerJob<T>&, Backend&, StageRates&);             \
-  template void measure_error(const Plan&, LayerJob<T>&, Backend&, StageRates&);
+  template void measure_error(const Plan&, LayerJob<T>&, Backend&, StageRates&);           \
+  template void solve_layers(const Plan&, std::vector<LayerJob<T>>&, Backend&, JobOutput&, \
+                             StageRates&);
 DALR_COMPRESS_STAGES(float)
 DALR_COMPRESS_STAGES(double)
 #undef DALR_COMPRESS_STAGES

@@ -68,6 +68,14 @@ std::unique_ptr<StatsAccumulator<T>> make_accumulator(const Plan& p, const Layer
                                                backend.stats(n, m, &l.w, &l.b, batch), n);
 }
 
+// A conv layer's: its patches' statistics from the feature maps (Backend::conv_stats), a
+// tile of at most 2^22 values (32 MB at fp64) and one image's positions at a time.
+template <typename T>
+std::unique_ptr<StatsAccumulator<T>> make_patch_accumulator(const LayerJob<T>& j,
+                                                            Backend& backend) {
+  return backend.conv_stats(j.geometry, j.l.w.rows, &j.l.w, &j.l.b, patch_tile(j.geometry));
+}
+
 // The statistics of a job once its samples are in (split for --lambda auto), combined
 // over the ranks into rank 0's when several processes share the samples.
 template <typename T>
@@ -146,39 +154,45 @@ void keep_samples(const Plan& p, LayerJob<T>& job, JobOutput& out) {
   job.x = std::move(x);
 }
 
-// Every layer in one pass of the network over --data. With several processes each rank
+// Every layer in one pass of `net` over --data. With several processes each rank
 // streams its contiguous share of the image list (DataOptions::rank); the counts in the
-// report are the totals, a skipped image is reported by the rank that skipped it.
+// report are the totals, a skipped image is reported by the rank that skipped it. A conv
+// layer's patches are cut at the size of the images the source delivers.
 template <typename T>
-void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out) {
+void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out,
+                const Network& net) {
   const CompressOptions& o = p.o;
   SingleProcess single;
   Communicator& comm = o.comm ? *o.comm : single;
-  std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, p.arch, *p.model);
-  std::vector<std::unique_ptr<StatsAccumulator<T>>> accs;
-  std::vector<SampleKeeper<T>*> keepers;  // --solve dual: the layers that keep samples
-  std::vector<StatsAccumulator<T>*> raw;
-  std::vector<std::string> names;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    const LayerPlan& lp = p.layers[i];
-    LayerJob<T>& j = jobs[i];
-    if (lp.dual) {
-      auto keeper = std::make_unique<SampleKeeper<T>>(lp.n, lp.keep, p.samples, [&p, &j, &backend] {
-        return make_accumulator(p, j.l, backend);
-      });
-      keepers.push_back(keeper.get());
-      accs.push_back(std::move(keeper));
-    } else {
-      keepers.push_back(nullptr);
-      accs.push_back(make_accumulator(p, j.l, backend));
-    }
-    raw.push_back(accs.back().get());
-    names.push_back(j.name);
-  }
+  std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, *net.arch, *net.model);
   DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
   d.rank = comm.rank();
   d.ranks = comm.size();
   std::unique_ptr<BatchSource> src = open_data(d, p.arch.input);
+  std::vector<std::unique_ptr<StatsAccumulator<T>>> accs;
+  std::vector<SampleKeeper<T>*> keepers;  // --solve dual: the layers that keep samples
+  std::vector<StatsAccumulator<T>*> raw;
+  std::vector<std::string> names;
+  for (auto& j : jobs) {
+    if (j.conv) {
+      size_t at = 0;
+      while (net.arch->layers[at].name != j.name) ++at;  // the plan found it
+      j.geometry = conv_geometry(*net.arch, at, src->channels(), src->height(), src->width());
+    }
+    if (j.dual) {  // an fc layer (the plan)
+      auto keeper = std::make_unique<SampleKeeper<T>>(
+          j.l.w.cols, j.keep, p.samples,
+          [&p, &j, &backend] { return make_accumulator(p, j.l, backend); });
+      keepers.push_back(keeper.get());
+      accs.push_back(std::move(keeper));
+    } else {
+      keepers.push_back(nullptr);
+      accs.push_back(j.conv ? make_patch_accumulator(j, backend)
+                            : make_accumulator(p, j.l, backend));
+    }
+    raw.push_back(accs.back().get());
+    names.push_back(j.name);
+  }
   try {
     stream_statistics(*fwd, *src, names, raw, d);
     for (size_t i = 0; i < jobs.size(); ++i) {
@@ -190,8 +204,7 @@ void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
       take_statistics(p, *accs[i], jobs[i], comm);
       if (keepers[i])
         jobs[i].solve_why += "; at " + std::to_string(keepers[i]->switched_at()) +
-                             " samples the next batch would pass " +
-                             std::to_string(p.layers[i].keep) +
+                             " samples the next batch would pass " + std::to_string(jobs[i].keep) +
                              ", so C was formed from the kept ones and the pass went on primal";
     }
   } catch (const Error& e) {
@@ -236,12 +249,21 @@ std::string stats_path(const std::string& path, const std::string& layer, size_t
 
 }  // namespace
 
+int64_t patch_tile(const ConvGeometry& g) {
+  return std::max<int64_t>(1, std::min(g.positions(), (int64_t(1) << 22) / g.patch_size()));
+}
+
 template <typename T>
 std::vector<LayerJob<T>> load_layers(const Plan& p) {
   std::vector<LayerJob<T>> jobs;
   for (const LayerPlan& lp : p.layers) {  // names and shapes checked by the plan
     LayerJob<T>& j = jobs.emplace_back();
     j.name = lp.name;
+    j.conv = lp.conv;
+    j.weight_shape = lp.weight_shape;
+    j.geometry = lp.geometry;
+    j.dual = lp.dual;
+    j.keep = lp.keep;
     j.solve_why = lp.solve_why;
     j.l.w = from_row_major(p.model->read<T>(lp.name + ".weight").data(), lp.m, lp.n);
     if (p.model->find(lp.name + ".bias")) {
@@ -257,10 +279,12 @@ std::vector<LayerJob<T>> load_layers(const Plan& p) {
 
 template <typename T>
 void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
-                        JobOutput& out) {
+                        JobOutput& out, const Network* net_or_null) {
   auto t0 = Clock::now();
+  const Network net =
+      net_or_null ? *net_or_null : Network{p.model.get(), p.have_arch ? &p.arch : nullptr};
   if (p.stream)
-    stream_all(p, jobs, backend, out);
+    stream_all(p, jobs, backend, out, net);
   else if (p.layers.front().dual)
     keep_samples<T>(p, jobs.front(), out);
   else
@@ -279,18 +303,22 @@ void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& 
   t0 = Clock::now();
   for (const auto& j : jobs) {
     // Bound to the weights (stats_binding.hpp); streamed ones to the layers before too.
+    // A sequential pass's: to the network it ran, whose earlier layers are compressed.
     std::map<std::string, std::string> meta{{"dalr.layer", j.name},
                                             {"dalr.model", p.o.model},
-                                            {"dalr.layer_hash", layer_hash(*p.model, j.name)}};
-    if (p.stream) meta["dalr.upstream_hash"] = upstream_hash(*p.model, p.arch, j.name);
-    j.st.save(stats_path(p.o.save_stats, j.name, jobs.size()), meta);
+                                            {"dalr.layer_hash", layer_hash(*net.model, j.name)}};
+    if (p.stream) meta["dalr.upstream_hash"] = upstream_hash(*net.model, *net.arch, j.name);
+    if (!j.upstream.empty()) meta["dalr.upstream_compressed"] = join_list(j.upstream);
+    j.st.save(stats_path(p.o.save_stats, j.name, p.layers.size()), meta);
   }
   out.timing["save_stats"] = seconds_since(t0);
 }
 
 template std::vector<LayerJob<float>> load_layers(const Plan&);
 template std::vector<LayerJob<double>> load_layers(const Plan&);
-template void collect_statistics(const Plan&, std::vector<LayerJob<float>>&, Backend&, JobOutput&);
-template void collect_statistics(const Plan&, std::vector<LayerJob<double>>&, Backend&, JobOutput&);
+template void collect_statistics(const Plan&, std::vector<LayerJob<float>>&, Backend&, JobOutput&,
+                                 const Network*);
+template void collect_statistics(const Plan&, std::vector<LayerJob<double>>&, Backend&, JobOutput&,
+                                 const Network*);
 
 }  // namespace dalr::compress_job

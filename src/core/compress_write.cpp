@@ -49,35 +49,44 @@ void check_factors(const Plan& p, const LayerJob<T>& job) {
 
 namespace {
 
+// B (k x n) and A (m x k) row-major are a conv pair's weights as they are: k filters of
+// the original c_in x kh x kw, and c_out 1x1 filters over the k channels.
 template <typename T>
 void add_factors(const LayerJob<T>& job, std::vector<TensorOut>& out) {
   const std::string& name = job.name;
   const Factors<T>& fac = job.fac;
   const int64_t m = job.l.w.rows, n = job.l.w.cols, k = fac.rank;
-  if (is_pruning(fac.method)) {
+  const std::vector<int64_t>& ws = job.weight_shape;
+  const std::vector<int64_t> b_shape =
+      job.conv ? std::vector<int64_t>{k, ws[1], ws[2], ws[3]} : std::vector<int64_t>{k, n};
+  const std::vector<int64_t> a_shape =
+      job.conv ? std::vector<int64_t>{m, k, 1, 1} : std::vector<int64_t>{m, k};
+  if (is_pruning(fac.method)) {  // fc layers only (the plan)
     out.push_back(TensorOut::convert(name + ".weight", {k, n}, to_row_major(fac.b), DType::F32));
     out.push_back(TensorOut::convert(name + ".bias", {k}, fac.bias, DType::F32));
   } else {
-    out.push_back(TensorOut::convert(name + ".0.weight", {k, n}, to_row_major(fac.b), DType::F32));
-    out.push_back(TensorOut::convert(name + ".1.weight", {m, k}, to_row_major(fac.a), DType::F32));
+    out.push_back(TensorOut::convert(name + ".0.weight", b_shape, to_row_major(fac.b), DType::F32));
+    out.push_back(TensorOut::convert(name + ".1.weight", a_shape, to_row_major(fac.a), DType::F32));
     out.push_back(TensorOut::convert(name + ".1.bias", {m}, fac.bias, DType::F32));
   }
 }
 
+}  // namespace
+
 // Every tensor of the model in its order: the compressed layers' factors in place of
 // their weight and bias, --next-layer's weight without the pruned inputs, the rest as is.
 template <typename T>
-std::vector<TensorOut> output_tensors(const Plan& p, const std::vector<LayerJob<T>>& jobs,
-                                      json& rep) {
+std::vector<TensorOut> factored_tensors(const Plan& p, const std::vector<const LayerJob<T>*>& jobs,
+                                        json& rep) {
   const SafetensorsFile& f = *p.model;
-  const LayerJob<T>& first = jobs.front();
+  const LayerJob<T>& first = *jobs.front();
   std::vector<TensorOut> out;
   for (const TensorInfo& t : f.tensors()) {
     const LayerJob<T>* job = nullptr;
     bool is_bias = false;
-    for (const auto& j : jobs) {
-      if (t.name == j.name + ".weight") job = &j;
-      if (t.name == j.name + ".bias") is_bias = true;
+    for (const LayerJob<T>* j : jobs) {
+      if (t.name == j->name + ".weight") job = j;
+      if (t.name == j->name + ".bias") is_bias = true;
     }
     if (is_bias) continue;
     if (job) {
@@ -102,11 +111,14 @@ std::vector<TensorOut> output_tensors(const Plan& p, const std::vector<LayerJob<
 // The architecture after the replacement, so that a compressed model runs (and
 // compresses) again.
 template <typename T>
-void update_arch(Arch& arch, const Plan& p, const std::vector<LayerJob<T>>& jobs,
-                 std::vector<std::string>& warnings) {
-  for (const auto& j : jobs) {
+Arch factored_arch(const Plan& p, const std::vector<const LayerJob<T>*>& jobs,
+                   std::vector<std::string>& warnings) {
+  Arch arch = p.arch;
+  for (const LayerJob<T>* jp : jobs) {
+    const LayerJob<T>& j = *jp;
     if (!is_pruning(j.fac.method)) {
-      arch = replace_linear_with_factors(arch, j.name, j.rank);
+      arch = j.conv ? replace_conv_with_factors(arch, j.name, j.rank)
+                    : replace_linear_with_factors(arch, j.name, j.rank);
       continue;
     }
     bool next_fixed = false;
@@ -123,20 +135,18 @@ void update_arch(Arch& arch, const Plan& p, const std::vector<LayerJob<T>>& jobs
                          "' without --next-layer: the following layer still expects " +
                          std::to_string(j.l.w.rows) + " inputs, so the model no longer runs");
   }
+  return arch;
 }
-
-}  // namespace
 
 template <typename T>
 void write_model(const Plan& p, const std::vector<LayerJob<T>>& jobs, JobOutput& out) {
   const CompressOptions& o = p.o;
   const auto t0 = Clock::now();
   std::map<std::string, std::string> meta = p.model->metadata();
-  if (p.have_arch) {
-    Arch arch = p.arch;
-    update_arch(arch, p, jobs, out.warnings);
-    for (const auto& [k, v] : arch_metadata(arch)) meta[k] = v;
-  }
+  std::vector<const LayerJob<T>*> all;
+  for (const auto& j : jobs) all.push_back(&j);
+  if (p.have_arch)
+    for (const auto& [k, v] : arch_metadata(factored_arch(p, all, out.warnings))) meta[k] = v;
   std::string ranks;
   for (const auto& j : jobs) ranks += (ranks.empty() ? "" : ",") + std::to_string(j.rank);
   meta["dalr.method"] = method_name(p.method);
@@ -146,7 +156,7 @@ void write_model(const Plan& p, const std::vector<LayerJob<T>>& jobs, JobOutput&
   meta["dalr.source"] = std::filesystem::path(o.model).filename().string();
   meta["dalr.acts"] = p.stream ? "stream:" + o.data : (o.acts.empty() ? o.stats_in : o.acts);
   meta["dalr.samples"] = std::to_string(jobs.front().st.count());
-  out.staged.push_back(stage_safetensors(o.out, output_tensors(p, jobs, out.rep), meta));
+  out.staged.push_back(stage_safetensors(o.out, factored_tensors(p, all, out.rep), meta));
   out.timing["write"] = seconds_since(t0);
 }
 
@@ -154,5 +164,14 @@ template void check_factors(const Plan&, const LayerJob<float>&);
 template void check_factors(const Plan&, const LayerJob<double>&);
 template void write_model(const Plan&, const std::vector<LayerJob<float>>&, JobOutput&);
 template void write_model(const Plan&, const std::vector<LayerJob<double>>&, JobOutput&);
+template std::vector<TensorOut> factored_tensors(const Plan&,
+                                                 const std::vector<const LayerJob<float>*>&, json&);
+template std::vector<TensorOut> factored_tensors(const Plan&,
+                                                 const std::vector<const LayerJob<double>*>&,
+                                                 json&);
+template Arch factored_arch(const Plan&, const std::vector<const LayerJob<float>*>&,
+                            std::vector<std::string>&);
+template Arch factored_arch(const Plan&, const std::vector<const LayerJob<double>*>&,
+                            std::vector<std::string>&);
 
 }  // namespace dalr::compress_job

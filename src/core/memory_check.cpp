@@ -162,6 +162,7 @@ MemoryShape memory_shape(const Plan& p) {
   s.stats_in = !o.stats_in.empty();
   s.batch = o.batch;
   s.samples = p.samples;
+  s.sequential = p.sequential;
   s.test_samples = o.acts_test.empty() ? 0 : 1;
   for (const TensorInfo& t : p.model->tensors()) s.model_bytes += double(t.end - t.begin);
   if (p.stream) forward_shape(p, s);
@@ -175,6 +176,10 @@ MemoryShape memory_shape(const Plan& p) {
     ml.dual = l.dual;
     ml.kept = !l.dual ? 0 : p.stream && (p.samples == 0 || p.samples > l.keep) ? l.keep : p.samples;
     ml.switches = l.dual && p.stream && (p.samples == 0 || p.samples > l.keep);
+    if (l.conv) {
+      ml.positions = l.geometry.positions();
+      ml.tile = patch_tile(l.geometry);
+    }
     s.layers.push_back(ml);
   }
   // NpyReader converts another float type through a buffer of at most 4 MiB.

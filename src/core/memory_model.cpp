@@ -162,7 +162,12 @@ class Model {
   std::string tag(const Layer& l) const {
     return s_.layers.size() > 1 ? ", " + l.name : std::string();
   }
-  bool primal_on_host(const Layer& l) const { return !s_.cuda && (!l.dual || l.switches); }
+  // The adds an accumulator sees: batches of samples, or a conv layer's tiles of patches.
+  int64_t chunk(const Layer& l) const { return l.positions > 0 ? l.tile : s_.batch; }
+  Gather gather(const Layer& l) const {
+    const int64_t p = l.positions > 0 ? s_.samples * l.positions : s_.samples;
+    return cpu_gather(l.n, e_, chunk(l), p);
+  }
 
   // The weights: the model file's pages read (mapped), and W and b in T.
   void weights(Terms& t, bool whole_file) const {
@@ -194,7 +199,7 @@ class Model {
           h.add("C (n x n), fetched for --save-stats", double(l.n) * double(l.n));
         continue;
       }
-      const Gather g = cpu_gather(l.n, e_, s_.batch, s_.samples);
+      const Gather g = gather(l);
       h.add(copies > 1 ? "C twice, fit and held out (2 x n x n)" : "C (n x n)",
             copies * double(l.n) * double(l.n));
       h.add("output statistics' scratch (m x " + std::to_string(int64_t(g.ycols)) + ")",
@@ -221,12 +226,16 @@ class Model {
     for (const Layer& l : s_.layers) {  // the accumulators' working buffers
       if (l.dual && !l.switches) continue;
       Terms h(pass.host, e_, tag(l)), d(pass.device, e_, tag(l));
+      if (l.positions > 0)  // PatchAccumulator's tile (the GPU cuts it on the device)
+        (s_.cuda ? d : h)
+            .add("patch tile (n x " + std::to_string(l.tile) + ")", double(l.n) * double(l.tile));
       if (s_.cuda) {
-        d.all(gpu_stats_terms(l.n, l.m, s_.batch, s_.elem));
-        h.add("pinned staging blocks (2 x n x batch)", 2 * double(l.n) * double(s_.batch));
+        d.all(gpu_stats_terms(l.n, l.m, chunk(l), s_.elem));
+        if (l.positions == 0)
+          h.add("pinned staging blocks (2 x n x batch)", 2 * double(l.n) * double(s_.batch));
         continue;
       }
-      const Gather g = cpu_gather(l.n, e_, s_.batch, s_.samples);
+      const Gather g = gather(l);
       if (g.block)
         h.add("gathering block (n x " + std::to_string(g.cap) + ")", double(l.n) * g.cap);
       if (s_.lambda_auto)
@@ -241,6 +250,8 @@ class Model {
       ph.add("--stats being read (the file's pages, C read, C: 3 x n x n)",
              3 * double(first.n) * double(first.n));
     if (stream()) forward(ph, pd);
+    if (s_.sequential)  // a pass's network: the model with the factors so far, mapped
+      ph.bytes("a sequential pass's model file (mapped)", s_.model_bytes);
     if (!s_.save_stats) return pass;
     // --save-stats after the pass: the forward pass is gone, C is copied into the file's tensor.
     StageMemory save{"statistics", {}, {}};

@@ -53,6 +53,9 @@ struct MemoryShape {
   int64_t image_values = 0;    // one input image, C H W
   int64_t max_activation = 0;  // the largest activation of one image up to the last tap
   int64_t max_im2col = 0;      // the largest im2col block of one image (0: none)
+  // Conv layers compressed one pass at a time: each pass runs a model file holding the
+  // factors so far (mapped).
+  bool sequential = false;
   struct Layer {
     std::string name;
     int64_t m = 0, n = 0;
@@ -61,6 +64,10 @@ struct MemoryShape {
     bool dual = false;      // its samples are kept as X (n x kept)
     int64_t kept = 0;       // samples kept (dual)
     bool switches = false;  // streaming: C is formed from the kept samples during the pass
+    // A conv layer: output positions per image (its samples are patches, n = c_in kh kw
+    // values each, cut into tiles of `tile` of them); 0 for an fc layer.
+    int64_t positions = 0;
+    int64_t tile = 0;
   };
   std::vector<Layer> layers;
 };

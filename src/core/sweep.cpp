@@ -86,7 +86,10 @@ Network find_layers(const Arch& arch, const SweepOptions& o, bool pruning) {
   for (size_t i = 0; i < ls.size(); ++i)
     if (ls[i].name == o.layer) net.layer = i;
   if (net.layer == ls.size() || ls[net.layer].type != LayerType::Linear)
-    throw Error("layer '" + o.layer + "' is not a linear layer of the architecture");
+    throw Error("layer '" + o.layer + "' is not a linear layer of the architecture" +
+                (net.layer < ls.size() && ls[net.layer].type == LayerType::Conv
+                     ? std::string(": sweep compares fc layers only (compress takes conv layers)")
+                     : std::string()));
   if (!pruning) return net;
   for (size_t i = net.layer + 1; i < ls.size(); ++i) {
     if (ls[i].type == LayerType::Linear) {

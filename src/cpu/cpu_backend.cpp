@@ -8,6 +8,7 @@
 #include "cpu/recon.hpp"
 #include "dalr/backend.hpp"
 #include "dalr/error.hpp"
+#include "dalr/patches.hpp"
 
 namespace dalr {
 
@@ -138,6 +139,21 @@ ReconError Backend::reconstruction_error(const Matrix<double>& x, const Matrix<d
                                          const std::vector<double>& b, const Factors<double>& f,
                                          int64_t batch) {
   return dalr::reconstruction_error(x, w, b, f, batch);
+}
+
+std::unique_ptr<StatsAccumulator<float>> Backend::conv_stats(const ConvGeometry& g, int64_t m,
+                                                             const Matrix<float>* w,
+                                                             const std::vector<float>* b,
+                                                             int64_t tile_cols) {
+  return std::make_unique<PatchAccumulator<float>>(stats(g.patch_size(), m, w, b, tile_cols), g,
+                                                   tile_cols);
+}
+std::unique_ptr<StatsAccumulator<double>> Backend::conv_stats(const ConvGeometry& g, int64_t m,
+                                                              const Matrix<double>* w,
+                                                              const std::vector<double>* b,
+                                                              int64_t tile_cols) {
+  return std::make_unique<PatchAccumulator<double>>(stats(g.patch_size(), m, w, b, tile_cols), g,
+                                                    tile_cols);
 }
 
 Factors<float> Backend::solve_dual(const SolveOptions& opt, const Matrix<float>& w,

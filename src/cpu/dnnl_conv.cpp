@@ -75,14 +75,17 @@ struct DnnlConv::Impl {
     const memory::desc dst_any({n, o.c, o.h, o.w}, f32, tag::any);
     const memory::desc w_any({l.out, l.in, l.kernel, l.kernel}, f32, tag::any);
     const memory::desc b_md({l.out}, f32, tag::x);
-    // oneDNN floors (H + 2 pad - k) / stride + 1 as PyTorch does, so padding_r = pad.
-    const memory::dims strides{l.stride, l.stride}, pad{l.pad, l.pad};
+    // oneDNN floors (H + 2 pad - span) / stride + 1 as PyTorch does, so padding_r = pad.
+    // Its dilation counts the pixels skipped between taps: PyTorch's dilation - 1.
+    const memory::dims strides{l.stride, l.stride}, pad{l.pad, l.pad},
+        dilates{l.dilation - 1, l.dilation - 1};
     const auto prop = dnnl::prop_kind::forward_inference;
     const auto alg = dnnl::algorithm::convolution_direct;
-    const auto desc = has_bias ? dnnl::convolution_forward::desc(prop, alg, src_any, w_any, b_md,
-                                                                 dst_any, strides, pad, pad)
-                               : dnnl::convolution_forward::desc(prop, alg, src_any, w_any, dst_any,
-                                                                 strides, pad, pad);
+    const auto desc = has_bias
+                          ? dnnl::convolution_forward::desc(prop, alg, src_any, w_any, b_md,
+                                                            dst_any, strides, dilates, pad, pad)
+                          : dnnl::convolution_forward::desc(prop, alg, src_any, w_any, dst_any,
+                                                            strides, dilates, pad, pad);
     dnnl::primitive_attr attr;
     if (relu) {
       // oneDNN's relu is x > 0 ? x : alpha * x, so NaN stays NaN as in the im2col path.

@@ -85,16 +85,18 @@ namespace {
 
 // Caffe's im2col: for an image (C, H, W) writes the (C*k*k) x (Ho*Wo) row-major patch
 // matrix, which is the column-major (Ho*Wo) x (C*k*k) matrix with leading dim Ho*Wo.
+// Tap (ki, kj) of a dilated kernel reads the pixel ki*dilation, kj*dilation from the
+// window's corner.
 template <typename T>
 void im2col(const T* src, int64_t C, int64_t H, int64_t W, const LayerSpec& l, int64_t Ho,
             int64_t Wo, T* col) {
-  const int64_t k = l.kernel;
+  const int64_t k = l.kernel, d = l.dilation;
   for (int64_t c = 0; c < C; ++c)
     for (int64_t ki = 0; ki < k; ++ki)
       for (int64_t kj = 0; kj < k; ++kj) {
         T* row = col + ((c * k + ki) * k + kj) * Ho * Wo;
         for (int64_t oy = 0; oy < Ho; ++oy) {
-          const int64_t iy = oy * l.stride - l.pad + ki;
+          const int64_t iy = oy * l.stride - l.pad + ki * d;
           T* out = row + oy * Wo;
           if (iy < 0 || iy >= H) {
             std::fill(out, out + Wo, T(0));
@@ -102,7 +104,7 @@ void im2col(const T* src, int64_t C, int64_t H, int64_t W, const LayerSpec& l, i
           }
           const T* in = src + (c * H + iy) * W;
           for (int64_t ox = 0; ox < Wo; ++ox) {
-            const int64_t ix = ox * l.stride - l.pad + kj;
+            const int64_t ix = ox * l.stride - l.pad + kj * d;
             out[ox] = (ix >= 0 && ix < W) ? in[ix] : T(0);
           }
         }
