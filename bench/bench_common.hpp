@@ -47,4 +47,21 @@ inline double wall_median(int64_t repeats, const std::function<void()>& f) {
   return t[t.size() / 2];
 }
 
+// The median of each f's own measurement (each returns the seconds it measured), after
+// one warm-up of each. Within a repeat the fs run in turn, so a change in the machine's
+// load (a shared build machine) falls on all of them alike.
+inline std::vector<double> interleaved_medians(int64_t repeats,
+                                               const std::vector<std::function<double()>>& fs) {
+  for (const auto& f : fs) f();
+  std::vector<std::vector<double>> t(fs.size());
+  for (int64_t r = 0; r < std::max<int64_t>(repeats, 1); ++r)
+    for (size_t i = 0; i < fs.size(); ++i) t[i].push_back(fs[i]());
+  std::vector<double> out;
+  for (auto& ti : t) {
+    std::sort(ti.begin(), ti.end());
+    out.push_back(ti[ti.size() / 2]);
+  }
+  return out;
+}
+
 }  // namespace dalr::bench

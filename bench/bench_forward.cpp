@@ -1,0 +1,387 @@
+// Forward-pass speed of a compressed network against the original: (a) the whole
+// network, images/s and speed-up at a batch size; (b) each factorised layer alone
+// against its NAME.0 / NAME.1 pair alone, on random input of the layer's shape, with
+// multiply-adds before and after and the achieved GFLOP/s (2 FLOPs per multiply-add).
+//   bench_forward [--model FILE | --arch vgg19 --size S]
+//                 (--compressed FILE | --factor NAME:K[,NAME:K...] [--round-rank R])
+//                 [--device cpu|cuda --precision fp32 --batch 8 --repeats 3 --json out.json]
+// --factor synthesises the compressed model with random factors of rank K (the time does
+// not depend on their values); K may be "half", the rank at which the layer's
+// multiply-adds halve. Each timed pass runs from the tapped input of the first layer to
+// that of a probe layer appended after the last (forward_plan.hpp), so it times the
+// layers only: wall clock on the CPU, device events on the GPU. On the GPU the whole
+// network is also timed end to end (run(): upload, layers, download). Original and
+// compressed passes alternate within each repeat; the medians are reported.
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench_common.hpp"
+#include "bench_model.hpp"
+#include "cpu/dnnl_conv.hpp"
+#include "dalr/arch.hpp"
+#include "dalr/backend.hpp"
+#include "dalr/error.hpp"
+#include "dalr/safetensors.hpp"
+#include "forward_plan.hpp"
+#ifdef DALR_HAVE_CUDA
+#include "cuda/device_buffer.hpp"
+#endif
+
+using json = nlohmann::json;
+namespace db = dalr::bench;
+
+namespace {
+
+struct Args {
+  std::string model, arch = "vgg19", compressed, factor, device, precision = "fp32", json;
+  int64_t size = 0, batch = 8, repeats = 3, round_rank = 0;
+  bool no_layers = false;
+};
+
+// A network ready to time: its arch (probe appended) and the file holding its tensors.
+struct Net {
+  dalr::Arch arch;  // without the probe
+  dalr::Arch probed;
+  std::unique_ptr<dalr::SafetensorsFile> file;
+  std::unique_ptr<dalr::Forward<float>> fwd;
+};
+
+std::vector<dalr::TensorOut> layer_tensors(const dalr::SafetensorsFile& f,
+                                           const dalr::LayerSpec& l) {
+  std::vector<dalr::TensorOut> out{dalr::TensorOut::borrow(f, f.at(l.name + ".weight"))};
+  if (l.bias) out.push_back(dalr::TensorOut::borrow(f, f.at(l.name + ".bias")));
+  return out;
+}
+
+// Writes `tensors` and the probe's weight to `path`, opens it and makes the forward pass.
+void finish_net(Net& n, std::vector<dalr::TensorOut> tensors, const std::string& path,
+                dalr::Backend& backend) {
+  dalr::TensorOut probe;
+  n.probed = db::with_probe(n.arch, &probe);
+  tensors.push_back(probe);
+  dalr::write_safetensors(path, tensors, {});
+  tensors.clear();
+  n.file = std::make_unique<dalr::SafetensorsFile>(path);
+  n.fwd = backend.forward_f32(n.probed, *n.file);
+}
+
+// Seconds of one pass from the input of `first` to the probe's: wall clock between the
+// two taps on the host; events recorded on the compute stream at the two device taps.
+double pass_seconds(const dalr::Forward<float>& f, const std::vector<float>& x, int64_t batch,
+                    const std::string& first) {
+  const dalr::InputSpec& in = f.arch().input;
+  const std::vector<std::string> taps = {first, db::kProbe};
+  if (f.supports_device_taps()) {
+#ifdef DALR_HAVE_CUDA
+    dalr::cuda::Event start, stop;
+    f.run_taps_device(x.data(), batch, in.channels, in.crop[0], in.crop[1], taps,
+                      [&](const std::string& name, const float*, int64_t, int64_t, void* s) {
+                        (name == first ? start : stop).record(static_cast<cudaStream_t>(s));
+                      });
+    stop.synchronize();
+    return stop.elapsed_ms_since(start) / 1e3;
+#endif
+  }
+  std::chrono::steady_clock::time_point t0, t1;
+  f.run_taps(x.data(), batch, in.channels, in.crop[0], in.crop[1], taps,
+             [&](const std::string& name, const float*, int64_t, int64_t) {
+               (name == first ? t0 : t1) = std::chrono::steady_clock::now();
+             });
+  return std::chrono::duration<double>(t1 - t0).count();
+}
+
+std::vector<float> random_input(int64_t count, bool relu, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(static_cast<size_t>(count));
+  for (auto& v : x) v = relu ? std::abs(nd(rng)) : nd(rng);  // post-ReLU: no zeros, no denormals
+  return x;
+}
+
+// {seconds, images/s, GFLOP/s} of a pass over `batch` images of `macs` multiply-adds each.
+json rate(double seconds, int64_t batch, int64_t macs) {
+  return {{"seconds", seconds},
+          {"images_per_s", batch / seconds},
+          {"gflop_per_s", 2.0 * static_cast<double>(macs) * batch / seconds / 1e9}};
+}
+
+// Output of both networks on one batch: same shape, finite; their relative difference.
+json compare_outputs(const Net& o, const Net& c, const std::vector<float>& x, int64_t batch) {
+  const auto& in = o.arch.input;
+  // Up to the probe's input: the network's output.
+  const auto a = o.fwd->run(x.data(), batch, in.channels, in.crop[0], in.crop[1], db::kProbe);
+  const auto b = c.fwd->run(x.data(), batch, in.channels, in.crop[0], in.crop[1], db::kProbe);
+  if (a.rows != b.rows || a.cols != b.cols)
+    throw dalr::Error("the compressed network's output is " + std::to_string(b.rows) + " x " +
+                      std::to_string(b.cols) + ", the original's " + std::to_string(a.rows) +
+                      " x " + std::to_string(a.cols));
+  double diff = 0, norm = 0;
+  bool finite = true;
+  for (size_t i = 0; i < a.data.size(); ++i) {
+    finite = finite && std::isfinite(a.data[i]) && std::isfinite(b.data[i]);
+    diff += (double(a.data[i]) - b.data[i]) * (double(a.data[i]) - b.data[i]);
+    norm += double(a.data[i]) * a.data[i];
+  }
+  return {{"rows", b.rows},
+          {"cols", b.cols},
+          {"finite", finite},
+          {"rel_diff", norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff)}};
+}
+
+json time_network(const Args& a, const Net& o, const Net& c) {
+  const auto& in = o.arch.input;
+  const int64_t count = a.batch * in.channels * in.crop[0] * in.crop[1];
+  const std::vector<float> x = random_input(count, false, 11);
+  json r;
+  r["output"] = compare_outputs(o, c, x, a.batch);
+  const std::string first_o = db::first_named(o.arch), first_c = db::first_named(c.arch);
+  const auto t = db::interleaved_medians(
+      a.repeats, {[&] { return pass_seconds(*o.fwd, x, a.batch, first_o); },
+                  [&] { return pass_seconds(*c.fwd, x, a.batch, first_c); }});
+  const int64_t macs_o = db::arch_macs(o.arch), macs_c = db::arch_macs(c.arch);
+  r["original"] = rate(t[0], a.batch, macs_o);
+  r["compressed"] = rate(t[1], a.batch, macs_c);
+  r["original"]["macs_per_image"] = macs_o;
+  r["compressed"]["macs_per_image"] = macs_c;
+  r["macs_kept"] = static_cast<double>(macs_c) / macs_o;
+  r["speedup"] = t[0] / t[1];
+  if (o.fwd->supports_device_taps()) {  // the GPU: also upload and download, as run() does
+    const auto wall = [&](const Net& n) {
+      const auto t0 = std::chrono::steady_clock::now();
+      n.fwd->run(x.data(), a.batch, in.channels, in.crop[0], in.crop[1], db::kProbe);
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    const auto e =
+        db::interleaved_medians(a.repeats, {[&] { return wall(o); }, [&] { return wall(c); }});
+    r["end_to_end"] = {{"original", rate(e[0], a.batch, macs_o)},
+                       {"compressed", rate(e[1], a.batch, macs_c)},
+                       {"speedup", e[0] / e[1]}};
+  }
+  return r;
+}
+
+// One factorised layer alone against its pair alone, each in a small arch of its own.
+json time_layer(const Args& a, const Net& o, const Net& c, const db::LayerPair& p,
+                dalr::Backend& backend, const db::TempDir& tmp) {
+  const auto& in = o.arch.input;
+  const auto shapes = dalr::layer_input_shapes(o.arch, in.channels, in.crop[0], in.crop[1]);
+  const dalr::ActShape& s = shapes[p.original];
+  const dalr::LayerSpec& l = o.arch.layers[p.original];
+  Net lo, lc;
+  lo.arch = db::single_arch({l}, s);
+  lc.arch = db::single_arch({c.arch.layers[p.replaced[0]], c.arch.layers[p.replaced[1]]}, s);
+  std::vector<dalr::TensorOut> to = layer_tensors(*o.file, l), tc;
+  for (size_t i : p.replaced)
+    for (auto& t : layer_tensors(*c.file, c.arch.layers[i])) tc.push_back(t);
+  finish_net(lo, to, (tmp.path / "layer-original.safetensors").string(), backend);
+  finish_net(lc, tc, (tmp.path / "layer-compressed.safetensors").string(), backend);
+
+  const std::vector<float> x = random_input(a.batch * s.numel(), true, 13);
+  const json out = compare_outputs(lo, lc, x, a.batch);
+  const std::string name0 = c.arch.layers[p.replaced[0]].name;
+  const auto t = db::interleaved_medians(
+      a.repeats, {[&] { return pass_seconds(*lo.fwd, x, a.batch, l.name); },
+                  [&] { return pass_seconds(*lc.fwd, x, a.batch, name0); }});
+  const int64_t macs_o = db::arch_macs(lo.arch), macs_c = db::arch_macs(lc.arch);
+  return {{"layer", p.layer},
+          {"type", dalr::layer_type_name(l.type)},
+          {"k", p.rank},
+          {"input", {s.c, s.h, s.w}},
+          {"output", out},
+          {"macs_per_image_before", macs_o},
+          {"macs_per_image_after", macs_c},
+          {"macs_kept", static_cast<double>(macs_c) / macs_o},
+          {"seconds_before", t[0]},
+          {"seconds_after", t[1]},
+          {"gflop_per_s_before", 2.0 * macs_o * a.batch / t[0] / 1e9},
+          {"gflop_per_s_after", 2.0 * macs_c * a.batch / t[1] / 1e9},
+          {"speedup", t[0] / t[1]}};
+}
+
+std::string read_first_line(const std::string& path, const std::string& prefix = "") {
+  std::ifstream f(path);
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind(prefix, 0) == 0) return line.substr(prefix.size());
+  return "";
+}
+
+std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+
+// Where and how it ran: CPU model, threads, OpenBLAS kernels, the CPU convolution path.
+json machine(const std::string& device) {
+  std::string cpu = read_first_line("/proc/cpuinfo", "model name\t: ");
+  json m = {{"cpu", cpu},
+            {"hardware_threads", std::thread::hardware_concurrency()},
+            {"omp_num_threads", env_or("OMP_NUM_THREADS", "unset")},
+            {"openblas_coretype", env_or("OPENBLAS_CORETYPE", "unset")},
+            {"openblas_kernels", dalr::cpu_kernel_family()},
+            {"load_average_start", read_first_line("/proc/loadavg")}};
+  if (device == "cpu") m["cpu_conv"] = dalr::cpu::DnnlConv::create() ? "dnnl" : "im2col";
+  return m;
+}
+
+void print_table(const json& r) {
+  const auto& n = r["network"];
+  std::printf("bench_forward: %s, %s, %s, input %s, batch %lld, median of %lld\n",
+              r["device"].get<std::string>().c_str(), r["precision"].get<std::string>().c_str(),
+              r["model"].get<std::string>().c_str(), r["input"].dump().c_str(),
+              static_cast<long long>(r["batch"].get<int64_t>()),
+              static_cast<long long>(r["repeats"].get<int64_t>()));
+  std::printf(
+      "network: %.4g -> %.4g GMAC/image (%.1f%%), %.1f -> %.1f ms/batch, %.2f -> %.2f "
+      "images/s, speed-up %.2fx; outputs %lld x %lld, relative difference %.3g\n",
+      n["original"]["macs_per_image"].get<double>() / 1e9,
+      n["compressed"]["macs_per_image"].get<double>() / 1e9, 100 * n["macs_kept"].get<double>(),
+      1e3 * n["original"]["seconds"].get<double>(), 1e3 * n["compressed"]["seconds"].get<double>(),
+      n["original"]["images_per_s"].get<double>(), n["compressed"]["images_per_s"].get<double>(),
+      n["speedup"].get<double>(), static_cast<long long>(n["output"]["rows"].get<int64_t>()),
+      static_cast<long long>(n["output"]["cols"].get<int64_t>()),
+      n["output"]["rel_diff"].get<double>());
+  if (n.contains("end_to_end"))
+    std::printf(
+        "network end to end (upload + layers + download): %.2f -> %.2f images/s, "
+        "speed-up %.2fx\n",
+        n["end_to_end"]["original"]["images_per_s"].get<double>(),
+        n["end_to_end"]["compressed"]["images_per_s"].get<double>(),
+        n["end_to_end"]["speedup"].get<double>());
+  if (r["layers"].empty()) return;
+  std::printf("%-16s %6s %12s %12s %10s %10s %8s %9s %9s\n", "layer", "k", "MMAC before",
+              "MMAC after", "ms before", "ms after", "speed-up", "GFLOP/s b", "GFLOP/s a");
+  for (const auto& l : r["layers"])
+    std::printf(
+        "%-16s %6lld %12.1f %12.1f %10.2f %10.2f %7.2fx %9.1f %9.1f\n",
+        l["layer"].get<std::string>().c_str(), static_cast<long long>(l["k"].get<int64_t>()),
+        l["macs_per_image_before"].get<double>() / 1e6,
+        l["macs_per_image_after"].get<double>() / 1e6, 1e3 * l["seconds_before"].get<double>(),
+        1e3 * l["seconds_after"].get<double>(), l["speedup"].get<double>(),
+        l["gflop_per_s_before"].get<double>(), l["gflop_per_s_after"].get<double>());
+}
+
+// The original network: --model FILE, or the --arch preset with random He weights.
+void make_original(const Args& a, Net& o, dalr::Backend& backend, const db::TempDir& tmp) {
+  std::vector<dalr::TensorOut> tensors;
+  std::unique_ptr<dalr::SafetensorsFile> src;
+  if (!a.model.empty()) {
+    src = std::make_unique<dalr::SafetensorsFile>(a.model);
+    o.arch = dalr::load_arch(*src, a.arch);
+    db::use_crop(o.arch, a.size);
+    for (const auto& t : src->tensors()) tensors.push_back(dalr::TensorOut::borrow(*src, t));
+  } else {
+    o.arch = dalr::vgg_preset(a.arch, 1000, a.size > 0 ? a.size : 224);
+    tensors = db::he_tensors(o.arch, 19);
+  }
+  finish_net(o, std::move(tensors), (tmp.path / "original.safetensors").string(), backend);
+}
+
+// The compressed network: --compressed FILE, or --factor's edit of the original with
+// random factors (the original's biases).
+void make_compressed(const Args& a, const Net& o, Net& c, dalr::Backend& backend,
+                     const db::TempDir& tmp, json& r) {
+  std::vector<dalr::TensorOut> tensors;
+  std::unique_ptr<dalr::SafetensorsFile> src;
+  if (!a.compressed.empty()) {
+    src = std::make_unique<dalr::SafetensorsFile>(a.compressed);
+    c.arch = dalr::load_arch(*src, a.arch);
+    c.arch.input = o.arch.input;  // with --size, the same crop
+    for (const auto& t : src->tensors()) tensors.push_back(dalr::TensorOut::borrow(*src, t));
+  } else {
+    const auto factors = db::parse_factors(o.arch, a.factor, a.round_rank);
+    c.arch = db::factorised_arch(o.arch, factors);
+    std::set<std::string> replaced;
+    uint64_t seed = 23;
+    for (const auto& f : factors) {
+      const dalr::LayerSpec& l = o.arch.layers[db::layer_index(o.arch, f.layer)];
+      replaced.insert({l.name + ".weight", l.name + ".bias"});
+      const size_t i0 = db::layer_index(c.arch, f.layer + ".0");
+      const std::vector<float> bias =
+          l.bias ? o.file->read_f32(l.name + ".bias") : std::vector<float>{};
+      for (auto& t :
+           db::random_pair_tensors({c.arch.layers[i0], c.arch.layers[i0 + 1]}, bias, seed++))
+        tensors.push_back(std::move(t));
+      r["factor"].push_back({{"layer", f.layer}, {"requested", f.requested}, {"rank", f.rank}});
+    }
+    for (const auto& t : o.file->tensors())
+      if (!replaced.count(t.name) && t.name != db::kProbe + ".weight")
+        tensors.push_back(dalr::TensorOut::borrow(*o.file, t));
+  }
+  finish_net(c, std::move(tensors), (tmp.path / "compressed.safetensors").string(), backend);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  dalr::prepare_cpu_kernels(argv);  // may start this program again
+  CLI::App app{
+      "Forward-pass time of a compressed network against the original, whole and "
+      "per factorised layer"};
+  Args a;
+  app.add_option("--model", a.model, "Original model file (default: --arch, random He weights)");
+  app.add_option("--arch", a.arch, "VGG preset without --model, or for a file without dalr.arch")
+      ->capture_default_str();
+  app.add_option("--size", a.size, "Input crop size (0: the model's; 224 for a preset)")
+      ->capture_default_str();
+  app.add_option("--compressed", a.compressed, "Compressed model file (compress's output)");
+  app.add_option("--factor", a.factor,
+                 "NAME:K[,NAME:K...]: factorise these conv or linear layers at rank K (or "
+                 "'half': where the layer's multiply-adds halve) with random factors");
+  app.add_option("--round-rank", a.round_rank,
+                 "With --factor: round each rank up to a multiple of R (8 or 16 suit tensor "
+                 "cores), never past the maximum");
+  app.add_option("--device", a.device, "cpu or cuda (default: cuda if present)");
+  app.add_option("--precision", a.precision, "fp32 | tf32 (CUDA) | fp16 | bf16")
+      ->capture_default_str();
+  app.add_option("--batch", a.batch, "Images per pass")->capture_default_str();
+  app.add_option("--repeats", a.repeats, "Timed repeats after one warm-up")->capture_default_str();
+  app.add_flag("--no-layers", a.no_layers, "Time the whole network only");
+  app.add_option("--json", a.json, "Also write the JSON result to this file");
+  CLI11_PARSE(app, argc, argv);
+  if (a.compressed.empty() == a.factor.empty())
+    throw dalr::Error("give either --compressed FILE or --factor NAME:K[,...]");
+  if (!a.compressed.empty() && a.round_rank > 1)
+    throw dalr::Error("--round-rank applies to --factor (a compressed file has its ranks)");
+  if (a.batch < 1 || a.repeats < 1) throw dalr::Error("--batch and --repeats must be >= 1");
+  if (a.size < 0 || (a.size > 0 && a.size < 32)) throw dalr::Error("--size must be 0 or >= 32");
+  if (a.device.empty()) a.device = db::default_device();
+
+  auto backend = db::make_backend(a.device, a.precision);
+  db::TempDir tmp;
+  json r = {{"device", backend->name()},
+            {"precision", a.precision},
+            {"batch", a.batch},
+            {"repeats", a.repeats},
+            {"model", a.model.empty() ? "random " + a.arch : a.model},
+            {"machine", machine(a.device)}};
+  if (!a.compressed.empty()) r["compressed"] = a.compressed;
+  if (a.round_rank > 1) r["round_rank"] = a.round_rank;
+  Net o, c;
+  make_original(a, o, *backend, tmp);
+  make_compressed(a, o, c, *backend, tmp, r);
+  r["input"] = {o.arch.input.channels, o.arch.input.crop[0], o.arch.input.crop[1]};
+  r["network"] = time_network(a, o, c);
+  r["layers"] = json::array();
+  if (!a.no_layers)
+    for (const auto& p : db::factorised_layers(o.arch, c.arch))
+      r["layers"].push_back(time_layer(a, o, c, p, *backend, tmp));
+  r["machine"]["load_average_end"] = read_first_line("/proc/loadavg");
+  print_table(r);
+  if (!a.json.empty()) std::ofstream(a.json) << r.dump(2) << "\n";
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "bench_forward: %s\n", e.what());
+  return 1;
+}
