@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -77,10 +78,19 @@ void finish_net(Net& n, std::vector<dalr::TensorOut> tensors, const std::string&
   n.fwd = backend.forward_f32(n.probed, *n.file);
 }
 
-// Seconds of one pass from the input of `first` to the probe's: wall clock between the
-// two taps on the host; events recorded on the compute stream at the two device taps.
-double pass_seconds(const dalr::Forward<float>& f, const std::vector<float>& x, int64_t batch,
-                    const std::string& first) {
+// CPU time of this process (all its threads), in seconds.
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+// One pass from the input of `first` to the probe's. On the host {wall, CPU} seconds
+// between the two taps (the CPU time, with one thread, is immune to the time-sharing of a
+// busy machine); on the GPU {device seconds} between events recorded on the compute
+// stream at the two device taps.
+std::vector<double> pass_times(const dalr::Forward<float>& f, const std::vector<float>& x,
+                               int64_t batch, const std::string& first) {
   const dalr::InputSpec& in = f.arch().input;
   const std::vector<std::string> taps = {first, db::kProbe};
   if (f.supports_device_taps()) {
@@ -91,15 +101,26 @@ double pass_seconds(const dalr::Forward<float>& f, const std::vector<float>& x, 
                         (name == first ? start : stop).record(static_cast<cudaStream_t>(s));
                       });
     stop.synchronize();
-    return stop.elapsed_ms_since(start) / 1e3;
+    return {stop.elapsed_ms_since(start) / 1e3};
 #endif
   }
   std::chrono::steady_clock::time_point t0, t1;
+  double c0 = 0, c1 = 0;
   f.run_taps(x.data(), batch, in.channels, in.crop[0], in.crop[1], taps,
              [&](const std::string& name, const float*, int64_t, int64_t) {
                (name == first ? t0 : t1) = std::chrono::steady_clock::now();
+               (name == first ? c0 : c1) = process_cpu_seconds();
              });
-  return std::chrono::duration<double>(t1 - t0).count();
+  return {std::chrono::duration<double>(t1 - t0).count(), c1 - c0};
+}
+
+// Original and compressed passes, interleaved: per side the medians {seconds[, CPU seconds]}.
+std::vector<std::vector<double>> time_both(const Args& a, const Net& o, const Net& c,
+                                           const std::vector<float>& x, const std::string& first_o,
+                                           const std::string& first_c) {
+  return db::interleaved_medians(a.repeats,
+                                 {[&] { return pass_times(*o.fwd, x, a.batch, first_o); },
+                                  [&] { return pass_times(*c.fwd, x, a.batch, first_c); }});
 }
 
 std::vector<float> random_input(int64_t count, bool relu, uint64_t seed) {
@@ -146,28 +167,31 @@ json time_network(const Args& a, const Net& o, const Net& c) {
   const std::vector<float> x = random_input(count, false, 11);
   json r;
   r["output"] = compare_outputs(o, c, x, a.batch);
-  const std::string first_o = db::first_named(o.arch), first_c = db::first_named(c.arch);
-  const auto t = db::interleaved_medians(
-      a.repeats, {[&] { return pass_seconds(*o.fwd, x, a.batch, first_o); },
-                  [&] { return pass_seconds(*c.fwd, x, a.batch, first_c); }});
+  const auto t = time_both(a, o, c, x, db::first_named(o.arch), db::first_named(c.arch));
   const int64_t macs_o = db::arch_macs(o.arch), macs_c = db::arch_macs(c.arch);
-  r["original"] = rate(t[0], a.batch, macs_o);
-  r["compressed"] = rate(t[1], a.batch, macs_c);
+  r["original"] = rate(t[0][0], a.batch, macs_o);
+  r["compressed"] = rate(t[1][0], a.batch, macs_c);
   r["original"]["macs_per_image"] = macs_o;
   r["compressed"]["macs_per_image"] = macs_c;
   r["macs_kept"] = static_cast<double>(macs_c) / macs_o;
-  r["speedup"] = t[0] / t[1];
+  r["speedup"] = t[0][0] / t[1][0];
+  if (t[0].size() > 1) {
+    r["original"]["cpu_seconds"] = t[0][1];
+    r["compressed"]["cpu_seconds"] = t[1][1];
+    r["cpu_speedup"] = t[0][1] / t[1][1];
+  }
   if (o.fwd->supports_device_taps()) {  // the GPU: also upload and download, as run() does
     const auto wall = [&](const Net& n) {
       const auto t0 = std::chrono::steady_clock::now();
       n.fwd->run(x.data(), a.batch, in.channels, in.crop[0], in.crop[1], db::kProbe);
-      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      return std::vector<double>{
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
     };
     const auto e =
         db::interleaved_medians(a.repeats, {[&] { return wall(o); }, [&] { return wall(c); }});
-    r["end_to_end"] = {{"original", rate(e[0], a.batch, macs_o)},
-                       {"compressed", rate(e[1], a.batch, macs_c)},
-                       {"speedup", e[0] / e[1]}};
+    r["end_to_end"] = {{"original", rate(e[0][0], a.batch, macs_o)},
+                       {"compressed", rate(e[1][0], a.batch, macs_c)},
+                       {"speedup", e[0][0] / e[1][0]}};
   }
   return r;
 }
@@ -190,24 +214,27 @@ json time_layer(const Args& a, const Net& o, const Net& c, const db::LayerPair& 
 
   const std::vector<float> x = random_input(a.batch * s.numel(), true, 13);
   const json out = compare_outputs(lo, lc, x, a.batch);
-  const std::string name0 = c.arch.layers[p.replaced[0]].name;
-  const auto t = db::interleaved_medians(
-      a.repeats, {[&] { return pass_seconds(*lo.fwd, x, a.batch, l.name); },
-                  [&] { return pass_seconds(*lc.fwd, x, a.batch, name0); }});
+  const auto t = time_both(a, lo, lc, x, l.name, c.arch.layers[p.replaced[0]].name);
   const int64_t macs_o = db::arch_macs(lo.arch), macs_c = db::arch_macs(lc.arch);
-  return {{"layer", p.layer},
-          {"type", dalr::layer_type_name(l.type)},
-          {"k", p.rank},
-          {"input", {s.c, s.h, s.w}},
-          {"output", out},
-          {"macs_per_image_before", macs_o},
-          {"macs_per_image_after", macs_c},
-          {"macs_kept", static_cast<double>(macs_c) / macs_o},
-          {"seconds_before", t[0]},
-          {"seconds_after", t[1]},
-          {"gflop_per_s_before", 2.0 * macs_o * a.batch / t[0] / 1e9},
-          {"gflop_per_s_after", 2.0 * macs_c * a.batch / t[1] / 1e9},
-          {"speedup", t[0] / t[1]}};
+  json r = {{"layer", p.layer},
+            {"type", dalr::layer_type_name(l.type)},
+            {"k", p.rank},
+            {"input", {s.c, s.h, s.w}},
+            {"output", out},
+            {"macs_per_image_before", macs_o},
+            {"macs_per_image_after", macs_c},
+            {"macs_kept", static_cast<double>(macs_c) / macs_o},
+            {"seconds_before", t[0][0]},
+            {"seconds_after", t[1][0]},
+            {"gflop_per_s_before", 2.0 * macs_o * a.batch / t[0][0] / 1e9},
+            {"gflop_per_s_after", 2.0 * macs_c * a.batch / t[1][0] / 1e9},
+            {"speedup", t[0][0] / t[1][0]}};
+  if (t[0].size() > 1) {
+    r["cpu_seconds_before"] = t[0][1];
+    r["cpu_seconds_after"] = t[1][1];
+    r["cpu_speedup"] = t[0][1] / t[1][1];
+  }
+  return r;
 }
 
 std::string read_first_line(const std::string& path, const std::string& prefix = "") {
@@ -252,6 +279,10 @@ void print_table(const json& r) {
       n["speedup"].get<double>(), static_cast<long long>(n["output"]["rows"].get<int64_t>()),
       static_cast<long long>(n["output"]["cols"].get<int64_t>()),
       n["output"]["rel_diff"].get<double>());
+  if (n.contains("cpu_speedup"))
+    std::printf("network CPU time: %.1f -> %.1f ms/batch, speed-up %.2fx\n",
+                1e3 * n["original"]["cpu_seconds"].get<double>(),
+                1e3 * n["compressed"]["cpu_seconds"].get<double>(), n["cpu_speedup"].get<double>());
   if (n.contains("end_to_end"))
     std::printf(
         "network end to end (upload + layers + download): %.2f -> %.2f images/s, "
@@ -260,16 +291,20 @@ void print_table(const json& r) {
         n["end_to_end"]["compressed"]["images_per_s"].get<double>(),
         n["end_to_end"]["speedup"].get<double>());
   if (r["layers"].empty()) return;
-  std::printf("%-16s %6s %12s %12s %10s %10s %8s %9s %9s\n", "layer", "k", "MMAC before",
-              "MMAC after", "ms before", "ms after", "speed-up", "GFLOP/s b", "GFLOP/s a");
-  for (const auto& l : r["layers"])
+  std::printf("%-16s %6s %12s %12s %10s %10s %8s %9s %9s %8s\n", "layer", "k", "MMAC before",
+              "MMAC after", "ms before", "ms after", "speed-up", "GFLOP/s b", "GFLOP/s a",
+              "CPU-time");
+  for (const auto& l : r["layers"]) {
     std::printf(
-        "%-16s %6lld %12.1f %12.1f %10.2f %10.2f %7.2fx %9.1f %9.1f\n",
+        "%-16s %6lld %12.1f %12.1f %10.2f %10.2f %7.2fx %9.1f %9.1f",
         l["layer"].get<std::string>().c_str(), static_cast<long long>(l["k"].get<int64_t>()),
         l["macs_per_image_before"].get<double>() / 1e6,
         l["macs_per_image_after"].get<double>() / 1e6, 1e3 * l["seconds_before"].get<double>(),
         1e3 * l["seconds_after"].get<double>(), l["speedup"].get<double>(),
         l["gflop_per_s_before"].get<double>(), l["gflop_per_s_after"].get<double>());
+    if (l.contains("cpu_speedup")) std::printf(" %7.2fx", l["cpu_speedup"].get<double>());
+    std::printf("\n");
+  }
 }
 
 // The original network: --model FILE, or the --arch preset with random He weights.
