@@ -196,28 +196,58 @@ json time_network(const Args& a, const Net& o, const Net& c) {
   return r;
 }
 
-// One factorised layer alone against its pair alone, each in a small arch of its own.
+// `layers` of `from` (with their tensors in from's file) alone, on input of shape s.
+void small_net(const Net& from, const std::vector<size_t>& layers, const dalr::ActShape& s, Net& n,
+               dalr::Backend& backend, const std::string& path) {
+  std::vector<dalr::LayerSpec> specs;
+  std::vector<dalr::TensorOut> tensors;
+  for (size_t i : layers) {
+    specs.push_back(from.arch.layers[i]);
+    for (auto& t : layer_tensors(*from.file, from.arch.layers[i])) tensors.push_back(t);
+  }
+  n.arch = db::single_arch(specs, s);
+  finish_net(n, std::move(tensors), path, backend);
+}
+
+// {seconds, gflop_per_s[, cpu_seconds]} of one timed side.
+json side(const std::vector<double>& t, int64_t macs, int64_t batch) {
+  json r = {{"seconds", t[0]}, {"gflop_per_s", 2.0 * macs * batch / t[0] / 1e9}};
+  if (t.size() > 1) r["cpu_seconds"] = t[1];
+  return r;
+}
+
+// One factorised layer alone against its pair alone, each in a small arch of its own; and
+// each part of the pair alone (NAME.1, the 1 x 1 conv, on random input of its shape), to
+// show where the pair's time goes.
 json time_layer(const Args& a, const Net& o, const Net& c, const db::LayerPair& p,
                 dalr::Backend& backend, const db::TempDir& tmp) {
   const auto& in = o.arch.input;
   const auto shapes = dalr::layer_input_shapes(o.arch, in.channels, in.crop[0], in.crop[1]);
+  const auto cshapes = dalr::layer_input_shapes(c.arch, in.channels, in.crop[0], in.crop[1]);
   const dalr::ActShape& s = shapes[p.original];
-  const dalr::LayerSpec& l = o.arch.layers[p.original];
-  Net lo, lc;
-  lo.arch = db::single_arch({l}, s);
-  lc.arch = db::single_arch({c.arch.layers[p.replaced[0]], c.arch.layers[p.replaced[1]]}, s);
-  std::vector<dalr::TensorOut> to = layer_tensors(*o.file, l), tc;
-  for (size_t i : p.replaced)
-    for (auto& t : layer_tensors(*c.file, c.arch.layers[i])) tc.push_back(t);
-  finish_net(lo, to, (tmp.path / "layer-original.safetensors").string(), backend);
-  finish_net(lc, tc, (tmp.path / "layer-compressed.safetensors").string(), backend);
+  const dalr::ActShape& s1 = cshapes[p.replaced[1]];
+  const auto path = [&](const char* name) { return (tmp.path / name).string(); };
+  Net lo, lc, l0, l1;
+  small_net(o, {p.original}, s, lo, backend, path("layer.safetensors"));
+  small_net(c, p.replaced, s, lc, backend, path("pair.safetensors"));
+  small_net(c, {p.replaced[0]}, s, l0, backend, path("part0.safetensors"));
+  small_net(c, {p.replaced[1]}, s1, l1, backend, path("part1.safetensors"));
 
   const std::vector<float> x = random_input(a.batch * s.numel(), true, 13);
+  const std::vector<float> x1 = random_input(a.batch * s1.numel(), true, 17);
   const json out = compare_outputs(lo, lc, x, a.batch);
-  const auto t = time_both(a, lo, lc, x, l.name, c.arch.layers[p.replaced[0]].name);
+  const std::string& name = p.layer;
+  const std::string &name0 = c.arch.layers[p.replaced[0]].name,
+                    &name1 = c.arch.layers[p.replaced[1]].name;
+  const auto t =
+      db::interleaved_medians(a.repeats, {[&] { return pass_times(*lo.fwd, x, a.batch, name); },
+                                          [&] { return pass_times(*lc.fwd, x, a.batch, name0); },
+                                          [&] { return pass_times(*l0.fwd, x, a.batch, name0); },
+                                          [&] { return pass_times(*l1.fwd, x1, a.batch, name1); }});
   const int64_t macs_o = db::arch_macs(lo.arch), macs_c = db::arch_macs(lc.arch);
+  const int64_t macs_0 = db::arch_macs(l0.arch), macs_1 = db::arch_macs(l1.arch);
   json r = {{"layer", p.layer},
-            {"type", dalr::layer_type_name(l.type)},
+            {"type", dalr::layer_type_name(o.arch.layers[p.original].type)},
             {"k", p.rank},
             {"input", {s.c, s.h, s.w}},
             {"output", out},
@@ -229,6 +259,10 @@ json time_layer(const Args& a, const Net& o, const Net& c, const db::LayerPair& 
             {"gflop_per_s_before", 2.0 * macs_o * a.batch / t[0][0] / 1e9},
             {"gflop_per_s_after", 2.0 * macs_c * a.batch / t[1][0] / 1e9},
             {"speedup", t[0][0] / t[1][0]}};
+  json part0 = side(t[2], macs_0, a.batch), part1 = side(t[3], macs_1, a.batch);
+  part0.update({{"layer", name0}, {"macs_per_image", macs_0}});
+  part1.update({{"layer", name1}, {"macs_per_image", macs_1}});
+  r["parts"] = json::array({part0, part1});
   if (t[0].size() > 1) {
     r["cpu_seconds_before"] = t[0][1];
     r["cpu_seconds_after"] = t[1][1];

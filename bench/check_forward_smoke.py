@@ -6,7 +6,8 @@
 1. --factor features.3:8,features.6:16 (random factors): the JSON parses; the compressed
    network's output has the original's shape (10 classes x batch) and differs from it
    (random factors); each layer's rank and multiply-adds equal those computed here from the
-   model's own arch; --round-rank and 'half' pick the ranks compress would.
+   model's own arch, and so do each part's (NAME.0, NAME.1 timed alone); the same for a
+   linear layer (classifier.0); --round-rank and 'half' pick the ranks compress would.
 2. --compressed on a file that factorises features.3 exactly at full rank (NAME.0 = the
    original filters, NAME.1 = the 1 x 1 identity with the bias): the outputs, of the whole
    network and of the layer alone, equal the original's (needs numpy; skipped without).
@@ -91,6 +92,19 @@ if r:
               f"{name}: the pair's output has the layer's shape")
         check(x.get("seconds_before", 0) > 0 and x.get("seconds_after", 0) > 0,
               f"{name}: times are positive")
+        layer, side = convs[name]
+        parts = [(p.get("layer"), p.get("macs_per_image")) for p in x.get("parts", [])]
+        check(parts == [(name + ".0", k * layer["in"] * layer["kernel"] ** 2 * side * side),
+                        (name + ".1", layer["out"] * k * side * side)],
+              f"{name}: each part timed alone, with its own multiply-adds")
+
+r, _ = run("linear", "--model", MODEL, "--factor", "classifier.0:16")
+x = r["layers"][0] if r and r["layers"] else {}
+check(x.get("type") == "linear" and x.get("macs_per_image_before") == 256 * 1024
+      and x.get("macs_per_image_after") == 16 * (1024 + 256)
+      and [p["macs_per_image"] for p in x.get("parts", [])] == [16 * 1024, 256 * 16]
+      and x.get("output", {}).get("rows") == 256,
+      "a linear layer (classifier.0, 256 x 1024) at rank 16: multiply-adds, parts, shape")
 
 r, _ = run("round", "--model", MODEL, "--factor", "features.3:half,features.6:20",
            "--round-rank", "16", "--no-layers")

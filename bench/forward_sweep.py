@@ -45,6 +45,15 @@ def _cells(before_s, after_s, cpu_b, cpu_a, macs_b, macs_a, batch, digits):
                     f"{2 * macs_a * batch / cpu_a / 1e9:.0f}"]
 
 
+def _share(x):
+    """The 1 x 1 part's share of the two parts' time, each timed alone (CPU time if any)."""
+    parts = x.get("parts")
+    if not parts:
+        return "-"
+    key = "cpu_seconds" if "cpu_seconds" in parts[0] else "seconds"
+    return f"{100 * parts[1][key] / (parts[0][key] + parts[1][key]):.0f}%"
+
+
 def table(runs):
     """One Markdown table: per rank, the network then each layer alone."""
     first = runs[0][1]
@@ -57,13 +66,14 @@ def table(runs):
                if "cpu_conv" in m else "")
             + f", {first['precision']}, {first['model']}, input {first['input']}, batch "
             f"{b}, median of {first['repeats']}. Milliseconds per batch; GFLOP/s per CPU "
-            "second where the CPU time was measured (else per wall second).")
+            "second where the CPU time was measured (else per wall second); NAME.1 share: "
+            "the 1 x 1 conv's part of the time of the two parts, each timed alone.")
     lines = [head, "",
              "| rank | layer | k | MMAC/image before | after | kept | wall ms before | after "
              "| wall speed-up | CPU ms before | after | CPU speed-up | GFLOP/s before | after "
-             "| load avg |",
+             "| NAME.1 share | load avg |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
-             "| --- |"]
+             "| --- | --- |"]
     for k, r in runs:
         n = r["network"]
         o, c = n["original"], n["compressed"]
@@ -73,7 +83,7 @@ def table(runs):
                        o["macs_per_image"], c["macs_per_image"], b, 0)
         lines.append(f"| {k} | **network** | - | {o['macs_per_image'] / 1e6:.0f} | "
                      f"{c['macs_per_image'] / 1e6:.0f} | {100 * n['macs_kept']:.1f}% | "
-                     + " | ".join(cells) + f" | {load} |")
+                     + " | ".join(cells) + f" | | {load} |")
         for x in r["layers"]:
             cells = _cells(x["seconds_before"], x["seconds_after"], x.get("cpu_seconds_before"),
                            x.get("cpu_seconds_after"), x["macs_per_image_before"],
@@ -81,10 +91,10 @@ def table(runs):
             lines.append(f"| {k} | {x['layer']} {x['input'][1]}x{x['input'][2]} | {x['k']} | "
                          f"{x['macs_per_image_before'] / 1e6:.1f} | "
                          f"{x['macs_per_image_after'] / 1e6:.1f} | {100 * x['macs_kept']:.1f}% | "
-                         + " | ".join(cells) + " | |")
+                         + " | ".join(cells) + f" | {_share(x)} | |")
         if "end_to_end" in n:
             lines.append(f"| {k} | network end to end (upload, download) | - | | | | | | "
-                         f"{n['end_to_end']['speedup']:.2f}x | | | | | | |")
+                         f"{n['end_to_end']['speedup']:.2f}x | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
