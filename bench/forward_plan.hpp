@@ -3,9 +3,10 @@
 // compressed model file makes, multiply-add counts, and the small archs that time one
 // layer (or its replacement pair) alone.
 //
-// A factorised conv NAME (out x in x kh x kw) becomes, as compress writes it,
-//   NAME.0: conv in -> k, the original kernel, stride, padding (and dilation), no bias;
-//   NAME.1: conv k -> out, 1 x 1, with the original bias;
+// A factorised conv NAME (out x in x kh x kw) becomes, as compress writes it
+// (replace_conv_with_factors),
+//   NAME.0: conv in -> k, the original kernel, stride, padding and dilation, no bias;
+//   NAME.1: conv k -> out, 1 x 1, with a bias (the original's);
 // a factorised linear NAME the NAME.0 (n -> k, no bias) / NAME.1 (k -> m) pair.
 // Multiply-adds per output position: out in kh kw before, k (in kh kw + out) after.
 #include <algorithm>
@@ -117,40 +118,21 @@ inline std::vector<FactorSpec> parse_factors(const Arch& arch, const std::string
   return out;
 }
 
-// The two layers replacing conv `l` at rank k (see the top of this file).
-inline std::vector<LayerSpec> conv_pair(const LayerSpec& l, int64_t k) {
-  LayerSpec first = l, second;  // second: stride 1, no padding, no dilation
-  first.name = l.name + ".0";
-  first.out = k;
-  first.bias = false;
-  second.type = LayerType::Conv;
-  second.name = l.name + ".1";
-  second.in = k;
-  second.out = l.out;
-  second.kernel = 1;
-  second.bias = l.bias;
-  return {first, second};
-}
-
-// arch with each listed layer replaced by its NAME.0 / NAME.1 pair.
+// arch with each listed layer replaced by its NAME.0 / NAME.1 pair, as compress writes it
+// (replace_conv_with_factors, replace_linear_with_factors).
 inline Arch factorised_arch(const Arch& arch, const std::vector<FactorSpec>& factors) {
   Arch out = arch;
-  for (const FactorSpec& f : factors) {
-    const size_t i = layer_index(out, f.layer);
-    if (out.layers[i].type == LayerType::Linear) {
-      out = replace_linear_with_factors(out, f.layer, f.rank);
-      continue;
-    }
-    const auto pair = conv_pair(out.layers[i], f.rank);
-    out.layers[i] = pair[0];
-    out.layers.insert(out.layers.begin() + static_cast<std::ptrdiff_t>(i) + 1, pair[1]);
-  }
+  for (const FactorSpec& f : factors)
+    out = out.layers[layer_index(out, f.layer)].type == LayerType::Conv
+              ? replace_conv_with_factors(out, f.layer, f.rank)
+              : replace_linear_with_factors(out, f.layer, f.rank);
   return out;
 }
 
 // Random tensors for a factorised layer's pair (the values do not change the timing:
-// normal, variance 1 / fan-in, so activations stay of the same order; biases are the
-// original's, `bias`, when the layer has one).
+// normal, variance 1 / fan-in, so activations stay of the same order). NAME.1's bias is
+// the original's, `bias`, or zeros where the original had none (a conv's NAME.1 always
+// has one, as compress writes it).
 inline std::vector<TensorOut> random_pair_tensors(const std::vector<LayerSpec>& pair,
                                                   const std::vector<float>& bias, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -163,7 +145,10 @@ inline std::vector<TensorOut> random_pair_tensors(const std::vector<LayerSpec>& 
     std::vector<int64_t> shape = {l.out, l.in};
     if (l.type == LayerType::Conv) shape.insert(shape.end(), {l.kernel, l.kernel});
     out.push_back(TensorOut::f32(l.name + ".weight", shape, w));
-    if (l.bias) out.push_back(TensorOut::f32(l.name + ".bias", {l.out}, bias));
+    if (l.bias)
+      out.push_back(
+          TensorOut::f32(l.name + ".bias", {l.out},
+                         bias.empty() ? std::vector<float>(static_cast<size_t>(l.out)) : bias));
   }
   return out;
 }
