@@ -58,20 +58,9 @@ double trace_over_n(const Mat& c) {
   return t / c.rows;
 }
 
-// A B by brute force: W_r = W K (C^ + lambda I)^-1; U_k of W_r (C^ + lambda I) W_r^T
-// (exact) or of W C_o W^T; A B = U_k U_k^T W_r.
+// A B by brute force from the problem's samples.
 Mat brute_ab(const Problem& q, int64_t k, double lambda, bool exact) {
-  const Mat ch = oracle::mul(q.xh, q.xh, false, true), co = oracle::mul(q.x, q.x, false, true);
-  const Mat k_ = oracle::mul(q.x, q.xh, false, true);
-  const Mat d = oracle::add_diag(ch, lambda);
-  // W_r^T = D^-1 (W K)^T (D symmetric)
-  const Mat wr = oracle::transpose(oracle::solve(d, oracle::transpose(oracle::mul(q.w, k_))));
-  const Mat g = exact ? oracle::mul(oracle::mul(wr, d), wr, false, true)
-                      : oracle::mul(oracle::mul(q.w, co), q.w, false, true);
-  Mat u;
-  oracle::jacobi_eig(g, &u);
-  const Mat uk = oracle::first_cols(u, k);
-  return oracle::mul(uk, oracle::mul(uk, wr, true, false));
+  return oracle::asymmetric_ab(q.w, q.x, q.xh, k, lambda, exact);
 }
 
 TEST(Asymmetric, CrossStatisticsOfFcInputsAreXTimesXHatTransposed) {
