@@ -94,6 +94,12 @@ else
   SKIPPED=$(grep -cE '\(Skipped\)' "$LOG/ctest.log")
   PASSED=$(( ${TOTAL:-0} - ${FAILED:-0} - SKIPPED ))
   note "tests: ${PASSED} passed, ${FAILED:-?} failed, ${SKIPPED} skipped (ctest rc $CTEST_RC; ctest.log)"
+  # The conv layers' GPU twins (device im2row, patch statistics, the compressed conv pair
+  # and dilation in the cuDNN forward pass), counted apart: they are new to the device.
+  CONV_RE='(GpuIm2row|GpuConvStats|CudnnDilation|CompressedConvPair)'
+  conv_count() { grep -E "Test +#[0-9]+: $CONV_RE" "$LOG/ctest.log" | grep -c "$1"; }
+  note "conv GPU tests: $(conv_count ' Passed') passed, $(conv_count '\*\*\*Failed') failed," \
+       "$(conv_count 'Skipped') skipped"
 fi
 
 # ---- several processes: the NCCL path as a single-rank smoke test ----
@@ -129,7 +135,7 @@ if [ "${DALR_DEVICE_SANITIZE:-1}" = 1 ] && [ -n "$CS" ] && [ "$BUILD_OK" = yes ]
   : >"$LOG/sanitizer.log"
   SAN_BAD=()
   for t in "$BUILD"/test_gpu_* "$BUILD"/test_row_stats "$BUILD"/test_storage16 \
-           "$BUILD"/test_cudnn_forward "$BUILD"/test_stream_device; do
+           "$BUILD"/test_cudnn_forward "$BUILD"/test_cudnn_dilation "$BUILD"/test_stream_device; do
     [ -x "$t" ] || continue
     echo "== $t" >>"$LOG/sanitizer.log"
     timeout 40 "$CS" --tool memcheck --error-exitcode 99 --leak-check no "$t" \
@@ -152,6 +158,19 @@ if [ -x "$BUILD/bench/bench_gpu" ]; then
 import json, sys
 r = json.load(open(sys.argv[1]))
 for k, v in r.get("summary", {}).items():
+    print(f"{k}: {v}")
+PY
+)")
+fi
+# Conv patch statistics (a VGG-like 512-channel 3x3 layer at 14x14 and 28x28): images/s
+# on the GPU from device maps and from host maps, against the CPU twin.
+if [ -x "$BUILD/bench/bench_conv_stats" ]; then
+  timeout 60 "$BUILD/bench/bench_conv_stats" --json "$LOG/bench_conv_stats.json" \
+    >"$LOG/bench_conv_stats.log" 2>&1
+  note "bench_conv_stats (512 ch 3x3 at 14x14, 28x28): rc $? (bench_conv_stats.log, .json)"
+  BENCH_ROWS+=("$(python3 - "$LOG/bench_conv_stats.json" <<'PY' 2>/dev/null
+import json, sys
+for k, v in json.load(open(sys.argv[1])).get("summary", {}).items():
     print(f"{k}: {v}")
 PY
 )")

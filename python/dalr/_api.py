@@ -32,16 +32,29 @@ def _check_precision(precision):
 
 
 def _host_array(x, dtype, what, ndim):
-    """x (NumPy, torch or a sequence) as a C-contiguous host array of `dtype`."""
+    """x (NumPy, torch or a sequence) as a C-contiguous host array of `dtype`; ndim=None:
+    any number of dimensions."""
     if _is_torch(x):
         x = x.detach()
         if x.device.type != "cpu":
             x = x.cpu()
         x = x.numpy() if x.dtype not in _torch_16bit() else x.float().numpy()
     a = np.ascontiguousarray(x, dtype=dtype)
-    if a.ndim != ndim:
+    if ndim is not None and a.ndim != ndim:
         raise Error(f"{what} must have {ndim} dimension(s), got shape {tuple(a.shape)}")
     return a
+
+
+def _weight_matrix(weight, dtype):
+    """A layer's weight as the (m, n) host matrix the engine takes, and the 4-D shape of a
+    conv weight (c_out, c_in, kh, kw), seen as c_out x (c_in kh kw), or None."""
+    w = _host_array(weight, dtype, "weight", None)
+    if w.ndim == 4:
+        return w.reshape(w.shape[0], -1), tuple(w.shape)
+    if w.ndim != 2:
+        raise Error(f"weight must have 2 dimensions (m, n) or 4 (c_out, c_in, kh, kw), got "
+                    f"shape {tuple(w.shape)}")
+    return w, None
 
 
 def _torch_16bit():
@@ -69,7 +82,7 @@ class Stats:
             self._s = _dalr.Stats(int(n), precision, device)
         else:
             dt = _DTYPES[precision]
-            w = _host_array(weight, dt, "weight", 2)
+            w = _host_array(weight, dt, "weight (m, n)", 2)
             b = np.zeros(w.shape[0], dt) if bias is None else _host_array(bias, dt, "bias", 1)
             if w.shape[1] != n:
                 raise Error(f"Stats: the weight takes {w.shape[1]} inputs, n is {n}")
@@ -157,11 +170,21 @@ def solve(weight, bias, stats, method="dalr", rank=None, keep=None, lam=None, la
     fraction `keep` of the weights. `lam` is the absolute ridge; by default
     lam_rel * trace(C) / n, as the CLI. Returns Factors (NumPy arrays, or torch tensors
     on the weight's device when the weight was a tensor); `report` holds the CLI report's
-    fields for the layer (lambda, energy kept, training error, timings)."""
+    fields for the layer (lambda, energy kept, training error, timings).
+
+    A conv layer: weight (c_out, c_in, kh, kw) and its dalr.ConvStats; the factors come
+    back as conv weights, B (k, c_in, kh, kw) (the original stride, padding and dilation)
+    and A (c_out, k, 1, 1), and the report adds the multiply-adds per output position
+    (flops_per_position: c_out c_in kh kw before, k (c_in kh kw + c_out) after)."""
     if not isinstance(stats, Stats):
         raise Error("solve: stats must be a dalr.Stats")
     dt = stats.dtype
-    w = _host_array(weight, dt, "weight", 2)
+    w, conv_shape = _weight_matrix(weight, dt)
+    kernel = getattr(stats, "kernel_size", None)  # a ConvStats'
+    if conv_shape is not None and kernel is not None \
+            and conv_shape[1:] != (stats.channels, *kernel):
+        raise Error(f"solve: the conv weight's shape {conv_shape} does not match the statistics' "
+                    f"{stats.channels} channels and {kernel[0]} x {kernel[1]} kernel")
     had_bias = bias is not None
     b = np.zeros(w.shape[0], dt) if bias is None else _host_array(bias, dt, "bias", 1)
     r = _dalr.solve(stats._s, w, b, method, None if rank is None else int(rank),
@@ -169,9 +192,25 @@ def solve(weight, bias, stats, method="dalr", rank=None, keep=None, lam=None, la
                     float(lam_rel), device, bool(error), had_bias)
     out = Factors(r["A"], r["B"], r["bias"], list(r["kept_units"]), list(r["spectrum"]),
                   dict(r["report"]))
+    if conv_shape is not None or kernel is not None:
+        _as_conv(out, w.shape, conv_shape)
     if _is_torch(weight):
         import torch
         conv = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(  # noqa: E731
             device=weight.device, dtype=weight.dtype)
         out.A, out.B, out.bias = conv(out.A), conv(out.B), conv(out.bias)
     return out
+
+
+def _as_conv(f, shape, conv_shape):
+    """A conv layer's factors: B as k filters of the original size, A as a 1x1 conv (when
+    the weight was 4-D), and the multiply-adds per output position in the report."""
+    m, n = shape
+    k = f.B.shape[0]
+    after = k * n if f.A is None else k * (n + m)  # pruning: the kept filters
+    f.report["flops_per_position"] = {"before": m * n, "after": after,
+                                      "kept_fraction": after / (m * n)}
+    if conv_shape is not None:
+        f.B = f.B.reshape(k, *conv_shape[1:])
+        if f.A is not None:
+            f.A = f.A.reshape(m, k, 1, 1)

@@ -115,4 +115,13 @@ void require_device_memory(size_t bytes, const std::string& what) {
                 " (try --precision fp32, a smaller --batch, or --device cpu)");
 }
 
+void require_on_device(const void* p, int device, const std::string& what) {
+  cudaPointerAttributes a{};
+  DALR_CUDA_CHECK(cudaPointerGetAttributes(&a, p));
+  const bool device_memory = a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+  if (!device_memory || a.device != device)
+    throw Error(what + " batch: not memory of CUDA device " + std::to_string(device) +
+                " (host batches go through add)");
+}
+
 }  // namespace dalr::cuda

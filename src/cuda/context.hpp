@@ -89,4 +89,9 @@ class CublasMathScope {
 // has less than `bytes` free.
 void require_device_memory(size_t bytes, const std::string& what);
 
+// Throws "WHAT batch: not memory of CUDA device N (host batches go through add)" unless
+// p points into device (or managed) memory of `device`: checked before a kernel reads a
+// batch handed to add_device.
+void require_on_device(const void* p, int device, const std::string& what);
+
 }  // namespace dalr::cuda

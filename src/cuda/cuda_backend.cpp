@@ -1,6 +1,7 @@
 #include <memory>
 
 #include "cuda/context.hpp"
+#include "cuda/gpu_patch_stats.hpp"
 #include "dalr/cuda.hpp"
 #include "dalr/cudnn_forward.hpp"
 #include "dalr/error.hpp"
@@ -53,6 +54,20 @@ class CudaBackend final : public Backend {
                                                   const std::vector<double>* b,
                                                   int64_t max_batch) override {
     return std::make_unique<CudaStats<double>>(context(), n, m, w, b, max_batch);
+  }
+  // Tiles of patches cut on the device (cuda/gpu_patch_stats.hpp), from host maps or
+  // from feature maps the GPU forward pass hands over (add_device).
+  std::unique_ptr<StatsAccumulator<float>> conv_stats(const ConvGeometry& g, int64_t m,
+                                                      const Matrix<float>* w,
+                                                      const std::vector<float>* b,
+                                                      int64_t tile_cols) override {
+    return make_patch_stats<float>(context(), g, m, w, b, tile_cols);
+  }
+  std::unique_ptr<StatsAccumulator<double>> conv_stats(const ConvGeometry& g, int64_t m,
+                                                       const Matrix<double>* w,
+                                                       const std::vector<double>* b,
+                                                       int64_t tile_cols) override {
+    return make_patch_stats<double>(context(), g, m, w, b, tile_cols);
   }
   std::unique_ptr<Forward<float>> forward_f32(const Arch& a, const SafetensorsFile& w) override {
     return std::make_unique<CudnnForward<float>>(a, w, context(), storage_);

@@ -103,13 +103,13 @@ void CudnnForward<T>::Impl::load(const SafetensorsFile& weights) {
 
     if (l.type == LayerType::Conv) {
       const int k = to_int(l.kernel, "kernel"), s = to_int(l.stride, "stride");
-      const int p = to_int(l.pad, "pad");
+      const int p = to_int(l.pad, "pad"), d = to_int(l.dilation, "dilation");
       st.filter = std::make_unique<FilterDesc>();
       DALR_CUDNN_CHECK(cudnnSetFilter4dDescriptor(st.filter->get(), act_type(), act_format(),
                                                   to_int(l.out, "out"), to_int(l.in, "in"), k, k));
       st.conv = std::make_unique<ConvDesc>();
       // 16-bit data computes in fp32 (cuDNN's PSEUDO_HALF / PSEUDO_BFLOAT16 configs).
-      DALR_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(st.conv->get(), p, p, s, s, 1, 1,
+      DALR_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(st.conv->get(), p, p, s, s, d, d,
                                                        CUDNN_CROSS_CORRELATION, cudnn_type<T>()));
       DALR_CUDNN_CHECK(cudnnSetConvolutionMathType(
           st.conv->get(), s16() ? CUDNN_TENSOR_OP_MATH : conv_math<T>(math)));

@@ -56,19 +56,6 @@ void ensure_device(DeviceBuffer<T>& b, size_t n, const Context& ctx) {
   b = DeviceBuffer<T>(n);
 }
 
-// Records `e` on `s` when the scope is left, by a return or by an exception.
-class RecordOnExit {
- public:
-  RecordOnExit(const Event& e, cudaStream_t s) : e_(e), s_(s) {}
-  ~RecordOnExit() { DALR_CUDA_CHECK_NOTHROW(cudaEventRecord(e_.get(), s_)); }
-  RecordOnExit(const RecordOnExit&) = delete;
-  RecordOnExit& operator=(const RecordOnExit&) = delete;
-
- private:
-  const Event& e_;
-  cudaStream_t s_;
-};
-
 // One of the two input stages (see the top of cudnn_forward.cpp).
 template <typename T>
 struct InputStage {

@@ -193,6 +193,19 @@ class Event : public detail::OwnedHandle<cudaEvent_t, cudaEventDestroy> {
   }
 };
 
+// Records `e` on `s` when the scope is left, by a return or by an exception.
+class RecordOnExit {
+ public:
+  RecordOnExit(const Event& e, cudaStream_t s) : e_(e), s_(s) {}
+  ~RecordOnExit() { DALR_CUDA_CHECK_NOTHROW(cudaEventRecord(e_.get(), s_)); }
+  RecordOnExit(const RecordOnExit&) = delete;
+  RecordOnExit& operator=(const RecordOnExit&) = delete;
+
+ private:
+  const Event& e_;
+  cudaStream_t s_;
+};
+
 class Stream : public detail::OwnedHandle<cudaStream_t, cudaStreamDestroy> {
  public:
   // Non-blocking: work here does not serialise with the legacy default stream.

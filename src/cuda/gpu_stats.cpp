@@ -334,14 +334,7 @@ struct GpuStats<T>::Impl {
                   " out of range for the GPU statistics");
   }
 
-  void check_on_device(const T* dx) const {
-    cudaPointerAttributes a{};
-    DALR_CUDA_CHECK(cudaPointerGetAttributes(&a, dx));
-    const bool device_memory = a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
-    if (!device_memory || a.device != ctx.device())
-      throw Error("activation batch: not memory of CUDA device " + std::to_string(ctx.device()) +
-                  " (host batches go through add)");
-  }
+  void check_on_device(const T* dx) const { require_on_device(dx, ctx.device(), "activation"); }
 
   // Throws LayerStats::add's message if a NaN/Inf has been met on the device path.
   void throw_if_bad(unsigned long long key) const {

@@ -1,10 +1,12 @@
-// CudnnForward<T> against its CPU twin CpuForward<T> (the oracle), on one seeded random
-// network with odd sizes that has every layer type: conv with and without bias, pad,
-// stride, a 1x1 conv; maxpool with a ragged edge; avgpool; adaptive avgpool with
+// CudnnForward<T> against its CPU twin CpuForward<T> (the oracle), on seeded random
+// networks with odd sizes: one that has every layer type (conv with and without bias,
+// pad, stride, a 1x1 conv; maxpool with a ragged edge; avgpool; adaptive avgpool with
 // overlapping bins; batchnorm on images and on flat features; flatten; linear with and
-// without bias; relu; dropout. Batch 1 and 5, two input sizes (the algorithm cache is
-// keyed by shape), a stop at a middle linear layer and at a conv, the final output, and
-// run_taps on two layers. Errors must match the CPU's word for word.
+// without bias; relu; dropout), and the layout of a compressed conv layer (a bias-less
+// 3x3 conv with stride and padding, then a 1x1 conv with the bias and a ReLU, then a
+// bias-less 1x1 conv before a ReLU). Batch 1 and 5, two input sizes (the algorithm
+// cache is keyed by shape), stops at middle layers, the final output, and run_taps on
+// two layers. Errors must match the CPU's word for word.
 //
 // Tolerances (relative Frobenius error against the CPU in the same precision, where
 // only summation order and algorithms differ): fp64 1e-10; fp32 1e-4; TF32 (10-bit
@@ -19,6 +21,7 @@
 // GPU tests skip without a device; the no-device error runs everywhere.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -75,6 +78,35 @@ const char* kNet = R"([
   {"type":"relu"},
   {"type":"linear","name":"fc3","in":9,"out":4}])";
 
+// A compressed conv layer as compress writes it (c2 -> c2.0, c2.1), after a conv with a
+// bias: 3x13x11 -> c1 (8x13x11) -> relu -> c2.0 no bias, s2 p1 (5x7x6) -> c2.1 1x1
+// (9x7x6) -> relu (fused into c2.1's bias) -> c3 1x1 no bias (4x7x6) -> relu (not
+// fused) -> maxpool 2 (4x3x3) -> flatten (36) -> fc (5). A 3x14x12 input gives the
+// same 36 features.
+const char* kPairInput = R"({"channels":3,"crop":[13,11]})";
+const char* kPairNet = R"([
+  {"type":"conv","name":"c1","in":3,"out":8,"kernel":3,"pad":1},
+  {"type":"relu"},
+  {"type":"conv","name":"c2.0","in":8,"out":5,"kernel":3,"stride":2,"pad":1,"bias":false},
+  {"type":"conv","name":"c2.1","in":5,"out":9,"kernel":1},
+  {"type":"relu"},
+  {"type":"conv","name":"c3","in":9,"out":4,"kernel":1,"bias":false},
+  {"type":"relu"},
+  {"type":"maxpool","kernel":2},
+  {"type":"flatten"},
+  {"type":"linear","name":"fc","in":36,"out":5}])";
+
+// A network to compare on (3 input channels), the input sizes, where to stop, what to tap.
+struct Net {
+  const char* arch;
+  const char* input;
+  std::vector<std::array<int64_t, 2>> sizes;
+  std::vector<std::string> stops, taps;
+};
+const Net kEveryLayer{kNet, kInput, {{23, 19}, {21, 24}}, {"", "fc2", "c2", "c1"}, {"fc2", "c2"}};
+const Net kConvPair{
+    kPairNet, kPairInput, {{13, 11}, {14, 12}}, {"", "c2.1", "c3", "fc"}, {"c2.1", "c3"}};
+
 using dalr::test::randn;
 
 template <typename T>
@@ -111,39 +143,35 @@ void expect_representable(const Matrix<T>& m, dalr::ActStorage s, const std::str
 }
 
 template <typename T>
-void check_against_cpu(dc::Math math, double tol,
-                       dalr::ActStorage storage = dalr::ActStorage::Fp32) {
+void check_against_cpu(dc::Math math, double tol, dalr::ActStorage storage = dalr::ActStorage::Fp32,
+                       const Net& net = kEveryLayer) {
   DALR_SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(announce_seed(20240917));
   dalr::test::TempDir dir;
-  const Arch arch = dalr::parse_arch(kNet, kInput);
+  const Arch arch = dalr::parse_arch(net.arch, net.input);
   const std::string path = dir.file("net.safetensors");
   dalr::test::write_random_model(path, arch, rng);
   const SafetensorsFile file(path);
   const CpuForward<T> cpu(arch, file, storage);
   const CudnnForward<T> gpu(arch, file, math, 0, storage);
 
-  struct Size {
-    int64_t h, w;
-  };
-  for (const Size sz : {Size{23, 19}, Size{21, 24}})
+  for (const auto& [h, w] : net.sizes)
     for (const int64_t batch : {int64_t(1), int64_t(5)}) {
-      const auto x = random_input<T>(static_cast<size_t>(batch * 3 * sz.h * sz.w), rng);
+      const auto x = random_input<T>(static_cast<size_t>(batch * 3 * h * w), rng);
       const std::string at = " at batch " + std::to_string(batch) + ", input 3x" +
-                             std::to_string(sz.h) + "x" + std::to_string(sz.w);
-      for (const std::string stop : {"", "fc2", "c2", "c1"}) {
-        const Matrix<T> want = cpu.run(x.data(), batch, 3, sz.h, sz.w, stop);
-        const Matrix<T> got = gpu.run(x.data(), batch, 3, sz.h, sz.w, stop);
+                             std::to_string(h) + "x" + std::to_string(w);
+      for (const std::string& stop : net.stops) {
+        const Matrix<T> want = cpu.run(x.data(), batch, 3, h, w, stop);
+        const Matrix<T> got = gpu.run(x.data(), batch, 3, h, w, stop);
         expect_close(got, want, tol, "stop '" + stop + "'" + at);
         expect_representable(got, storage, "stop '" + stop + "'" + at);
         // Again: the cached algorithms and grown buffers give the same answer.
-        const Matrix<T> again = gpu.run(x.data(), batch, 3, sz.h, sz.w, stop);
+        const Matrix<T> again = gpu.run(x.data(), batch, 3, h, w, stop);
         expect_close(again, want, tol, "repeat, stop '" + stop + "'" + at);
       }
-      const std::vector<std::string> names{"fc2", "c2"};
-      const Blocks want = collect_taps<T>(cpu, x, batch, sz.h, sz.w, names);
-      const Blocks got = collect_taps<T>(gpu, x, batch, sz.h, sz.w, names);
-      ASSERT_EQ(got.size(), 2u) << at;
+      const Blocks want = collect_taps<T>(cpu, x, batch, h, w, net.taps);
+      const Blocks got = collect_taps<T>(gpu, x, batch, h, w, net.taps);
+      ASSERT_EQ(got.size(), net.taps.size()) << at;
       for (const auto& [name, m] : want) {
         ASSERT_EQ(got.count(name), 1u) << name << at;
         expect_close(got.at(name), m, tol, "tap '" + name + "'" + at);
@@ -172,6 +200,22 @@ TEST(CudnnForward, MatchesCpuFp16Storage) {
 
 TEST(CudnnForward, MatchesCpuBf16Storage) {
   check_against_cpu<float>(dc::Math::Exact, 1.6e-2, dalr::ActStorage::Bf16);
+}
+
+TEST(CudnnForward, CompressedConvPairMatchesCpuFp64) {
+  check_against_cpu<double>(dc::Math::Exact, 1e-10, dalr::ActStorage::Fp32, kConvPair);
+}
+
+TEST(CudnnForward, CompressedConvPairMatchesCpuFp32) {
+  check_against_cpu<float>(dc::Math::Exact, 1e-4, dalr::ActStorage::Fp32, kConvPair);
+}
+
+TEST(CudnnForward, CompressedConvPairMatchesCpuFp16Storage) {
+  check_against_cpu<float>(dc::Math::Exact, 2e-3, dalr::ActStorage::Fp16, kConvPair);
+}
+
+TEST(CudnnForward, CompressedConvPairMatchesCpuBf16Storage) {
+  check_against_cpu<float>(dc::Math::Exact, 1.6e-2, dalr::ActStorage::Bf16, kConvPair);
 }
 
 TEST(CudnnForward, ErrorsMatchCpu) {

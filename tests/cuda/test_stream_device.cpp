@@ -207,21 +207,7 @@ std::vector<LayerStats<T>> run_stream(const Forward<T>& fwd, Backend& backend,
   return out;
 }
 
-using dalr::test::twin::rel_fro;  // relative 2-norm error; NaN if not finite
-
-template <typename T>
-void expect_close(const LayerStats<T>& got, const LayerStats<T>& want, double tol,
-                  const std::string& what) {
-  SCOPED_TRACE(what);
-  ASSERT_EQ(got.n(), want.n());
-  ASSERT_EQ(got.m(), want.m());
-  EXPECT_EQ(got.count(), want.count());
-  EXPECT_LE(dalr::test::twin::gram_error(got, want), tol) << "C";
-  EXPECT_LE(rel_fro(got.mean_x(), want.mean_x()), tol) << "mean_x";
-  EXPECT_LE(rel_fro(got.max_x(), want.max_x()), tol) << "max_x";
-  EXPECT_LE(rel_fro(got.mean_y(), want.mean_y()), tol) << "mean_y";
-  EXPECT_LE(rel_fro(got.max_y(), want.max_y()), tol) << "max_y";
-}
+using dalr::test::twin::expect_stats_close;
 
 template <typename T>
 void expect_same(const LayerStats<T>& got, const LayerStats<T>& want, const std::string& what) {
@@ -257,15 +243,15 @@ void device_path_matches_cpu(double tol, dalr::Precision precision = dalr::Preci
   EXPECT_EQ(fwd.device_passes, 5);
   EXPECT_EQ(fwd.host_passes, 5);
   for (size_t i = 0; i < targets.size(); ++i) {
-    expect_close(on_device[i], want[i], tol, "device path, tap " + targets[i].name);
+    expect_stats_close(on_device[i], want[i], tol, "device path, tap " + targets[i].name);
     expect_same(on_device[i], on_host[i], "device vs host path, tap " + targets[i].name);
   }
   // Batch 1: 23 passes through the two stages; batch 8: the stages grow with passes queued.
   for (const int64_t batch : {int64_t(1), int64_t(8)}) {
     const auto got = run_stream<T>(fwd, *gpu, targets, net.images, batch);
     for (size_t i = 0; i < targets.size(); ++i)
-      expect_close(got[i], want[i], tol,
-                   "batch " + std::to_string(batch) + ", tap " + targets[i].name);
+      expect_stats_close(got[i], want[i], tol,
+                         "batch " + std::to_string(batch) + ", tap " + targets[i].name);
   }
   EXPECT_EQ(fwd.host_passes, 5);
 }

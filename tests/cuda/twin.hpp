@@ -63,6 +63,22 @@ double gram_error(const LayerStats<T>& got, const LayerStats<T>& want) {
   return matrix_error(got.gram(), want.gram());
 }
 
+// Two twins' statistics: the same shape and count; C, the input and output means and
+// maxima within relative (Frobenius / 2-norm) error tol.
+template <typename T>
+void expect_stats_close(const LayerStats<T>& got, const LayerStats<T>& want, double tol,
+                        const std::string& what) {
+  SCOPED_TRACE(what);
+  ASSERT_EQ(got.n(), want.n());
+  ASSERT_EQ(got.m(), want.m());
+  EXPECT_EQ(got.count(), want.count());
+  EXPECT_LE(gram_error(got, want), tol) << "C";
+  EXPECT_LE(rel_fro(got.mean_x(), want.mean_x()), tol) << "mean_x";
+  EXPECT_LE(rel_fro(got.max_x(), want.max_x()), tol) << "max_x";
+  EXPECT_LE(rel_fro(got.mean_y(), want.mean_y()), tol) << "mean_y";
+  EXPECT_LE(rel_fro(got.max_y(), want.max_y()), tol) << "max_y";
+}
+
 // Relative Frobenius error of the product A B of two factorisations (the factors
 // themselves are unique only up to signs and rotations).
 template <typename T>

@@ -10,7 +10,9 @@ Run: build/pyenv/bin/python tests/python/test_api.py DALR_GPU SOURCE_DIR
   * dalr.compress on a residual model with a head and on a transformer encoder layer's MLP
     returns plain modules whose state_dict loads into plain modules, leaves the user's
     model untouched, and is exact at full rank;
-  * bad inputs raise dalr.Error with a message naming the problem.
+  * bad inputs raise dalr.Error with a message naming the problem;
+  * conv layers (dalr.ConvStats, 4-D weights, nn.Conv2d in compress): tests/python/test_conv.py,
+    whose tests run here too.
 """
 import copy
 import filecmp
@@ -27,8 +29,10 @@ DALR_GPU = sys.argv[1] if len(sys.argv) > 2 else "dalr-gpu"
 SRC = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(__file__), "..", "..")
 sys.argv = sys.argv[:1] + sys.argv[3:]
 sys.path.insert(0, os.path.join(SRC, "tools"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dalr  # noqa: E402
 import dalr_format as F  # noqa: E402
+from test_conv import CompressConv, ConvCuda, ConvErrors, ConvStatistics  # noqa: E402,F401
 
 try:
     import torch

@@ -59,6 +59,33 @@ def make_model(path, channels, classes, seed):
     F.save_module(path, m, inp, classes=classes)
 
 
+def make_conv_model(path, channels, classes, seed):
+    """A dilated, bias-free conv and a strided one: the arch fields a compressed conv layer
+    keeps, rebuilt by dalr_format as nn.Conv2d."""
+    torch.manual_seed(seed)
+    nn = torch.nn
+    m = torch.nn.Module()
+    m.features = nn.Sequential(nn.Conv2d(channels, 5, 3, padding=2, dilation=2, bias=False),
+                               nn.ReLU(), nn.Conv2d(5, 6, 3, stride=2, padding=1), nn.ReLU())
+    m.avgpool = nn.AdaptiveAvgPool2d((3, 3))
+    m.classifier = nn.Sequential(nn.Linear(54, 24), nn.ReLU(), nn.Linear(24, 11))
+    inp = {"channels": channels, "resize": 20, "crop": [17, 18], "scale": 1 / 255.0,
+           "mean": [0.4] * channels, "std": [0.25] * channels}
+    F.save_module(path, m, inp, classes=classes)
+
+
+def make_compressed_conv_model(path, channels, classes, seed):
+    """make_conv_model's network with both conv layers compressed by dalr-gpu (each an
+    NAME.0 conv with the original kernel, stride, padding and dilation, then a 1x1 NAME.1)."""
+    src_model = path + ".orig.bin"
+    make_conv_model(src_model, channels, classes, seed)
+    r = subprocess.run([dalr_gpu, "compress", "--model", src_model, "--acts", "stream", "--data",
+                        os.path.join(os.path.dirname(path), "data"), "--layer",
+                        "features.0,features.2", "--rank", "3", "--device", "cpu", "-q",
+                        "--out", path], capture_output=True, text=True)
+    check(r.returncode == 0, "dalr-gpu compresses the conv layers " + r.stderr.strip()[-300:])
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
@@ -74,12 +101,14 @@ with tempfile.TemporaryDirectory() as d:
     # (31.85 truncated), not 20 x 32.
     check(F.resized_size(27, 43, 20) == (20, 31), "the resize truncates the longer side")
 
-    cases = [("3 channels, no dalr.classes (by sorted folder name)", 3, None),
-             ("1 channel, no dalr.classes", 1, None),
-             ("3 channels, dalr.classes (by name)", 3, [str(i) for i in range(11)])]
-    for k, (what, channels, classes) in enumerate(cases):
+    cases = [("3 channels, no dalr.classes (by sorted folder name)", 3, None, make_model),
+             ("1 channel, no dalr.classes", 1, None, make_model),
+             ("3 channels, dalr.classes (by name)", 3, [str(i) for i in range(11)], make_model),
+             ("a dilated conv without bias", 3, None, make_conv_model),
+             ("compressed conv layers", 1, None, make_compressed_conv_model)]
+    for k, (what, channels, classes, maker) in enumerate(cases):
         model = os.path.join(d, f"m{k}.bin")
-        make_model(model, channels, classes, seed=k)
+        maker(model, channels, classes, seed=k)
         py_csv, cpp_csv = os.path.join(d, f"py{k}.csv"), os.path.join(d, f"cpp{k}.csv")
         r = subprocess.run([sys.executable, os.path.join(src, "tools", "eval_bin.py"), model,
                             "--data", data, "--batch", "7", "--predictions", py_csv],
