@@ -305,6 +305,26 @@ TEST_F(ConvCompress, AsymmetricFitsTheOriginalOutputsFromTheCompressedInputs) {
   }
 }
 
+// The fc layers' last pass is asymmetric too: fc's inputs in the original network (X) and
+// in the written one, whose c1 is the one the pass ran through (X^), give its factors.
+TEST_F(ConvCompress, TheFcPassThroughCompressedConvLayersIsAsymmetric) {
+  compress_ok("--layer c1,fc --method dalr --rank 2 --lambda-rel 0.01 --out " + file("f.bin") +
+              " --report " + file("f.json"));
+  const Matrix<double> x = run(model(), "fc"), xh = run(file("f.bin"), "fc.0");
+  ASSERT_EQ(x.rows, 120);
+  double trace = 0;
+  for (double v : xh.data) trace += v * v;
+  const double lambda = 0.01 * trace / 120;
+  const SafetensorsFile orig(model()), f(file("f.bin"));
+  const Matrix<double> want = oracle::asymmetric_ab(weight(orig, "fc", 4), x, xh, 2, lambda, false);
+  const Matrix<double> a = weight(f, "fc.1", 4), b = weight(f, "fc.0", 2);
+  EXPECT_LT(oracle::rel_diff(oracle::mul(a, b), want), 1e-5);  // float32 factors
+  EXPECT_GT(oracle::rel_diff(x, xh), 1e-3);                    // c1 really changed fc's inputs
+  const json r = report(file("f.json"));
+  EXPECT_EQ(r["sequential"]["passes"][1]["fit"], "asymmetric");
+  EXPECT_EQ(r["layers"][1]["error_train"]["reference"], "original outputs");
+}
+
 // A compressed conv layer's factors are conv layers too: NAME.0 (with the original
 // kernel, stride, padding and dilation) and the 1x1 NAME.1 compress again.
 TEST_F(ConvCompress, ACompressedConvLayerCompressesAgain) {
