@@ -145,4 +145,19 @@ inline Mat first_cols(const Mat& a, int64_t k) {
   return c;
 }
 
+// The asymmetric fit's A B (dalr/asymmetric.hpp) from the samples X and X^ (n x p):
+// W_r = W K (C^ + lambda I)^-1 with K = X X^^T, C^ = X^ X^^T; U_k of W_r (C^ + lambda I)
+// W_r^T (exact) or of W X X^T W^T; A B = U_k U_k^T W_r.
+inline Mat asymmetric_ab(const Mat& w, const Mat& x, const Mat& xh, int64_t k, double lambda,
+                         bool exact) {
+  const Mat d = add_diag(mul(xh, xh, false, true), lambda);
+  const Mat wr = transpose(solve(d, transpose(mul(w, mul(x, xh, false, true)))));  // D symmetric
+  const Mat g = exact ? mul(mul(wr, d), wr, false, true)
+                      : mul(mul(w, mul(x, x, false, true)), w, false, true);
+  Mat u;
+  jacobi_eig(g, &u);
+  const Mat uk = first_cols(u, k);
+  return mul(uk, mul(uk, wr, true, false));
+}
+
 }  // namespace dalr::oracle

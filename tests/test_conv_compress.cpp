@@ -17,6 +17,7 @@
 #include "dalr/safetensors.hpp"
 #include "dalr/stats.hpp"
 #include "io/atomic_file.hpp"
+#include "oracle.hpp"
 #include "patch_oracle.hpp"
 #include "test_util.hpp"
 
@@ -198,8 +199,9 @@ TEST_F(ConvCompress, StreamedStatisticsEqualThoseOfExplicitPatches) {
 // --independent, whose passes all run the original network.
 TEST_F(ConvCompress, SequentialRunsThroughTheCompressedUpstream) {
   const std::string opts = " --method dalr --rank 3 --lambda-rel 0.01";
-  compress_ok("--layer fc,c2,c1 --out " + file("seq.bin") + " --save-stats " +
-              file("seq.safetensors") + " --report " + file("seq.json") + opts);
+  // The by-hand chain fits each layer to its own input alone: --sequential symmetric.
+  compress_ok("--layer fc,c2,c1 --sequential symmetric --out " + file("seq.bin") +
+              " --save-stats " + file("seq.safetensors") + " --report " + file("seq.json") + opts);
   compress_ok("--layer c2,c1,fc --independent --out " + file("ind.bin") + " --save-stats " +
               file("ind.safetensors") + opts);
   compress_ok("--layer c1 --out " + file("h1.bin") + opts);
@@ -251,6 +253,78 @@ TEST_F(ConvCompress, SequentialRunsThroughTheCompressedUpstream) {
     EXPECT_EQ(e.path().string().find(kTempMarker), std::string::npos) << e.path();
 }
 
+// Asymmetric (the default for dalr and dalr-exact): c2 through the network with c1
+// compressed, fitted to the ORIGINAL c2's outputs. Its factors are brute force from the
+// explicit patches X (original network) and X^ (the written model, whose c1 is the one
+// the pass ran), its training error the one measured by running both networks (c3 takes
+// c2's output before any activation), and its statistics are those of X^.
+TEST_F(ConvCompress, AsymmetricFitsTheOriginalOutputsFromTheCompressedInputs) {
+  const ConvGeometry g = c2();
+  const int64_t m = 7, n = g.patch_size(), P = g.positions(), k = 3;
+  const SafetensorsFile orig(model());
+  const Matrix<double> w = weight(orig, "c2", m);
+  const Matrix<double> y = run(model(), "c3");
+  auto patches = [&](const Matrix<double>& maps) {
+    Matrix<double> x(n, kImages * P);
+    for (int64_t img = 0; img < kImages; ++img) {
+      const std::vector<double> p = test::patches_of(g, maps.ptr() + img * maps.rows);
+      std::copy(p.begin(), p.end(), x.ptr() + img * P * n);
+    }
+    return x;
+  };
+  const Matrix<double> x = patches(run(model(), "c2"));
+  for (const std::string method : {"dalr", "dalr-exact"}) {
+    SCOPED_TRACE(method);
+    const std::string out = file(method + ".bin"), rep = file(method + ".json");
+    compress_ok("--layer c2,c1 --method " + method + " --rank 3 --lambda-rel 0.01 --out " + out +
+                " --report " + rep + " --save-stats " + file(method + ".safetensors"));
+    const Matrix<double> xh = patches(run(out, "c2.0"));  // c2.0 takes c2's input
+    double trace = 0;
+    for (int64_t s = 0; s < xh.size(); ++s) trace += xh.data[s] * xh.data[s];
+    const double lambda = 0.01 * trace / n;
+    const SafetensorsFile f(out);
+    const Matrix<double> a = weight(f, "c2.1", m), b = weight(f, "c2.0", k);
+    const Matrix<double> want = oracle::asymmetric_ab(w, x, xh, k, lambda, method == "dalr-exact");
+    EXPECT_LT(oracle::rel_diff(oracle::mul(a, b), want), 1e-5);  // factors stored in float32
+    EXPECT_LT(rel_diff(f.read_f64("c2.1.bias"), orig.read_f64("c2.bias")), 1e-7);  // float32
+    const json r = report(rep);
+    EXPECT_EQ(r["sequential"]["mode"], "asymmetric");
+    EXPECT_EQ(r["sequential"]["passes"][0]["fit"], "symmetric");  // c1: the original network
+    EXPECT_EQ(r["sequential"]["passes"][1]["fit"], "asymmetric");
+    const json& e = r["layers"][0]["error_train"];  // --layer's order: c2 first
+    EXPECT_EQ(e["reference"], "original outputs");
+    EXPECT_EQ(e["samples"], kImages * P);
+    const double measured = rel_diff(run(out, "c3").data, y.data);
+    EXPECT_NEAR(e["rel"].get<double>(), measured, 1e-5);
+    EXPECT_GT(measured, 1e-3);
+    EXPECT_NEAR(r["layers"][0]["lambda"].get<double>(), lambda, 1e-9 * lambda);
+    // --save-stats keeps C^: the statistics of X^.
+    LayerStats<double> hat(n, 0);
+    hat.add(xh.ptr(), xh.cols, n, nullptr, nullptr);
+    EXPECT_LT(gram_diff(LayerStats<double>::load(file(method + ".c2.safetensors")), hat), 1e-12);
+  }
+}
+
+// The fc layers' last pass is asymmetric too: fc's inputs in the original network (X) and
+// in the written one, whose c1 is the one the pass ran through (X^), give its factors.
+TEST_F(ConvCompress, TheFcPassThroughCompressedConvLayersIsAsymmetric) {
+  compress_ok("--layer c1,fc --method dalr --rank 2 --lambda-rel 0.01 --out " + file("f.bin") +
+              " --report " + file("f.json"));
+  const Matrix<double> x = run(model(), "fc"), xh = run(file("f.bin"), "fc.0");
+  ASSERT_EQ(x.rows, 120);
+  double trace = 0;
+  for (double v : xh.data) trace += v * v;
+  const double lambda = 0.01 * trace / 120;
+  const SafetensorsFile orig(model()), f(file("f.bin"));
+  const Matrix<double> want = oracle::asymmetric_ab(weight(orig, "fc", 4), x, xh, 2, lambda, false);
+  const Matrix<double> a = weight(f, "fc.1", 4), b = weight(f, "fc.0", 2);
+  EXPECT_LT(oracle::rel_diff(oracle::mul(a, b), want), 1e-5);  // float32 factors
+  EXPECT_GT(oracle::rel_diff(x, xh), 1e-3);                    // c1 really changed fc's inputs
+  const json r = report(file("f.json"));
+  EXPECT_EQ(r["sequential"]["passes"][1]["fit"], "asymmetric");
+  EXPECT_EQ(r["layers"][1]["error_train"]["reference"], "original outputs");
+}
+
 // A compressed conv layer's factors are conv layers too: NAME.0 (with the original
 // kernel, stride, padding and dilation) and the 1x1 NAME.1 compress again.
 TEST_F(ConvCompress, ACompressedConvLayerCompressesAgain) {
@@ -300,6 +374,8 @@ TEST_F(ConvCompress, WhatDoesNotApplyIsRefusedByName) {
   fail("--layer c2 --rank 2 --lambda auto", "neighbouring patches overlap");
   fail("--layer c1,c2 --budget 0.5", "add --independent");
   fail("--layer c1,fc --max-drop 1 --val " + dir_.path(), "fc layers only");
+  fail("--layer c1,c2 --rank 2 --lambda-rel 0", "needs lambda > 0");
+  fail("--layer c1,c2 --rank 2 --lambda 0", "--sequential symmetric");
   std::vector<double> acts(45 * 4, 0.5);
   write_npy(file("acts.npy"), acts.data(), 4, 45);
   const std::string file_args = "compress --model " + model() + " --layer c2 --rank 2 --out " +

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The conv-layer table of the README and examples/fashion2digits/README.md: compresses
 # features.3 and features.6 of the shipped example together at several budgets with dalr
-# sequentially (the default), dalr --independent and svd, evaluates each result on the
+# sequentially (asymmetric, the default; and --sequential symmetric), dalr --independent
+# and svd, evaluates each result on the
 # held-out digits and prints a markdown table (ranks, multiply-adds kept, top-1).
 #   tools/conv_example.sh [OUTDIR]      (after tools/setup.sh; about 2 minutes on 2 cores)
 set -euo pipefail
@@ -44,12 +45,13 @@ print(f"{ranks} | {100 * after / before:.1f}% / {100 * (total - before + after) 
 EOF
 }
 echo "| budget | ranks (features.3, features.6) | multiply-adds kept: the two layers / network |" \
-  "dalr, sequential | dalr, --independent | svd |"
-echo "| --- | --- | --- | --- | --- | --- |"
-for sel in "--keep 0.5" "--keep 0.3" "--keep 0.2" "--keep 0.1" "--rank 4"; do
+  "dalr, sequential (asymmetric) | dalr, --sequential symmetric | dalr, --independent | svd |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+for sel in "--keep 0.5" "--keep 0.3" "--keep 0.2" "--keep 0.1" "--rank 8" "--rank 6" "--rank 4"; do
   tag=$(echo "$sel" | tr -d ' -')
   seq=$(run "$tag.seq" $sel)
+  sym=$(run "$tag.sym" $sel --sequential symmetric)
   ind=$(run "$tag.ind" $sel --independent)
   svd=$(run "$tag.svd" $sel --method svd)
-  echo "| \`$sel\` | $(macs "$OUT/$tag.seq.json") | $seq | $ind | $svd |"
+  echo "| \`$sel\` | $(macs "$OUT/$tag.seq.json") | $seq | $sym | $ind | $svd |"
 done

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dalr/arch.hpp"
+#include "dalr/asymmetric.hpp"
 #include "dalr/conv_geometry.hpp"
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
@@ -103,6 +104,26 @@ class Backend {
   virtual ReconError reconstruction_error(const LayerStats<double>& st, const Matrix<double>& w,
                                           const std::vector<double>& b,
                                           const Factors<double>& f) = 0;
+  // The asymmetric sequential fit (dalr/asymmetric.hpp): the cross statistics K = X X^^T
+  // (g null: fc inputs of width n; else conv feature maps cut into patches of width n,
+  // `tile_cols` at a time), the solve and its error. Not pure: by default the host
+  // implementations (src/cpu/asymmetric.cpp, defined in src/cpu/cpu_backend.cpp), on host
+  // memory, which every backend uses for now (no GPU override yet).
+  virtual std::unique_ptr<CrossAccumulator<float>> cross_stats_f32(int64_t n, const ConvGeometry* g,
+                                                                   int64_t tile_cols);
+  virtual std::unique_ptr<CrossAccumulator<double>> cross_stats_f64(int64_t n,
+                                                                    const ConvGeometry* g,
+                                                                    int64_t tile_cols);
+  virtual Factors<float> asymmetric_solve(const SolveOptions& opt, const Matrix<float>& w,
+                                          const std::vector<float>& b,
+                                          const AsymmetricStats<float>& st);
+  virtual Factors<double> asymmetric_solve(const SolveOptions& opt, const Matrix<double>& w,
+                                           const std::vector<double>& b,
+                                           const AsymmetricStats<double>& st);
+  virtual ReconError asymmetric_error(const AsymmetricStats<float>& st, const Matrix<float>& w,
+                                      const std::vector<float>& b, const Factors<float>& f);
+  virtual ReconError asymmetric_error(const AsymmetricStats<double>& st, const Matrix<double>& w,
+                                      const std::vector<double>& b, const Factors<double>& f);
   // The same error over the samples of an activation file (--acts, --acts-test), read
   // in chunks of `batch` rows on the host. Not pure: by default the CPU twin's (defined
   // in src/cpu/cpu_backend.cpp), which every backend uses for now.
@@ -121,6 +142,15 @@ class Backend {
                                           const std::vector<double>& b, const Factors<double>& f,
                                           int64_t batch);
 };
+
+template <typename T>
+std::unique_ptr<CrossAccumulator<T>> make_cross_stats(Backend& b, int64_t n, const ConvGeometry* g,
+                                                      int64_t tile_cols) {
+  if constexpr (sizeof(T) == 8)
+    return b.cross_stats_f64(n, g, tile_cols);
+  else
+    return b.cross_stats_f32(n, g, tile_cols);
+}
 
 // OpenBLAS's CPU kernels (src/cpu/blas_core.hpp): call first thing in main, before any
 // thread starts; may start the program again with the best kernels this CPU runs.

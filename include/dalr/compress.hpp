@@ -58,6 +58,11 @@ struct CompressOptions {
   // already replaced by their factors (the fc layers share one last pass, through every
   // compressed conv layer). true: one pass of the original network for all layers.
   bool independent = false;
+  // How a sequential pass through a compressed upstream fits dalr and dalr-exact:
+  // "asymmetric" (the default; Zhang et al. 2015, dalr/asymmetric.hpp): the compressed
+  // layer on its inputs in the compressed network, to the ORIGINAL layer's outputs;
+  // "symmetric": the ordinary solve on the inputs in the compressed network alone.
+  std::string sequential = "asymmetric";
   bool quiet = false;  // no progress lines
   // Skip the training reconstruction error (2 m n^2 flops from the statistics: minutes
   // at VGG19 fc6 on a CPU); the report's error_train is then null. --acts-test still runs.

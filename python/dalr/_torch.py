@@ -212,6 +212,10 @@ def compress(model, ranks, data, method="dalr", device=None, precision=None, lam
     already replaced (one pass over the data per layer, so data must be re-iterable: a
     list, a DataLoader or a callable, not a generator); False compresses every layer from
     the original model in one pass. Default: True when a Conv2d is named, else False.
+    The sequential fit here is symmetric (the CLI's ``--sequential symmetric``: each layer
+    solved from its inputs in the compressed model alone); the CLI's default asymmetric fit
+    (the original model's outputs as the target, dalr/asymmetric.hpp) has no Python entry
+    point yet.
 
     Returns (compressed, report): a deep copy of the model, each named module replaced by
     nn.Sequential(nn.Linear(n, k, bias=False), nn.Linear(k, m)) or by

@@ -213,6 +213,12 @@ void Commands::add_compress(CLI::App& app) {
               "Conv layers among several: collect every layer's statistics in one pass of the "
               "original network, instead of one pass per conv layer in network order through "
               "the network whose earlier given layers are already compressed (the default)");
+  c->add_option("--sequential", copt_.sequential,
+                "Sequential passes through a compressed upstream (dalr, dalr-exact): "
+                "`asymmetric` (default; fit the compressed layer on its inputs in the "
+                "compressed network to the ORIGINAL layer's outputs, Zhang et al. 2015) or "
+                "`symmetric` (the ordinary fit on the compressed network's inputs alone)")
+      ->check(CLI::IsMember({"asymmetric", "symmetric"}));
   c->add_flag("--quiet,-q", quiet_, "Print nothing but errors");
 }
 

@@ -253,8 +253,16 @@ void plan_conv(Plan& p) {
     throw Error(what +
                 "--max-drop searches the ranks of fc layers only: use --rank, --keep or "
                 "--budget");
+  if (o.sequential != "asymmetric" && o.sequential != "symmetric")
+    throw Error("--sequential must be asymmetric or symmetric (got '" + o.sequential + "')");
   p.sequential = p.stream && p.layers.size() > 1 && !o.independent;
   if (!p.sequential) return;
+  p.asymmetric = o.sequential == "asymmetric" && needs_gram(p.method);
+  if (p.asymmetric && (o.lambda ? !(*o.lambda > 0) : !(o.lambda_rel > 0)))
+    throw Error(what +
+                "the asymmetric sequential fit solves with C^ + lambda I by Cholesky and "
+                "needs lambda > 0: give --lambda-rel or --lambda above 0, or use "
+                "--sequential symmetric");
   if (p.mode == RankMode::Budget)
     throw Error(what +
                 "--budget chooses every rank at once from the layers' spectra, but "

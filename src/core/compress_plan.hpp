@@ -91,6 +91,9 @@ struct Plan {
   // Conv layers among several, without --independent: a pass per conv layer in network
   // order, then one for the fc layers (compress_sequential.cpp).
   bool sequential = false;
+  // Sequential with --sequential asymmetric and dalr or dalr-exact: a pass through a
+  // compressed upstream also runs the original network and fits asymmetrically.
+  bool asymmetric = false;
 };
 
 // What a statistics pass runs: the plan's model and arch, or (a sequential pass) the
@@ -136,6 +139,11 @@ struct LayerJob {
   Layer<T> l;
   LayerStats<T> st;    // all samples (for --lambda auto: first the fit part)
   LayerStats<T> held;  // --lambda auto: every 10th sample, held out to choose lambda
+  // An asymmetric pass (Plan::asymmetric, through a compressed upstream): st is C^ (the
+  // inputs in the compressed network), orig C_o (in the original one), cross K = X X^^T.
+  LayerStats<T> orig;
+  Matrix<T> cross;
+  bool asymmetric = false;
   std::shared_ptr<const Matrix<T>> x;  // the dual's samples (n x p), st made from them
   bool dual = false;                   // LayerPlan's: its samples are kept (the dual's)
   int64_t keep = 0;                    // LayerPlan's: streaming keeps at most this many
@@ -167,6 +175,12 @@ std::vector<LayerJob<T>> load_layers(const Plan& p);
 template <typename T>
 void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
                         JobOutput& out, const Network* net = nullptr);
+// An asymmetric pass (Plan::asymmetric): one stream of --data through the plan's network
+// and `net` (the compressed upstream) together, each job's C^, C_o and K from the same
+// images; then as collect_statistics (checks, --save-stats of C^).
+template <typename T>
+void collect_asymmetric_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
+                                   JobOutput& out, const Network& net);
 // The solves and errors below print progress lines (stage_progress.hpp) unless --quiet,
 // their estimates from `rates`.
 template <typename T>

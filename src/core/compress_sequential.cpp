@@ -3,6 +3,10 @@
 // already replaced by their factors (Zhang et al., "Accelerating very deep convolutional
 // networks", 2015), so that a layer is fitted to the inputs it will see in the compressed
 // network; then the fc layers together, in one pass through every compressed conv layer.
+// Asymmetric (Plan::asymmetric, the default for dalr and dalr-exact; dalr/asymmetric.hpp):
+// a pass through a compressed upstream streams the original network too, and the layer
+// is fitted to the ORIGINAL outputs W X from its inputs X^ in the compressed network.
+// Symmetric: the ordinary solve on X^ alone. svd and svd-bc use no data for A and B.
 //
 // The network of a pass is the model as write_model would write it with the layers solved
 // so far, written to a temporary file beside --out and mapped: every backend's forward pass
@@ -94,7 +98,10 @@ void compress_sequentially(const Plan& p, std::vector<LayerJob<T>>& jobs, Backen
       pass.push_back(std::move(jobs[i]));
       pass.back().upstream = done_names;
     }
-    if (up) {
+    const bool asymmetric = up && p.asymmetric;
+    if (asymmetric) {
+      collect_asymmetric_statistics(p, pass, backend, out, up->network());
+    } else if (up) {
       const Network net = up->network();
       collect_statistics(p, pass, backend, out, &net);
     } else {
@@ -104,7 +111,9 @@ void compress_sequentially(const Plan& p, std::vector<LayerJob<T>>& jobs, Backen
     choose_ranks(p, pass, backend, out, rates);
     solve_layers(p, pass, backend, out, rates);
     for (size_t q = 0; q < pass.size(); ++q) jobs[groups[g][q]] = std::move(pass[q]);
-    report.push_back({{"layers", names}, {"through_compressed", done_names}});
+    report.push_back({{"layers", names},
+                      {"through_compressed", done_names},
+                      {"fit", asymmetric ? "asymmetric" : "symmetric"}});
     for (size_t i : groups[g]) {
       done.push_back(&jobs[i]);
       done_names.push_back(jobs[i].name);
@@ -112,7 +121,7 @@ void compress_sequentially(const Plan& p, std::vector<LayerJob<T>>& jobs, Backen
     }
   }
   out.timing["statistics"] = statistics_s;
-  out.rep["sequential"] = {{"passes", report}};
+  out.rep["sequential"] = {{"mode", p.asymmetric ? "asymmetric" : "symmetric"}, {"passes", report}};
 }
 
 template void compress_sequentially(const Plan&, std::vector<LayerJob<float>>&, Backend&,

@@ -121,7 +121,12 @@ void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& ra
   j.lambda = p.o.lambda ? *p.o.lambda : default_lambda(j.st, j.lambda_rel);
   const SolveOptions opt{p.method, j.rank, j.lambda, p.o.eigensolver};
   const int64_t m = j.l.w.rows, n = j.l.w.cols;
-  if (j.x) {  // the sample-space solve (compress_solve.cpp chose it)
+  if (j.asymmetric) {  // lambda from C^ (j.st), as the symmetric fit's
+    StageProgress line("solve " + j.name + " (asymmetric, " + solve_description(opt, m, n),
+                       solve_flops(opt, m, n), rates, p.o.quiet);
+    j.fac = backend.asymmetric_solve(opt, j.l.w, j.l.b, {&j.st, &j.orig, &j.cross});
+    line.finish();
+  } else if (j.x) {  // the sample-space solve (compress_solve.cpp chose it)
     const int64_t s = j.x->cols;
     StageProgress line("solve " + j.name + " (" + solve_description_dual(opt, m, n, s),
                        solve_flops_dual(opt, m, n, s), rates, p.o.quiet);
@@ -155,6 +160,12 @@ void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& 
   };
   if (o.no_error) {
     j.rep["error_train"] = nullptr;
+  } else if (j.asymmetric) {  // against the original network's outputs W X + b
+    const auto l = line("training error", 0);
+    j.rep["error_train"] =
+        recon_json(backend.asymmetric_error({&j.st, &j.orig, &j.cross}, j.l.w, j.l.b, j.fac));
+    j.rep["error_train"]["reference"] = "original outputs";
+    l->finish();
   } else if (!o.acts.empty() && !p.stream) {
     NpyReader r(o.acts);
     const auto l = line("training error", r.rows());

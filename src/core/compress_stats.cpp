@@ -223,6 +223,83 @@ void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
   if (jobs.front().st.count() == 0) throw Error("no images in " + o.data);
 }
 
+// An asymmetric pass: the plan's network and `net` (the compressed upstream) run on the
+// same batches, one after the other on the host; each job's input in the original
+// network is kept until the compressed one delivers its own, then C^ (ordinary
+// statistics of X^), C_o (of X) and K (pairs) take the batch. One process (the plan).
+template <typename T>
+void stream_asymmetric(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
+                       JobOutput& out, const Network& net) {
+  const CompressOptions& o = p.o;
+  std::unique_ptr<Forward<T>> orig = make_forward<T>(backend, p.arch, *p.model);
+  std::unique_ptr<Forward<T>> comp = make_forward<T>(backend, *net.arch, *net.model);
+  const DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
+  std::unique_ptr<BatchSource> src = open_data(d, p.arch.input);
+  const int64_t c = src->channels(), h = src->height(), w = src->width();
+  std::vector<std::unique_ptr<StatsAccumulator<T>>> hat, org;
+  std::vector<std::unique_ptr<CrossAccumulator<T>>> cross;
+  std::vector<std::string> names;
+  for (auto& j : jobs) {
+    const int64_t n = j.l.w.cols;
+    if (j.conv) {
+      size_t at = 0;
+      while (net.arch->layers[at].name != j.name) ++at;  // the plan found it
+      j.geometry = conv_geometry(*net.arch, at, c, h, w);
+      hat.push_back(make_patch_accumulator(j, backend));
+      org.push_back(make_patch_accumulator(j, backend));
+      cross.push_back(make_cross_stats<T>(backend, n, &j.geometry, patch_tile(j.geometry)));
+    } else {
+      hat.push_back(make_accumulator(p, j.l, backend));
+      org.push_back(make_accumulator(p, j.l, backend));
+      cross.push_back(make_cross_stats<T>(backend, n, nullptr, 0));
+    }
+    names.push_back(j.name);
+  }
+  HostBatch<T> in(*src, o.batch);
+  std::vector<std::vector<T>> kept(jobs.size());  // X of the batch, per job
+  Progress progress("statistics (original and compressed networks)", src->size(), o.quiet);
+  auto index = [&](const std::string& name) {
+    return static_cast<size_t>(std::find(names.begin(), names.end(), name) - names.begin());
+  };
+  try {
+    int64_t first = src->first_index();
+    for (int64_t got; (got = in.next(*src, nullptr)) > 0; first += got) {
+      orig->run_taps(in.data(), got, c, h, w, names,
+                     [&](const std::string& name, const T* x, int64_t n, int64_t batch) {
+                       kept[index(name)].assign(x, x + n * batch);
+                     });
+      comp->run_taps(in.data(), got, c, h, w, names,
+                     [&](const std::string& name, const T* xh, int64_t n, int64_t batch) {
+                       const size_t i = index(name);
+                       const T* x = kept[i].data();
+                       if (static_cast<int64_t>(kept[i].size()) != n * batch)
+                         throw Error("internal: the networks' inputs of '" + name + "' differ");
+                       hat[i]->add(xh, batch, n, first);
+                       org[i]->add(x, batch, n, first);
+                       cross[i]->add(x, xh, batch, n);
+                     });
+      progress.add(got);
+    }
+    progress.finish();
+    SingleProcess single;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      take_statistics(p, *hat[i], jobs[i], single);
+      jobs[i].orig = org[i]->finish();
+      jobs[i].cross = cross[i]->result();
+      jobs[i].asymmetric = true;
+    }
+  } catch (const Error& e) {
+    throw with_precision_hint(e, p.precision);
+  }
+  if (src->skipped() > 0)
+    out.warnings.push_back(
+        "skipped " + std::to_string(src->skipped()) + " of " + std::to_string(src->size()) +
+        " images that could not be read (first: " + src->first_skip_reason() + ")");
+  out.rep["data"] = {{"path", o.data},       {"images", src->size()}, {"skipped", src->skipped()},
+                     {"shuffle", o.shuffle}, {"seed", o.seed},        {"limit", o.limit}};
+  if (jobs.front().st.count() == 0) throw Error("no images in " + o.data);
+}
+
 // Statistics that overflowed (in fp32, squares of activations beyond 1.8e19 pass float's
 // 3.4e38) would give NaN factors: refused, saying what overflowed and what to do.
 template <typename T>
@@ -245,6 +322,31 @@ std::string stats_path(const std::string& path, const std::string& layer, size_t
   if (count == 1) return path;
   std::filesystem::path p(path);
   return (p.parent_path() / (p.stem().string() + "." + layer + p.extension().string())).string();
+}
+
+// After the statistics of a pass: overflow checks, the timing, --save-stats.
+template <typename T>
+void check_and_save(const Plan& p, std::vector<LayerJob<T>>& jobs, JobOutput& out,
+                    const Network& net, Clock::time_point t0) {
+  if (p.o.comm && p.o.comm->rank() != 0) return;  // rank 0 checks, saves and solves
+  for (const auto& j : jobs) {
+    check_overflow(p, j.name, j.st);
+    if (j.held.count() > 0) check_overflow(p, j.name, j.held);
+  }
+  out.timing["statistics"] = seconds_since(t0);
+  if (p.o.save_stats.empty()) return;
+  t0 = Clock::now();
+  for (const auto& j : jobs) {
+    // Bound to the weights (stats_binding.hpp); streamed ones to the layers before too.
+    // A sequential pass's: to the network it ran, whose earlier layers are compressed.
+    std::map<std::string, std::string> meta{{"dalr.layer", j.name},
+                                            {"dalr.model", p.o.model},
+                                            {"dalr.layer_hash", layer_hash(*net.model, j.name)}};
+    if (p.stream) meta["dalr.upstream_hash"] = upstream_hash(*net.model, *net.arch, j.name);
+    if (!j.upstream.empty()) meta["dalr.upstream_compressed"] = join_list(j.upstream);
+    j.st.save(stats_path(p.o.save_stats, j.name, p.layers.size()), meta);
+  }
+  out.timing["save_stats"] = seconds_since(t0);
 }
 
 }  // namespace
@@ -293,25 +395,20 @@ void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& 
     j.rep["solve"] = j.x ? "dual" : "primal";
     j.rep["solve_reason"] = j.solve_why;
   }
-  if (p.o.comm && p.o.comm->rank() != 0) return;  // rank 0 checks, saves and solves
-  for (const auto& j : jobs) {
-    check_overflow(p, j.name, j.st);
-    if (j.held.count() > 0) check_overflow(p, j.name, j.held);
+  check_and_save(p, jobs, out, net, t0);
+}
+
+template <typename T>
+void collect_asymmetric_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
+                                   JobOutput& out, const Network& net) {
+  const auto t0 = Clock::now();
+  stream_asymmetric(p, jobs, backend, out, net);
+  for (auto& j : jobs) {
+    j.rep["solve"] = "primal";
+    j.rep["solve_reason"] = "an asymmetric sequential pass solves from its statistics";
   }
-  out.timing["statistics"] = seconds_since(t0);
-  if (p.o.save_stats.empty()) return;
-  t0 = Clock::now();
-  for (const auto& j : jobs) {
-    // Bound to the weights (stats_binding.hpp); streamed ones to the layers before too.
-    // A sequential pass's: to the network it ran, whose earlier layers are compressed.
-    std::map<std::string, std::string> meta{{"dalr.layer", j.name},
-                                            {"dalr.model", p.o.model},
-                                            {"dalr.layer_hash", layer_hash(*net.model, j.name)}};
-    if (p.stream) meta["dalr.upstream_hash"] = upstream_hash(*net.model, *net.arch, j.name);
-    if (!j.upstream.empty()) meta["dalr.upstream_compressed"] = join_list(j.upstream);
-    j.st.save(stats_path(p.o.save_stats, j.name, p.layers.size()), meta);
-  }
-  out.timing["save_stats"] = seconds_since(t0);
+  for (const auto& j : jobs) check_overflow(p, j.name, j.orig);
+  check_and_save(p, jobs, out, net, t0);
 }
 
 template std::vector<LayerJob<float>> load_layers(const Plan&);
@@ -320,5 +417,9 @@ template void collect_statistics(const Plan&, std::vector<LayerJob<float>>&, Bac
                                  const Network*);
 template void collect_statistics(const Plan&, std::vector<LayerJob<double>>&, Backend&, JobOutput&,
                                  const Network*);
+template void collect_asymmetric_statistics(const Plan&, std::vector<LayerJob<float>>&, Backend&,
+                                            JobOutput&, const Network&);
+template void collect_asymmetric_statistics(const Plan&, std::vector<LayerJob<double>>&, Backend&,
+                                            JobOutput&, const Network&);
 
 }  // namespace dalr::compress_job

@@ -163,6 +163,7 @@ MemoryShape memory_shape(const Plan& p) {
   s.batch = o.batch;
   s.samples = p.samples;
   s.sequential = p.sequential;
+  s.asymmetric = p.asymmetric;
   s.test_samples = o.acts_test.empty() ? 0 : 1;
   for (const TensorInfo& t : p.model->tensors()) s.model_bytes += double(t.end - t.begin);
   if (p.stream) forward_shape(p, s);

@@ -186,6 +186,9 @@ class Model {
   void held_statistics(StageMemory& st, bool in_pass) const {
     for (const Layer& l : s_.layers) {
       Terms h(st.host, e_, tag(l)), d(st.device, e_, tag(l));
+      if (s_.asymmetric)  // on the host on every backend (Backend's defaults); W_r at the solve
+        h.add("C_o, K and W_r of the asymmetric fit (2 x n x n + m x n)",
+              2 * double(l.n) * double(l.n) + double(l.m) * double(l.n));
       const int copies = s_.lambda_auto ? 2 : 1;  // --lambda auto: fit and held-out parts
       if (l.dual && !l.switches) {
         h.add("X, the kept samples (" + dims(l.n, l.kept) + ")", double(l.n) * double(l.kept));
@@ -250,6 +253,15 @@ class Model {
       ph.add("--stats being read (the file's pages, C read, C: 3 x n x n)",
              3 * double(first.n) * double(first.n));
     if (stream()) forward(ph, pd);
+    if (s_.asymmetric) {  // the original network's pass beside the compressed one's
+      forward(ph, pd);
+      for (const Layer& l : s_.layers) {
+        Terms h(pass.host, e_, tag(l));
+        if (l.positions > 0)
+          h.add("the cross statistics' two patch tiles (2 x n x " + std::to_string(l.tile) + ")",
+                2 * double(l.n) * double(l.tile));
+      }
+    }
     if (s_.sequential)  // a pass's network: the model with the factors so far, mapped
       ph.bytes("a sequential pass's model file (mapped)", s_.model_bytes);
     if (!s_.save_stats) return pass;

@@ -56,6 +56,9 @@ struct MemoryShape {
   // Conv layers compressed one pass at a time: each pass runs a model file holding the
   // factors so far (mapped).
   bool sequential = false;
+  // Sequential asymmetric passes (Plan::asymmetric): C_o and K beside C, the cross
+  // accumulator's patch tiles and the original network's forward pass too.
+  bool asymmetric = false;
   struct Layer {
     std::string name;
     int64_t m = 0, n = 0;

@@ -165,6 +165,33 @@ Factors<double> Backend::solve_dual(const SolveOptions& opt, const Matrix<double
   return dalr::solve_dual(opt, w, b, x);
 }
 
+std::unique_ptr<CrossAccumulator<float>> Backend::cross_stats_f32(int64_t n, const ConvGeometry* g,
+                                                                  int64_t tile_cols) {
+  return host_cross_accumulator<float>(n, g, tile_cols);
+}
+std::unique_ptr<CrossAccumulator<double>> Backend::cross_stats_f64(int64_t n, const ConvGeometry* g,
+                                                                   int64_t tile_cols) {
+  return host_cross_accumulator<double>(n, g, tile_cols);
+}
+Factors<float> Backend::asymmetric_solve(const SolveOptions& opt, const Matrix<float>& w,
+                                         const std::vector<float>& b,
+                                         const AsymmetricStats<float>& st) {
+  return dalr::asymmetric_solve(opt, w, b, st);
+}
+Factors<double> Backend::asymmetric_solve(const SolveOptions& opt, const Matrix<double>& w,
+                                          const std::vector<double>& b,
+                                          const AsymmetricStats<double>& st) {
+  return dalr::asymmetric_solve(opt, w, b, st);
+}
+ReconError Backend::asymmetric_error(const AsymmetricStats<float>& st, const Matrix<float>& w,
+                                     const std::vector<float>& b, const Factors<float>& f) {
+  return dalr::asymmetric_error(st, w, b, f);
+}
+ReconError Backend::asymmetric_error(const AsymmetricStats<double>& st, const Matrix<double>& w,
+                                     const std::vector<double>& b, const Factors<double>& f) {
+  return dalr::asymmetric_error(st, w, b, f);
+}
+
 void prepare_cpu_kernels(char** argv) {
   cpu::use_best_openblas_kernels(argv);
 }
