@@ -229,6 +229,10 @@ void Commands::add_compress_ranks(CLI::App* c) {
                 "Instead of --rank/--keep, with several --layer: keep this fraction of their "
                 "weights in all, ranks allocated from the layers' spectra")
       ->default_str("");
+  c->add_option("--budget-by", copt_.budget_by,
+                "What --budget counts: params (the layers' weights, the default) or flops "
+                "(their multiply-adds per image; a conv layer's are its weights times its "
+                "output positions)");
   c->add_option("--max-drop", max_drop_,
                 "Instead of --rank/--keep/--budget, with several --layer and --acts stream: "
                 "the greedy joint search, shrinking one layer's rank per step while the top-1 "

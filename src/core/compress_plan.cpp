@@ -110,6 +110,9 @@ void check_numbers(const CompressOptions& o, Method method) {
   if (o.round_rank < 0) throw Error("--round-rank must be >= 1");
   if (o.budget && (is_pruning(method) || o.lambda_auto))
     throw Error("--budget allocates ranks of factorisations (not pruning) with a fixed lambda");
+  if (o.budget_by != "params" && o.budget_by != "flops")
+    throw Error("--budget-by must be params or flops (got '" + o.budget_by + "')");
+  if (!o.budget && o.budget_by != "params") throw Error("--budget-by is used with --budget");
   if (o.lambda_auto && !needs_gram(method))
     throw Error("--lambda auto applies to dalr and dalr-exact (got --method " + o.method + ")");
   if (o.lambda_auto && o.lambda) throw Error("give --lambda VALUE or --lambda auto, not both");
@@ -252,12 +255,6 @@ void plan_conv(Plan& p) {
                 "--budget");
   p.sequential = p.stream && p.layers.size() > 1 && !o.independent;
   if (!p.sequential) return;
-  if (p.mode == RankMode::Budget)
-    throw Error(what +
-                "--budget chooses every rank at once from the layers' spectra, but "
-                "sequential compression collects each layer's statistics after the "
-                "earlier ones are compressed: add --independent (one pass of the "
-                "original network)");
   if (o.comm && o.comm->size() > 1)
     throw Error(what +
                 "sequential compression needs each layer's factors on every process "

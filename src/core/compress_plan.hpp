@@ -117,6 +117,9 @@ struct LayerJob {
   std::shared_ptr<const Matrix<T>> x;  // Plan::dual: the samples (n x p), st made from them
   Factors<T> fac;
   int64_t rank = 0;
+  // --budget with sequential passes: the rank allocated before them (budget_ranks_first),
+  // which the passes' choose_ranks takes; 0 otherwise.
+  int64_t allocated = 0;
   double lambda = 0, lambda_rel = 0;
   json rep;  // this layer's part of the report
 };
@@ -138,6 +141,12 @@ std::vector<LayerJob<T>> load_layers(const Plan& p);
 template <typename T>
 void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
                         JobOutput& out, const Network* net = nullptr);
+// --budget in a sequential job: the ranks allocated from one pass of the original network
+// (every layer's statistics, then their spectra) into each job's `allocated`, before the
+// sequential passes fit the factors at those ranks; the statistics are then dropped.
+template <typename T>
+void budget_ranks_first(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
+                        JobOutput& out, StageRates& rates);
 // The solves and errors below print progress lines (stage_progress.hpp) unless --quiet,
 // their estimates from `rates`.
 template <typename T>
