@@ -118,6 +118,54 @@ TEST_F(Sweep, PointsEqualCompressPlusEvaluate) {
   }
 }
 
+// Issue 16: a conv layer's points too (its patch statistics, the network run with the
+// conv pair substituted) equal compress + evaluate of the written model; the report has
+// the layer's kind, positions and multiply-adds; pruning a conv layer is refused by name.
+TEST_F(Sweep, ConvPointsEqualCompressPlusEvaluate) {
+  const std::string prefix = dir_.file("c");
+  const std::string layer = "--model " + kEx + "model.bin --layer features.6 --device cpu -q ";
+  const auto r =
+      run_cli("sweep " + layer + kTrain + " --test " + kEx +
+              "test --test-limit 300 --methods dalr,svd-bc --ranks 6,300 --out " + prefix);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json s = read_json(prefix + ".json");
+  EXPECT_EQ(s["layer"]["kind"], "conv");
+  EXPECT_EQ(s["layer"]["m"], 64);
+  EXPECT_EQ(s["layer"]["n"], 32 * 9);
+  EXPECT_EQ(s["layer"]["positions"], 8 * 8);
+  EXPECT_EQ(s["layer"]["flops_before"], 64 * 64 * 288);
+  EXPECT_EQ(s["train"]["samples"], 600 * 64);  // a sample per patch
+  ASSERT_EQ(s["points"].size(), 4u);
+  for (const json& p : s["points"]) {
+    const std::string m = p["method"], k = std::to_string(p["rank"].get<int64_t>());
+    SCOPED_TRACE(m + " k=" + k);
+    if (k == "300") {
+      EXPECT_TRUE(p["skipped"].get<bool>());
+      continue;
+    }
+    const std::string model = dir_.file(m + k + ".bin"), rep = dir_.file(m + k + ".json"),
+                      ev = dir_.file(m + k + ".eval.json");
+    const auto c = run_cli("compress " + layer + "--acts stream " + kTrain + " --method " + m +
+                           " --rank " + k + " --out " + model + " --report " + rep);
+    ASSERT_EQ(c.exit_code, 0) << c.output;
+    const auto e = run_cli("evaluate --model " + model + " --data " + kEx + "test " + kTest +
+                           " --device cpu -q --report " + ev);
+    ASSERT_EQ(e.exit_code, 0) << e.output;
+    const json cr = read_json(rep), er = read_json(ev);
+    EXPECT_EQ(p["top1"], er["top1"]);
+    EXPECT_EQ(p["top5"], er["top5"]);
+    EXPECT_EQ(p["flops_after"], cr["flops"]["after"]);
+    EXPECT_NEAR(p["error_train"]["rel"].get<double>(), cr["error_train"]["rel"].get<double>(),
+                1e-12);
+  }
+  const auto bad = run_cli("sweep " + layer + kTrain + " --test " + kEx +
+                           "test --methods dalr,prune-mean --ranks 6");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("pruning a convolution's filters is not implemented"),
+            std::string::npos)
+      << bad.output;
+}
+
 // With 16-bit activations (emulated on the CPU), a point still equals compress +
 // evaluate at the same precision: the head rounds the compressed layers' weights and
 // products as the forward pass does on the written model. One factoring and one pruning

@@ -67,17 +67,6 @@ std::unique_ptr<StatsAccumulator<T>> make_accumulator(const Plan& p, const Layer
                                                backend.stats(n, m, &l.w, &l.b, batch), n);
 }
 
-// A conv layer's: its patches' statistics from the feature maps (Backend::conv_stats), a
-// tile of at most 2^22 values (32 MB at fp64) and one image's positions at a time.
-template <typename T>
-std::unique_ptr<StatsAccumulator<T>> make_patch_accumulator(const LayerJob<T>& j,
-                                                            Backend& backend) {
-  const ConvGeometry& g = j.geometry;
-  const int64_t tile =
-      std::max<int64_t>(1, std::min(g.positions(), (int64_t(1) << 22) / g.patch_size()));
-  return backend.conv_stats(g, j.l.w.rows, &j.l.w, &j.l.b, tile);
-}
-
 // The statistics of a job once its samples are in (split for --lambda auto), combined
 // over the ranks into rank 0's when several processes share the samples.
 template <typename T>
@@ -180,7 +169,8 @@ void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
       while (net.arch->layers[at].name != j.name) ++at;  // the plan found it
       j.geometry = conv_geometry(*net.arch, at, src->channels(), src->height(), src->width());
     }
-    accs.push_back(j.conv ? make_patch_accumulator(j, backend) : make_accumulator(p, j.l, backend));
+    accs.push_back(j.conv ? patch_accumulator(backend, j.geometry, j.l.w, j.l.b)
+                          : make_accumulator(p, j.l, backend));
     raw.push_back(accs.back().get());
     names.push_back(j.name);
   }
