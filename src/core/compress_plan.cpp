@@ -249,11 +249,9 @@ void plan_conv(Plan& p) {
                 "--lambda auto holds out every 10th sample, but neighbouring patches "
                 "overlap, so the held-out error would not measure generalisation: give "
                 "--lambda or --lambda-rel");
-  if (o.max_drop)
-    throw Error(what +
-                "--max-drop searches the ranks of fc layers only: use --rank, --keep or "
-                "--budget");
-  p.sequential = p.stream && p.layers.size() > 1 && !o.independent;
+  // --max-drop scores each candidate on the original network's statistics and writes
+  // the factors it scored: one pass, as --independent.
+  p.sequential = p.stream && p.layers.size() > 1 && !o.independent && !o.max_drop;
   if (!p.sequential) return;
   if (o.comm && o.comm->size() > 1)
     throw Error(what +

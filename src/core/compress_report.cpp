@@ -117,10 +117,11 @@ void layer_summary(const Plan& p, const LayerJob<T>& j, const json& r, std::ostr
 
 void joint_summary(const json& jr, std::ostream& s) {
   s << "joint search: ranks " << jr["ranks"].dump() << ", "
-    << fmt(100.0 * jr["kept_fraction"].get<double>(), 3) << "% of the weights kept, top-1 "
-    << fmt(100.0 * jr["top1"].get<double>(), 4) << "% (uncompressed "
-    << fmt(100.0 * jr["base_top1"].get<double>(), 4) << "%), " << jr["evaluations"]
-    << " evaluations\n";
+    << fmt(100.0 * jr["kept_fraction"].get<double>(), 3) << "% of the weights ("
+    << fmt(100.0 * jr["flops_kept_fraction"].get<double>(), 3)
+    << "% of the multiply-adds) kept, top-1 " << fmt(100.0 * jr["top1"].get<double>(), 4)
+    << "% (uncompressed " << fmt(100.0 * jr["base_top1"].get<double>(), 4) << "%), "
+    << jr["evaluations"] << " evaluations\n";
   if (jr["budget_comparison"].contains("top1"))
     s << "--budget at the same fraction: ranks " << jr["budget_comparison"]["ranks"].dump()
       << ", top-1 " << fmt(100.0 * jr["budget_comparison"]["top1"].get<double>(), 4) << "%\n";
