@@ -114,7 +114,7 @@ void Commands::add_sweep(CLI::App& app) {
   std::string methods;
   for (const auto& m : method_names()) methods += (methods.empty() ? "" : ",") + m;
   s->add_option("--model", sopt_.model, "Model with dalr.arch metadata (or --arch)");
-  s->add_option("--layer", sopt_.layer, "The fc layer to compress: NAME of NAME.weight");
+  s->add_option("--layer", sopt_.layer, "The fc or conv layer to compress: NAME of NAME.weight");
   s->add_option("--methods", smethods_, "Comma-separated methods, the table's rows: " + methods);
   s->add_option("--ranks", sranks_,
                 "Comma-separated ranks k, the table's columns (pruning keeps the units of the "
