@@ -47,4 +47,27 @@ inline double wall_median(int64_t repeats, const std::function<void()>& f) {
   return t[t.size() / 2];
 }
 
+// Interleaved timing: each f returns its measurements of one run (e.g. wall and CPU
+// seconds); after one warm-up of each, the fs run in turn within every repeat, so a
+// change in the machine's load (a shared build machine) falls on all of them alike.
+// Returns, per f, the median of each measurement.
+inline std::vector<std::vector<double>> interleaved_medians(
+    int64_t repeats, const std::vector<std::function<std::vector<double>()>>& fs) {
+  for (const auto& f : fs) f();
+  std::vector<std::vector<std::vector<double>>> t(fs.size());  // [f][measurement][repeat]
+  for (int64_t r = 0; r < std::max<int64_t>(repeats, 1); ++r)
+    for (size_t i = 0; i < fs.size(); ++i) {
+      const std::vector<double> m = fs[i]();
+      t[i].resize(m.size());
+      for (size_t j = 0; j < m.size(); ++j) t[i][j].push_back(m[j]);
+    }
+  std::vector<std::vector<double>> out(fs.size());
+  for (size_t i = 0; i < fs.size(); ++i)
+    for (auto& tj : t[i]) {
+      std::sort(tj.begin(), tj.end());
+      out[i].push_back(tj[tj.size() / 2]);
+    }
+  return out;
+}
+
 }  // namespace dalr::bench

@@ -13,7 +13,6 @@
 // through symbolic links in a temporary folder.
 #include <CLI/CLI.hpp>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -25,6 +24,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "bench_model.hpp"
 #include "core/stream.hpp"
 #include "cpu/blas_core.hpp"
 #include "dalr/arch.hpp"
@@ -32,14 +32,17 @@
 #include "dalr/error.hpp"
 #include "dalr/images.hpp"
 #include "dalr/safetensors.hpp"
-#ifdef DALR_HAVE_CUDA
-#include "dalr/cuda.hpp"
-#endif
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
+
+using dalr::bench::default_device;
+using dalr::bench::make_backend;
+using dalr::bench::TempDir;
+using dalr::bench::use_crop;
+using dalr::bench::write_vgg19;
 
 struct Args {
   std::string data, model, device, layer = "classifier.0", json, precision = "fp32";
@@ -58,71 +61,6 @@ double peak_rss_mib() {
   for (std::string line; std::getline(f, line);)
     if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024;
   return -1;
-}
-
-// Removed on every exit path of main, exceptions included.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "dalr-bench-XXXXXX").string();
-    if (!mkdtemp(t.data())) throw dalr::Error("cannot create a temporary folder in " + t);
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-// precision: fp32 | tf32 (CUDA) | fp16 | bf16 (16-bit activations; statistics fp32), as
-// dalr-gpu's --precision for a float job.
-std::unique_ptr<dalr::Backend> make_backend(const std::string& device,
-                                            const std::string& precision) {
-  const dalr::Precision p = dalr::parse_precision(precision, device == "cpu");
-  if (dalr::uses_double(p))
-    throw dalr::Error("--precision must be fp32, tf32, fp16 or bf16 (got '" + precision + "')");
-  if (device == "cpu") return dalr::make_cpu_backend(p);
-#ifdef DALR_HAVE_CUDA
-  if (device == "cuda") return dalr::cuda::make_backend(0, p);
-#endif
-  throw dalr::Error("--device " + device + " is not available in this build (cpu or cuda)");
-}
-
-std::string default_device() {
-#ifdef DALR_HAVE_CUDA
-  if (dalr::cuda::available()) return "cuda";
-#endif
-  return "cpu";
-}
-
-// With size > 0, size x size crops after resizing to size * 256 / 224 (VGG's 224 / 256).
-void use_crop(dalr::Arch& arch, int64_t size) {
-  if (size <= 0) return;
-  arch.input.resize = (size * 256 + 112) / 224;
-  arch.input.crop = {size, size};
-}
-
-// The vgg19 preset's tensors with He-initialised weights (zero biases), as a model file.
-// With size > 0 its dalr.input asks for size x size crops (resize size * 256 / 224).
-void write_vgg19(const std::string& path, int64_t size = 0) {
-  dalr::Arch arch = dalr::vgg_preset("vgg19", 1000);
-  use_crop(arch, size);
-  std::mt19937_64 rng(19);
-  std::vector<dalr::TensorOut> tensors;
-  for (const auto& l : arch.layers) {
-    if (l.type != dalr::LayerType::Conv && l.type != dalr::LayerType::Linear) continue;
-    const int64_t fan_in = l.type == dalr::LayerType::Conv ? l.in * l.kernel * l.kernel : l.in;
-    std::vector<int64_t> shape = {l.out, l.in};
-    if (l.type == dalr::LayerType::Conv) shape.insert(shape.end(), {l.kernel, l.kernel});
-    std::normal_distribution<float> nd(0.0f, std::sqrt(2.0f / fan_in));
-    std::vector<float> w(static_cast<size_t>(l.out * fan_in));
-    for (auto& v : w) v = nd(rng);
-    tensors.push_back(dalr::TensorOut::f32(l.name + ".weight", shape, w));
-    if (l.bias)
-      tensors.push_back(dalr::TensorOut::f32(l.name + ".bias", {l.out},
-                                             std::vector<float>(static_cast<size_t>(l.out))));
-  }
-  dalr::write_safetensors(path, tensors, dalr::arch_metadata(arch));
 }
 
 // `dir` if it holds at least `count` images, else a folder of links under `tmp` that

@@ -200,6 +200,18 @@ if [ -x "$BUILD/bench/bench_stream" ] && [ -d "$IMGS" ]; then
   BENCH_ROWS+=("bf16 activations:" "$(sed -n '/, layer /,$p' "$LOG/bench_stream_bf16.log")")
 fi
 
+# Forward speed of factorised conv layers: VGG19 (random He weights, 224 x 224), the conv
+# layers of blocks 4 and 5 (features.19-34) factorised at rank 128 with random factors, the
+# whole network and each layer alone against the original, device events (bench_forward).
+if [ -x "$BUILD/bench/bench_forward" ]; then
+  FWD_LAYERS=$(for i in 19 21 23 25 28 30 32 34; do printf 'features.%s:128,' "$i"; done)
+  timeout 120 "$BUILD/bench/bench_forward" --device cuda --arch vgg19 --size 224 --batch 32 \
+    --repeats 5 --factor "${FWD_LAYERS%,}" --json "$LOG/bench_forward.json" \
+    >"$LOG/bench_forward.log" 2>&1
+  note "bench_forward (GPU, VGG19 blocks 4-5 at rank 128, batch 32): rc $? (bench_forward.log, .json)"
+  BENCH_ROWS+=("$(sed -n '/^network/,$p' "$LOG/bench_forward.log")")
+fi
+
 # The harness: dalr-gpu against the PyTorch peer (torch with CUDA: the python3 on PATH
 # there, which also holds the nvidia-cudnn wheel) and against the card's measured floor.
 # fc6 only and one repeat after a warm-up, to fit the device budget.

@@ -4,6 +4,8 @@
     /usr/bin/python3 bench/run.py [--device cpu|cuda] [--images N] [--layers classifier.0,classifier.3]
                                   [--rank 256] [--precision fp32|tf32|fp16|bf16] [--out bench-out] ...
     /usr/bin/python3 bench/run.py --quick      # CI smoke: the shipped example, a few images
+    /usr/bin/python3 bench/run.py --forward [...]  # forward-pass speed of factorised conv
+                                                   # layers (bench/forward_sweep.py)
 
 One run, one machine, both tools, the same images and the same random VGG19 (written by
 `bench_stream --write-model`, He weights of the real shapes), in this order:
@@ -422,6 +424,9 @@ PEER_ENV = None
 
 
 def main():
+    if "--forward" in sys.argv[1:]:  # a separate job with options of its own
+        import forward_sweep
+        return forward_sweep.main([x for x in sys.argv[1:] if x != "--forward"])
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build"), help="build folder")

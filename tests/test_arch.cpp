@@ -377,6 +377,12 @@ TEST(Arch, ReplaceLinearWithFactors) {
   expect_error([&] { replace_linear_with_factors(a, "c1", 2); }, {"no linear layer named 'c1'"});
   expect_error([&] { replace_linear_with_factors(a, "fc1", 0); }, {"rank", ">= 1"});
   EXPECT_NO_THROW(replace_linear_with_factors(f, "fc1.1", 1));  // fc1.1.0, fc1.1.1: no clash
+  // Factoring the bias-free first factor again: its second part has a bias, as compress
+  // writes NAME.1.bias for every factorisation (svd-bc's correction is not lost).
+  const Arch ff = replace_linear_with_factors(f, "fc1.0", 1);
+  EXPECT_FALSE(ff.layers[8].bias);
+  EXPECT_EQ(ff.layers[9].name, "fc1.0.1");
+  EXPECT_TRUE(ff.layers[9].bias);
   // A layer already named NAME.0 blocks factoring NAME.
   Arch clash = a;
   clash.layers[11].name = "fc1.0";

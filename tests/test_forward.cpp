@@ -14,6 +14,7 @@
 #include "arch_nets.hpp"
 #include "cpu/dnnl_conv.hpp"
 #include "cpu/forward.hpp"
+#include "cpu/forward_ops.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/error.hpp"
 #include "dalr/forward.hpp"
@@ -726,3 +727,46 @@ TEST(RunFrom, ContinuesTheForwardPassExactly) {
 }
 
 }  // namespace
+
+// The max pool (specialised, branch-free) against a brute-force window maximum, with
+// overlapping windows (kernel 3, stride 2), odd sizes, a floor-mode remainder, and NaN
+// in some windows (PyTorch keeps it) and -Inf in others.
+TEST(CpuForwardOps, MaxPoolEqualsBruteForceWithNaN) {
+  std::mt19937_64 rng(test::test_seed(41));
+  const ActShape s{3, 9, 8, false};
+  for (auto [k, stride] : {std::pair<int64_t, int64_t>{3, 2}, {2, 2}, {1, 1}, {3, 3}}) {
+    LayerSpec l;
+    l.type = LayerType::MaxPool;
+    l.kernel = k;
+    l.stride = stride;
+    const ActShape o{s.c, (s.h - k) / stride + 1, (s.w - k) / stride + 1, false};
+    const int64_t batch = 2;
+    std::vector<float> x(static_cast<size_t>(batch * s.numel()));
+    std::normal_distribution<float> nd;
+    for (auto& v : x) v = nd(rng);
+    x[5] = NAN;
+    x[s.numel() + 40] = NAN;
+    x[70] = -INFINITY;
+    std::vector<float> y;
+    cpu::max_pool(x, batch, s, o, l, y);
+    ASSERT_EQ(y.size(), static_cast<size_t>(batch * o.numel()));
+    for (int64_t p = 0; p < batch * s.c; ++p)
+      for (int64_t oy = 0; oy < o.h; ++oy)
+        for (int64_t ox = 0; ox < o.w; ++ox) {
+          float want = -INFINITY;
+          bool nan = false;
+          for (int64_t i = 0; i < k; ++i)
+            for (int64_t j = 0; j < k; ++j) {
+              const float v = x[(p * s.h + oy * stride + i) * s.w + ox * stride + j];
+              nan = nan || std::isnan(v);
+              want = std::max(want, v);
+            }
+          const float got = y[(p * o.h + oy) * o.w + ox];
+          if (nan)
+            ASSERT_TRUE(std::isnan(got))
+                << "k " << k << " plane " << p << " (" << oy << ", " << ox << ")";
+          else
+            ASSERT_EQ(got, want) << "k " << k << " plane " << p << " (" << oy << ", " << ox << ")";
+        }
+  }
+}

@@ -52,6 +52,9 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;  // "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)"
+  // The device memory free for a job, in bytes; 0 when the backend has no device (the
+  // CPU's) or cannot tell. The compress job's memory check compares its estimate with it.
+  virtual double available_device_bytes() { return 0; }
   // The precision the backend was made for (its math mode and activation storage); the
   // jobs take their scalar type from it too (with_precision).
   virtual Precision precision() const = 0;
@@ -107,6 +110,14 @@ class Backend {
                                           const std::vector<float>& b, const Factors<float>& f,
                                           int64_t batch);
   virtual ReconError reconstruction_error(NpyReader& acts, const Matrix<double>& w,
+                                          const std::vector<double>& b, const Factors<double>& f,
+                                          int64_t batch);
+  // The same error over samples held in memory (x: n x p, host memory; the dual's kept
+  // samples when streaming), in chunks of `batch`. Not pure: the CPU twin's by default.
+  virtual ReconError reconstruction_error(const Matrix<float>& x, const Matrix<float>& w,
+                                          const std::vector<float>& b, const Factors<float>& f,
+                                          int64_t batch);
+  virtual ReconError reconstruction_error(const Matrix<double>& x, const Matrix<double>& w,
                                           const std::vector<double>& b, const Factors<double>& f,
                                           int64_t batch);
 };

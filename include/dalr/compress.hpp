@@ -68,10 +68,16 @@ struct CompressOptions {
   // dalr/dalr-exact's eigensolver (solver.hpp). --budget and --max-drop's comparison rank
   // by whole spectra and use the full one for them whatever this says.
   Eigensolver eigensolver = Eigensolver::Auto;
-  // dalr/dalr-exact from --acts FILE: "primal" (from C = X X^T, n x n), "dual" (from the
-  // samples X kept in memory: p x p and m x m problems) or "auto" (dual when p < n, the
-  // method is dalr or dalr-exact, the device is the CPU and X fits in half the memory).
+  // dalr/dalr-exact: "primal" (from C = X X^T, n x n), "dual" (from the samples X kept in
+  // memory: p x p and m x m problems; streaming keeps them while they are fewer than n,
+  // then forms C) or "auto" (dual when p < n, the method is dalr or dalr-exact and it
+  // fits the memory; on a GPU also when it costs fewer flops).
   std::string solve = "auto";
+  // The most host memory the process may hold ("8G", "500M": memory_check.hpp's
+  // parse_memory_size); empty: what the machine has available (MemAvailable, the cgroup's
+  // limit); "none": no check. A job whose memory model passes it is refused before any
+  // data is read.
+  std::string memory_limit;
   // Several processes (dalr/communicator.hpp; null: one). Each rank reads its contiguous
   // share of --acts FILE's rows or of --acts stream's image list; rank 0 merges --stats,
   // solves, writes and reports.

@@ -270,10 +270,15 @@ void Commands::add_compress_ranks(CLI::App* c) {
               "the report's error_train is null");
   c->add_option("--eigensolver", eigensolver_, kEigensolverHelp);
   c->add_option("--solve", copt_.solve,
-                "dalr, dalr-exact with --acts FILE: primal (from C = X X^T, n x n), dual (from "
-                "the p samples kept in memory: p x p and m x m problems, for p < n) or auto "
-                "(dual on the CPU when p < n and the samples fit in half the memory)")
+                "dalr, dalr-exact: primal (from C = X X^T, n x n), dual (from the p samples "
+                "kept in memory: p x p and m x m problems, for p < n; with --acts stream kept "
+                "while fewer than n, then C is formed) or auto (dual when p < n and it fits "
+                "the memory; on a GPU also when it costs fewer flops)")
       ->default_str("auto");
+  c->add_option("--memory-limit", copt_.memory_limit,
+                "The most host memory the job may use, e.g. 8G, 500M, 1.5Gi (default: what "
+                "the machine has available, MemAvailable and the cgroup's limit); none: no "
+                "check. A job the memory model says cannot fit is refused before any work");
   c->add_option("--save-stats", copt_.save_stats,
                 "Save the accumulated statistics (C, means, maxima, count) to resume later");
 }

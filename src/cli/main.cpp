@@ -1,6 +1,8 @@
 // dalr-gpu command line: a thin layer over the library. Errors from the library are
 // caught here, printed as one line, and turned into the exit code (1: the job failed,
 // 2: the command line is wrong).
+#include <malloc.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
@@ -47,6 +49,11 @@ std::string nearest(const std::string& word, const std::vector<std::string>& ver
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Blocks of 1 MiB and more straight from the system and back to it when freed: glibc's
+  // default raises that threshold as blocks are freed (up to 32 MiB), and then keeps the
+  // solve's freed temporaries in the heap, so the process would hold more than the
+  // compress job's memory model counts (memory_model.hpp) for the rest of the job.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   dalr::prepare_cpu_kernels(argv);  // may start this program again
   // SIGINT/SIGTERM/SIGHUP: remove the outputs' temporaries, exit 130/143/129.
   dalr::install_interrupt_cleanup("dalr-gpu");

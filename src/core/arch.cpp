@@ -505,6 +505,7 @@ Arch split_in_two(const Arch& arch, const std::string& name, int64_t rank, Layer
   first.bias = false;
   two.name = name + ".1";
   two.in = rank;
+  two.bias = true;  // compress always writes NAME.1.bias (svd-bc corrects it even from none)
   out.layers[found] = first;
   out.layers.insert(out.layers.begin() + static_cast<std::ptrdiff_t>(found) + 1, two);
   *second = found + 1;
@@ -526,7 +527,6 @@ Arch replace_conv_with_factors(const Arch& arch, const std::string& name, int64_
   second.stride = 1;
   second.pad = 0;
   second.dilation = 1;
-  second.bias = true;
   return out;
 }
 

@@ -47,7 +47,8 @@ CompressResult run(const Plan& p, Backend& backend) {
 
 CompressResult compress(const CompressOptions& opt, Backend& backend) {
   const bool on_cpu = backend.name().rfind("cpu", 0) == 0;
-  const Plan plan = make_plan(opt, backend.precision(), on_cpu);  // before any data is read
+  // Before any data is read: every option, and whether the job fits the memory.
+  const Plan plan = make_plan(opt, backend.precision(), on_cpu, memory_budget(opt, backend));
   return with_precision(plan.precision,
                         [&](auto tag) { return run<decltype(tag)>(plan, backend); });
 }

@@ -2,8 +2,6 @@
 // data is read.
 #include "core/compress_plan.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -137,6 +135,8 @@ void check_sources(const CompressOptions& o, size_t layers) {
     throw Error("several layers (--layer " + o.layer +
                 ") need --acts stream: an activation file holds one layer's inputs");
   if (!stream && !o.data.empty()) throw Error("--data is used with --acts stream");
+  if (stream && o.data.empty())
+    throw Error("--acts stream needs --data DIR (an image folder) or --data FILE.npy");
   if (stream && !o.stats_in.empty())
     throw Error("--stats cannot be combined with --acts stream yet");
   if (layers > 1 && !o.acts_test.empty()) throw Error("--acts-test needs a single --layer");
@@ -182,9 +182,12 @@ LayerPlan plan_layer(const SafetensorsFile& f, const std::string& name) {
   l.m = wi->shape[0];
   l.n = checked_mul(wi->shape[1], wi->shape.size() == 4 ? wi->shape[2] * wi->shape[3] : 1,
                     "the conv layer's patch size");
-  if (const TensorInfo* bi = f.find(name + ".bias"))
+  l.file_bytes = double(wi->end - wi->begin);
+  if (const TensorInfo* bi = f.find(name + ".bias")) {
     if (bi->shape != std::vector<int64_t>{l.m})
       throw Error(name + ".bias has the wrong shape: expected [" + std::to_string(l.m) + "]");
+    l.file_bytes += double(bi->end - bi->begin);
+  }
   return l;
 }
 
@@ -259,15 +262,17 @@ void plan_conv(Plan& p) {
                 "before the next pass: add --independent, or run one process");
 }
 
-// An activation file's width against the layer's n (its header only).
-void check_width(const std::string& path, const LayerPlan& l) {
-  if (path.empty() || path == "stream") return;
+// An activation file's width against the layer's n (its header only); the bytes of its
+// values (0 without a file).
+int64_t check_width(const std::string& path, const LayerPlan& l) {
+  if (path.empty() || path == "stream") return 0;
   const NpyReader r(path);
   if (r.cols() != l.n)
     throw Error(path + " has " + std::to_string(r.cols()) + " features per sample, but layer '" +
                 l.name + "' takes n = " + std::to_string(l.n) + " inputs");
   if (r.rows() == 0)
     throw Error(path + " holds no samples (0 rows): there is nothing to fit or measure on");
+  return r.descr().back() - '0';  // "<f4": 4 (NpyReader accepts f2, f4, f8 only)
 }
 
 // Pruning: the layer whose inputs are the pruned layer's outputs.
@@ -307,44 +312,6 @@ void plan_fixed_ranks(Plan& p) {
   }
 }
 
-// Bytes of physical memory, 0 when unknown.
-double physical_memory() {
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  return pages > 0 && page > 0 ? double(pages) * double(page) : 0.0;
-}
-
-// --solve: explicit dual is refused where it cannot run, naming why; auto takes it on the
-// CPU when p < n and X (p n values) fits in half the memory (C, n^2 values, is larger).
-void plan_solve(Plan& p, bool on_cpu) {
-  const CompressOptions& o = p.o;
-  if (o.solve != "auto" && o.solve != "primal" && o.solve != "dual")
-    throw Error("--solve must be primal, dual or auto (got '" + o.solve + "')");
-  if (o.solve == "primal") return;
-  const bool ask = o.solve == "dual";
-  const char* why = !needs_gram(p.method) ? "it applies to dalr and dalr-exact only"
-                    : p.stream || o.acts.empty()
-                        ? "it needs the samples of an activation file (--acts FILE), not statistics"
-                    : o.comm && o.comm->size() > 1
-                        ? "several processes (mpirun) share statistics, not samples"
-                    : !o.stats_in.empty()   ? "--stats holds C, not the samples it came from"
-                    : !o.save_stats.empty() ? "--save-stats saves C, which the dual never forms"
-                    : o.lambda_auto         ? "--lambda auto is not implemented for it"
-                    : p.mode == RankMode::Budget ? "--budget is not implemented for it"
-                                                 : nullptr;
-  if (why) {
-    if (ask) throw Error(std::string("--solve dual cannot be used here: ") + why);
-    return;
-  }
-  const NpyReader r(o.acts);
-  const LayerPlan& l = p.layers.front();
-  const double bytes =
-      double(r.rows()) * double(l.n) * (p.precision == Precision::Fp64 ? 8.0 : 4.0);
-  const double mem = physical_memory();
-  // Auto on the CPU only: the GPU twin (cuda::solve_dual) runs when asked for, until a
-  // device has measured where it wins.
-  p.dual = ask || (on_cpu && r.rows() < l.n && (mem == 0 || bytes <= 0.5 * mem));
-}
-
 }  // namespace
 
 int64_t rounded_rank(const Plan& p, int64_t m, int64_t n, int64_t requested) {
@@ -354,10 +321,13 @@ int64_t rounded_rank(const Plan& p, int64_t m, int64_t n, int64_t requested) {
   return std::min(cap, (requested + r - 1) / r * r);
 }
 
-Plan make_plan(const CompressOptions& o, Precision precision, bool on_cpu) {
+Plan make_plan(const CompressOptions& o, Precision precision, bool on_cpu,
+               const MemoryBudget& budget) {
   Plan p;
   p.o = o;
   p.precision = precision;
+  p.on_cpu = on_cpu;
+  p.budget = budget;
   p.mode = check_rank_mode(o);
   check_paths(o);
   p.method = method_from_name(o.method);
@@ -370,11 +340,12 @@ Plan make_plan(const CompressOptions& o, Precision precision, bool on_cpu) {
   for (const auto& name : names) p.layers.push_back(plan_layer(*p.model, name));
   plan_arch(p);
   plan_conv(p);
-  check_width(o.acts, p.layers.front());
+  p.acts_elem = check_width(o.acts, p.layers.front());
   check_width(o.acts_test, p.layers.front());
   plan_next_layer(p);
   plan_fixed_ranks(p);
-  plan_solve(p, on_cpu);
+  plan_solve(p);
+  check_memory(p);  // the last check: it needs every choice above
   return p;
 }
 

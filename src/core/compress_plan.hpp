@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/job_common.hpp"  // Clock, seconds_since
+#include "core/memory_check.hpp"
 #include "core/stage_progress.hpp"
 #include "dalr/arch.hpp"
 #include "dalr/backend.hpp"
@@ -53,6 +54,13 @@ struct LayerPlan {
   // Fixed / Keep: the rank (pruning: kept units) before --round-rank, known from the
   // shape; Budget / Joint: 0, chosen by choose_ranks from the statistics.
   int64_t rank = 0;
+  double file_bytes = 0;  // NAME.weight and NAME.bias in the model file
+  // --solve: the samples are kept (X, n x p) and solved in sample space (solve_dual).
+  // Streaming keeps at most `keep` of them: the batch that passes it forms C from them
+  // and the pass goes on as the primal's (SampleKeeper, sample_keeper.hpp).
+  bool dual = false;
+  int64_t keep = 0;
+  std::string solve_why;  // why this path (the report's solve_reason)
   // A conv layer: NAME.weight is c_out x c_in x kh x kw (`weight_shape`), seen as
   // m = c_out by n = c_in kh kw; its samples are the patches of its input feature maps
   // (dalr/conv_geometry.hpp), whose geometry at the arch's input size is `geometry`.
@@ -73,7 +81,13 @@ struct Plan {
   bool have_arch = false;                  // the model's dalr.arch, or --arch
   Arch arch;
   const TensorInfo* next = nullptr;  // --next-layer's weight (inside `model`)
-  bool dual = false;                 // --solve: the sample-space solve (solve_dual)
+  bool on_cpu = true;                // the backend is the CPU's
+  // p: the activation file's rows, or with --acts stream the images (counted only when
+  // the dual may run; 0 otherwise).
+  int64_t samples = 0;
+  int64_t acts_elem = 0;  // bytes of an activation file's values (0: none)
+  MemoryBudget budget;    // what the machine offers (memory_check.hpp)
+  MemoryEstimate memory;  // the job's estimate, made by check_memory
   // Conv layers among several, without --independent: a pass per conv layer in network
   // order, then one for the fc layers (compress_sequential.cpp).
   bool sequential = false;
@@ -89,8 +103,16 @@ struct Network {
 // Validates `o` for a job at `precision` and resolves what can be known before the data:
 // the method, the rank mode, the layers' shapes, the architecture, fixed ranks. Throws
 // dalr::Error with a message a user can act on; writes nothing.
-// on_cpu: the job's backend is the CPU one (--solve auto takes the dual only there).
-Plan make_plan(const CompressOptions& o, Precision precision, bool on_cpu = true);
+// on_cpu: the job's backend is the CPU one; budget: the memory it may use (--solve auto
+// chooses by it; a job that cannot fit is refused, memory_check.hpp).
+Plan make_plan(const CompressOptions& o, Precision precision, bool on_cpu = true,
+               const MemoryBudget& budget = {});
+
+// --solve (compress_solve.cpp): each layer's path (LayerPlan::dual, keep, solve_why) from
+// p, n, the memory model and, on a GPU, the flop counts; throws where --solve dual cannot
+// run. dual_refusal: why the sample-space solve cannot run for this job (null: it can).
+void plan_solve(Plan& p);
+const char* dual_refusal(const Plan& p);
 
 // The rank (pruning: kept units) of a layer from its requested one, rounded up to a
 // multiple of --round-rank (never past the maximum); the requested one without it.
@@ -114,7 +136,10 @@ struct LayerJob {
   Layer<T> l;
   LayerStats<T> st;    // all samples (for --lambda auto: first the fit part)
   LayerStats<T> held;  // --lambda auto: every 10th sample, held out to choose lambda
-  std::shared_ptr<const Matrix<T>> x;  // Plan::dual: the samples (n x p), st made from them
+  std::shared_ptr<const Matrix<T>> x;  // the dual's samples (n x p), st made from them
+  bool dual = false;                   // LayerPlan's: its samples are kept (the dual's)
+  int64_t keep = 0;                    // LayerPlan's: streaming keeps at most this many
+  std::string solve_why;               // LayerPlan's, and the switch if one came
   Factors<T> fac;
   int64_t rank = 0;
   // --budget with sequential passes: the rank allocated before them (budget_ranks_first),

@@ -157,6 +157,7 @@ CompressResult make_report(const Plan& p, const std::vector<LayerJob<T>>& jobs,
   rep["device"] = backend.name();
   rep["openblas_core"] = cpu_kernel_family();  // the CPU kernels (see cpu/blas_core.hpp)
   rep["timing_s"] = out.timing;
+  rep["memory"] = memory_report(p);
   rep["warnings"] = out.warnings;
   rep["out"] = o.out;
 

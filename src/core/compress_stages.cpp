@@ -149,7 +149,7 @@ void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& ra
   j.lambda = p.o.lambda ? *p.o.lambda : default_lambda(j.st, j.lambda_rel);
   const SolveOptions opt{p.method, j.rank, j.lambda, p.o.eigensolver};
   const int64_t m = j.l.w.rows, n = j.l.w.cols;
-  if (p.dual) {
+  if (j.x) {  // the sample-space solve (compress_solve.cpp chose it)
     const int64_t s = j.x->cols;
     StageProgress line("solve " + j.name + " (" + solve_description_dual(opt, m, n, s),
                        solve_flops_dual(opt, m, n, s), rates, p.o.quiet);
@@ -188,6 +188,11 @@ void measure_error(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& 
     const auto l = line("training error", r.rows());
     j.rep["error_train"] =
         recon_json(backend.reconstruction_error(r, j.l.w, j.l.b, j.fac, o.batch));
+    l->finish();
+  } else if (j.x) {  // streamed, kept for the dual: exact over the samples, C never formed
+    const auto l = line("training error", j.x->cols);
+    j.rep["error_train"] =
+        recon_json(backend.reconstruction_error(*j.x, j.l.w, j.l.b, j.fac, o.batch));
     l->finish();
   } else {
     const auto l = line("training error", 0);

@@ -9,6 +9,7 @@
 #include "common/finite.hpp"
 #include "core/compress_plan.hpp"
 #include "core/job_common.hpp"
+#include "core/sample_keeper.hpp"
 #include "core/stats_binding.hpp"
 #include "core/stream.hpp"
 #include "dalr/communicator.hpp"
@@ -161,6 +162,7 @@ void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
   d.ranks = comm.size();
   std::unique_ptr<BatchSource> src = open_data(d, p.arch.input);
   std::vector<std::unique_ptr<StatsAccumulator<T>>> accs;
+  std::vector<SampleKeeper<T>*> keepers;  // --solve dual: the layers that keep samples
   std::vector<StatsAccumulator<T>*> raw;
   std::vector<std::string> names;
   for (auto& j : jobs) {
@@ -169,14 +171,34 @@ void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
       while (net.arch->layers[at].name != j.name) ++at;  // the plan found it
       j.geometry = conv_geometry(*net.arch, at, src->channels(), src->height(), src->width());
     }
-    accs.push_back(j.conv ? patch_accumulator(backend, j.geometry, j.l.w, j.l.b)
-                          : make_accumulator(p, j.l, backend));
+    if (j.dual) {  // an fc layer (the plan)
+      auto keeper = std::make_unique<SampleKeeper<T>>(
+          j.l.w.cols, j.keep, p.samples,
+          [&p, &j, &backend] { return make_accumulator(p, j.l, backend); });
+      keepers.push_back(keeper.get());
+      accs.push_back(std::move(keeper));
+    } else {
+      keepers.push_back(nullptr);
+      accs.push_back(j.conv ? patch_accumulator(backend, j.geometry, j.l.w, j.l.b)
+                            : make_accumulator(p, j.l, backend));
+    }
     raw.push_back(accs.back().get());
     names.push_back(j.name);
   }
   try {
     stream_statistics(*fwd, *src, names, raw, d);
-    for (size_t i = 0; i < jobs.size(); ++i) take_statistics(p, *accs[i], jobs[i], comm);
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      if (keepers[i] && keepers[i]->keeping()) {  // the dual (one process: the plan)
+        jobs[i].st = keepers[i]->finish();
+        jobs[i].x = keepers[i]->samples();
+        continue;
+      }
+      take_statistics(p, *accs[i], jobs[i], comm);
+      if (keepers[i])
+        jobs[i].solve_why += "; at " + std::to_string(keepers[i]->switched_at()) +
+                             " samples the next batch would pass " + std::to_string(jobs[i].keep) +
+                             ", so C was formed from the kept ones and the pass went on primal";
+    }
   } catch (const Error& e) {
     throw with_precision_hint(e, p.precision);
   }
@@ -228,6 +250,9 @@ std::vector<LayerJob<T>> load_layers(const Plan& p) {
     j.conv = lp.conv;
     j.weight_shape = lp.weight_shape;
     j.geometry = lp.geometry;
+    j.dual = lp.dual;
+    j.keep = lp.keep;
+    j.solve_why = lp.solve_why;
     j.l.w = from_row_major(p.model->read<T>(lp.name + ".weight").data(), lp.m, lp.n);
     if (p.model->find(lp.name + ".bias")) {
       j.l.b = p.model->read<T>(lp.name + ".bias");
@@ -248,11 +273,14 @@ void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& 
       net_or_null ? *net_or_null : Network{p.model.get(), p.have_arch ? &p.arch : nullptr};
   if (p.stream)
     stream_all(p, jobs, backend, out, net);
-  else if (p.dual)
+  else if (p.layers.front().dual)
     keep_samples<T>(p, jobs.front(), out);
   else
     gather_stats<T>(p, jobs.front(), backend, out);
-  out.rep["solve"] = p.dual ? "dual" : "primal";
+  for (auto& j : jobs) {
+    j.rep["solve"] = j.x ? "dual" : "primal";
+    j.rep["solve_reason"] = j.solve_why;
+  }
   if (p.o.comm && p.o.comm->rank() != 0) return;  // rank 0 checks, saves and solves
   for (const auto& j : jobs) {
     check_overflow(p, j.name, j.st);

@@ -99,16 +99,18 @@ void stream_statistics(const Forward<T>& fwd, BatchSource& src,
                        const std::vector<std::string>& layers,
                        const std::vector<StatsAccumulator<T>*>& accs, const DataOptions& o);
 
-// A conv layer's statistics accumulator (Backend::conv_stats): its patches cut from the
-// feature maps a tile of at most 2^22 values (32 MB at fp64) and one image's positions at
-// a time.
+// A conv layer's statistics take its patches a tile at a time: at most 2^22 values (32 MB
+// at fp64) and one image's positions.
+inline int64_t patch_tile(const ConvGeometry& g) {
+  return std::max<int64_t>(1, std::min(g.positions(), (int64_t(1) << 22) / g.patch_size()));
+}
+
+// A conv layer's statistics accumulator (Backend::conv_stats), patch_tile's tiles.
 template <typename T>
 std::unique_ptr<StatsAccumulator<T>> patch_accumulator(Backend& backend, const ConvGeometry& g,
                                                        const Matrix<T>& w,
                                                        const std::vector<T>& b) {
-  const int64_t tile =
-      std::max<int64_t>(1, std::min(g.positions(), (int64_t(1) << 22) / g.patch_size()));
-  return backend.conv_stats(g, w.rows, &w, &b, tile);
+  return backend.conv_stats(g, w.rows, &w, &b, patch_tile(g));
 }
 
 // An error of a statistics pass, with a hint when --precision fp16 is the likely cause

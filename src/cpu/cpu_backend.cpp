@@ -130,6 +130,17 @@ ReconError Backend::reconstruction_error(NpyReader& acts, const Matrix<double>& 
   return dalr::reconstruction_error(acts, w, b, f, batch);
 }
 
+ReconError Backend::reconstruction_error(const Matrix<float>& x, const Matrix<float>& w,
+                                         const std::vector<float>& b, const Factors<float>& f,
+                                         int64_t batch) {
+  return dalr::reconstruction_error(x, w, b, f, batch);
+}
+ReconError Backend::reconstruction_error(const Matrix<double>& x, const Matrix<double>& w,
+                                         const std::vector<double>& b, const Factors<double>& f,
+                                         int64_t batch) {
+  return dalr::reconstruction_error(x, w, b, f, batch);
+}
+
 std::unique_ptr<StatsAccumulator<float>> Backend::conv_stats(const ConvGeometry& g, int64_t m,
                                                              const Matrix<float>* w,
                                                              const std::vector<float>* b,
@@ -144,6 +155,7 @@ std::unique_ptr<StatsAccumulator<double>> Backend::conv_stats(const ConvGeometry
   return std::make_unique<PatchAccumulator<double>>(stats(g.patch_size(), m, w, b, tile_cols), g,
                                                     tile_cols);
 }
+
 Factors<float> Backend::solve_dual(const SolveOptions& opt, const Matrix<float>& w,
                                    const std::vector<float>& b, const Matrix<float>& x) {
   return dalr::solve_dual(opt, w, b, x);

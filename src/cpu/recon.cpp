@@ -6,48 +6,95 @@
 
 #include "common/finite.hpp"
 #include "cpu/lapack.hpp"
+#include "dalr/error.hpp"
 
 namespace dalr {
+
+namespace {
+
+// The error over samples that come in chunks (at most `batch` columns each): Y = W x + b
+// against Yhat = A (B x) + bias, summed in long double.
+template <typename T>
+class ChunkError {
+ public:
+  ChunkError(const Matrix<T>& w, const std::vector<T>& b, const Factors<T>& f, int64_t batch)
+      : w_(w), b_(b), f_(f), m_(w.rows), k_(f.b.rows) {
+    y_.resize(static_cast<size_t>(m_ * batch));
+    bx_.resize(static_cast<size_t>(k_ * batch));
+    yhat_.resize(static_cast<size_t>(m_ * batch));
+  }
+  // x: n x c, leading dimension ldx.
+  void add(const T* x, int64_t c, int64_t ldx) {
+    const int64_t m = m_, n = w_.cols, k = k_;
+    cpu::gemm(CblasNoTrans, CblasNoTrans, m, c, n, T(1), w_.ptr(), w_.ld(), x, ldx, T(0), y_.data(),
+              m);
+    cpu::gemm(CblasNoTrans, CblasNoTrans, k, c, n, T(1), f_.b.ptr(), f_.b.ld(), x, ldx, T(0),
+              bx_.data(), k);
+    if (is_pruning(f_.method)) {
+      std::fill(yhat_.begin(), yhat_.begin() + m * c, T(0));
+      for (int64_t j = 0; j < c; ++j)
+        for (int64_t r2 = 0; r2 < k; ++r2)
+          yhat_[f_.kept_units[r2] + j * m] = bx_[r2 + j * k] + f_.bias[r2];
+    } else {
+      cpu::gemm(CblasNoTrans, CblasNoTrans, m, c, k, T(1), f_.a.ptr(), f_.a.ld(), bx_.data(), k,
+                T(0), yhat_.data(), m);
+      for (int64_t j = 0; j < c; ++j)
+        for (int64_t i = 0; i < m; ++i) yhat_[i + j * m] += f_.bias[i];
+    }
+    for (int64_t j = 0; j < c; ++j)
+      for (int64_t i = 0; i < m; ++i) {
+        const long double yi = static_cast<long double>(y_[i + j * m]) + b_[i];
+        const long double d = yi - yhat_[i + j * m];
+        err2_ += d * d;
+        ref2_ += yi * yi;
+      }
+    samples_ += c;
+  }
+  int64_t samples() const { return samples_; }
+  ReconError result() const {
+    ReconError r;
+    r.samples = samples_;
+    r.abs = std::sqrt(static_cast<double>(err2_));
+    r.ref = std::sqrt(static_cast<double>(ref2_));
+    r.rel = relative_error(r.abs, r.ref);
+    return r;
+  }
+
+ private:
+  const Matrix<T>& w_;
+  const std::vector<T>& b_;
+  const Factors<T>& f_;
+  int64_t m_, k_, samples_ = 0;
+  std::vector<T> y_, bx_, yhat_;
+  long double err2_ = 0, ref2_ = 0;
+};
+
+}  // namespace
 
 template <typename T>
 ReconError reconstruction_error(NpyReader& acts, const Matrix<T>& w, const std::vector<T>& b,
                                 const Factors<T>& f, int64_t batch) {
-  const int64_t m = w.rows, n = w.cols, k = f.b.rows;
-  std::vector<T> x(static_cast<size_t>(n * batch)), y(static_cast<size_t>(m * batch));
-  std::vector<T> bx(static_cast<size_t>(k * batch)), yhat(static_cast<size_t>(m * batch));
-  long double err2 = 0, ref2 = 0;
-  ReconError r;
+  const int64_t n = w.cols;
+  std::vector<T> x(static_cast<size_t>(n * batch));
+  ChunkError<T> e(w, b, f, batch);
   acts.rewind();
   for (int64_t c; (c = acts.read_rows<T>(x.data(), batch)) > 0;) {
-    check_finite(x.data(), n, c, n, r.samples, acts.path() + ": activation");
-    cpu::gemm(CblasNoTrans, CblasNoTrans, m, c, n, T(1), w.ptr(), w.ld(), x.data(), n, T(0),
-              y.data(), m);
-    cpu::gemm(CblasNoTrans, CblasNoTrans, k, c, n, T(1), f.b.ptr(), f.b.ld(), x.data(), n, T(0),
-              bx.data(), k);
-    if (is_pruning(f.method)) {
-      std::fill(yhat.begin(), yhat.begin() + m * c, T(0));
-      for (int64_t j = 0; j < c; ++j)
-        for (int64_t r2 = 0; r2 < k; ++r2)
-          yhat[f.kept_units[r2] + j * m] = bx[r2 + j * k] + f.bias[r2];
-    } else {
-      cpu::gemm(CblasNoTrans, CblasNoTrans, m, c, k, T(1), f.a.ptr(), f.a.ld(), bx.data(), k, T(0),
-                yhat.data(), m);
-      for (int64_t j = 0; j < c; ++j)
-        for (int64_t i = 0; i < m; ++i) yhat[i + j * m] += f.bias[i];
-    }
-    for (int64_t j = 0; j < c; ++j)
-      for (int64_t i = 0; i < m; ++i) {
-        const long double yi = static_cast<long double>(y[i + j * m]) + b[i];
-        const long double d = yi - yhat[i + j * m];
-        err2 += d * d;
-        ref2 += yi * yi;
-      }
-    r.samples += c;
+    check_finite(x.data(), n, c, n, e.samples(), acts.path() + ": activation");
+    e.add(x.data(), c, n);
   }
-  r.abs = std::sqrt(static_cast<double>(err2));
-  r.ref = std::sqrt(static_cast<double>(ref2));
-  r.rel = relative_error(r.abs, r.ref);
-  return r;
+  return e.result();
+}
+
+template <typename T>
+ReconError reconstruction_error(const Matrix<T>& x, const Matrix<T>& w, const std::vector<T>& b,
+                                const Factors<T>& f, int64_t batch) {
+  if (x.rows != w.cols)
+    throw Error("reconstruction_error: the samples have " + std::to_string(x.rows) +
+                " rows, the layer takes " + std::to_string(w.cols) + " inputs");
+  ChunkError<T> e(w, b, f, batch);
+  for (int64_t at = 0; at < x.cols; at += batch)
+    e.add(x.ptr() + at * x.ld(), std::min(batch, x.cols - at), x.ld());
+  return e.result();
 }
 
 namespace {
@@ -115,6 +162,11 @@ template ReconError reconstruction_error(const LayerStats<double>&, const Matrix
 template ReconError reconstruction_error(NpyReader&, const Matrix<float>&,
                                          const std::vector<float>&, const Factors<float>&, int64_t);
 template ReconError reconstruction_error(NpyReader&, const Matrix<double>&,
+                                         const std::vector<double>&, const Factors<double>&,
+                                         int64_t);
+template ReconError reconstruction_error(const Matrix<float>&, const Matrix<float>&,
+                                         const std::vector<float>&, const Factors<float>&, int64_t);
+template ReconError reconstruction_error(const Matrix<double>&, const Matrix<double>&,
                                          const std::vector<double>&, const Factors<double>&,
                                          int64_t);
 

@@ -17,6 +17,12 @@ template <typename T>
 ReconError reconstruction_error(NpyReader& acts, const Matrix<T>& w, const std::vector<T>& b,
                                 const Factors<T>& f, int64_t batch);
 
+// The same error over samples held in memory (x: n x p, one per column; the dual's kept
+// samples), in chunks of `batch`.
+template <typename T>
+ReconError reconstruction_error(const Matrix<T>& x, const Matrix<T>& w, const std::vector<T>& b,
+                                const Factors<T>& f, int64_t batch);
+
 // The same error from the statistics alone (when the samples are not kept, as when
 // they stream from images): ||D X + d 1^T||^2 = <D C, D> + 2 d.(D s) + p |d|^2 with
 // D = W - A B, d = b - bias, C = X X^T, s = X 1. Costs one m x n x n product (W C; then

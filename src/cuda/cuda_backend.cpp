@@ -44,6 +44,12 @@ class CudaBackend final : public Backend {
         storage_(act_storage(precision)),
         name_("cuda:" + std::to_string(device) + " (" + device_name(device) + ")") {}
   std::string name() const override { return name_; }
+  double available_device_bytes() override {
+    context()->make_current();  // the context's own memory is taken by then
+    size_t free_b = 0, total_b = 0;
+    Context::memory(&free_b, &total_b);
+    return double(free_b);
+  }
   Precision precision() const override { return precision_; }
   std::unique_ptr<StatsAccumulator<float>> stats(int64_t n, int64_t m, const Matrix<float>* w,
                                                  const std::vector<float>* b,

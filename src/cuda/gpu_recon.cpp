@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/memory_terms.hpp"
 #include "cpu/recon.hpp"
 #include "cuda/context.hpp"
 #include "cuda/cuda_check.hpp"
@@ -107,10 +108,10 @@ ReconError recon_on(Context& ctx, const LayerStats<T>& st, const Matrix<T>& w,
   ctx.release_workspace();
   // C (unless the statistics keep it on this device), W (becomes D), W C (becomes D C),
   // A, B, B C, s, W s.
-  const double c_elems = device_gram(st, ctx.device()) ? 0.0 : double(n) * n;
-  const double elems = c_elems + 2.0 * m * n + double(m) * k + 2.0 * k * n + n + m;
+  // (common/memory_terms.cpp, the compress job's memory model's terms too)
+  const bool c_there = device_gram(st, ctx.device()) != nullptr;
   require_device_memory(
-      static_cast<size_t>(elems * sizeof(T)) + (64u << 20),
+      saturated_size(total_bytes(gpu_error_terms(m, n, k, c_there, sizeof(T)))),
       "the reconstruction error of a " + std::to_string(m) + " x " + std::to_string(n) + " layer");
   Ops<T> ops(ctx);
   return recon_dense(ops, st, w, b, f);

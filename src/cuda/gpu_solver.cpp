@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/memory_terms.hpp"
 #include "common/solver_common.hpp"
 #include "cuda/context.hpp"
 #include "cuda/cuda_check.hpp"
@@ -268,53 +269,12 @@ std::string job_name(Method method, int64_t m, int64_t n, int64_t k) {
 }  // namespace
 
 size_t solve_bytes(Method method, int64_t m, int64_t n, int64_t k, size_t elem_size) {
-  // Pruning sorts per-unit scores on the host (see solve): no device memory.
-  if (is_pruning(method)) return 0;
-  // Element counts in double (exact far beyond any real layer, and no overflow).
-  const double M = double(m), N = double(n), K = double(k);
-  const double R = double(std::min(m, n)), big = double(std::max(m, n));
-  // cuSOLVER's workspaces are known only from a query on a live handle; estimate them by
-  // LAPACK's documented minimum for the same routine (syevd with vectors: 1 + 6s + 2s^2;
-  // gesvd: bidiagonalisation blocks plus a copy of the factors), generously.
-  auto syevd_ws = [](double s) { return 1 + 6 * s + 2 * s * s; };
-  double elems = 0;
-  switch (method) {
-    case Method::Dalr:
-      // W, W C, C (the factor), G, eigenvalues of G and C, 1/w, U_k, B^T, ridge scratch, B
-      elems = 2 * M * N + N * N + M * M + M + 2 * N + M * K + 2 * N * K + K * N;
-      elems += std::max(syevd_ws(M), syevd_ws(N));
-      break;
-    case Method::DalrExact:
-      // W, W C, W_r^T, ridge scratch (n x m), C, H, eigenvalues, 1/w, U_k, B
-      elems = 4 * M * N + N * N + M * M + M + 2 * N + M * K + K * N;
-      elems += std::max(syevd_ws(M), syevd_ws(N));
-      break;
-    case Method::Svd:
-    case Method::SvdBc:
-      // W, its transpose when wide, s, U, VT, A, B
-      elems = 2 * M * N + R + big * R + R * R + M * K + K * N;
-      elems += big * R + R * R + 64 * (big + R);
-      break;
-    case Method::PruneMean:
-    case Method::PruneMax:
-      return 0;  // returned above
-  }
-  // cuBLAS/cuSOLVER handles and their internal scratch: a fixed reserve.
-  const double bytes = elems * double(elem_size) + double(64u << 20);
-  return bytes >= double(std::numeric_limits<size_t>::max()) ? std::numeric_limits<size_t>::max()
-                                                             : static_cast<size_t>(bytes);
+  // The terms (common/memory_terms.cpp) are the compress job's memory model's too.
+  return saturated_size(total_bytes(gpu_solve_terms(method, m, n, k, elem_size)));
 }
 
 size_t solve_dual_bytes(int64_t m, int64_t n, int64_t p, int64_t k, size_t elem_size) {
-  const double M = double(m), N = double(n), P = double(p), K = double(k);
-  auto syevd_ws = [](double s) { return 1 + 6 * s + 2 * s * s; };
-  // W (freed after Z), X, Z, K and its copy, Z^T and K Z^T (exact), G or H, eigenvalues,
-  // U_k, S, B, ridge scratch (p x m), as for solve_bytes: generously.
-  const double elems = M * N + N * P + M * P + 2 * P * P + 3 * P * M + M * M + M + 2 * P + M * K +
-                       P * K + K * N + std::max(syevd_ws(M), syevd_ws(P));
-  const double bytes = elems * double(elem_size) + double(64u << 20);
-  return bytes >= double(std::numeric_limits<size_t>::max()) ? std::numeric_limits<size_t>::max()
-                                                             : static_cast<size_t>(bytes);
+  return saturated_size(total_bytes(gpu_solve_dual_terms(m, n, p, k, elem_size)));
 }
 
 namespace {

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "common/finite.hpp"
+#include "common/memory_terms.hpp"
 #include "cuda/blas.hpp"
 #include "cuda/context.hpp"
 #include "cuda/cuda_check.hpp"
@@ -46,20 +47,6 @@ namespace dalr::cuda {
 namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
-// cuBLAS's own workspace and cudaMalloc's rounding are not in our byte count.
-constexpr size_t kSlackBytes = size_t(64) << 20;
-
-// a * b in size_t, throwing instead of wrapping around.
-size_t mul_size(size_t a, size_t b) {
-  if (b != 0 && a > SIZE_MAX / b) throw Error("GPU statistics: size overflows size_t");
-  return a * b;
-}
-
-size_t add_size(size_t a, size_t b) {
-  if (a > SIZE_MAX - b) throw Error("GPU statistics: size overflows size_t");
-  return a + b;
-}
-
 // The statistics' dimension limit (kept when the cuBLAS calls moved to the 64-bit API).
 void check_dim(int64_t v, const char* what) {
   if (v > INT_MAX)
@@ -98,20 +85,6 @@ std::shared_ptr<Context> validated(std::shared_ptr<Context> shared, int device, 
                                    const std::vector<T>* b, int64_t max_batch) {
   validate(n, m, w, b, max_batch);
   return shared ? std::move(shared) : std::make_shared<Context>(device, math);
-}
-
-// Device bytes the statistics hold: C, two X buffers, W, b, Y, four double vectors.
-template <typename T>
-size_t device_bytes(int64_t n, int64_t m, int64_t max_batch) {
-  const size_t un = static_cast<size_t>(n), um = static_cast<size_t>(m),
-               ub = static_cast<size_t>(max_batch);
-  size_t elems = mul_size(un, un);                         // C
-  elems = add_size(elems, mul_size(2, mul_size(un, ub)));  // X_0, X_1
-  elems = add_size(elems, mul_size(um, un));               // W
-  elems = add_size(elems, um);                             // b
-  elems = add_size(elems, mul_size(um, ub));               // Y
-  const size_t bytes = mul_size(elems, sizeof(T));
-  return add_size(bytes, mul_size(2 * (un + um), sizeof(double)));
 }
 
 }  // namespace
@@ -170,7 +143,8 @@ struct GpuStats<T>::Impl {
     bind();  // a shared context's device need not be current; everything below is on it
     const size_t un = static_cast<size_t>(n), um = static_cast<size_t>(m),
                  ub = static_cast<size_t>(max_batch);
-    const size_t need = add_size(device_bytes<T>(n, m, max_batch), kSlackBytes);
+    // C, the staging blocks, W, b, Y, the sums, and a reserve (common/memory_terms.cpp).
+    const size_t need = saturated_size(total_bytes(gpu_stats_terms(n, m, max_batch, sizeof(T))));
     require_device_memory(need, "GPU statistics (n = " + std::to_string(n) + ", m = " +
                                     std::to_string(m) + ", batch " + std::to_string(max_batch) +
                                     ", " + std::to_string(sizeof(T) * 8) + "-bit)");
