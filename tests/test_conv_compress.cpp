@@ -361,6 +361,56 @@ TEST_F(ConvCompress, KeepAndRoundRankCountParameters) {
   compress_ok("--layer c1,c2 --budget 0.5 --independent --out " + file("b.bin"));
 }
 
+// --budget in sequential mode (issue 16): the ranks come from the spectra of one pass of
+// the original network (so they are --independent's), by weights or by multiply-adds per
+// image (a conv layer's weights times its output positions: c1 99, c2 30, fc 1), then the
+// sequential passes fit the layers at those ranks: the by-hand chain at the same ranks.
+TEST_F(ConvCompress, BudgetRanksFromTheOriginalSpectraThenSequentialPasses) {
+  const std::string opts = " --layer c1,c2,fc --budget 0.4 --lambda-rel 0.01";
+  struct Cost {
+    int64_t m, n, positions;
+  };
+  const std::vector<Cost> shapes = {{5, 18, 9 * 11}, {7, 45, 5 * 6}, {4, 120, 1}};
+  std::vector<int64_t> by_params, by_flops;
+  for (const std::string by : {"params", "flops"}) {
+    SCOPED_TRACE(by);
+    compress_ok(opts + " --budget-by " + by + " --out " + file(by + ".bin") + " --report " +
+                file(by + ".json"));
+    compress_ok(opts + " --budget-by " + by + " --independent --out " + file(by + "i.bin") +
+                " --report " + file(by + "i.json"));
+    const json r = report(file(by + ".json")), ri = report(file(by + "i.json"));
+    EXPECT_EQ(r["budget"]["by"], by);
+    EXPECT_EQ(r["budget"]["spectra"], "independent");
+    EXPECT_FALSE(ri["budget"].contains("spectra"));
+    const auto k = r["budget"]["ranks"].get<std::vector<int64_t>>();
+    EXPECT_EQ(k, ri["budget"]["ranks"].get<std::vector<int64_t>>());
+    ASSERT_EQ(k.size(), 3u);
+    double kept = 0, dense = 0;
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_EQ(r["layers"][i]["rank"], k[i]);
+      const double pos = by == "flops" ? double(shapes[i].positions) : 1.0;
+      kept += pos * double(k[i] * (shapes[i].m + shapes[i].n));
+      dense += pos * double(shapes[i].m * shapes[i].n);
+    }
+    EXPECT_LE(kept, 0.4 * dense);
+    EXPECT_NEAR(r["budget"]["kept_fraction"].get<double>(), kept / dense, 1e-12);
+    EXPECT_EQ(r["sequential"]["passes"].size(), 3u);
+    (by == "flops" ? by_flops : by_params) = k;
+    // The by-hand chain at those ranks.
+    const std::string lam = " --lambda-rel 0.01 --out ";
+    compress_ok("--layer c1 --rank " + std::to_string(k[0]) + lam + file("h1.bin"));
+    compress_ok("--layer c2 --rank " + std::to_string(k[1]) + lam + file("h2.bin"), file("h1.bin"));
+    compress_ok("--layer fc --rank " + std::to_string(k[2]) + lam + file("h3.bin"), file("h2.bin"));
+    const SafetensorsFile s(file(by + ".bin")), h(file("h3.bin"));
+    ASSERT_EQ(s.tensors().size(), h.tensors().size());
+    for (const TensorInfo& t : s.tensors())
+      EXPECT_LT(rel_diff(s.read_f64(t.name), h.read_f64(t.name)), 1e-6) << t.name;
+  }
+  // Counting multiply-adds gives c1 (99 positions) less of the budget than counting weights.
+  EXPECT_NE(by_params, by_flops);
+  EXPECT_LE(by_flops[0], by_params[0]);
+}
+
 TEST_F(ConvCompress, WhatDoesNotApplyIsRefusedByName) {
   auto fail = [&](const std::string& args, const std::string& words) {
     SCOPED_TRACE(args);
@@ -372,10 +422,10 @@ TEST_F(ConvCompress, WhatDoesNotApplyIsRefusedByName) {
   fail("--layer c2 --rank 3 --method prune-mean", "pruning a convolution's filters");
   fail("--layer c2 --rank 8", "between 1 and 7 for a 7 x 45 layer ('c2', conv 7x5x3x3");
   fail("--layer c2 --rank 2 --lambda auto", "neighbouring patches overlap");
-  fail("--layer c1,c2 --budget 0.5", "add --independent");
-  fail("--layer c1,fc --max-drop 1 --val " + dir_.path(), "fc layers only");
   fail("--layer c1,c2 --rank 2 --lambda-rel 0", "needs lambda > 0");
   fail("--layer c1,c2 --rank 2 --lambda 0", "--sequential symmetric");
+  fail("--layer c1,c2 --rank 2 --budget-by flops", "--budget-by is used with --budget");
+  fail("--layer c1,c2 --budget 0.5 --budget-by macs", "--budget-by must be params or flops");
   std::vector<double> acts(45 * 4, 0.5);
   write_npy(file("acts.npy"), acts.data(), 4, 45);
   const std::string file_args = "compress --model " + model() + " --layer c2 --rank 2 --out " +

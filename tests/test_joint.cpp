@@ -152,6 +152,39 @@ TEST(JointCli, ShippedExample) {
   EXPECT_DOUBLE_EQ(j["test"]["base_top1"].get<double>(), 0.9495);
 }
 
+// Issue 16: conv layers in the search (with an fc layer): candidates run with the conv
+// pairs substituted, the statistics from one pass of the original network (no sequential
+// passes), and the search's accuracy is `evaluate`'s on the written model.
+TEST(JointCli, ConvLayers) {
+  test::TempDir dir;
+  const std::string out = dir.file("conv.bin"), rep = dir.file("c.json");
+  const auto r = run_cli("compress --model " + kEx + "model.bin --acts stream --data " + kEx +
+                         "train --limit 400 --layer features.6,features.3,classifier.0 --device "
+                         "cpu -q --max-drop 2 --shrink 0.5 --shuffle --seed 3 --val " +
+                         kEx + "test --val-limit 200 --out " + out + " --report " + rep);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json all = json::parse(test::read_file(rep)), j = all["joint"];
+  EXPECT_FALSE(all.contains("sequential"));
+  EXPECT_EQ(j["start_ranks"], json({64, 32, 256}));
+  const std::vector<int64_t> ranks = j["ranks"];
+  ASSERT_EQ(ranks.size(), 3u);
+  EXPECT_GE(j["top1"].get<double>(), j["base_top1"].get<double>() - 0.02 - 1e-12);
+  // Multiply-adds per image: features.6 at 8x8, features.3 at 16x16 positions, fc once.
+  const double after = 64.0 * ranks[0] * (64 + 288) + 256.0 * ranks[1] * (32 + 144) +
+                       double(ranks[2]) * (256 + 1024);
+  const double before = 64.0 * 64 * 288 + 256.0 * 32 * 144 + 256.0 * 1024;
+  EXPECT_NEAR(j["flops_kept_fraction"].get<double>(), after / before, 1e-12);
+  SafetensorsFile f(out);
+  EXPECT_EQ(f.at("features.6.0.weight").shape, (std::vector<int64_t>{ranks[0], 32, 3, 3}));
+  EXPECT_EQ(f.at("features.3.1.weight").shape, (std::vector<int64_t>{32, ranks[1], 1, 1}));
+  const auto e =
+      run_cli("evaluate --model " + out + " --data " + kEx +
+              "test --limit 200 --shuffle --seed 3 --device cpu -q --report " + dir.file("e.json"));
+  ASSERT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_EQ(json::parse(test::read_file(dir.file("e.json")))["top1"].get<double>(),
+            j["top1"].get<double>());
+}
+
 TEST(JointCli, Errors) {
   test::TempDir dir;
   const std::string out = " --out " + dir.file("o.bin");

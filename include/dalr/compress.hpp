@@ -33,6 +33,9 @@ struct CompressOptions {
   std::optional<int64_t> rank;   // k, at least 1 (pruning: the units of k's parameter budget)
   std::optional<double> keep;    // fraction of the layer's weights to keep, in (0, 1]
   std::optional<double> budget;  // several layers: ranks allocated from spectra (solver.hpp)
+  // What --budget counts: "params" (the layers' weights) or "flops" (their multiply-adds
+  // per image: a conv layer's weights times its output positions).
+  std::string budget_by = "params";
   // Joint search (several layers): shrink the ranks greedily while the top-1 accuracy on
   // `val` stays within `max_drop` percentage points of the uncompressed one.
   std::optional<double> max_drop;

@@ -33,7 +33,10 @@ std::vector<float> rounded_to_storage(std::vector<float> v, ActStorage s);
 // bias empty or out; 16-bit storage rounds the weights as a loaded model's). A
 // factorisation is two parts (NAME.0: B, no bias; NAME.1: A with the bias); a pruning
 // is one part (the kept rows and their biases) plus a substitution of the next linear
-// layer (its kept columns). The shapes must chain (checked with the arch's).
+// layer (its kept columns). A conv layer's substitution is its factorisation's two parts:
+// NAME.0, k x (c_in kh kw) (the k x c_in x kh x kw conv weight; the layer's kernel,
+// stride, padding and dilation, no bias), and NAME.1, c_out x k (a 1x1 conv) with the
+// bias. The shapes must chain (checked with the arch's).
 template <typename T>
 struct Substitution {
   struct Part {
@@ -66,7 +69,7 @@ class Forward {
   // The network from layer `layer` on: `input` is that layer's input (n x batch,
   // column-major, as run(..., layer) returns it); returns the network's output
   // (classes x batch). With `after`, `input` is the layer's output and only the layers
-  // after it run. With `subs`, the named linear layers are replaced as a compressed
+  // after it run. With `subs`, the named linear or conv layers are replaced as a compressed
   // model file replaces them, so a candidate is scored by the pass that scores the
   // written model (sweep, compress --max-drop on cached features).
   virtual Matrix<T> run_from(const std::string& layer, const T* input, int64_t batch,

@@ -110,11 +110,21 @@ int64_t units_for_rank(int64_t m, int64_t n, int64_t k);
 // Parameters of the replaced layer (weights + bias).
 int64_t params_after(Method method, int64_t m, int64_t n, int64_t rank);
 
-// Ranks for several layers under one weight budget, from their spectra alone: starting
-// at rank 1 each, repeatedly give one more rank to the layer whose next spectral value,
-// as a share of its spectrum's total, is largest per parameter it costs (m + n), while
-// the factor weights sum(k (m + n)) stay within budget * sum(m n). Throws when even
-// rank 1 everywhere does not fit.
+// Ranks for several layers under one budget, from their spectra alone. A layer's cost
+// model: `per_rank`, what one more rank costs (weights: m + n; multiply-adds per image:
+// positions (m + n), positions = 1 for an fc layer), `dense`, what the layer costs
+// uncompressed (m n, positions m n), and its largest rank. Starting at rank 1 each,
+// repeatedly give one more rank to the layer whose next spectral value, as a share of its
+// spectrum's total, is largest per unit of cost, while sum(k per_rank) stays within
+// budget * sum(dense). Throws (naming `unit`) when even rank 1 everywhere does not fit.
+struct RankCost {
+  int64_t max_rank = 0;
+  double per_rank = 0, dense = 0;
+};
+std::vector<int64_t> allocate_ranks(const std::vector<RankCost>& layers,
+                                    const std::vector<std::vector<double>>& spectra, double budget,
+                                    const std::string& unit);
+// The weight budget of fc-shaped layers m x n: per_rank m + n, dense m n, max min(m, n).
 std::vector<int64_t> allocate_ranks(const std::vector<std::pair<int64_t, int64_t>>& shapes,
                                     const std::vector<std::vector<double>>& spectra, double budget);
 

@@ -52,6 +52,11 @@ struct SweepPoint {
 
 struct SweepResult {
   int64_t m = 0, n = 0, train_samples = 0, test_images = 0;
+  // A conv layer (m = c_out, n = c_in kh kw): its output positions per image at the arch's
+  // input size, so its multiply-adds are positions m n (kept: positions k (m + n), the
+  // same share as its weights); 1 for an fc layer.
+  int64_t positions = 1;
+  bool conv = false;
   double base_top1 = 0, base_top5 = 0;
   std::vector<SweepPoint> points;                                    // methods x ranks, row by row
   std::vector<std::pair<std::string, std::vector<double>>> spectra;  // method, descending

@@ -114,7 +114,7 @@ void Commands::add_sweep(CLI::App& app) {
   std::string methods;
   for (const auto& m : method_names()) methods += (methods.empty() ? "" : ",") + m;
   s->add_option("--model", sopt_.model, "Model with dalr.arch metadata (or --arch)");
-  s->add_option("--layer", sopt_.layer, "The fc layer to compress: NAME of NAME.weight");
+  s->add_option("--layer", sopt_.layer, "The fc or conv layer to compress: NAME of NAME.weight");
   s->add_option("--methods", smethods_, "Comma-separated methods, the table's rows: " + methods);
   s->add_option("--ranks", sranks_,
                 "Comma-separated ranks k, the table's columns (pruning keeps the units of the "
@@ -235,6 +235,10 @@ void Commands::add_compress_ranks(CLI::App* c) {
                 "Instead of --rank/--keep, with several --layer: keep this fraction of their "
                 "weights in all, ranks allocated from the layers' spectra")
       ->default_str("");
+  c->add_option("--budget-by", copt_.budget_by,
+                "What --budget counts: params (the layers' weights, the default) or flops "
+                "(their multiply-adds per image; a conv layer's are its weights times its "
+                "output positions)");
   c->add_option("--max-drop", max_drop_,
                 "Instead of --rank/--keep/--budget, with several --layer and --acts stream: "
                 "the greedy joint search, shrinking one layer's rank per step while the top-1 "

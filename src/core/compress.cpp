@@ -22,6 +22,7 @@ CompressResult run(const Plan& p, Backend& backend) {
   out.timing["load_model"] = seconds_since(t0);
   StageRates rates(backend);
   if (p.sequential) {  // one process (the plan): a pass, its solves, then the next pass
+    if (p.mode == RankMode::Budget) budget_ranks_first(p, jobs, backend, out, rates);
     compress_sequentially(p, jobs, backend, out, rates);
   } else {
     collect_statistics(p, jobs, backend, out);

@@ -108,6 +108,9 @@ void check_numbers(const CompressOptions& o, Method method) {
   if (o.round_rank < 0) throw Error("--round-rank must be >= 1");
   if (o.budget && (is_pruning(method) || o.lambda_auto))
     throw Error("--budget allocates ranks of factorisations (not pruning) with a fixed lambda");
+  if (o.budget_by != "params" && o.budget_by != "flops")
+    throw Error("--budget-by must be params or flops (got '" + o.budget_by + "')");
+  if (!o.budget && o.budget_by != "params") throw Error("--budget-by is used with --budget");
   if (o.lambda_auto && !needs_gram(method))
     throw Error("--lambda auto applies to dalr and dalr-exact (got --method " + o.method + ")");
   if (o.lambda_auto && o.lambda) throw Error("give --lambda VALUE or --lambda auto, not both");
@@ -249,13 +252,11 @@ void plan_conv(Plan& p) {
                 "--lambda auto holds out every 10th sample, but neighbouring patches "
                 "overlap, so the held-out error would not measure generalisation: give "
                 "--lambda or --lambda-rel");
-  if (o.max_drop)
-    throw Error(what +
-                "--max-drop searches the ranks of fc layers only: use --rank, --keep or "
-                "--budget");
   if (o.sequential != "asymmetric" && o.sequential != "symmetric")
     throw Error("--sequential must be asymmetric or symmetric (got '" + o.sequential + "')");
-  p.sequential = p.stream && p.layers.size() > 1 && !o.independent;
+  // --max-drop scores each candidate on the original network's statistics and writes
+  // the factors it scored: one pass, as --independent.
+  p.sequential = p.stream && p.layers.size() > 1 && !o.independent && !o.max_drop;
   if (!p.sequential) return;
   p.asymmetric = o.sequential == "asymmetric" && needs_gram(p.method);
   if (p.asymmetric && (o.lambda ? !(*o.lambda > 0) : !(o.lambda_rel > 0)))
@@ -263,12 +264,6 @@ void plan_conv(Plan& p) {
                 "the asymmetric sequential fit solves with C^ + lambda I by Cholesky and "
                 "needs lambda > 0: give --lambda-rel or --lambda above 0, or use "
                 "--sequential symmetric");
-  if (p.mode == RankMode::Budget)
-    throw Error(what +
-                "--budget chooses every rank at once from the layers' spectra, but "
-                "sequential compression collects each layer's statistics after the "
-                "earlier ones are compressed: add --independent (one pass of the "
-                "original network)");
   if (o.comm && o.comm->size() > 1)
     throw Error(what +
                 "sequential compression needs each layer's factors on every process "

@@ -150,6 +150,9 @@ struct LayerJob {
   std::string solve_why;               // LayerPlan's, and the switch if one came
   Factors<T> fac;
   int64_t rank = 0;
+  // --budget with sequential passes: the rank allocated before them (budget_ranks_first),
+  // which the passes' choose_ranks takes; 0 otherwise.
+  int64_t allocated = 0;
   double lambda = 0, lambda_rel = 0;
   json rep;  // this layer's part of the report
 };
@@ -164,10 +167,6 @@ struct JobOutput {
   std::vector<std::unique_ptr<AtomicFile>> staged;
 };
 
-// A conv layer's statistics take its patches a tile at a time: at most 2^22 values (32 MB
-// at fp64) and one image's positions.
-int64_t patch_tile(const ConvGeometry& g);
-
 template <typename T>
 std::vector<LayerJob<T>> load_layers(const Plan& p);
 // The layers' statistics (from --stats, --acts FILE or --acts stream through `net`, null:
@@ -181,6 +180,12 @@ void collect_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& 
 template <typename T>
 void collect_asymmetric_statistics(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
                                    JobOutput& out, const Network& net);
+// --budget in a sequential job: the ranks allocated from one pass of the original network
+// (every layer's statistics, then their spectra) into each job's `allocated`, before the
+// sequential passes fit the factors at those ranks; the statistics are then dropped.
+template <typename T>
+void budget_ranks_first(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
+                        JobOutput& out, StageRates& rates);
 // The solves and errors below print progress lines (stage_progress.hpp) unless --quiet,
 // their estimates from `rates`.
 template <typename T>

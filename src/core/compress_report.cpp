@@ -117,13 +117,23 @@ void layer_summary(const Plan& p, const LayerJob<T>& j, const json& r, std::ostr
 
 void joint_summary(const json& jr, std::ostream& s) {
   s << "joint search: ranks " << jr["ranks"].dump() << ", "
-    << fmt(100.0 * jr["kept_fraction"].get<double>(), 3) << "% of the weights kept, top-1 "
-    << fmt(100.0 * jr["top1"].get<double>(), 4) << "% (uncompressed "
-    << fmt(100.0 * jr["base_top1"].get<double>(), 4) << "%), " << jr["evaluations"]
-    << " evaluations\n";
+    << fmt(100.0 * jr["kept_fraction"].get<double>(), 3) << "% of the weights ("
+    << fmt(100.0 * jr["flops_kept_fraction"].get<double>(), 3)
+    << "% of the multiply-adds) kept, top-1 " << fmt(100.0 * jr["top1"].get<double>(), 4)
+    << "% (uncompressed " << fmt(100.0 * jr["base_top1"].get<double>(), 4) << "%), "
+    << jr["evaluations"] << " evaluations\n";
   if (jr["budget_comparison"].contains("top1"))
     s << "--budget at the same fraction: ranks " << jr["budget_comparison"]["ranks"].dump()
       << ", top-1 " << fmt(100.0 * jr["budget_comparison"]["top1"].get<double>(), 4) << "%\n";
+}
+
+// --budget: what it counted, the ranks and the share kept.
+void budget_summary(const json& b, std::ostream& s) {
+  const bool flops = b["by"] == "flops";
+  s << "budget: " << fmt(100.0 * b["fraction"].get<double>(), 4) << "% of the layers' "
+    << (flops ? "multiply-adds per image" : "weights") << ", ranks " << b["ranks"].dump() << " ("
+    << fmt(100.0 * b["kept_fraction"].get<double>(), 4) << "% kept"
+    << (b.contains("spectra") ? ", allocated from the original network's spectra" : "") << ")\n";
 }
 
 }  // namespace
@@ -153,6 +163,7 @@ CompressResult make_report(const Plan& p, const std::vector<LayerJob<T>>& jobs,
 
   std::ostringstream s;
   for (size_t i = 0; i < jobs.size(); ++i) layer_summary(p, jobs[i], layers[i], s);
+  if (rep.contains("budget")) budget_summary(rep["budget"], s);
   if (rep.contains("joint")) joint_summary(rep["joint"], s);
   s << "wrote " << o.out << " in " << fmt(out.timing["total"].get<double>(), 3) << " s\n";
   CompressResult res;

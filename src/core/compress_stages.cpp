@@ -1,5 +1,6 @@
 // The compress job's middle stages (compress_plan.hpp): ranks, solve, error.
 #include <algorithm>
+#include <cstdio>
 #include <memory>
 
 #include "core/compress_plan.hpp"
@@ -11,35 +12,41 @@ namespace dalr::compress_job {
 namespace {
 
 // --budget: each layer's spectrum (a rank-1 solve with the full eigensolver returns all of
-// it), then one allocation.
+// it), then one allocation by the layers' weights or multiply-adds per image.
 template <typename T>
 std::vector<int64_t> budget_ranks(const Plan& p, const std::vector<LayerJob<T>>& jobs,
                                   Backend& backend, JobOutput& out, StageRates& rates) {
   const CompressOptions& o = p.o;
   const auto t0 = Clock::now();
-  std::vector<std::pair<int64_t, int64_t>> shapes;
+  const bool by_flops = o.budget_by == "flops";
+  std::vector<RankCost> costs;
   std::vector<std::vector<double>> spectra;
   for (const auto& j : jobs) {
+    const int64_t m = j.l.w.rows, n = j.l.w.cols;
+    const double positions = by_flops && j.conv ? double(j.geometry.positions()) : 1.0;
+    costs.push_back({std::min(m, n), positions * double(m + n), positions * double(m) * double(n)});
     const double lam = o.lambda ? *o.lambda : default_lambda(j.st, o.lambda_rel);
-    shapes.push_back({j.l.w.rows, j.l.w.cols});
     const SolveOptions opt{p.method, 1, lam, Eigensolver::Full};
-    StageProgress line("spectrum " + j.name + " (" + solve_description(opt, j.l.w.rows, j.l.w.cols),
-                       solve_flops(opt, j.l.w.rows, j.l.w.cols), rates, o.quiet);
+    StageProgress line("spectrum " + j.name + " (" + solve_description(opt, m, n),
+                       solve_flops(opt, m, n), rates, o.quiet);
     spectra.push_back(backend.solve(opt, j.l.w, j.l.b, j.st).spectrum);
     line.finish();
   }
-  const std::vector<int64_t> ranks = allocate_ranks(shapes, spectra, *o.budget);
+  const std::vector<int64_t> ranks =
+      allocate_ranks(costs, spectra, *o.budget, by_flops ? "multiply-adds" : "weights");
   out.solve_s += seconds_since(t0);
-  int64_t weights = 0, total = 0;
+  double kept = 0, total = 0;
   for (size_t i = 0; i < jobs.size(); ++i) {
-    weights += ranks[i] * (shapes[i].first + shapes[i].second);
-    total += shapes[i].first * shapes[i].second;
+    kept += double(ranks[i]) * costs[i].per_rank;
+    total += costs[i].dense;
   }
+  const std::string what = by_flops ? "flops" : "weights";
   out.rep["budget"] = {{"fraction", *o.budget},
+                       {"by", o.budget_by},
                        {"ranks", ranks},
-                       {"weights_kept", weights},
-                       {"weights_before", total},
-                       {"kept_fraction", double(weights) / double(total)}};
+                       {what + "_kept", int64_t(kept)},
+                       {what + "_before", int64_t(total)},
+                       {"kept_fraction", kept / total}};
   return ranks;
 }
 
@@ -101,7 +108,11 @@ template <typename T>
 void choose_ranks(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend, JobOutput& out,
                   StageRates& rates) {
   std::vector<int64_t> requested;
-  if (p.mode == RankMode::Budget) {
+  const bool allocated =
+      std::all_of(jobs.begin(), jobs.end(), [](const LayerJob<T>& j) { return j.allocated > 0; });
+  if (p.mode == RankMode::Budget && allocated) {  // budget_ranks_first
+    for (const auto& j : jobs) requested.push_back(j.allocated);
+  } else if (p.mode == RankMode::Budget) {
     requested = budget_ranks(p, jobs, backend, out, rates);
   } else if (p.mode == RankMode::Joint) {
     const auto t0 = Clock::now();
@@ -113,6 +124,23 @@ void choose_ranks(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backen
         if (l.name == j.name) requested.push_back(l.rank);
   }
   for (size_t i = 0; i < jobs.size(); ++i) set_rank(p, jobs[i], requested[i], out);
+}
+
+template <typename T>
+void budget_ranks_first(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
+                        JobOutput& out, StageRates& rates) {
+  if (!p.o.quiet)
+    std::fprintf(stderr,
+                 "--budget: the ranks from every layer's spectrum in one pass of the original "
+                 "network, then the sequential passes at those ranks\n");
+  collect_statistics(p, jobs, backend, out);
+  out.timing["budget_statistics"] = out.timing["statistics"];
+  const std::vector<int64_t> ranks = budget_ranks(p, jobs, backend, out, rates);
+  out.rep["budget"]["spectra"] = "independent";  // from the original network's statistics
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    jobs[i].allocated = ranks[i];
+    jobs[i].st = LayerStats<T>();
+  }
 }
 
 template <typename T>
@@ -203,12 +231,14 @@ void solve_layers(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backen
   }
 }
 
-#define DALR_COMPRESS_STAGES(T)                                                            \
-  template void choose_ranks(const Plan&, std::vector<LayerJob<T>>&, Backend&, JobOutput&, \
-                             StageRates&);                                                 \
-  template void solve_layer(const Plan&, LayerJob<T>&, Backend&, StageRates&);             \
-  template void measure_error(const Plan&, LayerJob<T>&, Backend&, StageRates&);           \
-  template void solve_layers(const Plan&, std::vector<LayerJob<T>>&, Backend&, JobOutput&, \
+#define DALR_COMPRESS_STAGES(T)                                                                  \
+  template void choose_ranks(const Plan&, std::vector<LayerJob<T>>&, Backend&, JobOutput&,       \
+                             StageRates&);                                                       \
+  template void budget_ranks_first(const Plan&, std::vector<LayerJob<T>>&, Backend&, JobOutput&, \
+                                   StageRates&);                                                 \
+  template void solve_layer(const Plan&, LayerJob<T>&, Backend&, StageRates&);                   \
+  template void measure_error(const Plan&, LayerJob<T>&, Backend&, StageRates&);                 \
+  template void solve_layers(const Plan&, std::vector<LayerJob<T>>&, Backend&, JobOutput&,       \
                              StageRates&);
 DALR_COMPRESS_STAGES(float)
 DALR_COMPRESS_STAGES(double)

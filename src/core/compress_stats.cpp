@@ -68,14 +68,6 @@ std::unique_ptr<StatsAccumulator<T>> make_accumulator(const Plan& p, const Layer
                                                backend.stats(n, m, &l.w, &l.b, batch), n);
 }
 
-// A conv layer's: its patches' statistics from the feature maps (Backend::conv_stats), a
-// tile of at most 2^22 values (32 MB at fp64) and one image's positions at a time.
-template <typename T>
-std::unique_ptr<StatsAccumulator<T>> make_patch_accumulator(const LayerJob<T>& j,
-                                                            Backend& backend) {
-  return backend.conv_stats(j.geometry, j.l.w.rows, &j.l.w, &j.l.b, patch_tile(j.geometry));
-}
-
 // The statistics of a job once its samples are in (split for --lambda auto), combined
 // over the ranks into rank 0's when several processes share the samples.
 template <typename T>
@@ -187,7 +179,7 @@ void stream_all(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& backend,
       accs.push_back(std::move(keeper));
     } else {
       keepers.push_back(nullptr);
-      accs.push_back(j.conv ? make_patch_accumulator(j, backend)
+      accs.push_back(j.conv ? patch_accumulator(backend, j.geometry, j.l.w, j.l.b)
                             : make_accumulator(p, j.l, backend));
     }
     raw.push_back(accs.back().get());
@@ -350,10 +342,6 @@ void check_and_save(const Plan& p, std::vector<LayerJob<T>>& jobs, JobOutput& ou
 }
 
 }  // namespace
-
-int64_t patch_tile(const ConvGeometry& g) {
-  return std::max<int64_t>(1, std::min(g.positions(), (int64_t(1) << 22) / g.patch_size()));
-}
 
 template <typename T>
 std::vector<LayerJob<T>> load_layers(const Plan& p) {

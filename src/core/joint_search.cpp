@@ -102,6 +102,17 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
                      {"choice", st.choice < 0 ? json(nullptr) : json(st.choice)},
                      {"accepted", st.choice >= 0}});
   }
+  // Multiply-adds per image of the factored layers (a conv layer's at its positions).
+  auto flops_kept = [&](const std::vector<int64_t>& ranks) {
+    double after = 0, before = 0;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const double m = double(jobs[i].l.w.rows), n = double(jobs[i].l.w.cols);
+      const double pos = jobs[i].conv ? double(jobs[i].geometry.positions()) : 1.0;
+      after += pos * double(ranks[i]) * (m + n);
+      before += pos * m * n;
+    }
+    return after / before;
+  };
   json per_layer, budget_layers;
   const double fraction = kept(res.ranks, per_layer);
   std::vector<std::string> names;
@@ -117,6 +128,7 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
                   {"ranks", res.ranks},
                   {"kept_fraction_layers", per_layer},
                   {"kept_fraction", fraction},
+                  {"flops_kept_fraction", flops_kept(res.ranks)},
                   {"top1", res.accuracy},
                   {"drop_points", 100.0 * (base.top1 - res.accuracy)},
                   {"evaluations", res.evaluations}};
@@ -149,6 +161,7 @@ std::vector<int64_t> joint_ranks(const CompressOptions& o, const SafetensorsFile
                                          {"ranks", b},
                                          {"kept_fraction", kept(b, budget_layers)},
                                          {"kept_fraction_layers", budget_layers},
+                                         {"flops_kept_fraction", flops_kept(b)},
                                          {"top1", acc}};
   } catch (const Error& e) {
     rep["joint"]["budget_comparison"] = {{"error", e.what()}};

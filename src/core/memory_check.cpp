@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/compress_plan.hpp"
+#include "core/stream.hpp"
 #include "dalr/error.hpp"
 
 namespace dalr {
@@ -138,9 +139,14 @@ int64_t rank_bound(const Plan& p, const LayerPlan& l) {
   const int64_t top = std::min(l.m, l.n);
   if (l.rank > 0) return rounded_rank(p, l.m, l.n, l.rank);
   if (p.mode != RankMode::Budget) return top;  // --max-drop starts at full rank
+  // --budget-by flops: a conv layer's weights count at its positions.
+  auto positions = [&](const LayerPlan& x) {
+    return p.o.budget_by == "flops" && x.conv ? double(x.geometry.positions()) : 1.0;
+  };
   double all = 0;
-  for (const LayerPlan& o : p.layers) all += double(o.m) * double(o.n);
-  return std::clamp<int64_t>(int64_t(*p.o.budget * all / double(l.m + l.n)), 1, top);
+  for (const LayerPlan& o : p.layers) all += positions(o) * double(o.m) * double(o.n);
+  return std::clamp<int64_t>(int64_t(*p.o.budget * all / (positions(l) * double(l.m + l.n))), 1,
+                             top);
 }
 
 }  // namespace

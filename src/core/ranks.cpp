@@ -26,42 +26,54 @@ int64_t params_after(Method method, int64_t m, int64_t n, int64_t rank) {
   return is_pruning(method) ? rank * n + rank : rank * n + m * rank + m;
 }
 
-std::vector<int64_t> allocate_ranks(const std::vector<std::pair<int64_t, int64_t>>& shapes,
-                                    const std::vector<std::vector<double>>& spectra,
-                                    double budget) {
+std::vector<int64_t> allocate_ranks(const std::vector<RankCost>& layers,
+                                    const std::vector<std::vector<double>>& spectra, double budget,
+                                    const std::string& unit) {
   if (!(budget > 0 && budget <= 1)) throw Error("--budget must be a fraction in (0, 1]");
-  if (shapes.size() != spectra.size() || shapes.empty())
+  if (layers.size() != spectra.size() || layers.empty())
     throw Error("allocate_ranks: one spectrum per layer is needed");
   double total = 0;
-  for (const auto& [m, n] : shapes) total += double(m) * double(n);
+  for (const RankCost& c : layers) {
+    if (!(c.per_rank > 0) || c.max_rank < 1)
+      throw Error("allocate_ranks: a layer's cost per rank must be > 0, its maximum rank >= 1");
+    total += c.dense;
+  }
   const double limit = budget * total;
-  std::vector<int64_t> k(shapes.size(), 1);
-  std::vector<double> energy(shapes.size(), 0);
+  std::vector<int64_t> k(layers.size(), 1);
+  std::vector<double> energy(layers.size(), 0);
   double used = 0;
-  for (size_t i = 0; i < shapes.size(); ++i) {
-    used += double(shapes[i].first + shapes[i].second);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    used += layers[i].per_rank;
     for (double v : spectra[i]) energy[i] += std::max(v, 0.0);
   }
   if (used > limit)
-    throw Error("--budget " + std::to_string(budget) +
-                " is too small: rank 1 in every layer already needs " +
-                std::to_string(static_cast<int64_t>(used)) + " weights");
+    throw Error("--budget " + std::to_string(budget) + " is too small: rank 1 in every layer " +
+                "already needs " + std::to_string(static_cast<int64_t>(used)) + " " + unit +
+                " of the " + std::to_string(static_cast<int64_t>(limit)) + " it allows");
   for (;;) {
-    size_t best = shapes.size();
+    size_t best = layers.size();
     double best_gain = -1;
-    for (size_t i = 0; i < shapes.size(); ++i) {
-      const auto [m, n] = shapes[i];
-      const double cost = double(m + n);
-      if (k[i] >= std::min(m, n) || used + cost > limit) continue;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const double cost = layers[i].per_rank;
+      if (k[i] >= layers[i].max_rank || used + cost > limit) continue;
       const size_t next = static_cast<size_t>(k[i]);
       const double v = next < spectra[i].size() ? std::max(spectra[i][next], 0.0) : 0.0;
       const double gain = (energy[i] > 0 ? v / energy[i] : 0.0) / cost;
       if (gain > best_gain) best_gain = gain, best = i;
     }
-    if (best == shapes.size()) return k;
+    if (best == layers.size()) return k;
     ++k[best];
-    used += double(shapes[best].first + shapes[best].second);
+    used += layers[best].per_rank;
   }
+}
+
+std::vector<int64_t> allocate_ranks(const std::vector<std::pair<int64_t, int64_t>>& shapes,
+                                    const std::vector<std::vector<double>>& spectra,
+                                    double budget) {
+  std::vector<RankCost> layers;
+  for (const auto& [m, n] : shapes)
+    layers.push_back({std::min(m, n), double(m + n), double(m) * double(n)});
+  return allocate_ranks(layers, spectra, budget, "weights");
 }
 
 void check_lambda_rel(double rel) {

@@ -99,6 +99,20 @@ void stream_statistics(const Forward<T>& fwd, BatchSource& src,
                        const std::vector<std::string>& layers,
                        const std::vector<StatsAccumulator<T>*>& accs, const DataOptions& o);
 
+// A conv layer's statistics take its patches a tile at a time: at most 2^22 values (32 MB
+// at fp64) and one image's positions.
+inline int64_t patch_tile(const ConvGeometry& g) {
+  return std::max<int64_t>(1, std::min(g.positions(), (int64_t(1) << 22) / g.patch_size()));
+}
+
+// A conv layer's statistics accumulator (Backend::conv_stats), patch_tile's tiles.
+template <typename T>
+std::unique_ptr<StatsAccumulator<T>> patch_accumulator(Backend& backend, const ConvGeometry& g,
+                                                       const Matrix<T>& w,
+                                                       const std::vector<T>& b) {
+  return backend.conv_stats(g, w.rows, &w, &b, patch_tile(g));
+}
+
 // An error of a statistics pass, with a hint when --precision fp16 is the likely cause
 // of a non-finite activation (fp16 overflows above 65504; Inf - Inf gives NaN).
 Error with_precision_hint(const Error& e, Precision precision);

@@ -75,6 +75,7 @@ void check_options(const SweepOptions& o) {
 struct Network {
   Arch arch;
   size_t layer = 0, next = 0;  // the layer's index; pruning: the next linear's index
+  bool conv = false;           // a conv layer: m = c_out by n = c_in kh kw, on its patches
   NextLayer next_layer;        // pruning: its weights, whose kept columns the point keeps
 };
 
@@ -85,12 +86,15 @@ Network find_layers(const Arch& arch, const SweepOptions& o, bool pruning) {
   net.layer = ls.size();
   for (size_t i = 0; i < ls.size(); ++i)
     if (ls[i].name == o.layer) net.layer = i;
-  if (net.layer == ls.size() || ls[net.layer].type != LayerType::Linear)
-    throw Error("layer '" + o.layer + "' is not a linear layer of the architecture" +
-                (net.layer < ls.size() && ls[net.layer].type == LayerType::Conv
-                     ? std::string(": sweep compares fc layers only (compress takes conv layers)")
-                     : std::string()));
+  if (net.layer == ls.size() ||
+      (ls[net.layer].type != LayerType::Linear && ls[net.layer].type != LayerType::Conv))
+    throw Error("layer '" + o.layer + "' is not a linear or conv layer of the architecture");
+  net.conv = ls[net.layer].type == LayerType::Conv;
   if (!pruning) return net;
+  if (net.conv)
+    throw Error("conv layer '" + o.layer +
+                "': pruning a convolution's filters is not implemented: drop prune-mean/prune-max "
+                "from --methods");
   for (size_t i = net.layer + 1; i < ls.size(); ++i) {
     if (ls[i].type == LayerType::Linear) {
       net.next = i;
@@ -106,8 +110,8 @@ Network find_layers(const Arch& arch, const SweepOptions& o, bool pruning) {
 // Pass 1: the training split's statistics (or the saved ones).
 template <typename T>
 LayerStats<T> training_stats(const SweepOptions& o, const Arch& arch, const SafetensorsFile& model,
-                             const Matrix<T>& w, const std::vector<T>& b, Backend& backend,
-                             SweepResult& r) {
+                             const Network& net, const Matrix<T>& w, const std::vector<T>& b,
+                             Backend& backend, SweepResult& r) {
   const int64_t m = w.rows, n = w.cols;
   LayerStats<T> st;
   if (!o.stats_in.empty()) {
@@ -116,9 +120,13 @@ LayerStats<T> training_stats(const SweepOptions& o, const Arch& arch, const Safe
     check_stats_binding(meta, o.stats_in, model, &arch, o.layer, r.warnings);
   } else {
     const std::unique_ptr<Forward<T>> fwd = make_forward<T>(backend, arch, model);
-    auto acc = backend.stats(n, m, &w, &b, o.batch);
     DataOptions d{o.data, o.workers, o.limit, o.shuffle, o.seed, o.batch, o.quiet};
     std::unique_ptr<BatchSource> src = open_data(d, arch.input);
+    auto acc = net.conv ? patch_accumulator(backend,
+                                            conv_geometry(arch, net.layer, src->channels(),
+                                                          src->height(), src->width()),
+                                            w, b)
+                        : backend.stats(n, m, &w, &b, o.batch);
     try {
       stream_statistics(*fwd, *src, {o.layer}, {acc.get()}, d);
       st = acc->finish();
@@ -214,9 +222,14 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
   const Arch arch = load_arch(model, o.arch, o.input_size);
   Network net = find_layers(arch, o, any_pruning);
   const LayerSpec& spec = arch.layers[net.layer];
-  const int64_t m = spec.out, n = spec.in;
+  const int64_t m = spec.out, n = net.conv ? spec.in * spec.kernel * spec.kernel : spec.in;
   r.m = m;
   r.n = n;
+  r.conv = net.conv;
+  r.positions = net.conv ? conv_geometry(arch, net.layer, arch.input.channels, arch.input.crop[0],
+                                         arch.input.crop[1])
+                               .positions()
+                         : 1;
   // Every rank skipped (too large, or saving nothing) would make an empty table after
   // both passes: say so before them.
   std::string why;
@@ -245,7 +258,7 @@ SweepResult run(const SweepOptions& o, Backend& backend) {
   }
 
   auto t0 = Clock::now();
-  const LayerStats<T> st = training_stats(o, arch, model, w, b, backend, r);
+  const LayerStats<T> st = training_stats(o, arch, model, net, w, b, backend, r);
   r.train_samples = st.count();
   r.stats_s = seconds_since(t0);
 

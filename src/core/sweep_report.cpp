@@ -181,7 +181,12 @@ std::string markdown(const SweepOptions& o, const SweepResult& r) {
 std::string json_text(const SweepOptions& o, const SweepResult& r) {
   nlohmann::json j;
   j["model"] = o.model;
-  j["layer"] = {{"name", o.layer}, {"m", r.m}, {"n", r.n}};
+  j["layer"] = {{"name", o.layer},
+                {"m", r.m},
+                {"n", r.n},
+                {"kind", r.conv ? "conv" : "fc"},
+                {"positions", r.positions},
+                {"flops_before", r.positions * r.m * r.n}};
   j["train"] = {
       {"data", o.data}, {"stats", o.stats_in}, {"samples", r.train_samples}, {"limit", o.limit}};
   j["test"] = {{"data", o.test}, {"images", r.test_images}, {"limit", o.test_limit}};
@@ -200,6 +205,8 @@ std::string json_text(const SweepOptions& o, const SweepResult& r) {
                         {"kept", p.kept},
                         {"kept_fraction", p.kept_fraction},
                         {"skipped", p.skipped}};
+    if (!p.skipped && r.conv)  // a conv layer's multiply-adds per image
+      q["flops_after"] = r.positions * p.kept * (r.m + r.n);
     if (p.skipped) {
       q["note"] = p.note;
     } else {
@@ -231,9 +238,13 @@ std::string sweep_table(const SweepResult& r) {
       ranks.push_back(k);
   }
   std::ostringstream s;
-  s << "layer " << r.m << " x " << r.n << ", " << r.train_samples << " training samples, "
-    << r.test_images << " test images; uncompressed top-1 " << pct(r.base_top1) << ", top-5 "
-    << pct(r.base_top5) << "\n\n| method |";
+  s << "layer " << r.m << " x " << r.n
+    << (r.conv ? " (conv: c_out x c_in kh kw at " + std::to_string(r.positions) +
+                     " positions; the weights kept are the multiply-adds kept)"
+               : std::string())
+    << ", " << r.train_samples << " training samples, " << r.test_images
+    << " test images; uncompressed top-1 " << pct(r.base_top1) << ", top-5 " << pct(r.base_top5)
+    << "\n\n| method |";
   for (int64_t k : ranks) s << " k=" << k << " (" << pct(column_fraction(r, k), 1) << ") |";
   s << "\n| --- |";
   for (size_t i = 0; i < ranks.size(); ++i) s << " --- |";

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <string>
@@ -48,7 +49,7 @@ struct DnnlConv::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
   std::mutex mutex;
-  std::map<Key, Entry> entries;           // never erased: a Layout points at one
+  std::map<Key, Entry> entries;           // erased only for kUncached keys: a Layout points at one
   std::multimap<size_t, memory> weights;  // per layer, one per preferred layout
   std::vector<float> src_buf, dst_buf;    // grow-only staging for the primitive's layouts
 
@@ -109,10 +110,18 @@ struct DnnlConv::Impl {
     return buf.data();
   }
 
+  // A one-off key's primitives and weights, before it runs with new weights.
+  void forget(size_t layer) {
+    for (auto it = entries.begin(); it != entries.end();)
+      it = std::get<0>(it->first) == layer ? entries.erase(it) : std::next(it);
+    weights.erase(layer);
+  }
+
   Layout run(size_t layer, const float* x, Layout x_layout, int64_t batch, const ActShape& s,
              const ActShape& o, const LayerSpec& l, const std::vector<float>& w,
              const std::vector<float>& b, bool relu, bool keep_layout, std::vector<float>* y) {
     std::lock_guard<std::mutex> lock(mutex);
+    if (layer >= kUncached) forget(layer);
     const Entry& e = entry(layer, batch, s, o, l, w, !b.empty(), relu);
     const memory::desc& x_desc = x_layout ? static_cast<const Entry*>(x_layout)->dst : e.user_src;
     const memory::desc& y_desc = keep_layout ? e.dst : e.user_dst;

@@ -37,6 +37,11 @@ class DnnlConv {
   // index) keys the cached primitive and reordered weights, so weight and bias must stay
   // the same for a given index. Primitives are built once per (layer, batch, input size,
   // relu); thread-safe (calls are serialised).
+  // Layer keys from kUncached on are one-off: their weights may change between calls (a
+  // substituted layer, CpuForward::run_from), so each call rebuilds the primitive and the
+  // reordered weights, dropping the key's earlier ones. Keys that run in the same pass
+  // must differ (the Layout a call returns lives until its key's next call).
+  static constexpr size_t kUncached = size_t(1) << 62;
   Layout run(size_t layer, const float* x, Layout x_layout, int64_t batch, const ActShape& s,
              const ActShape& o, const LayerSpec& l, const std::vector<float>& weight,
              const std::vector<float>& bias, bool relu, bool keep_layout, std::vector<float>* y);

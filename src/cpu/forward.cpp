@@ -66,17 +66,21 @@ void CpuForward<T>::plain_net(Net& net) const {
   net.key.pop_back();
 }
 
-// arch_ with each substituted linear layer replaced by its parts (named as a compressed
-// file names them: NAME for one part, NAME.0, NAME.1, ... for several), their weights
-// rounded as the constructor rounds a file's.
+// arch_ with each substituted layer replaced by its parts (named as a compressed file
+// names them: NAME for one part, NAME.0, NAME.1, ... for several), their weights rounded
+// as the constructor rounds a file's. A linear layer's parts are linear layers; a conv
+// layer's are the two of a compressed conv layer (replace_conv_with_factors): NAME.0 with
+// its kernel, stride, padding and dilation (part in = c_in kh kw), NAME.1 a 1x1 conv,
+// run through oneDNN without its cache (their weights change from call to call).
 template <typename T>
 void CpuForward<T>::spliced_net(const std::vector<Substitution<T>>& subs, Net& net) const {
   std::vector<const Substitution<T>*> at(arch_.layers.size(), nullptr);
   size_t parts = 0;
   for (const Substitution<T>& sub : subs) {
     const size_t i = index_of(sub.layer);
-    if (arch_.layers[i].type != LayerType::Linear)
-      throw Error("substitution for " + layer_label(arch_, i) + ": only linear layers");
+    const LayerSpec& l = arch_.layers[i];
+    if (l.type != LayerType::Linear && l.type != LayerType::Conv)
+      throw Error("substitution for " + layer_label(arch_, i) + ": only linear and conv layers");
     if (at[i]) throw Error("two substitutions for layer '" + sub.layer + "'");
     if (sub.parts.empty()) throw Error("substitution for '" + sub.layer + "' has no parts");
     for (const auto& p : sub.parts)
@@ -84,12 +88,18 @@ void CpuForward<T>::spliced_net(const std::vector<Substitution<T>>& subs, Net& n
           (!p.bias.empty() && static_cast<int64_t>(p.bias.size()) != p.out))
         throw Error("substitution for '" + sub.layer + "': a part's weight or bias does not " +
                     "match its " + std::to_string(p.out) + " x " + std::to_string(p.in));
+    if (l.type == LayerType::Conv &&
+        (sub.parts.size() != 2 || sub.parts[0].in != l.in * l.kernel * l.kernel ||
+         sub.parts[1].in != sub.parts[0].out))
+      throw Error("substitution for conv layer '" + sub.layer + "': two parts are needed, k x " +
+                  std::to_string(l.in * l.kernel * l.kernel) + " (c_in kh kw) then c_out x k");
     at[i] = &sub;
     parts += sub.parts.size();
   }
   net.owned.reserve(parts);  // net.params points into it
   net.arch = &net.spliced;
   net.spliced.input = arch_.input;
+  Arch conv_pair;  // a conv substitution's two layers, as a compressed file's arch has them
   for (size_t i = 0; i < arch_.layers.size(); ++i) {
     net.first.push_back(net.spliced.layers.size());
     if (!at[i]) {
@@ -99,17 +109,26 @@ void CpuForward<T>::spliced_net(const std::vector<Substitution<T>>& subs, Net& n
       continue;
     }
     const auto& sub_parts = at[i]->parts;
+    const bool conv = arch_.layers[i].type == LayerType::Conv;
+    if (conv) {
+      conv_pair.layers = {arch_.layers[i]};
+      conv_pair = replace_conv_with_factors(conv_pair, arch_.layers[i].name, sub_parts[0].out);
+    }
     for (size_t q = 0; q < sub_parts.size(); ++q) {
-      LayerSpec l = arch_.layers[i];
-      if (sub_parts.size() > 1) l.name += "." + std::to_string(q);
-      l.in = sub_parts[q].in;
+      LayerSpec l = conv ? conv_pair.layers[q] : arch_.layers[i];
+      if (!conv) {
+        if (sub_parts.size() > 1) l.name += "." + std::to_string(q);
+        l.in = sub_parts[q].in;
+      }
       l.out = sub_parts[q].out;
       l.bias = !sub_parts[q].bias.empty();
       net.spliced.layers.push_back(l);
       net.owned.push_back({sub_parts[q].weight, sub_parts[q].bias});
       cpu::round_all(net.owned.back().weight, storage_);
       net.params.push_back(&net.owned.back());
-      net.key.push_back(std::numeric_limits<size_t>::max());  // linear: no oneDNN cache
+      // Linear: no oneDNN cache; conv: oneDNN's one-off keys, one per part of the pass.
+      net.key.push_back(conv ? cpu::DnnlConv::kUncached + net.spliced.layers.size()
+                             : std::numeric_limits<size_t>::max());
     }
   }
   net.first.push_back(net.spliced.layers.size());

@@ -46,9 +46,9 @@ class CpuForward final : public Forward<T> {
 
   // The layers from `layer` (included; with `after`, excluded) to the end, on the input
   // of the first layer that runs (features x batch; sizes as for the arch's input image),
-  // with the linear layers `subs` names replaced (their weights rounded to the storage
+  // with the linear or conv layers `subs` names replaced (their weights rounded to the storage
   // format as the constructor rounds a file's). Throws dalr::Error for a substitution of
-  // a layer that is not linear or not in the arch, given twice, or whose shapes do not
+  // a layer that is not linear or conv or not in the arch, given twice, or whose shapes do not
   // chain with the layers around it.
   Matrix<T> run_from(const std::string& layer, const T* input, int64_t batch, bool after = false,
                      const std::vector<Substitution<T>>& subs = {}) const override;
