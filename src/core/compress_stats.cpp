@@ -237,8 +237,8 @@ void stream_asymmetric(const Plan& p, std::vector<LayerJob<T>>& jobs, Backend& b
       size_t at = 0;
       while (net.arch->layers[at].name != j.name) ++at;  // the plan found it
       j.geometry = conv_geometry(*net.arch, at, c, h, w);
-      hat.push_back(make_patch_accumulator(j, backend));
-      org.push_back(make_patch_accumulator(j, backend));
+      hat.push_back(patch_accumulator(backend, j.geometry, j.l.w, j.l.b));
+      org.push_back(patch_accumulator(backend, j.geometry, j.l.w, j.l.b));
       cross.push_back(make_cross_stats<T>(backend, n, &j.geometry, patch_tile(j.geometry)));
     } else {
       hat.push_back(make_accumulator(p, j.l, backend));
