@@ -62,7 +62,33 @@ def _torch_16bit():
     return (torch.bfloat16, torch.float16)
 
 
-class Stats:
+class _Accumulated:
+    """The properties of statistics held by the extension's object self._s."""
+
+    @property
+    def n(self):
+        return self._s.n
+
+    @property
+    def count(self):
+        """Samples added so far (rows of every batch, or patches of a conv layer's maps;
+        merged statistics included)."""
+        return self._s.count
+
+    @property
+    def precision(self):
+        return self._s.precision
+
+    @property
+    def device(self):
+        return self._s.device
+
+    @property
+    def dtype(self):
+        return _DTYPES[self._s.precision]
+
+
+class Stats(_Accumulated):
     """Streaming statistics of a layer's inputs x (n features): C = sum_j x_j x_j^T and
     the per-feature sums and maxima, in memory independent of the number of samples.
 
@@ -88,26 +114,6 @@ class Stats:
                 raise Error(f"Stats: the weight takes {w.shape[1]} inputs, n is {n}")
             self._s = _dalr.Stats.with_layer(w, b, precision, device)
 
-    @property
-    def n(self):
-        return self._s.n
-
-    @property
-    def count(self):
-        """Samples added so far (rows of every batch, merged statistics included)."""
-        return self._s.count
-
-    @property
-    def precision(self):
-        return self._s.precision
-
-    @property
-    def device(self):
-        return self._s.device
-
-    @property
-    def dtype(self):
-        return _DTYPES[self._s.precision]
 
     def add(self, x):
         """Adds a batch of samples: x of shape (batch, n), NumPy or torch (any float

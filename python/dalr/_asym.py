@@ -4,11 +4,11 @@ dalr.asymmetric_solve."""
 import numpy as np
 
 from . import _dalr
-from ._api import Error, Stats, _check_precision, _DTYPES, _factors, _host_array, _layer_for, \
-    _solve_args
+from ._api import Error, Stats, _Accumulated, _check_precision, _factors, _host_array, \
+    _layer_for, _solve_args
 
 
-class CrossStats:
+class CrossStats(_Accumulated):
     """The cross statistics K = sum_j x_j xh_j^T (n x n) of one layer's inputs in two
     networks: x in the original network, xh (x-hat) in the one whose earlier layers are
     already compressed, the same samples in the same order.
@@ -44,30 +44,9 @@ class CrossStats:
         return out
 
     @property
-    def n(self):
-        return self._s.n
-
-    @property
-    def count(self):
-        """Samples (rows, or patches for a conv layer) added so far."""
-        return self._s.count
-
-    @property
     def images(self):
         """Feature-map pairs added so far (a conv layer's)."""
         return self._s.images
-
-    @property
-    def precision(self):
-        return self._s.precision
-
-    @property
-    def device(self):
-        return self._s.device
-
-    @property
-    def dtype(self):
-        return _DTYPES[self._s.precision]
 
     def add(self, x, xh):
         """Adds the same batch's inputs in the original network (x) and in the compressed
