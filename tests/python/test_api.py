@@ -33,7 +33,9 @@ sys.path.insert(0, os.path.join(SRC, "tools"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dalr  # noqa: E402
 import dalr_format as F  # noqa: E402
-from test_asym import AsymmetricErrors, AsymmetricSolve, CompressAsymmetric  # noqa: E402,F401
+import test_asym  # noqa: E402
+from test_asym import AsymmetricErrors, AsymmetricSolve, CompressAsymmetric, ExampleEqualsCli  # noqa: E402,F401,E501
+test_asym.DALR_GPU, test_asym.SRC = DALR_GPU, SRC
 from test_conv import CompressConv, ConvCuda, ConvErrors, ConvStatistics  # noqa: E402,F401
 
 try:

@@ -13,15 +13,27 @@ network) and X^ (compressed network), patches by torch's unfold for conv layers:
     force layer by layer, each layer from its inputs in the original model and in the model
     with the earlier layers replaced by the returned factors; it differs from the symmetric
     fit and reconstructs the original outputs better; the user's model is untouched;
+  * on a subset of the shipped example's training images, dalr.compress's factors of
+    features.3 and features.6 are the CLI's (`dalr-gpu compress`, asymmetric by default)
+    to float32 rounding, and the symmetric fit's are not;
   * bad inputs raise dalr.Error.
 """
 import copy
+import os
+import shutil
+import subprocess
+import tempfile
 import unittest
 
 import numpy as np
 
 import dalr
+import dalr_format as F
 from test_conv import conv_net, patches
+
+# Set by test_api.py (its command line): the CLI and the source tree.
+DALR_GPU = None
+SRC = None
 
 try:
     import torch
@@ -211,6 +223,48 @@ class CompressAsymmetric(unittest.TestCase):
                               progress=False)
         self.assertEqual(rep["conv3"]["sequential"], "symmetric")
         torch.testing.assert_close(s1.conv3[0].weight, s2.conv3[0].weight, rtol=0, atol=0)
+
+
+@unittest.skipIf(torch is None, "torch is not installed")
+class ExampleEqualsCli(unittest.TestCase):
+    def test_shipped_example(self):
+        if DALR_GPU is None:
+            self.skipTest("run by test_api.py, which names the CLI")
+        from PIL import Image
+        ex = os.path.join(SRC, "examples", "fashion2digits")
+        ranks = {"features.3": 5, "features.6": 5}
+        with tempfile.TemporaryDirectory() as d:
+            sub = os.path.join(d, "train")
+            for c in sorted(os.listdir(os.path.join(ex, "train"))):  # 13 images a class
+                os.makedirs(os.path.join(sub, c))
+                for f in sorted(os.listdir(os.path.join(ex, "train", c)))[:13]:
+                    shutil.copy(os.path.join(ex, "train", c, f), os.path.join(sub, c, f))
+            out = os.path.join(d, "small.bin")
+            r = subprocess.run([DALR_GPU, "compress", "--model", os.path.join(ex, "model.bin"),
+                                "--acts", "stream", "--data", sub, "--layer",
+                                "features.3,features.6", "--rank", "5", "--device", "cpu", "-q",
+                                "--out", out], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            tensors, arch, inp, meta = F.read_bin(os.path.join(ex, "model.bin"))
+            model = F.module_from_arch(arch, tensors)
+            items, _ = F.list_image_folder(sub, F.model_classes(meta), 10)
+            x = torch.from_numpy(np.stack([F.preprocess_image(Image.open(p), inp)
+                                           for p, _ in items]))
+            cli_factors = F.read_bin(out)[0]
+        data = [x[i:i + 32] for i in range(0, len(x), 32)]
+        diffs = {}
+        for mode in ("asymmetric", "symmetric"):
+            small, _ = dalr.compress(model, ranks, data, sequential=mode, progress=False)
+            for name, k in ranks.items():
+                a = np.asarray(cli_factors[name + ".1.weight"], np.float64).reshape(-1, k)
+                b = np.asarray(cli_factors[name + ".0.weight"], np.float64).reshape(k, -1)
+                seq = small.get_submodule(name)
+                got = (seq[1].weight.detach().double().numpy().reshape(-1, k)
+                       @ seq[0].weight.detach().double().numpy().reshape(k, -1))
+                diffs[mode, name] = np.linalg.norm(got - a @ b) / np.linalg.norm(a @ b)
+        self.assertLess(diffs["asymmetric", "features.3"], 1e-5)  # the first: as any fit
+        self.assertLess(diffs["asymmetric", "features.6"], 1e-5)
+        self.assertGreater(diffs["symmetric", "features.6"], 1e-3)
 
 
 class AsymmetricErrors(unittest.TestCase):
