@@ -307,9 +307,10 @@ def compress(model, ranks, data, method="dalr", device=None, precision=None, lam
     Returns (compressed, report): a deep copy of the model, each named module replaced by
     nn.Sequential(nn.Linear(n, k, bias=False), nn.Linear(k, m)) or by
     nn.Sequential(nn.Conv2d(c_in, k, kernel, stride, padding, dilation, bias=False),
-    nn.Conv2d(k, c_out, 1)); `model` is untouched (the hooks run on the copy). report
+    nn.Conv2d(k, c_out, 1)); `model` is untouched (the hooks run on deep copies). report
     maps each name to the CLI's report fields for its layer (conv layers add
-    flops_per_position).
+    flops_per_position; "sequential" is the fit the layer got: "asymmetric", "symmetric"
+    (also svd and svd-bc in asymmetric mode) or False).
     """
     if method not in _FACTOR_METHODS:
         raise Error(f"method '{method}' cannot be used by compress(): choose one of "
