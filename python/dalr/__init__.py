@@ -10,6 +10,9 @@ The engine of the ``dalr-gpu`` command line as a Python package:
   (images, C, H, W) without materialising the patch matrix.
 * ``solve``: one layer's factors (A, B, bias) by any of the CLI's methods (a 4-D conv
   weight gives conv-shaped factors).
+* ``CrossStats`` and ``asymmetric_solve``: the asymmetric fit of sequential compression
+  (the layer fitted from its inputs in the compressed network to the original network's
+  outputs; the CLI's ``--sequential asymmetric``).
 * ``compress``: an ``nn.Module`` in, a copy out with each named ``nn.Linear`` replaced by
   ``nn.Sequential(nn.Linear(n, k, bias=False), nn.Linear(k, m))`` and each named
   ``nn.Conv2d`` by ``nn.Sequential(nn.Conv2d(c_in, k, kernel, ..., bias=False),
@@ -18,9 +21,10 @@ The engine of the ``dalr-gpu`` command line as a Python package:
 Errors the user can act on raise ``dalr.Error`` (a ``ValueError``) with the CLI's messages.
 """
 from ._api import Error, Factors, Stats, cuda_available, methods, solve
+from ._asym import CrossStats, asymmetric_solve
 from ._conv import ConvStats
 from ._torch import compress
 
-__all__ = ["ConvStats", "Error", "Factors", "Stats", "compress", "cuda_available", "methods",
-           "solve"]
+__all__ = ["ConvStats", "CrossStats", "Error", "Factors", "Stats", "asymmetric_solve", "compress",
+           "cuda_available", "methods", "solve"]
 __version__ = "0.1.0"

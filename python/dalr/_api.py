@@ -62,7 +62,33 @@ def _torch_16bit():
     return (torch.bfloat16, torch.float16)
 
 
-class Stats:
+class _Accumulated:
+    """The properties of statistics held by the extension's object self._s."""
+
+    @property
+    def n(self):
+        return self._s.n
+
+    @property
+    def count(self):
+        """Samples added so far (rows of every batch, or patches of a conv layer's maps;
+        merged statistics included)."""
+        return self._s.count
+
+    @property
+    def precision(self):
+        return self._s.precision
+
+    @property
+    def device(self):
+        return self._s.device
+
+    @property
+    def dtype(self):
+        return _DTYPES[self._s.precision]
+
+
+class Stats(_Accumulated):
     """Streaming statistics of a layer's inputs x (n features): C = sum_j x_j x_j^T and
     the per-feature sums and maxima, in memory independent of the number of samples.
 
@@ -88,26 +114,6 @@ class Stats:
                 raise Error(f"Stats: the weight takes {w.shape[1]} inputs, n is {n}")
             self._s = _dalr.Stats.with_layer(w, b, precision, device)
 
-    @property
-    def n(self):
-        return self._s.n
-
-    @property
-    def count(self):
-        """Samples added so far (rows of every batch, merged statistics included)."""
-        return self._s.count
-
-    @property
-    def precision(self):
-        return self._s.precision
-
-    @property
-    def device(self):
-        return self._s.device
-
-    @property
-    def dtype(self):
-        return _DTYPES[self._s.precision]
 
     def add(self, x):
         """Adds a batch of samples: x of shape (batch, n), NumPy or torch (any float
@@ -178,22 +184,38 @@ def solve(weight, bias, stats, method="dalr", rank=None, keep=None, lam=None, la
     (flops_per_position: c_out c_in kh kw before, k (c_in kh kw + c_out) after)."""
     if not isinstance(stats, Stats):
         raise Error("solve: stats must be a dalr.Stats")
+    w, b, conv_shape, kernel = _layer_for(weight, bias, stats, "solve")
+    r = _dalr.solve(stats._s, w, b, method, *_solve_args(rank, keep, lam, lam_rel, device, error),
+                    bias is not None)
+    return _factors(r, weight, w.shape, conv_shape, kernel)
+
+
+def _layer_for(weight, bias, stats, what):
+    """The weight (m, n) and bias as the engine takes them for `stats`, the 4-D shape of a
+    conv weight (or None) and the statistics' kernel (a ConvStats', else None)."""
     dt = stats.dtype
     w, conv_shape = _weight_matrix(weight, dt)
     kernel = getattr(stats, "kernel_size", None)  # a ConvStats'
     if conv_shape is not None and kernel is not None \
             and conv_shape[1:] != (stats.channels, *kernel):
-        raise Error(f"solve: the conv weight's shape {conv_shape} does not match the statistics' "
-                    f"{stats.channels} channels and {kernel[0]} x {kernel[1]} kernel")
-    had_bias = bias is not None
+        raise Error(f"{what}: the conv weight's shape {conv_shape} does not match the "
+                    f"statistics' {stats.channels} channels and {kernel[0]} x {kernel[1]} kernel")
     b = np.zeros(w.shape[0], dt) if bias is None else _host_array(bias, dt, "bias", 1)
-    r = _dalr.solve(stats._s, w, b, method, None if rank is None else int(rank),
-                    None if keep is None else float(keep), None if lam is None else float(lam),
-                    float(lam_rel), device, bool(error), had_bias)
+    return w, b, conv_shape, kernel
+
+
+def _solve_args(rank, keep, lam, lam_rel, device, error):
+    return (None if rank is None else int(rank), None if keep is None else float(keep),
+            None if lam is None else float(lam), float(lam_rel), device, bool(error))
+
+
+def _factors(r, weight, shape, conv_shape, kernel):
+    """The engine's result as Factors: conv-shaped for a conv layer, torch tensors on the
+    weight's device when the weight was a tensor."""
     out = Factors(r["A"], r["B"], r["bias"], list(r["kept_units"]), list(r["spectrum"]),
                   dict(r["report"]))
     if conv_shape is not None or kernel is not None:
-        _as_conv(out, w.shape, conv_shape)
+        _as_conv(out, shape, conv_shape)
     if _is_torch(weight):
         import torch
         conv = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(  # noqa: E731

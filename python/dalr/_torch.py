@@ -6,9 +6,11 @@ import sys
 import time
 
 from ._api import Error, Stats, cuda_available, solve
+from ._asym import CrossStats, asymmetric_solve
 from ._conv import ConvStats, conv_geometry
 
 _FACTOR_METHODS = ("dalr", "dalr-exact", "svd", "svd-bc")
+_ASYMMETRIC_METHODS = ("dalr", "dalr-exact")  # svd and svd-bc fit no data: symmetric
 
 
 def _first_input(batch):
@@ -117,64 +119,142 @@ def _new_stats(mod, precision, device):
     return Stats(mod.in_features, precision, device)
 
 
+def _layer_input(name, mod, inputs):
+    """A layer's input as its statistics take it: an nn.Conv2d's feature maps (images, C,
+    H, W), an nn.Linear's (batch, ..., n) flattened to rows (batch..., n)."""
+    x = inputs[0]
+    if _is_conv(mod):
+        return x.unsqueeze(0) if x.dim() == 3 else x  # Conv2d's unbatched input (C, H, W)
+    n = mod.in_features
+    if x.shape[-1] != n:
+        raise Error(f"module '{name}': input of shape {tuple(x.shape)} has not {n} features")
+    return x.reshape(-1, n)
+
+
 def _hook_for(name, mod, stats, want, order, state):
     """The forward hook of one layer: notes the order in which the layers first run and
     streams the inputs of the layers `want` accepts into stats[name]."""
-    conv = _is_conv(mod)
-    n = None if conv else mod.in_features
 
     def hook(_mod, inputs, _out):
         if name not in order:
             order.append(name)
         if not want(name):
             return
-        x = inputs[0]
-        if conv and x.dim() == 3:  # Conv2d's unbatched input (C, H, W)
-            x = x.unsqueeze(0)
-        if not conv and x.shape[-1] != n:
-            raise Error(f"module '{name}': input of shape {tuple(x.shape)} has not {n} features")
+        x = _layer_input(name, mod, inputs)
         try:
             if name not in stats:
                 stats[name] = _new_stats(mod, state["precision"], state["device"])
-            stats[name].add(x if conv else x.reshape(-1, n))
+            stats[name].add(x)
         except Error as e:
             raise Error(f"batch {state['batch']}, module '{name}': {e}") from None
     return hook
+
+
+def _run(runner, data, state, progress, label):
+    """Runs `runner` once over `data` under torch.no_grad()."""
+    import torch
+    param = next(runner.parameters(), None)
+    model_device = param.device if param is not None else None
+    t0 = time.monotonic()
+    with torch.no_grad():
+        if callable(data) and not isinstance(data, torch.Tensor):
+            data(runner)
+        else:
+            for i, batch in enumerate(data):
+                state["batch"] = i
+                runner(_move(_first_input(batch), model_device))
+                if progress and (i + 1) % 50 == 0:
+                    print(f"dalr.compress: {label}{i + 1} batches, "
+                          f"{time.monotonic() - t0:.1f} s", file=sys.stderr)
+
+
+def _no_inputs(name):
+    return Error(f"module '{name}' saw no inputs while the model ran on the data "
+                 "(is it used in forward()? a fused fast path, e.g. "
+                 "nn.TransformerEncoderLayer's with batch_first=True in eval mode, "
+                 "bypasses its submodules)")
 
 
 def _data_pass(work, layers, data, state, progress, label, first_only=False):
     """Runs `work` once over `data` with hooks on `layers` ({name: module}); returns the
     statistics of the layers (first_only: of the one that runs first) and the order in
     which the layers first ran."""
-    import torch
     stats, order = {}, []
     want = (lambda name: name == order[0]) if first_only else (lambda _: True)
     handles = [mod.register_forward_hook(_hook_for(name, mod, stats, want, order, state))
                for name, mod in layers.items()]
-    param = next(work.parameters(), None)
-    model_device = param.device if param is not None else None
-    t0 = time.monotonic()
     try:
-        with torch.no_grad():
-            if callable(data) and not isinstance(data, torch.Tensor):
-                data(work)
-            else:
-                for i, batch in enumerate(data):
-                    state["batch"] = i
-                    work(_move(_first_input(batch), model_device))
-                    if progress and (i + 1) % 50 == 0:
-                        print(f"dalr.compress: {label}{i + 1} batches, "
-                              f"{time.monotonic() - t0:.1f} s", file=sys.stderr)
+        _run(work, data, state, progress, label)
     finally:
         for h in handles:
             h.remove()
     for name in layers:
         if name not in order or (want(name) and stats[name].count == 0):
-            raise Error(f"module '{name}' saw no inputs while the model ran on the data "
-                        "(is it used in forward()? a fused fast path, e.g. "
-                        "nn.TransformerEncoderLayer's with batch_first=True in eval mode, "
-                        "bypasses its submodules)")
+            raise _no_inputs(name)
     return stats, order
+
+
+def _asymmetric_pass(orig, work, name, data, state, progress, label):
+    """The asymmetric statistics of layer `name`: every batch runs through the original
+    model `orig` (the layer's inputs X) and then through `work`, whose earlier layers are
+    replaced (X^); returns (C^ of X^, C_o of X, K = X X^^T). A callable `data` is given a
+    module that runs both models and returns work's output."""
+    import torch
+    mod = work.get_submodule(name)
+    got = {"x": [], "xh": []}
+    stats = []
+
+    def grab(key):
+        def hook(_mod, inputs, _out):
+            got[key].append(_layer_input(name, mod, inputs))
+        return hook
+
+    def feed():
+        xs, xhs = got["x"], got["xh"]
+        if len(xs) != len(xhs):
+            raise Error(f"the layer ran {len(xs)} time(s) in the original model and {len(xhs)} "
+                        "in the compressed one on the same batch (use sequential='symmetric')")
+        for x, xh in zip(xs, xhs):
+            if x.shape != xh.shape:
+                raise Error(f"its input has shape {tuple(x.shape)} in the original model and "
+                            f"{tuple(xh.shape)} in the compressed one")
+            if not stats:
+                hat = _new_stats(mod, state["precision"], state["device"])
+                stats.extend([hat, _new_stats(mod, state["precision"], state["device"]),
+                              CrossStats.like(hat)])
+            stats[0].add(xh)
+            stats[1].add(x)
+            stats[2].add(x, xh)
+
+    class Both(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.orig, self.work = orig, work
+
+        def forward(self, *args, **kwargs):
+            got["x"].clear()
+            got["xh"].clear()
+            self.orig(*args, **kwargs)
+            out = self.work(*args, **kwargs)
+            try:
+                feed()
+            except Error as e:
+                raise Error(f"batch {state['batch']}, module '{name}': {e}") from None
+            finally:
+                got["x"].clear()
+                got["xh"].clear()
+            return out
+
+    handles = [orig.get_submodule(name).register_forward_hook(grab("x")),
+               mod.register_forward_hook(grab("xh"))]
+    try:
+        _run(Both(), data, state, progress, label)
+    finally:
+        for h in handles:
+            h.remove()
+    if not stats or stats[0].count == 0:
+        raise _no_inputs(name)
+    return tuple(stats)
 
 
 def _layer_report(name, mod, f, sequential):
@@ -185,6 +265,7 @@ def _layer_report(name, mod, f, sequential):
                             stride=list(mod.stride), dilation=list(mod.dilation),
                             padding=mod.padding if isinstance(mod.padding, str)
                             else list(mod.padding))
+    if sequential or _is_conv(mod):
         rep["sequential"] = sequential
     return rep
 
@@ -207,33 +288,51 @@ def compress(model, ranks, data, method="dalr", device=None, precision=None, lam
     else cpu). precision: fp64 or fp32 (default fp64 on the CPU, fp32 on a GPU). lam:
     absolute ridge (default lam_rel * trace(C)/n).
 
-    sequential: True compresses the layers one at a time in the order the model first
-    runs them, each from the statistics of the model whose earlier named layers are
-    already replaced (one pass over the data per layer, so data must be re-iterable: a
-    list, a DataLoader or a callable, not a generator); False compresses every layer from
-    the original model in one pass. Default: True when a Conv2d is named, else False.
-    The sequential fit here is symmetric (the CLI's ``--sequential symmetric``: each layer
-    solved from its inputs in the compressed model alone); the CLI's default asymmetric fit
-    (the original model's outputs as the target, dalr/asymmetric.hpp) has no Python entry
-    point yet.
+    sequential: "asymmetric" (or True) compresses the layers one at a time in the order
+    the model first runs them, each fitted from its inputs in the model whose earlier named
+    layers are already replaced to the ORIGINAL model's outputs of that layer (Zhang et
+    al., "Accelerating very deep convolutional networks", 2015; the CLI's default
+    ``--sequential asymmetric``, dalr.asymmetric_solve): every batch runs through a copy of
+    the original model and through the compressed one, so errors of earlier layers are
+    corrected rather than followed. "symmetric" also goes one layer at a time but solves
+    each layer from its inputs in the compressed model alone (``--sequential
+    symmetric``). Both take one pass over the data per layer, so data must be re-iterable
+    (a list, a DataLoader or a callable, not a generator); a callable is then given a
+    module that runs both models and returns the compressed one's output. The first layer
+    to run, and every layer under svd or svd-bc (which fit no data), get the ordinary
+    solve. The asymmetric fit solves with C^ + lam I by Cholesky: lam=0 raises, use
+    "symmetric" there. False compresses every layer from the original model in one pass.
+    Default: "asymmetric" when a Conv2d is named, else False.
 
     Returns (compressed, report): a deep copy of the model, each named module replaced by
     nn.Sequential(nn.Linear(n, k, bias=False), nn.Linear(k, m)) or by
     nn.Sequential(nn.Conv2d(c_in, k, kernel, stride, padding, dilation, bias=False),
-    nn.Conv2d(k, c_out, 1)); `model` is untouched (the hooks run on the copy). report
+    nn.Conv2d(k, c_out, 1)); `model` is untouched (the hooks run on deep copies). report
     maps each name to the CLI's report fields for its layer (conv layers add
-    flops_per_position).
+    flops_per_position; "sequential" is the fit the layer got: "asymmetric", "symmetric"
+    (also svd and svd-bc in asymmetric mode) or False).
     """
     if method not in _FACTOR_METHODS:
         raise Error(f"method '{method}' cannot be used by compress(): choose one of "
                     f"{', '.join(_FACTOR_METHODS)} (pruning changes the layer's output width; "
                     "use dalr.solve)")
     layers = _check_ranks(model, ranks)
+    if not (sequential is None or isinstance(sequential, bool)
+            or (isinstance(sequential, str) and sequential in ("asymmetric", "symmetric"))):
+        raise Error(f"sequential must be 'asymmetric' (or True), 'symmetric' or False, got "
+                    f"{sequential!r}")
     if sequential is None:
         sequential = any(_is_conv(m) for m in layers.values())
+    if sequential is True:
+        sequential = "asymmetric"
     if sequential and len(layers) > 1 and isinstance(data, collections.abc.Iterator):
         raise Error("sequential compression runs the data once per layer: pass a list, a "
                     "DataLoader or a callable, not an iterator or generator (or sequential=False)")
+    asymmetric = sequential == "asymmetric" and method in _ASYMMETRIC_METHODS
+    fit = "asymmetric" if asymmetric else ("symmetric" if sequential else False)
+    if asymmetric and lam is not None and not lam > 0:
+        raise Error(f"the asymmetric fit solves with C^ + lam I by Cholesky and needs lam > 0 "
+                    f"(got {lam}): give lam above 0 or use sequential='symmetric'")
     param = next(model.parameters(), None)
     model_device = param.device if param is not None else None
     if device is None:
@@ -250,13 +349,19 @@ def compress(model, ranks, data, method="dalr", device=None, precision=None, lam
     report = {}
 
     def finish(name, st):
+        """Solves layer `name` from its Stats, or asymmetrically from (C^, C_o, K)."""
         mod, r = mods[name], ranks[name]
         t1 = time.monotonic()
-        f = solve(mod.weight, mod.bias, st, method, rank=r if isinstance(r, int) else None,
-                  keep=r if isinstance(r, float) else None, lam=lam, lam_rel=lam_rel,
-                  device=device)
+        kw = dict(rank=r if isinstance(r, int) else None, keep=r if isinstance(r, float) else None,
+                  lam=lam, lam_rel=lam_rel, device=device)
+        asym_fit = isinstance(st, tuple)
+        if asym_fit:
+            f = asymmetric_solve(mod.weight, mod.bias, *st, method, **kw)
+            st = st[0]
+        else:
+            f = solve(mod.weight, mod.bias, st, method, **kw)
         _replace(work, name, _factored(mod, f))
-        report[name] = _layer_report(name, mod, f, sequential)
+        report[name] = _layer_report(name, mod, f, fit)
         if progress:
             err = report[name]["error_train"]
             rel = "n/a" if not err or err["rel"] is None else f"{err['rel']:.4g}"
@@ -264,10 +369,12 @@ def compress(model, ranks, data, method="dalr", device=None, precision=None, lam
             what = f"{st.images} images, {st.count} patches" if _is_conv(mod) \
                 else f"{st.count} samples"
             print(f"dalr.compress: {name} ({m} x {n}) rank {f.rank}, {what}, relative error "
-                  f"{rel}, {time.monotonic() - t1:.2f} s", file=sys.stderr)
+                  f"{rel}{' (asymmetric fit)' if asym_fit else ''}, "
+                  f"{time.monotonic() - t1:.2f} s", file=sys.stderr)
 
     was_training = work.training
     work.eval()
+    orig = None
     try:
         if not sequential:
             stats, _ = _data_pass(work, mods, data, state, progress, "")
@@ -275,14 +382,21 @@ def compress(model, ranks, data, method="dalr", device=None, precision=None, lam
                 finish(name, stats[name])
         else:
             # The first pass finds the order the layers run in and collects the first one's
-            # statistics; each later pass, the next layer's, through the layers replaced so far.
+            # statistics; each later pass, the next layer's, through the layers replaced so
+            # far (and, asymmetric, through a copy of the original model too).
             stats, order = _data_pass(work, mods, data, state, progress,
                                       f"layer 1 of {len(mods)}, ", first_only=True)
-            finish(order[0], stats[order[0]])
+            finish(order[0], stats[order[0]])  # X^ = X: the asymmetric fit is the ordinary one
+            if asymmetric and len(order) > 1:
+                orig = copy.deepcopy(model).eval()
             for i, name in enumerate(order[1:], 2):
-                stats, _ = _data_pass(work, {name: mods[name]}, data, state, progress,
-                                      f"layer {i} of {len(mods)}, ")
-                finish(name, stats[name])
+                label = f"layer {i} of {len(mods)}, "
+                if asymmetric:
+                    st = _asymmetric_pass(orig, work, name, data, state, progress, label)
+                    finish(name, st)
+                else:
+                    stats, _ = _data_pass(work, {name: mods[name]}, data, state, progress, label)
+                    finish(name, stats[name])
     finally:
         work.train(was_training)
     return work, {name: report[name] for name in layers}

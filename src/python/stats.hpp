@@ -92,6 +92,33 @@ std::vector<T> to_vector(const HostVec<T>& a) {
   return std::vector<T>(a.data(), a.data() + a.shape(0));
 }
 
+// A conv layer's geometry for statistics of width n, its map size (height, width 0) not
+// yet known: set_conv's checks, shared by Stats and CrossStats.
+inline ConvGeometry conv_without_size(int64_t channels, int64_t kernel_h, int64_t kernel_w,
+                                      int64_t stride, int64_t pad, int64_t dilation, int64_t n) {
+  ConvGeometry g;
+  g.channels = channels;
+  g.kernel_h = kernel_h;
+  g.kernel_w = kernel_w;
+  g.stride = stride;
+  g.pad = pad;
+  g.dilation = dilation;
+  g.height = g.width = 1;
+  if (kernel_h >= 1 && kernel_w >= 1 && dilation >= 1) {  // a map the kernel fits in
+    g.height = checked_mul(dilation, kernel_h - 1, "the dilated kernel's height") + 1;
+    g.width = checked_mul(dilation, kernel_w - 1, "the dilated kernel's width") + 1;
+  }
+  g.check();  // names a size below 1 or a negative padding
+  const int64_t patch =
+      checked_mul(checked_mul(channels, kernel_h, "the patch size"), kernel_w, "the patch size");
+  if (patch != n)
+    throw Error("set_conv: the patches of " + std::to_string(channels) + " channels and a " +
+                std::to_string(kernel_h) + " x " + std::to_string(kernel_w) + " kernel have " +
+                std::to_string(patch) + " values, the statistics' width is " + std::to_string(n));
+  g.height = g.width = 0;  // not known before the first batch
+  return g;
+}
+
 // One precision's state of a Stats object.
 template <typename T>
 struct Accumulator {
@@ -140,27 +167,7 @@ class Stats {
                 int64_t dilation) {
     if (count_ > 0 || conv_)
       throw Error("set_conv: the statistics already hold samples or a convolution");
-    ConvGeometry g;
-    g.channels = channels;
-    g.kernel_h = kernel_h;
-    g.kernel_w = kernel_w;
-    g.stride = stride;
-    g.pad = pad;
-    g.dilation = dilation;
-    g.height = g.width = 1;
-    if (kernel_h >= 1 && kernel_w >= 1 && dilation >= 1) {  // a map the kernel fits in
-      g.height = checked_mul(dilation, kernel_h - 1, "the dilated kernel's height") + 1;
-      g.width = checked_mul(dilation, kernel_w - 1, "the dilated kernel's width") + 1;
-    }
-    g.check();  // names a size below 1 or a negative padding
-    const int64_t n =
-        checked_mul(checked_mul(channels, kernel_h, "the patch size"), kernel_w, "the patch size");
-    if (n != n_)
-      throw Error("set_conv: the patches of " + std::to_string(channels) + " channels and a " +
-                  std::to_string(kernel_h) + " x " + std::to_string(kernel_w) + " kernel have " +
-                  std::to_string(n) + " values, the statistics' width is " + std::to_string(n_));
-    g.height = g.width = 0;  // not known before the first batch
-    conv_ = g;
+    conv_ = conv_without_size(channels, kernel_h, kernel_w, stride, pad, dilation, n_);
   }
 
   int64_t n() const { return n_; }

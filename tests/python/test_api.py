@@ -12,7 +12,8 @@ Run: build/pyenv/bin/python tests/python/test_api.py DALR_GPU SOURCE_DIR
     model untouched, and is exact at full rank;
   * bad inputs raise dalr.Error with a message naming the problem;
   * conv layers (dalr.ConvStats, 4-D weights, nn.Conv2d in compress): tests/python/test_conv.py,
-    whose tests run here too.
+    and the asymmetric sequential fit (dalr.CrossStats, dalr.asymmetric_solve, compress's
+    default): tests/python/test_asym.py, whose tests run here too.
 """
 import copy
 import filecmp
@@ -32,6 +33,9 @@ sys.path.insert(0, os.path.join(SRC, "tools"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dalr  # noqa: E402
 import dalr_format as F  # noqa: E402
+import test_asym  # noqa: E402
+from test_asym import AsymmetricErrors, AsymmetricSolve, CompressAsymmetric, ExampleEqualsCli  # noqa: E402,F401,E501
+test_asym.DALR_GPU, test_asym.SRC = DALR_GPU, SRC
 from test_conv import CompressConv, ConvCuda, ConvErrors, ConvStatistics  # noqa: E402,F401
 
 try:

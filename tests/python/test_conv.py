@@ -271,9 +271,11 @@ class CompressConv(unittest.TestCase):
                                    atol=1e-10)
 
     def test_sequential(self):
+        # symmetric (the asymmetric default: tests/python/test_asym.py)
         model, data = conv_net(), self.data(2)
         ranks = {"conv3": 3, "conv2": 4}  # not in forward order
-        seq, _ = dalr.compress(model, ranks, data, progress=False)
+        seq, rep = dalr.compress(model, ranks, data, sequential="symmetric", progress=False)
+        self.assertEqual(rep["conv3"]["sequential"], "symmetric")
         ind, rep = dalr.compress(model, ranks, data, sequential=False, progress=False)
         self.assertFalse(rep["conv3"]["sequential"])
         # by hand: conv2 on the original model, then conv3 on the model with conv2 replaced
@@ -301,7 +303,7 @@ class CompressConv(unittest.TestCase):
         convs = {"stem": 8, "layer1.conv1": 13, "layer1.conv2": 13, "layer1.down.0": 8,
                  "fc": 6}
         small, report = dalr.compress(model, convs, data, method="dalr-exact", lam=0.0,
-                                      progress=False)
+                                      sequential="symmetric", progress=False)
         self.assertTrue(model.training and small.training)  # the user's mode, kept
         x = torch.randn(2, 3, 17, 13, dtype=torch.float64)
         with torch.no_grad():  # exact on the data's distribution: eval mode, as compressed
