@@ -105,7 +105,7 @@ fi
 # ---- several processes: the NCCL path as a single-rank smoke test ----
 # mpirun -np 1 with --device cuda sums C through NCCL (one rank) and must give the
 # single process's report; skipped when the build has no NCCL or mpirun is missing.
-if command -v mpirun >/dev/null && ldd "$BUILD/dalr-gpu" 2>/dev/null | grep -q libnccl; then
+if command -v mpirun >/dev/null && ldd "$BUILD/dalr-gpu" 2>/dev/null | grep libnccl >/dev/null; then
   EX=examples/fashion2digits
   MPI_ARGS=(compress --model "$EX/model.bin" --acts "$EX/acts_train.npy" --layer classifier.3
             --rank 12 --device cuda --precision fp32 -q)
