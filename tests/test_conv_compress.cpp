@@ -401,7 +401,13 @@ TEST_F(ConvCompress, BudgetRanksFromTheOriginalSpectraThenSequentialPasses) {
     compress_ok("--layer c1 --rank " + std::to_string(k[0]) + lam + file("h1.bin"));
     compress_ok("--layer c2 --rank " + std::to_string(k[1]) + lam + file("h2.bin"), file("h1.bin"));
     compress_ok("--layer fc --rank " + std::to_string(k[2]) + lam + file("h3.bin"), file("h2.bin"));
-    const SafetensorsFile s(file(by + ".bin")), h(file("h3.bin"));
+    // Each by-hand step sees only the model it is given: the symmetric fit. The default
+    // (asymmetric) passes use the same ranks but fit to the original network's outputs.
+    compress_ok(opts + " --budget-by " + by + " --sequential symmetric --out " +
+                file(by + "s.bin") + " --report " + file(by + "s.json"));
+    EXPECT_EQ(r["sequential"]["mode"], "asymmetric");
+    EXPECT_EQ(report(file(by + "s.json"))["budget"]["ranks"].get<std::vector<int64_t>>(), k);
+    const SafetensorsFile s(file(by + "s.bin")), h(file("h3.bin"));
     ASSERT_EQ(s.tensors().size(), h.tensors().size());
     for (const TensorInfo& t : s.tensors())
       EXPECT_LT(rel_diff(s.read_f64(t.name), h.read_f64(t.name)), 1e-6) << t.name;
