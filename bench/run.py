@@ -434,11 +434,12 @@ def main():
     ap.add_argument("--numpy-eigh", choices=["subset", "subset-evr", "full"], default="subset",
                     help="--solve-shapes: the NumPy/SciPy peer's eigensolver (default subset: "
                          "scipy.linalg.eigh's subset_by_index, driver evx)")
-    ap.add_argument("--max-load", type=float, default=0,
-                    help="--solve-shapes: before each run wait for the 1-minute load average "
-                         "to fall to this (0: never wait; default)")
+    ap.add_argument("--max-busy", type=float, default=0,
+                    help="--solve-shapes, on a shared machine: before each run wait until "
+                         "other processes keep at most this many cores busy, and run again "
+                         "when they took more meanwhile (0: never; default)")
     ap.add_argument("--load-wait", type=int, default=300,
-                    help="--solve-shapes: the longest wait for --max-load per run (s)")
+                    help="--solve-shapes: the longest wait for --max-busy per run (s)")
     ap.add_argument("--data-dir", help="--solve-shapes: where the random data of each shape "
                     "is kept (default BUILD/bench/solve-shapes)")
     ap.add_argument("--quick", action="store_true",

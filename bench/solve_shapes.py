@@ -20,11 +20,13 @@ All three get the same BLAS thread count (--threads; OPENBLAS_NUM_THREADS, OMP_N
 MKL_NUM_THREADS, torch.set_num_threads) and OPENBLAS_CORETYPE as dalr-gpu picks it.
 
 Order: a warm-up of each tool at the first shape; then per shape its files are read once
-(page cache), and --repeats rounds run the tools interleaved (A, B, C, A, B, C, ...). With
---max-load L, each run first waits (30 s steps, at most --load-wait s) for the 1-minute load
-average to fall to L. Each run records its wall and CPU seconds (CPU / wall: the cores it
-got), peak resident memory, the load average before and after, and the tool's own stage
-times. Afterwards the three compressed layers are compared on the first 1,024 samples in
+(page cache), and --repeats rounds run the tools interleaved (A, B, C, A, B, C, ...). Each
+run records its wall and CPU seconds (CPU / wall: the cores it got), the cores other
+processes kept busy meanwhile (/proc/stat's busy time less the run's own CPU time), peak
+resident memory, the load average before and after, and the tool's own stage times. On a
+shared machine, --max-busy C makes each run first wait (at most --load-wait s) until other
+processes use at most C cores over 5 s, and run again (twice at most) when they took more
+than C while it ran; the discarded attempts stay in the JSON. Afterwards the three compressed layers are compared on the first 1,024 samples in
 float64: each one's relative training error ||W X - A B X|| / ||W X|| (they must agree to
 1e-3 relative) and their outputs' difference from dalr-gpu's.
 
@@ -140,34 +142,63 @@ def tool_env(a, core):
     return env
 
 
+def busy_cpu_s():
+    """CPU seconds the whole machine has been busy since boot (/proc/stat: all but idle
+    and iowait), to tell how much other processes ran alongside a timed one."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def others_busy(seconds=5.0):
+    """Cores the machine's processes keep busy now, over `seconds` (the harness sleeps)."""
+    b0, t0 = busy_cpu_s(), time.perf_counter()
+    time.sleep(seconds)
+    return (busy_cpu_s() - b0) / (time.perf_counter() - t0)
+
+
 def wait_for_quiet(a):
-    """Seconds waited for the 1-minute load average to fall to --max-load (0: no wait)."""
+    """Seconds waited until other processes keep at most --max-busy cores busy (0: no
+    wait), in 30 s steps, at most --load-wait seconds."""
     waited = 0
-    while a.max_load > 0 and os.getloadavg()[0] > a.max_load and waited < a.load_wait:
-        if waited == 0:
-            log(f"load {os.getloadavg()[0]:.1f} > --max-load {a.max_load}: waiting")
-        time.sleep(30)
+    while a.max_busy > 0 and waited < a.load_wait:
+        busy = others_busy()
+        if busy <= a.max_busy:
+            break
+        log(f"other processes keep {busy:.2f} cores busy (> --max-busy {a.max_busy}, load "
+            f"{os.getloadavg()[0]:.1f}): waiting")
+        time.sleep(25)
         waited += 30
     return waited
 
 
 def one_run(a, tool, cmd, js, env, what):
-    waited = wait_for_quiet(a)
-    load0 = os.getloadavg()[0]
-    usage = []
-    wall, _ = run(cmd, what, env=env, usage=usage)
-    ru = usage[0]
+    """One timed run; with --max-busy, run again (at most twice) when other processes took
+    more than --max-busy cores while it ran (the discarded attempts are kept)."""
+    discarded = []
+    for attempt in range(3):
+        waited = wait_for_quiet(a)
+        load0, busy0 = os.getloadavg()[0], busy_cpu_s()
+        usage = []
+        wall, _ = run(cmd, what, env=env, usage=usage)
+        ru = usage[0]
+        cpu = ru.ru_utime + ru.ru_stime
+        rec = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": ru.ru_maxrss / 1024,
+               "others_cores": max(0.0, busy_cpu_s() - busy0 - cpu) / wall,
+               "load_before": load0, "load_after": os.getloadavg()[0], "waited_s": waited,
+               "timing_s": json.load(open(js)).get("timing_s")}
+        log(f"{what}: {wall:.2f} s (CPU {cpu / wall:.2f} cores, others "
+            f"{rec['others_cores']:.2f} cores, load {load0:.1f} -> {rec['load_after']:.1f})")
+        if a.max_busy <= 0 or rec["others_cores"] <= a.max_busy or attempt == 2:
+            break
+        discarded.append(rec)
+        log(f"{what}: other processes took {rec['others_cores']:.2f} cores: run again")
     rep = json.load(open(js))
-    rec = {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
-           "peak_rss_mib": ru.ru_maxrss / 1024, "load_before": load0,
-           "load_after": os.getloadavg()[0], "waited_s": waited,
-           "timing_s": rep.get("timing_s")}
     for key in ("solve", "openblas_core", "tool", "numpy", "scipy", "fallback", "eigh",
                 "torch", "device", "notes"):
         if key in rep:
             rec[key] = rep[key]
-    log(f"{what}: {wall:.2f} s (CPU {rec['cpu_s'] / wall:.2f} cores, load "
-        f"{load0:.1f} -> {rec['load_after']:.1f})")
+    rec["discarded"] = discarded
     return rec
 
 
@@ -208,6 +239,7 @@ def summarise(runs):
     loads = [r["load_before"] for r in runs] + [r["load_after"] for r in runs]
     return {"median_s": med, "walls_s": walls, "timing_s_median_run": mid["timing_s"],
             "cores_used": statistics.median(r["cpu_s"] / r["wall_s"] for r in runs),
+            "others_cores": max(r["others_cores"] for r in runs),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
             "load": [min(loads), max(loads)], "runs": runs}
 
@@ -293,8 +325,9 @@ def table(res):
         loads = [x for tv in s["tools"].values() for x in tv["load"]]
         row.append(fmt_load([min(loads), max(loads)]))
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "| shape | tool | walls (s) | cores used | peak RSS (MiB) | stages (s) | "
-              "training error (rel.) | outputs vs dalr-gpu |", "|" + " --- |" * 8]
+    lines += ["", "| shape | tool | walls (s) | cores used | others' cores (max) | peak RSS "
+              "(MiB) | stages (s) | training error (rel.) | outputs vs dalr-gpu |",
+              "|" + " --- |" * 9]
     for s in res["shapes"]:
         for t, tv in s["tools"].items():
             ag = s["agreement"]["tools"][t]
@@ -304,7 +337,8 @@ def table(res):
             path = tv["runs"][0].get("solve")
             lines.append(f"| {s['name']} | {names[t]}{f' ({path})' if path else ''} | "
                          + ", ".join(f"{w:.2f}" for w in tv["walls_s"])
-                         + f" | {tv['cores_used']:.2f} | {tv['peak_rss_mib']:.0f} | {stages} | "
+                         + f" | {tv['cores_used']:.2f} | {tv['others_cores']:.2f} | "
+                         f"{tv['peak_rss_mib']:.0f} | {stages} | "
                          f"{ag['error_rel']:.7f}{'' if ag['agree'] else ' (DISAGREES)'} | "
                          f"{ag['output_diff_vs_dalr_gpu']:.1e} |")
     return "\n".join(lines) + "\n"
@@ -335,7 +369,7 @@ def main(a):
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": a.device, "rank": a.rank,
            "repeats": a.repeats, "threads": a.threads, "openblas_core": core,
            "machine": machine(), "versions": versions, "peers_from": peers_from,
-           "max_load": a.max_load, "shapes": shapes_res}
+           "max_busy": a.max_busy, "shapes": shapes_res}
     text = table(res)
     print(text)
     write_atomic(os.path.join(a.out, "solve_shapes.json"), json.dumps(res, indent=2) + "\n")
