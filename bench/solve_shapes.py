@@ -312,6 +312,9 @@ def measure(a, shapes, pys, tmp):
         summarise_shape(s, a.device, a.max_busy or QUIET)
         s["agreement"] = agreement(d, {tool: c[2] for tool, c in cmds.items()})
         results.append(s)
+        # What is done so far survives an interrupted run.
+        write_atomic(os.path.join(a.out, "solve_shapes.partial.json"),
+                     json.dumps({"device": a.device, "shapes": results}, indent=2) + "\n")
         log(f"{name}: " + ", ".join(f"{t} {v['median_s']:.2f} s" for t, v in s["tools"].items()))
     return results, core, env
 
@@ -417,6 +420,7 @@ def main(a):
     print(text)
     write_atomic(os.path.join(a.out, "solve_shapes.json"), json.dumps(res, indent=2) + "\n")
     write_atomic(os.path.join(a.out, "solve_shapes.md"), text)
+    os.remove(os.path.join(a.out, "solve_shapes.partial.json"))
     bad = [f"{s['name']}: {t}" for s in shapes_res for t, r in s["agreement"]["tools"].items()
            if not r["agree"]]
     if bad:
