@@ -21,7 +21,7 @@ eigenpairs) and numpy.linalg.solve (LU) for the ridge solve; it says so on stder
 its JSON (`"scipy": null`, `"fallback"`).
 
   peer_numpy_dalr.py --make DIR --m 4096 --n 4096 --p 5994   # DIR/model.bin + DIR/acts.npy
-  peer_numpy_dalr.py --run DIR --rank 256 [--out F.bin] [--json R.json] [--eigh subset|full]
+  peer_numpy_dalr.py --run DIR --rank 256 [--out F.bin] [--json R.json] [--eigh E]
 
 --make writes random data: W = randn / sqrt(n) (m x n, layer `fc`), b = randn / 10,
 X = |randn| scaled by 1/sqrt(1 + unit index) (p x n, a decaying spectrum). The BLAS
