@@ -6,7 +6,7 @@
 #   bench/device_check.sh LOGDIR
 # Needs: nvcc, CMake, a C++ compiler; build dependencies from the system or from
 # .devdeps/*.deb (made by bench/device_deps.sh where apt works); for the streaming
-# benchmark, build/bench-images (bench/make_bench_images.py, carried). Budget: about 6 min, 10 at the timeouts.
+# benchmark, build/bench-images (bench/make_bench_images.py, carried). Budget: about 7 min, 13 at the timeouts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=$(mkdir -p "${1:-device-logs}" && cd "${1:-device-logs}" && pwd)
@@ -222,6 +222,16 @@ if [ -x "$BUILD/bench/bench_peak" ] && [ -d "$IMGS" ]; then
     --layers classifier.0 --repeats 1 --out "$LOG/harness" >"$LOG/harness.log" 2>&1
   note "bench/run.py (VGG19 fc6, 5994 images, vs the PyTorch peer and the floor): rc $? (harness.log, harness/)"
   BENCH_ROWS+=("$(cat "$LOG/harness/table.md" 2>/dev/null || tail -5 "$LOG/harness.log")")
+fi
+# The solve from an activation file (fc7's and fc6's shapes, one round): dalr-gpu and the
+# torch peer on the GPU, the NumPy/SciPy peer on the CPU, in $PY (the table says which
+# versions; without SciPy the NumPy peer falls back and says so).
+if [ -x "$BUILD/dalr-gpu" ]; then
+  timeout 180 $PY bench/run.py --solve-shapes fc7,fc6 --build "$BUILD" --device cuda \
+    --repeats 1 --peer-python "$(command -v $PY)" --out "$LOG/solve-shapes" \
+    >"$LOG/solve_shapes.log" 2>&1
+  note "bench/run.py --solve-shapes fc7,fc6 (GPU; NumPy peer on the CPU): rc $? (solve_shapes.log)"
+  BENCH_ROWS+=("$(cat "$LOG/solve-shapes/solve_shapes.md" 2>/dev/null || tail -5 "$LOG/solve_shapes.log")")
 fi
 
 # ---- summary, last ----

@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,18 +41,9 @@ ROOT = os.path.dirname(HERE)
 EXAMPLE = os.path.join(ROOT, "examples", "fashion2digits")
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import dalr_format  # noqa: E402  (the project's reader of its model files)
-
-
-def fail(msg):
-    print(f"bench/run.py: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def log(msg):
-    print(f"[bench +{time.time() - T0:.0f}s] {msg}", file=sys.stderr, flush=True)
-
-
-T0 = time.time()
+from harness_util import fail, log, run  # noqa: E402
+import solve_shapes  # noqa: E402
+from solve_shapes import QUICK as QUICK_SHAPES  # noqa: E402
 
 
 # ---------------------------------------------------------------- model files
@@ -117,25 +107,6 @@ def layer_shapes(model):
 
 
 # ---------------------------------------------------------------- running things
-
-
-def run(cmd, what, env=None, rss=None):
-    """Runs cmd; returns (wall seconds, output). Fails the harness with its output on error.
-    With a list `rss`, appends the process's peak resident memory in MiB (its own, from
-    wait4, not its children's)."""
-    t = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out:
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        dt = time.perf_counter() - t
-        out.seek(0)
-        text = out.read()
-    if p.returncode != 0:
-        fail(f"{what} failed (exit {p.returncode}):\n  {' '.join(cmd)}\n{text[-3000:]}")
-    if rss is not None:
-        rss.append(usage.ru_maxrss / 1024)  # KiB on Linux
-    return dt, text
 
 
 def timed(cmd, what, repeats, warmup=True, env=None, rss=None):
@@ -455,18 +426,44 @@ def main():
                     help="also run dalr-gpu's job once on 10x the images and report both peak "
                          "resident memories (flat: memory does not grow with N)")
     ap.add_argument("--out", default="bench-out", help="results folder")
+    ap.add_argument("--solve-shapes", nargs="?", const="fc7,pn,fc6", metavar="SHAPES",
+                    help="instead of the streaming job: dalr-gpu compress --acts FILE against "
+                         "the NumPy/SciPy and the current-torch peers, interleaved, at fc7 "
+                         "(4096 x 4096, p = 5994), pn (4096 x 16384, p = 2048) and fc6 "
+                         "(4096 x 25088, p = 5994), or at [name=]m:n:p items; see "
+                         "bench/solve_shapes.py")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="--solve-shapes: BLAS threads of every tool (default: all cores)")
+    ap.add_argument("--peer-python", help="--solve-shapes: the peers' Python (default "
+                    "BUILD/peer-venv/bin/python, made by bench/setup_peers.sh)")
+    ap.add_argument("--numpy-eigh", choices=["subset", "subset-evr", "full"], default="subset",
+                    help="--solve-shapes: the NumPy/SciPy peer's eigensolver (default subset: "
+                         "scipy.linalg.eigh's subset_by_index, driver evx)")
+    ap.add_argument("--max-busy", type=float, default=0,
+                    help="--solve-shapes, on a shared machine: before each run wait until "
+                         "other processes keep at most this many cores busy, and run again "
+                         "when they took more meanwhile (0: never; default)")
+    ap.add_argument("--load-wait", type=int, default=300,
+                    help="--solve-shapes: the longest wait for --max-busy per run (s)")
+    ap.add_argument("--data-dir", help="--solve-shapes: where the random data of each shape "
+                    "is kept (default BUILD/bench/solve-shapes)")
     ap.add_argument("--quick", action="store_true",
                     help="CI smoke: the shipped example, 16 images, small solve, one repeat")
     a = ap.parse_args()
 
     a.dalr_gpu = os.path.join(a.build, "dalr-gpu")
+    if a.device is None:
+        a.device = "cuda" if (shutil.which("nvidia-smi") and os.path.exists(
+            os.path.join(a.build, "bench", "bench_gpu"))) else "cpu"
+    if a.solve_shapes is not None:
+        if a.quick:
+            a.solve_shapes = a.solve_shapes if a.solve_shapes != "fc7,pn,fc6" else QUICK_SHAPES
+            a.rank, a.repeats = 8, 1
+        return solve_shapes.main(a)
     a.bench_stream = os.path.join(a.build, "bench", "bench_stream")
     for exe in (a.dalr_gpu, a.bench_stream, os.path.join(a.build, "bench", "bench_peak")):
         if not os.access(exe, os.X_OK):
             fail(f"{exe} is missing: build first (tools/setup.sh)")
-    if a.device is None:
-        a.device = "cuda" if (shutil.which("nvidia-smi") and os.path.exists(
-            os.path.join(a.build, "bench", "bench_gpu"))) else "cpu"
     if a.device == "cpu" and a.precision != "fp32":
         fail(f"--precision {a.precision} needs --device cuda (the peer runs fp32 only on the CPU, "
              "and dalr-gpu's CPU fp16/bf16 is an emulation, not a speed-up)")
