@@ -56,14 +56,16 @@ TEST(MemoryModel, PrimalFileJobByHand) {
   const MemoryEstimate e = estimate_memory(file_job(), 1000);
   // load: the layer's pages 336, W and b (77 + 7) x 8 = 672, W as read 77 x 8 = 616.
   EXPECT_EQ(stage(e, "load"), 336 + 672 + 616);
-  // statistics: + C 121 x 8 = 968; chunks of 5 < CpuStats' 256 are gathered, so Y is
-  // m x min(256, 13) = 7 x 13 x 8 = 728 and the block 11 x 256 x 8 = 22528; sums and
-  // maxima 2 (11 + 7) doubles = 288; the file's chunk 11 x 5 x 8 = 440.
-  EXPECT_EQ(term(e, "statistics", "output statistics' scratch (m x 13)"), 728);
-  EXPECT_EQ(stage(e, "statistics"), 336 + 672 + 968 + 728 + 288 + 22528 + 440);
+  // statistics: + C 121 x 8 = 968; chunks of 5 < CpuStats' 256 are gathered in a block
+  // 11 x 256 x 8 = 22528; sums and maxima of the inputs 2 x 11 doubles = 176 (dalr keeps
+  // none of the outputs); the file's chunk 11 x 5 x 8 = 440.
+  for (const StageMemory& st : e.stages)
+    for (const MemoryTerm& t : st.host)
+      EXPECT_EQ(t.name.find("output statistics"), std::string::npos);
+  EXPECT_EQ(stage(e, "statistics"), 336 + 672 + 968 + 176 + 22528 + 440);
   // After the pass: the above less the block and chunk, the factors (3 x 18 + 7) x 8 = 488,
   // the measured BLAS buffers 5e6 + 448 x 11 x 8.
-  const double resident = 336 + 672 + 968 + 728 + 288 + 488 + (5e6 + 448 * 11 * 8);
+  const double resident = 336 + 672 + 968 + 176 + 488 + (5e6 + 448 * 11 * 8);
   // solve: W C 616, the factor of C + lambda I 968, G 49 x 8 = 392 and syevd's workspace
   // (1 + 6 x 7 + 2 x 49) x 8 + 7 x 8 eigenvalues + (3 + 5 x 7) x 4 integers = 1336.
   EXPECT_EQ(term(e, "solve", "G (m x m), its eigensolver and the products after it"), 392 + 1336);
@@ -76,6 +78,18 @@ TEST(MemoryModel, PrimalFileJobByHand) {
   EXPECT_EQ(e.host_peak(), 1000 + stage(e, "solve"));
   EXPECT_EQ(e.host_peak_stage().name, "solve");
   EXPECT_EQ(e.device_peak(), 0);
+  // The outputs' statistics where something reads them (keeps_output_statistics): Y is
+  // m x min(256, 13) = 7 x 13 x 8 = 728, the sums and maxima 2 (11 + 7) doubles = 288.
+  for (const bool save : {false, true}) {
+    MemoryShape s = file_job();
+    if (save)
+      s.save_stats = true;
+    else
+      s.method = Method::PruneMean;
+    const MemoryEstimate o = estimate_memory(s, 1000);
+    EXPECT_EQ(term(o, "statistics", "output statistics' scratch (m x 13)"), 728);
+    EXPECT_EQ(stage(o, "statistics"), 336 + 672 + 968 + 728 + 288 + 22528 + 440);
+  }
 }
 
 TEST(MemoryModel, DualFileJobByHand) {
@@ -107,7 +121,7 @@ TEST(MemoryModel, GpuJobUsesTheStepsOwnTerms) {
   s.elem = 4;
   const MemoryEstimate e = estimate_memory(s);
   const double c = 121 * 4;  // C stays on the device after the pass
-  EXPECT_EQ(stage(e, "statistics", true), total_bytes(gpu_stats_terms(11, 7, 5, 4)));
+  EXPECT_EQ(stage(e, "statistics", true), total_bytes(gpu_stats_terms(11, 0, 5, 4)));  // no W X
   // cuda::solve: 2 x 77 + 121 + 49 + (7 + 22) + 21 + 66 + 33 + syevd(11) 309 = 782 values,
   // and the 64 MiB reserve.
   EXPECT_EQ(total_bytes(gpu_solve_terms(Method::Dalr, 7, 11, 3, 4)), 782 * 4 + 67108864.0);

@@ -62,10 +62,15 @@ class SplitAccumulator final : public StatsAccumulator<T> {
 template <typename T>
 std::unique_ptr<StatsAccumulator<T>> make_accumulator(const Plan& p, const Layer<T>& l,
                                                       Backend& backend) {
-  const int64_t m = l.w.rows, n = l.w.cols, batch = p.o.batch;
-  if (!p.o.lambda_auto) return backend.stats(n, m, &l.w, &l.b, batch);
-  return std::make_unique<SplitAccumulator<T>>(backend.stats(n, m, &l.w, &l.b, batch),
-                                               backend.stats(n, m, &l.w, &l.b, batch), n);
+  const int64_t n = l.w.cols, batch = p.o.batch;
+  const bool outputs =
+      keeps_output_statistics(p.method, !p.o.save_stats.empty(), !p.o.stats_in.empty());
+  const int64_t m = outputs ? l.w.rows : 0;
+  const Matrix<T>* w = outputs ? &l.w : nullptr;
+  const std::vector<T>* b = outputs ? &l.b : nullptr;
+  if (!p.o.lambda_auto) return backend.stats(n, m, w, b, batch);
+  return std::make_unique<SplitAccumulator<T>>(backend.stats(n, m, w, b, batch),
+                                               backend.stats(n, m, w, b, batch), n);
 }
 
 // The statistics of a job once its samples are in (split for --lambda auto), combined

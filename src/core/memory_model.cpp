@@ -169,6 +169,11 @@ class Model {
     return cpu_gather(l.n, e_, chunk(l), p);
   }
 
+  // The outputs the statistics keep sums and maxima of: m, or 0 (keeps_output_statistics).
+  int64_t output_width(const Layer& l) const {
+    return keeps_output_statistics(s_.method, s_.save_stats, s_.stats_in) ? l.m : 0;
+  }
+
   // The weights: the model file's pages read (mapped), and W and b in T.
   void weights(Terms& t, bool whole_file) const {
     double read = 0, w = 0;
@@ -205,9 +210,12 @@ class Model {
       const Gather g = gather(l);
       h.add(copies > 1 ? "C twice, fit and held out (2 x n x n)" : "C (n x n)",
             copies * double(l.n) * double(l.n));
-      h.add("output statistics' scratch (m x " + std::to_string(int64_t(g.ycols)) + ")",
-            copies * double(l.m) * g.ycols);
-      h.bytes("sums and maxima (2 (n + m) doubles)", copies * 2 * double(l.n + l.m) * 8);
+      const int64_t ym = output_width(l);
+      if (ym > 0)
+        h.add("output statistics' scratch (m x " + std::to_string(int64_t(g.ycols)) + ")",
+              copies * double(ym) * g.ycols);
+      h.bytes(ym > 0 ? "sums and maxima (2 (n + m) doubles)" : "sums and maxima (2 n doubles)",
+              copies * 2 * double(l.n + ym) * 8);
     }
   }
 
@@ -233,7 +241,7 @@ class Model {
         (s_.cuda ? d : h)
             .add("patch tile (n x " + std::to_string(l.tile) + ")", double(l.n) * double(l.tile));
       if (s_.cuda) {
-        d.all(gpu_stats_terms(l.n, l.m, chunk(l), s_.elem));
+        d.all(gpu_stats_terms(l.n, output_width(l), chunk(l), s_.elem));
         if (l.positions == 0)
           h.add("pinned staging blocks (2 x n x batch)", 2 * double(l.n) * double(s_.batch));
         continue;

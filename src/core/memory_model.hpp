@@ -75,6 +75,14 @@ struct MemoryShape {
   std::vector<Layer> layers;
 };
 
+// Whether a compress job's statistics keep the outputs' sums and maxima (a GEMM W X per
+// batch, as costly as C at m = n): the pruning methods read them, and a file that
+// --save-stats writes or --stats brings holds them (the merge checks m), so that such a
+// file serves every method. The accumulators (compress_stats.cpp) and this model agree.
+inline bool keeps_output_statistics(Method method, bool save_stats, bool stats_in) {
+  return is_pruning(method) || save_stats || stats_in;
+}
+
 struct StageMemory {
   std::string name;
   std::vector<MemoryTerm> host, device;

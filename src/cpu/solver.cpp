@@ -18,8 +18,7 @@ namespace {
 template <typename T>
 Matrix<T> transpose(const Matrix<T>& x) {
   Matrix<T> t(x.cols, x.rows);
-  for (int64_t j = 0; j < x.cols; ++j)
-    for (int64_t i = 0; i < x.rows; ++i) t(j, i) = x(i, j);
+  transpose_into(x.ptr(), x.rows, x.cols, x.ld(), t.ptr(), t.ld());
   return t;
 }
 
