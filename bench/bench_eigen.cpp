@@ -1,9 +1,11 @@
-// CPU timing of the two eigensolvers the dalr solves can use for G's top k
-// eigenvectors: the full decomposition (?syevd) against the index range (cpu::syev_range,
-// eigenpairs m-k+1..m), on a symmetric PSD matrix shaped like G = W C W^T (a Gram of
-// random activations with a decaying scale, so the spectrum decays as real layers' do).
-// The auto rule's threshold (dalr::topk_eigensolver_pays) comes from these numbers
-// (bench/RESULTS.md). Warm-up, median of repeats, JSON out. Timings never live in tests.
+// CPU timing of the eigensolvers the dalr solves can use for G's top k eigenvectors: the
+// full decomposition (?syevd), the index range (cpu::syev_range, eigenpairs m-k+1..m) and
+// the Chebyshev-filtered subspace iteration (cpu::top_eigenpairs_subspace, where its block
+// fits; its steps and the relative difference of its top-k sum from the index range's), on a
+// symmetric PSD matrix shaped like G = W C W^T (a Gram of random activations with a decaying scale,
+// so the spectrum decays as real layers' do). The auto rule's threshold
+// (dalr::topk_eigensolver_pays) comes from these numbers (bench/RESULTS.md). Warm-up, median of
+// repeats, JSON out. Timings never live in tests.
 //   bench_eigen [--sizes 512,1024,2048 --fractions 0.01,0.05,0.1,0.2,0.3,0.5
 //                --precision fp32 --repeats 3 --json out.json]
 #include <CLI/CLI.hpp>
@@ -18,6 +20,7 @@
 #include "bench_common.hpp"
 #include "cpu/blas_core.hpp"
 #include "cpu/lapack.hpp"
+#include "cpu/subspace_eig.hpp"
 #include "dalr/matrix.hpp"
 
 namespace {
@@ -54,15 +57,34 @@ nlohmann::json run(const std::vector<int64_t>& sizes, const std::vector<double>&
         dalr::Matrix<T> a = a0;
         dalr::cpu::syev_range('L', m, a.ptr(), a.ld(), m - k + 1, m, w.data(), z.ptr(), z.ld());
       });
-      rows.push_back({{"m", m},
-                      {"k", k},
-                      {"k_over_m", double(k) / m},
-                      {"full_s", full},
-                      {"topk_s", topk},
-                      {"speedup", full / topk}});
-      std::fprintf(stderr, "m %5lld k %5lld (k/m %.3f): full %.3f s, top-k %.3f s, %.2fx\n",
+      nlohmann::json row = {{"m", m},         {"k", k},         {"k_over_m", double(k) / m},
+                            {"full_s", full}, {"topk_s", topk}, {"speedup", full / topk}};
+      double top_sum = 0;  // the top k's sum from the index-range solve (w ascending)
+      for (int64_t i = 0; i < k; ++i) top_sum += double(w[static_cast<size_t>(i)]);
+      std::string sub_text = "subspace: block does not fit";
+      if (dalr::cpu::subspace_block(m, k) > 0) {
+        dalr::Matrix<T> v;
+        std::vector<double> sw;
+        dalr::cpu::SubspaceResult res;
+        const double sub = dalr::bench::wall_median(
+            repeats, [&] { res = dalr::cpu::top_eigenpairs_subspace(a0, k, &v, &sw); });
+        double sub_sum = 0;
+        for (double x : sw) sub_sum += x;
+        row["subspace_s"] = sub;
+        row["subspace_converged"] = res.converged;
+        row["subspace_steps"] = res.iterations;
+        row["subspace_vs_topk"] = topk / sub;
+        row["subspace_energy_rel_diff"] =
+            res.converged ? std::abs(sub_sum - top_sum) / std::abs(top_sum) : 1.0;
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "subspace %.3f s (%s, %d steps), %.2fx top-k", sub,
+                      res.converged ? "converged" : "NOT converged", res.iterations, topk / sub);
+        sub_text = buf;
+      }
+      rows.push_back(row);
+      std::fprintf(stderr, "m %5lld k %5lld (k/m %.3f): full %.3f s, top-k %.3f s, %.2fx; %s\n",
                    static_cast<long long>(m), static_cast<long long>(k), double(k) / m, full, topk,
-                   full / topk);
+                   full / topk, sub_text.c_str());
     }
   }
   return rows;

@@ -17,6 +17,7 @@
 
 #include "cpu/lapack.hpp"
 #include "cpu/recon.hpp"
+#include "cpu/subspace_eig.hpp"
 #include "dalr/error.hpp"
 #include "dalr/solver.hpp"
 #include "oracle.hpp"
@@ -131,6 +132,111 @@ TEST(LapackTopK, RejectsARangeOutsideTheMatrix) {
             std::string::npos);
 }
 
+// ---- the subspace iteration (cpu::top_eigenpairs_subspace) ----
+
+template <typename T>
+void check_subspace(const std::vector<double>& lambda, int64_t k, std::mt19937_64& rng,
+                    bool gapped) {
+  const int64_t m = static_cast<int64_t>(lambda.size());
+  SCOPED_TRACE("m=" + std::to_string(m) + " k=" + std::to_string(k) +
+               (std::is_same_v<T, float> ? " fp32" : " fp64") + (gapped ? " gapped" : " decaying"));
+  Mat top;
+  const Matrix<T> a = oracle::from_double<T>(known_spectrum(lambda, k, rng, &top));
+  const double eps = std::numeric_limits<T>::epsilon();
+  Matrix<T> v;
+  std::vector<double> w;
+  const cpu::SubspaceResult r = cpu::top_eigenpairs_subspace(a, k, &v, &w);
+  ASSERT_TRUE(r.converged) << "residual " << r.residual << " after " << r.iterations;
+  EXPECT_EQ(r.block, k + std::max<int64_t>(k / 2, 32));
+  EXPECT_LE(r.residual, 16 * eps);
+  ASSERT_EQ(v.rows, m);
+  ASSERT_EQ(v.cols, k);
+  ASSERT_EQ(static_cast<int64_t>(w.size()), k);
+  std::vector<double> want(lambda);
+  std::sort(want.rbegin(), want.rend());  // descending, as the iteration returns them
+  const double top_value = want[0];
+  for (int64_t i = 0; i < k; ++i)
+    EXPECT_NEAR(w[i], want[i], 4 * double(m) * eps * top_value) << "eigenvalue " << i;
+  // Each returned pair's residual in float64, and orthonormal columns.
+  const Mat dv = oracle::to_double(v), da = oracle::to_double(a);
+  const Mat av = oracle::mul(da, dv);
+  for (int64_t j = 0; j < k; ++j) {
+    double res = 0;
+    for (int64_t i = 0; i < m; ++i) res += std::pow(av(i, j) - w[j] * dv(i, j), 2);
+    EXPECT_LE(std::sqrt(res), 64 * eps * top_value) << "residual of pair " << j;
+  }
+  const Mat vtv = oracle::mul(dv, dv, true, false);
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t i = 0; i < k; ++i)
+      ASSERT_NEAR(vtv(i, j), i == j ? 1.0 : 0.0, 64 * eps) << i << "," << j;
+  // The subspace: against the known basis and syevd's where the gap at k defines it.
+  if (gapped) {
+    EXPECT_LT(projector_distance(v, top), 1e3 * eps * std::sqrt(double(k)));
+    Matrix<T> full = a;
+    std::vector<T> wf(static_cast<size_t>(m));
+    cpu::syevd('V', 'L', m, full.ptr(), full.ld(), wf.data());
+    Matrix<T> vf(m, k);
+    for (int64_t j = 0; j < k; ++j) std::copy_n(&full(0, m - 1 - j), m, &vf(0, j));
+    EXPECT_LT(projector_distance(v, vf), 1e3 * eps * std::sqrt(double(k)));
+  }
+}
+
+TEST(SubspaceEig, MatchesTheKnownSpectrumAndSyevd) {
+  const uint64_t seed = announce_seed(1505);
+  std::mt19937_64 rng(seed);
+  for (const auto& [m, k] :
+       std::vector<std::pair<int64_t, int64_t>>{{66, 1}, {101, 5}, {101, 18}, {157, 45}}) {
+    const std::vector<double> gapped = gapped_spectrum(m, k, rng);
+    check_subspace<double>(gapped, k, rng, true);
+    check_subspace<float>(gapped, k, rng, true);
+    // As G decays: a few large eigenvalues (1e3 the k-th), then i^-1.2, no gap at k, and a
+    // null space of rank-deficient statistics (zeros).
+    std::vector<double> decaying(static_cast<size_t>(m));
+    for (int64_t i = 0; i < m; ++i)
+      decaying[i] = i < 3 ? 1e3 * (3 - i) : (i < m - 5 ? std::pow(double(i), -1.2) : 0.0);
+    std::shuffle(decaying.begin(), decaying.end(), rng);
+    check_subspace<double>(decaying, k, rng, false);
+    check_subspace<float>(decaying, k, rng, false);
+  }
+}
+
+TEST(SubspaceEig, ZeroAndLowRankMatrices) {
+  // All zero: the eigenvalues are 0 and any orthonormal basis will do.
+  Matrix<double> z(70, 70), v;
+  std::vector<double> w;
+  const cpu::SubspaceResult r = cpu::top_eigenpairs_subspace(z, 2, &v, &w);
+  ASSERT_TRUE(r.converged);
+  EXPECT_EQ(w, std::vector<double>(2, 0.0));
+  // Rank 3 < the block: the rest of the spectrum is 0 and one power step finishes.
+  std::mt19937_64 rng(announce_seed(1506));
+  std::vector<double> lambda(90, 0.0);
+  lambda[10] = 5, lambda[40] = 2, lambda[77] = 1;
+  check_subspace<double>(lambda, 3, rng, true);
+  check_subspace<float>(lambda, 3, rng, true);
+}
+
+TEST(SubspaceEig, GivesUpRatherThanReturnAWrongAnswer) {
+  // Far below zero (not what G or H are): the filter on [0, hi] cannot damp it, the top k
+  // never reach the tolerance, and the caller is told so (it then runs MRRR).
+  std::mt19937_64 rng(announce_seed(1507));
+  std::uniform_real_distribution<double> u(0, 1);
+  std::vector<double> lambda(80);
+  for (size_t i = 0; i < lambda.size(); ++i) lambda[i] = i < 4 ? 1 + u(rng) : -100 + 50 * u(rng);
+  std::shuffle(lambda.begin(), lambda.end(), rng);
+  Mat top;
+  const Matrix<double> a = known_spectrum(lambda, 4, rng, &top);
+  Matrix<double> v;
+  std::vector<double> w;
+  const cpu::SubspaceResult r = cpu::top_eigenpairs_subspace(a, 4, &v, &w);
+  EXPECT_FALSE(r.converged);
+  EXPECT_GT(r.residual, r.tolerance);
+  // A block that would not fit in half of m is refused before any work.
+  Matrix<double> small(60, 60);
+  const cpu::SubspaceResult s = cpu::top_eigenpairs_subspace(small, 1, &v, &w);
+  EXPECT_FALSE(s.converged);
+  EXPECT_EQ(s.block, 0);
+}
+
 // ---- the dalr solves with either eigensolver ----
 
 // Activations whose G decays as real layers' do (solver_problem.hpp, decay 0.85).
@@ -153,19 +259,24 @@ double recon_rel(const Problem& pr, const Factors<T>& f) {
 }
 
 template <typename T>
-void check_solve_topk(const Problem& pr, Method method, int64_t k, double lambda_rel) {
+void check_solve_topk(const Problem& pr, Method method, int64_t k, double lambda_rel,
+                      Eigensolver tried = Eigensolver::TopK) {
   const int64_t m = pr.w.rows, n = pr.w.cols;
   SCOPED_TRACE(std::string(method_name(method)) + " m=" + std::to_string(m) +
                " n=" + std::to_string(n) + " k=" + std::to_string(k) +
-               (std::is_same_v<T, float> ? " fp32" : " fp64"));
+               (std::is_same_v<T, float> ? " fp32 " : " fp64 ") + eigensolver_name(tried));
   const Matrix<T> w = oracle::from_double<T>(pr.w), x = oracle::from_double<T>(pr.x);
   const std::vector<T> b(pr.b.begin(), pr.b.end());
   LayerStats<T> st(n, m);
   st.add(x.ptr(), x.cols, x.ld(), &w, b.data(), 0);
   const double lambda = default_lambda(st, lambda_rel);
   const Factors<T> full = solve<T>({method, k, lambda, Eigensolver::Full}, w, b, st);
-  const Factors<T> topk = solve<T>({method, k, lambda, Eigensolver::TopK}, w, b, st);
+  const Factors<T> topk = solve<T>({method, k, lambda, tried}, w, b, st);
   const double eps = std::numeric_limits<T>::epsilon();
+  EXPECT_EQ(full.eigensolver, "full");
+  // The subspace iteration runs where its block fits and converges on these spectra.
+  EXPECT_EQ(topk.eigensolver, use_subspace_eigensolver(tried, m, k) ? "subspace" : "topk")
+      << topk.eigensolver_note;
 
   // Eigenvalues: the top k, to rounding of the largest.
   ASSERT_EQ(static_cast<int64_t>(full.spectrum.size()), m);
@@ -206,6 +317,25 @@ TEST(SolveTopK, DalrAndDalrExactMatchTheFullEigensolver) {
   }
 }
 
+// The subspace iteration in the solves: shapes whose block (k + max(k / 2, 32)) fits in
+// half of m, k from 1 up to the largest that does; lambda > 0 and the pseudo-inverse.
+TEST(SolveTopK, SubspaceIterationMatchesTheFullEigensolver) {
+  const uint64_t seed = announce_seed(1504);
+  struct Case {
+    int64_t m, n, p;
+  };
+  for (const Case c : {Case{97, 83, 151}, Case{131, 149, 71}}) {
+    const Problem pr = make_problem(c.m, c.n, c.p, seed + c.m, 0.85);
+    for (Method method : {Method::Dalr, Method::DalrExact})
+      for (int64_t k : {int64_t(1), int64_t(7), c.m / 2 - 32}) {
+        ASSERT_TRUE(use_subspace_eigensolver(Eigensolver::Subspace, c.m, k));
+        check_solve_topk<double>(pr, method, k, 1e-3, Eigensolver::Subspace);
+        check_solve_topk<float>(pr, method, k, 1e-3, Eigensolver::Subspace);
+        check_solve_topk<double>(pr, method, k, 0.0, Eigensolver::Subspace);
+      }
+  }
+}
+
 TEST(SolveTopK, SvdAndPruningIgnoreTheChoice) {
   const Problem pr = make_problem(13, 17, 25, announce_seed(1503), 0.85);
   const Matrix<double> w = pr.w;
@@ -227,10 +357,25 @@ TEST(EigensolverChoice, AutoRuleAndNames) {
   EXPECT_TRUE(use_topk_eigensolver(Eigensolver::Auto, 4096, 256));  // VGG fc7 at rank 256
   EXPECT_FALSE(use_topk_eigensolver(Eigensolver::Full, 4096, 1));
   EXPECT_TRUE(use_topk_eigensolver(Eigensolver::TopK, 7, 7));
-  for (Eigensolver e : {Eigensolver::Auto, Eigensolver::Full, Eigensolver::TopK})
+  EXPECT_TRUE(use_topk_eigensolver(Eigensolver::Subspace, 7, 7));  // GPU: Xsyevdx
+  // Subspace iteration: its block of k + max(k / 2, 32) in half of m; auto from m = 1024
+  // and k <= m / 8.
+  EXPECT_TRUE(use_subspace_eigensolver(Eigensolver::Auto, 4096, 256));   // fc7 at 256
+  EXPECT_TRUE(use_subspace_eigensolver(Eigensolver::Auto, 4096, 512));   // k = m / 8
+  EXPECT_FALSE(use_subspace_eigensolver(Eigensolver::Auto, 4096, 513));  // MRRR
+  EXPECT_FALSE(use_subspace_eigensolver(Eigensolver::Auto, 1023, 100));
+  EXPECT_TRUE(use_subspace_eigensolver(Eigensolver::Auto, 1024, 128));
+  EXPECT_TRUE(use_subspace_eigensolver(Eigensolver::Subspace, 66, 1));  // 2 x 33 <= 66
+  EXPECT_FALSE(use_subspace_eigensolver(Eigensolver::Subspace, 65, 1));
+  EXPECT_FALSE(use_subspace_eigensolver(Eigensolver::Subspace, 4096, 1366));  // 2049 > m / 2
+  EXPECT_FALSE(use_subspace_eigensolver(Eigensolver::TopK, 4096, 256));
+  EXPECT_FALSE(use_subspace_eigensolver(Eigensolver::Full, 4096, 256));
+  for (Eigensolver e :
+       {Eigensolver::Auto, Eigensolver::Full, Eigensolver::TopK, Eigensolver::Subspace})
     EXPECT_EQ(eigensolver_from_name(eigensolver_name(e)), e);
   const std::string msg = test::error_message([] { eigensolver_from_name("lanczos"); });
-  EXPECT_NE(msg.find("unknown eigensolver 'lanczos' (valid: auto, full, topk)"), std::string::npos)
+  EXPECT_NE(msg.find("unknown eigensolver 'lanczos' (valid: auto, full, topk, subspace)"),
+            std::string::npos)
       << msg;
 }
 

@@ -12,13 +12,20 @@ namespace dalr {
 // (?sytrd + ?stemr + ?ormtr, cuSOLVER Xsyevdx). Auto picks by m and k (use_topk_eigensolver). Both
 // give the same eigenvalues and, where the k-th and (k+1)-th eigenvalues are apart, the same
 // subspace to rounding; the factors may differ in their last bits.
-enum class Eigensolver { Auto, Full, TopK };
+// Subspace: on the CPU, Chebyshev-filtered subspace iteration (cpu/subspace_eig.hpp) to
+// LAPACK's residual, falling back to the index-range solver where it does not converge;
+// on the GPU it is the index-range solver (Xsyevdx).
+enum class Eigensolver { Auto, Full, TopK, Subspace };
 
-Eigensolver eigensolver_from_name(const std::string& name);  // auto | full | topk
+Eigensolver eigensolver_from_name(const std::string& name);  // auto | full | topk | subspace
 const char* eigensolver_name(Eigensolver e);
-// Whether the top-k solver runs for an m x m eigenproblem at rank k: TopK always, Full
-// never, Auto when m >= 512 and k <= m / 5, where bench_eigen measured it faster
-// (bench/RESULTS.md).
+// Whether only the top k are found (TopK, Subspace, or Auto when m >= 512 and k <= m / 5,
+// where bench_eigen measured the index-range solver faster: bench/RESULTS.md); false: the
+// full decomposition.
 bool use_topk_eigensolver(Eigensolver e, int64_t m, int64_t k);
+// Whether the CPU tries subspace iteration first: Subspace (where its block of 1.5 k fits
+// in half of m), or Auto when also m >= 1024 and k <= m / 8, where bench_eigen measured it
+// faster than the index-range solver (bench/RESULTS.md).
+bool use_subspace_eigensolver(Eigensolver e, int64_t m, int64_t k);
 
 }  // namespace dalr

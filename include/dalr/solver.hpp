@@ -63,6 +63,12 @@ struct Factors {
   std::vector<double> spectrum;
   double spectrum_rest = 0.0;
   double energy_kept = 0.0;  // sum of the top `rank` of spectrum / sum of all
+  // dalr, dalr-exact: the eigensolver that found A ("full", "topk", "subspace"; empty for
+  // the other methods), and for "subspace" its filter steps; `eigensolver_note` says why
+  // the subspace iteration gave way to "topk" where it did.
+  std::string eigensolver;
+  int eigensolver_steps = 0;
+  std::string eigensolver_note;
 };
 
 // The reconstruction error of Eq. 13 over a set of samples: ||Y - Yhat||_F with Y = W X + b

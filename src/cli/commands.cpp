@@ -80,9 +80,11 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
 namespace {
 
 constexpr const char* kEigensolverHelp =
-    "dalr, dalr-exact: auto | full | topk. How the top k eigenvectors are found: the full "
-    "eigendecomposition, or only the top k (LAPACK MRRR, cuSOLVER Xsyevdx; same subspace "
-    "to rounding); auto takes top-k when m >= 512 and k <= m / 5, where it is faster";
+    "dalr, dalr-exact: auto | full | topk | subspace. How the top k eigenvectors are found: "
+    "the full eigendecomposition, only the top k (LAPACK MRRR, cuSOLVER Xsyevdx), or on the "
+    "CPU a Chebyshev-filtered subspace iteration to LAPACK's residual (MRRR where it does not "
+    "converge; Xsyevdx on the GPU); same subspace to rounding. auto takes subspace when "
+    "m >= 1024 and k <= m / 8, else top-k when m >= 512 and k <= m / 5, where each is faster";
 
 std::vector<int64_t> parse_ranks(const std::string& s) {
   std::vector<int64_t> out;

@@ -1,6 +1,7 @@
 // The method table's checks and look-ups (the table is dalr/solver.hpp's kMethodTable):
 // checked at compile time against the enum's order, so a method added to the enum
 // without a row (or out of order) does not build.
+#include <algorithm>
 #include <array>
 #include <string>
 #include <utility>
@@ -65,9 +66,10 @@ bool needs_gram(Method m) {
 }
 
 Eigensolver eigensolver_from_name(const std::string& name) {
-  for (Eigensolver e : {Eigensolver::Auto, Eigensolver::Full, Eigensolver::TopK})
+  for (Eigensolver e :
+       {Eigensolver::Auto, Eigensolver::Full, Eigensolver::TopK, Eigensolver::Subspace})
     if (name == eigensolver_name(e)) return e;
-  throw Error("unknown eigensolver '" + name + "' (valid: auto, full, topk)");
+  throw Error("unknown eigensolver '" + name + "' (valid: auto, full, topk, subspace)");
 }
 
 const char* eigensolver_name(Eigensolver e) {
@@ -78,6 +80,8 @@ const char* eigensolver_name(Eigensolver e) {
       return "full";
     case Eigensolver::TopK:
       return "topk";
+    case Eigensolver::Subspace:
+      return "subspace";
   }
   throw Error("unknown eigensolver (enum value " + std::to_string(static_cast<int>(e)) + ")");
 }
@@ -92,9 +96,28 @@ bool use_topk_eigensolver(Eigensolver e, int64_t m, int64_t k) {
     case Eigensolver::Full:
       return false;
     case Eigensolver::TopK:
+    case Eigensolver::Subspace:
       return true;
     case Eigensolver::Auto:
       return m >= kMinSize && k * kMaxFractionInverse <= m;
+  }
+  throw Error("unknown eigensolver (enum value " + std::to_string(static_cast<int>(e)) + ")");
+}
+
+bool use_subspace_eigensolver(Eigensolver e, int64_t m, int64_t k) {
+  // The block (k + max(k / 2, 32)) must fit in half of m (cpu::subspace_block). Measured by
+  // bench_eigen on the 2-core build machine (bench/RESULTS.md), fp32, against the index-range
+  // solver: 2.2x at m = 4096, k = 256; 1.1x at k = m / 8, 0.64x at m / 5; 1.26x at m = 1024,
+  // k = 128.
+  const bool fits = k >= 1 && 2 * (k + std::max<int64_t>(k / 2, 32)) <= m;
+  switch (e) {
+    case Eigensolver::Full:
+    case Eigensolver::TopK:
+      return false;
+    case Eigensolver::Subspace:
+      return fits;
+    case Eigensolver::Auto:
+      return fits && m >= 1024 && k * 8 <= m;
   }
   throw Error("unknown eigensolver (enum value " + std::to_string(static_cast<int>(e)) + ")");
 }

@@ -60,6 +60,12 @@ void layer_json(const Plan& p, const LayerJob<T>& j, json& r) {
       {"kept_fraction_weights",
        is_pruning(method) ? double(j.rank) / double(m) : double(j.rank * (m + n)) / double(m * n)}};
   r["energy_kept"] = j.fac.energy_kept;
+  if (!j.fac.eigensolver.empty()) {  // dalr, dalr-exact: what found A
+    json e = {{"ran", j.fac.eigensolver}};
+    if (j.fac.eigensolver == "subspace") e["steps"] = j.fac.eigensolver_steps;
+    if (!j.fac.eigensolver_note.empty()) e["note"] = j.fac.eigensolver_note;
+    r["eigensolver"] = e;
+  }
   r["samples"] = j.st.count();
   if (is_pruning(method)) r["kept_units"] = j.fac.kept_units;
 }

@@ -70,9 +70,18 @@ Gather cpu_gather(int64_t n, double elem, int64_t batch, int64_t p) {
 // (1 + 6m + 2m^2 and 3 + 5m integers) and eigenvalues, or sytrd + stemr + ormtr's.
 double eig_bytes(int64_t m, int64_t k, Eigensolver es, double elem) {
   const double M = double(m), K = double(k);
-  if (use_topk_eigensolver(es, m, k))
-    return (4 * M + std::max({kNb * M, 18 * M, kNb * K + 4160})) * elem +
-           (10 * M + 2 * K) * kIntBytes;
+  if (use_topk_eigensolver(es, m, k)) {
+    const double range =
+        (4 * M + std::max({kNb * M, 18 * M, kNb * K + 4160})) * elem + (10 * M + 2 * K) * kIntBytes;
+    if (!use_subspace_eigensolver(es, m, k)) return range;
+    // The subspace iteration first (cpu/subspace_eig.cpp), the index range after it where it
+    // gives up: four m x l blocks and l x l rotations, its QR's tau and workspace (l x 64),
+    // the Rayleigh-Ritz matrix in double and dsyevd's workspace.
+    const double l = double(k + std::max<int64_t>(k / 2, 32));
+    const double subspace = (4 * M * l + l * l + l + kNb * l) * elem +
+                            (l * l + l + 1 + 6 * l + 2 * l * l) * 8 + (3 + 5 * l) * kIntBytes;
+    return std::max(range, subspace);
+  }
   return (1 + 7 * M + 2 * M * M) * elem + (3 + 5 * M) * kIntBytes;
 }
 

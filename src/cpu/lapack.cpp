@@ -165,6 +165,35 @@ void syev_range(char uplo, int64_t n, double* a, int64_t lda, int64_t il, int64_
   syev_range_impl(uplo, n, a, lda, il, iu, w, z, ldz);
 }
 
+namespace {
+template <typename T, typename Qr, typename Q>
+void orthonormalize_impl(const char* qr_name, Qr qr, const char* q_name, Q q, int64_t m, int64_t n,
+                         T* a, int64_t lda) {
+  if (n == 0) return;
+  std::vector<T> tau(static_cast<size_t>(n));
+  T lq = 0;
+  lapack_int info = qr(LAPACK_COL_MAJOR, m, n, a, lda, tau.data(), &lq, -1);
+  if (info != 0) throw_lapack(qr_name, info, "workspace query");
+  T lq2 = 0;
+  info = q(LAPACK_COL_MAJOR, m, n, n, a, lda, tau.data(), &lq2, -1);
+  if (info != 0) throw_lapack(q_name, info, "workspace query");
+  std::vector<T> wk(workspace(std::max(lq, lq2), n));
+  info =
+      qr(LAPACK_COL_MAJOR, m, n, a, lda, tau.data(), wk.data(), static_cast<lapack_int>(wk.size()));
+  if (info != 0) throw_lapack(qr_name, info, nullptr);
+  info = q(LAPACK_COL_MAJOR, m, n, n, a, lda, tau.data(), wk.data(),
+           static_cast<lapack_int>(wk.size()));
+  if (info != 0) throw_lapack(q_name, info, nullptr);
+}
+}  // namespace
+
+void orthonormalize(int64_t m, int64_t n, float* a, int64_t lda) {
+  orthonormalize_impl("sgeqrf", LAPACKE_sgeqrf_work, "sorgqr", LAPACKE_sorgqr_work, m, n, a, lda);
+}
+void orthonormalize(int64_t m, int64_t n, double* a, int64_t lda) {
+  orthonormalize_impl("dgeqrf", LAPACKE_dgeqrf_work, "dorgqr", LAPACKE_dorgqr_work, m, n, a, lda);
+}
+
 void potrf(char uplo, int64_t n, float* a, int64_t lda) {
   lapack_int info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, uplo, n, a, lda);
   if (info != 0) throw_lapack("spotrf", info, kNotPd);

@@ -62,6 +62,11 @@ void syev_range(char uplo, int64_t n, double* a, int64_t lda, int64_t il, int64_
                 double* z, int64_t ldz);
 
 // Cholesky factorisation; throws "not positive definite" with the failing minor.
+// Overwrites the m x n (m >= n) a with an orthonormal basis of its columns' span: the Q of
+// a = Q R by Householder reflections (?geqrf, then ?orgqr).
+void orthonormalize(int64_t m, int64_t n, float* a, int64_t lda);
+void orthonormalize(int64_t m, int64_t n, double* a, int64_t lda);
+
 void potrf(char uplo, int64_t n, float* a, int64_t lda);
 void potrf(char uplo, int64_t n, double* a, int64_t lda);
 void potrs(char uplo, int64_t n, int64_t nrhs, const float* a, int64_t lda, float* b, int64_t ldb);

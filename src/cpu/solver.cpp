@@ -9,6 +9,7 @@
 #include "common/solver_common.hpp"
 #include "cpu/lapack.hpp"
 #include "cpu/row_stats.hpp"
+#include "cpu/subspace_eig.hpp"
 #include "dalr/error.hpp"
 
 namespace dalr {
@@ -42,7 +43,25 @@ void top_eigenvectors(Matrix<T> s, int64_t k, Eigensolver es, Factors<T>* f) {
   const int64_t m = s.rows;
   std::vector<T> w(static_cast<size_t>(m));
   f->a = Matrix<T>(m, k);
+  if (use_subspace_eigensolver(es, m, k)) {
+    double trace = 0, top = 0;
+    for (int64_t i = 0; i < m; ++i) trace += double(s(i, i));
+    const cpu::SubspaceResult r = cpu::top_eigenpairs_subspace(s, k, &f->a, &f->spectrum);
+    if (r.converged) {
+      f->eigensolver = "subspace";
+      f->eigensolver_steps = r.iterations;
+      for (double v : f->spectrum) top += std::max(v, 0.0);
+      f->spectrum_rest = std::max(trace - top, 0.0);
+      return;
+    }
+    f->eigensolver_note = "the subspace iteration did not reach its tolerance (" +
+                          std::to_string(r.residual) + " after " + std::to_string(r.iterations) +
+                          " steps): the index-range solver ran";
+    f->a = Matrix<T>(m, k);
+    f->spectrum.clear();
+  }
   if (use_topk_eigensolver(es, m, k)) {
+    f->eigensolver = "topk";
     double trace = 0, top = 0;
     for (int64_t i = 0; i < m; ++i) trace += double(s(i, i));
     cpu::syev_range('L', m, s.ptr(), s.ld(), m - k + 1, m, w.data(), f->a.ptr(), f->a.ld());
@@ -53,6 +72,7 @@ void top_eigenvectors(Matrix<T> s, int64_t k, Eigensolver es, Factors<T>* f) {
     f->spectrum_rest = std::max(trace - top, 0.0);
     return;
   }
+  f->eigensolver = "full";
   cpu::syevd('V', 'L', m, s.ptr(), s.ld(), w.data());
   for (int64_t j = 0; j < k; ++j)
     std::copy_n(&s(0, m - 1 - j), m, &f->a(0, j));  // syevd sorts ascending

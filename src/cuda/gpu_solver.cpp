@@ -100,7 +100,8 @@ template <typename T>
 void top_eigenvectors(Ops<T>& ops, DeviceBuffer<T>& s, int64_t m, int64_t k, Eigensolver es,
                       DeviceBuffer<T>& u, Factors<T>* f) {
   DeviceBuffer<T> d_w(static_cast<size_t>(m));
-  if (use_topk_eigensolver(es, m, k)) {
+  if (use_topk_eigensolver(es, m, k)) {  // subspace, a CPU solver, is Xsyevdx here
+    f->eigensolver = "topk";
     // The diagonal (stride m + 1) to the host before the solve destroys it: the trace,
     // summed as the CPU sums it.
     std::vector<T> diag(static_cast<size_t>(m));
@@ -118,6 +119,7 @@ void top_eigenvectors(Ops<T>& ops, DeviceBuffer<T>& s, int64_t m, int64_t k, Eig
     f->spectrum_rest = std::max(trace - top, 0.0);
     return;
   }
+  f->eigensolver = "full";
   ops.syevd(m, s.data(), m, d_w.data());
   // syevd sorts ascending: column m - 1 - j is the j-th largest.
   dk::launch_reverse_columns(s.data(), m, m - 1, u.data(), m, m, k, ops.stream());
