@@ -230,6 +230,31 @@ TEST(SubspaceEig, GivesUpRatherThanReturnAWrongAnswer) {
   const cpu::SubspaceResult r = cpu::top_eigenpairs_subspace(a, 4, &v, &w);
   EXPECT_FALSE(r.converged);
   EXPECT_GT(r.residual, r.tolerance);
+  // Nearly flat (eigenvalues in [1, 1.001]): the filter hardly separates the top k, the
+  // residual falls too slowly, and the iteration says so after its second filter step
+  // rather than after all twelve.
+  std::vector<double> flat(120);
+  for (double& x : flat) x = 1 + 1e-3 * u(rng);
+  Mat flat_top;
+  const Matrix<double> f = known_spectrum(flat, 8, rng, &flat_top);
+  const cpu::SubspaceResult fr = cpu::top_eigenpairs_subspace(f, 8, &v, &w);
+  EXPECT_FALSE(fr.converged);
+  EXPECT_LE(fr.iterations, 3);
+  // The solve then runs the index-range solver and says why: the same factors as TopK's.
+  // (W = I, so G = C: the flat matrix, given as statistics.)
+  const int64_t n = 120;
+  Matrix<double> eye(n, n);
+  for (int64_t i = 0; i < n; ++i) eye(i, i) = 1;
+  const std::vector<double> zeros(n, 0.0), b(n, 0.0);
+  const LayerStats<double> st =
+      LayerStats<double>::from_parts(1000, f, zeros, zeros, std::vector<double>{}, {});
+  const Factors<double> sub =
+      solve<double>({Method::Dalr, 8, 0.5, Eigensolver::Subspace}, eye, b, st);
+  const Factors<double> topk = solve<double>({Method::Dalr, 8, 0.5, Eigensolver::TopK}, eye, b, st);
+  EXPECT_EQ(sub.eigensolver, "topk");
+  EXPECT_NE(sub.eigensolver_note.find("did not reach its tolerance"), std::string::npos);
+  EXPECT_EQ(sub.a.data, topk.a.data);
+  EXPECT_EQ(sub.b.data, topk.b.data);
   // A block that would not fit in half of m is refused before any work.
   Matrix<double> small(60, 60);
   const cpu::SubspaceResult s = cpu::top_eigenpairs_subspace(small, 1, &v, &w);

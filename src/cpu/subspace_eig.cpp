@@ -80,6 +80,7 @@ SubspaceResult top_eigenpairs_subspace(const Matrix<T>& s, int64_t k, Matrix<T>*
   std::swap(v, y);
   orthonormalize(m, l, v.ptr(), v.ld());
   std::vector<double> theta;
+  double previous = 0;  // the residual one step before
   for (int it = 0;; ++it) {
     apply(s, v, sv);
     rayleigh_ritz(v, sv, y, theta);
@@ -113,6 +114,17 @@ SubspaceResult top_eigenpairs_subspace(const Matrix<T>& s, int64_t k, Matrix<T>*
       return r;
     }
     if (it == kMaxIterations) return r;
+    // Stagnation: from the second filter step on, the residual's fall per step predicts the
+    // steps still needed; where they would pass kMaxIterations (a spectrum with no room
+    // between the k-th eigenvalue and the rest, white noise's), the dense solver takes over
+    // now instead of after every step.
+    if (it >= 2) {
+      const double fall = r.residual / previous;
+      if (!(fall < 1) ||
+          it + std::log(r.tolerance / r.residual) / std::log(fall) > kMaxIterations + 0.5)
+        return r;
+    }
+    previous = r.residual;
     // The filter: T_d((2 x - hi) / hi) is at most 1 on [0, hi], where the block's last Ritz
     // value hi bounds what is left out (the matrix is PSD), and grows fast above it.
     const double hi = theta.back();

@@ -11,7 +11,9 @@
 // about half the time of the MRRR top-k solve (bench/RESULTS.md).
 //
 // Convergence is never assumed: a start that does not reach the tolerance within
-// kMaxIterations steps returns converged = false, and so does a matrix with a Ritz value
+// kMaxIterations steps, or whose residual falls too slowly after two filter steps to get
+// there in time (a spectrum with no room between the k-th eigenvalue and the rest),
+// returns converged = false early, and so does a matrix with a Ritz value
 // below zero by more than rounding (not PSD: the filter would grow that part too, and the
 // residual test cannot see eigenpairs missing from the block); the caller then uses the
 // MRRR solver. G and H of dalr and dalr-exact (and their sample-space forms) are PSD by
