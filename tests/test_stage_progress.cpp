@@ -72,6 +72,16 @@ TEST(StageProgress, FlopCountsFollowTheAlgebra) {
   EXPECT_EQ(solve_description(topk, 4096, 4096),
             "dalr, 4096 x 4096, rank 256): eigenvectors of 4096 x 4096 (top 256), Cholesky of "
             "4096 x 4096");
+  // The subspace iteration (auto at 4096 / 256 on the CPU) is estimated cheaper than MRRR,
+  // as bench_eigen measured it; on the GPU auto is Xsyevdx, estimated as MRRR.
+  const SolveOptions autos{Method::Dalr, 256, 1.0, Eigensolver::Auto};
+  EXPECT_LT(solve_flops(autos, 4096, 4096), solve_flops(topk, 4096, 4096));
+  EXPECT_DOUBLE_EQ(solve_flops(autos, 4096, 4096, false), solve_flops(topk, 4096, 4096));
+  EXPECT_LT(solve_flops_dual(autos, 4096, 16384, 2048), solve_flops_dual(topk, 4096, 16384, 2048));
+  EXPECT_EQ(solve_description(autos, 4096, 4096),
+            "dalr, 4096 x 4096, rank 256): eigenvectors of 4096 x 4096 (top 256, subspace "
+            "iteration), Cholesky of 4096 x 4096");
+  EXPECT_EQ(solve_description(autos, 4096, 4096, false), solve_description(topk, 4096, 4096));
   EXPECT_EQ(solve_description({Method::Svd, 8, 0.0}, 30, 20),
             "svd, 30 x 20, rank 8): SVD of 30 x 20");
 }

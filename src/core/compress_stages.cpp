@@ -75,9 +75,10 @@ template <typename T>
 double choose_lambda_rel(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& rates) {
   const int64_t m = j.l.w.rows, n = j.l.w.cols;
   const SolveOptions guess{p.method, j.rank, default_lambda(j.st, 1e-3), p.o.eigensolver};
-  StageProgress line(
-      "lambda auto " + j.name + " (6 solves and held-out errors, " + solve_description(guess, m, n),
-      6 * (solve_flops(guess, m, n) + error_flops(m, n, j.rank, 0)), rates, p.o.quiet);
+  StageProgress line("lambda auto " + j.name + " (6 solves and held-out errors, " +
+                         solve_description(guess, m, n, rates.host()),
+                     6 * (solve_flops(guess, m, n, rates.host()) + error_flops(m, n, j.rank, 0)),
+                     rates, p.o.quiet);
   json curve = json::array();
   double best = -1, chosen = p.o.lambda_rel;
   for (double rel : {1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0}) {
@@ -151,18 +152,19 @@ void solve_layer(const Plan& p, LayerJob<T>& j, Backend& backend, StageRates& ra
   const int64_t m = j.l.w.rows, n = j.l.w.cols;
   if (j.asymmetric) {  // lambda from C^ (j.st), as the symmetric fit's
     StageProgress line("solve " + j.name + " (asymmetric, " + solve_description(opt, m, n),
-                       solve_flops(opt, m, n), rates, p.o.quiet);
+                       solve_flops(opt, m, n), rates, p.o.quiet);  // on the host on every backend
     j.fac = backend.asymmetric_solve(opt, j.l.w, j.l.b, {&j.st, &j.orig, &j.cross});
     line.finish();
   } else if (j.x) {  // the sample-space solve (compress_solve.cpp chose it)
     const int64_t s = j.x->cols;
-    StageProgress line("solve " + j.name + " (" + solve_description_dual(opt, m, n, s),
-                       solve_flops_dual(opt, m, n, s), rates, p.o.quiet);
+    StageProgress line(
+        "solve " + j.name + " (" + solve_description_dual(opt, m, n, s, rates.host()),
+        solve_flops_dual(opt, m, n, s, rates.host()), rates, p.o.quiet);
     j.fac = backend.solve_dual(opt, j.l.w, j.l.b, *j.x);
     line.finish();
   } else {
-    StageProgress line("solve " + j.name + " (" + solve_description(opt, m, n),
-                       solve_flops(opt, m, n), rates, p.o.quiet);
+    StageProgress line("solve " + j.name + " (" + solve_description(opt, m, n, rates.host()),
+                       solve_flops(opt, m, n, rates.host()), rates, p.o.quiet);
     j.fac = backend.solve(opt, j.l.w, j.l.b, j.st);
     line.finish();
   }

@@ -21,9 +21,39 @@ std::string x(int64_t a, int64_t b) {
 // An eigendecomposition of s x s for the top k (or all) eigenvectors, weighted by what
 // bench_eigen measured (the full one about 5 s^3; the top-k one the tridiagonal reduction,
 // about 3 s^3 in practice, and the back-transformation of k vectors, 2 s^2 k).
-double eig_flops(int64_t s, int64_t k, bool topk) {
-  const double d = double(s);
-  return topk ? 3 * d * d * d + 2 * d * d * double(k) : 5 * d * d * d;
+// The subspace iteration (CPU only), as bench_eigen measured it against the others: about
+// 16 s^2 l + 8 s l^2 for its block of l (a few GEMMs of s x s x l per step, QR and
+// Rayleigh-Ritz).
+enum class EigKind { Full, Range, Subspace };
+
+EigKind eig_kind(Eigensolver es, int64_t s, int64_t k, bool host) {
+  if (host && use_subspace_eigensolver(es, s, k)) return EigKind::Subspace;
+  return use_topk_eigensolver(es, s, k) ? EigKind::Range : EigKind::Full;
+}
+
+double eig_flops(int64_t s, int64_t k, EigKind kind) {
+  const double d = double(s), l = double(k + std::max<int64_t>(k / 2, 32));
+  switch (kind) {
+    case EigKind::Subspace:
+      return 16 * d * d * l + 8 * d * l * l;
+    case EigKind::Range:
+      return 3 * d * d * d + 2 * d * d * double(k);
+    case EigKind::Full:
+      break;
+  }
+  return 5 * d * d * d;
+}
+
+std::string eig_what(int64_t k, EigKind kind) {
+  switch (kind) {
+    case EigKind::Subspace:
+      return " (top " + std::to_string(k) + ", subspace iteration)";
+    case EigKind::Range:
+      return " (top " + std::to_string(k) + ")";
+    case EigKind::Full:
+      break;
+  }
+  return " (all)";
 }
 
 // (C + lambda I)^-1 applied to q columns: a Cholesky factor, or C's eigendecomposition
@@ -41,10 +71,10 @@ std::string format_seconds(double s) {
 
 }  // namespace
 
-double solve_flops(const SolveOptions& opt, int64_t m, int64_t n) {
+double solve_flops(const SolveOptions& opt, int64_t m, int64_t n, bool host) {
   const int64_t k = opt.rank, r = std::min(m, n);
   const double M = double(m), N = double(n), K = double(k);
-  const bool topk = use_topk_eigensolver(opt.eigensolver, m, k);
+  const EigKind topk = eig_kind(opt.eigensolver, m, k, host);
   switch (opt.method) {
     case Method::Dalr:  // W C, G, its eigenvectors, C W^T U_k, the ridge on k columns
       return 2 * M * N * N + 2 * M * M * N + eig_flops(m, k, topk) + 2 * M * N * K +
@@ -62,33 +92,32 @@ double solve_flops(const SolveOptions& opt, int64_t m, int64_t n) {
   return 0;
 }
 
-std::string solve_description(const SolveOptions& opt, int64_t m, int64_t n) {
+std::string solve_description(const SolveOptions& opt, int64_t m, int64_t n, bool host) {
   const int64_t k = opt.rank;
   const std::string head = std::string(method_name(opt.method)) + ", " + x(m, n) + ", " +
                            (is_pruning(opt.method) ? "units " : "rank ") + std::to_string(k);
   if (!needs_gram(opt.method)) return head + (is_pruning(opt.method) ? "" : "): SVD of " + x(m, n));
-  const bool topk = use_topk_eigensolver(opt.eigensolver, m, k);
   return head + "): eigenvectors of " + x(m, m) +
-         (topk ? " (top " + std::to_string(k) + ")" : " (all)") + ", " +
+         eig_what(k, eig_kind(opt.eigensolver, m, k, host)) + ", " +
          (opt.lambda > 0 ? "Cholesky" : "pseudo-inverse") + " of " + x(n, n);
 }
 
 // Z = W X, K = X^T X, G or H (m x m), its eigenvectors, the ridge of K, B = S^T X^T.
-double solve_flops_dual(const SolveOptions& opt, int64_t m, int64_t n, int64_t p) {
+double solve_flops_dual(const SolveOptions& opt, int64_t m, int64_t n, int64_t p, bool host) {
   const double M = double(m), N = double(n), P = double(p), K = double(opt.rank);
-  const bool topk = use_topk_eigensolver(opt.eigensolver, m, opt.rank);
+  const EigKind topk = eig_kind(opt.eigensolver, m, opt.rank, host);
   const double rhs = opt.method == Method::DalrExact ? M : K;
   return 2 * M * N * P + N * P * P + 2 * M * M * P + eig_flops(m, opt.rank, topk) +
          ridge_flops(p, int64_t(rhs), opt.lambda) + 2 * K * N * P +
          (opt.method == Method::DalrExact ? 2 * P * P * M : 2 * M * P * K);
 }
 
-std::string solve_description_dual(const SolveOptions& opt, int64_t m, int64_t n, int64_t p) {
-  const bool topk = use_topk_eigensolver(opt.eigensolver, m, opt.rank);
+std::string solve_description_dual(const SolveOptions& opt, int64_t m, int64_t n, int64_t p,
+                                   bool host) {
   return std::string(method_name(opt.method)) + ", " + x(m, n) + ", rank " +
          std::to_string(opt.rank) + ", dual over " + std::to_string(p) +
          " samples): " + "eigenvectors of " + x(m, m) +
-         (topk ? " (top " + std::to_string(opt.rank) + ")" : " (all)") + ", " +
+         eig_what(opt.rank, eig_kind(opt.eigensolver, m, opt.rank, host)) + ", " +
          (opt.lambda > 0 ? "Cholesky" : "pseudo-inverse") + " of " + x(p, p);
 }
 
@@ -102,6 +131,7 @@ StageRates::StageRates(const Backend& backend) {
   // First guesses: this project's 2-core build machine reaches about 1e11 flop/s in the
   // fp32 solve (bench/RESULTS.md), half that in fp64; a data-centre GPU about 100x more.
   const bool gpu = backend.name().rfind("cuda", 0) == 0;
+  host_ = !gpu;
   const bool fp64 = uses_double(backend.precision());
   rate_ = (gpu ? 1e13 : 1e11) * (fp64 ? 0.5 : 1.0);
 }

@@ -25,11 +25,14 @@ namespace dalr {
 
 // Floating-point operations of a solve (weighted: an eigendecomposition counts what it
 // costs, not its textbook flops), and what it computes, for the line.
-double solve_flops(const SolveOptions& opt, int64_t m, int64_t n);
-std::string solve_description(const SolveOptions& opt, int64_t m, int64_t n);
+// `host`: the CPU backend solves (its eigensolver choice includes the subspace iteration;
+// the GPU's does not: StageRates::host()).
+double solve_flops(const SolveOptions& opt, int64_t m, int64_t n, bool host = true);
+std::string solve_description(const SolveOptions& opt, int64_t m, int64_t n, bool host = true);
 // The same for the sample-space solve over p samples (solve_dual).
-double solve_flops_dual(const SolveOptions& opt, int64_t m, int64_t n, int64_t p);
-std::string solve_description_dual(const SolveOptions& opt, int64_t m, int64_t n, int64_t p);
+double solve_flops_dual(const SolveOptions& opt, int64_t m, int64_t n, int64_t p, bool host = true);
+std::string solve_description_dual(const SolveOptions& opt, int64_t m, int64_t n, int64_t p,
+                                   bool host = true);
 // The training error: from the statistics (samples == 0: 2 (m + k) n^2) or a pass over
 // `samples` activations.
 double error_flops(int64_t m, int64_t n, int64_t k, int64_t samples);
@@ -41,9 +44,11 @@ class StageRates {
   explicit StageRates(const Backend& backend);
   double seconds(double flops) const { return flops / rate_; }
   void observe(double flops, double seconds);
+  bool host() const { return host_; }  // the backend is the CPU's
 
  private:
   double rate_;
+  bool host_ = true;
 };
 
 class StageProgress {

@@ -184,8 +184,9 @@ Factors<T> measure_point(const SweepContext<T>& c, Method method, Eigensolver es
   auto ts = Clock::now();
   const SolveOptions opt{method, p.kept, p.lambda, es};
   const int64_t m = c.w.rows, n = c.w.cols;
-  StageProgress line("sweep point (" + solve_description(opt, m, n) + ", and its error",
-                     solve_flops(opt, m, n) + error_flops(m, n, p.kept, 0), c.rates, c.o.quiet);
+  StageProgress line(
+      "sweep point (" + solve_description(opt, m, n, c.rates.host()) + ", and its error",
+      solve_flops(opt, m, n, c.rates.host()) + error_flops(m, n, p.kept, 0), c.rates, c.o.quiet);
   const Factors<T> fac = c.backend.solve(opt, c.w, c.b, c.st);
   const ReconError e = c.backend.reconstruction_error(c.st, c.w, c.b, fac);
   line.finish();
