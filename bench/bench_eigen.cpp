@@ -62,7 +62,7 @@ nlohmann::json run(const std::vector<int64_t>& sizes, const std::vector<double>&
       double top_sum = 0;  // the top k's sum from the index-range solve (w ascending)
       for (int64_t i = 0; i < k; ++i) top_sum += double(w[static_cast<size_t>(i)]);
       std::string sub_text = "subspace: block does not fit";
-      if (dalr::cpu::subspace_block(m, k) > 0) {
+      if (dalr::subspace_block(m, k) > 0) {
         dalr::Matrix<T> v;
         std::vector<double> sw;
         dalr::cpu::SubspaceResult res;

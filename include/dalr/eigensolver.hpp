@@ -27,5 +27,8 @@ bool use_topk_eigensolver(Eigensolver e, int64_t m, int64_t k);
 // in half of m), or Auto when also m >= 1024 and k <= m / 8, where bench_eigen measured it
 // faster than the index-range solver (bench/RESULTS.md).
 bool use_subspace_eigensolver(Eigensolver e, int64_t m, int64_t k);
+// The subspace iteration's block for k of m: k plus half of k, at least 32 more; 0 when the
+// block would be more than half of m (then it gains nothing: a dense solver runs).
+int64_t subspace_block(int64_t m, int64_t k);
 
 }  // namespace dalr

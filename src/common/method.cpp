@@ -104,12 +104,18 @@ bool use_topk_eigensolver(Eigensolver e, int64_t m, int64_t k) {
   throw Error("unknown eigensolver (enum value " + std::to_string(static_cast<int>(e)) + ")");
 }
 
+int64_t subspace_block(int64_t m, int64_t k) {
+  if (k < 1) return 0;
+  const int64_t l = k + std::max<int64_t>(k / 2, 32);
+  return 2 * l <= m ? l : 0;
+}
+
 bool use_subspace_eigensolver(Eigensolver e, int64_t m, int64_t k) {
-  // The block (k + max(k / 2, 32)) must fit in half of m (cpu::subspace_block). Measured by
+  // The block (subspace_block) must fit in half of m. Measured by
   // bench_eigen on the 2-core build machine (bench/RESULTS.md), fp32, against the index-range
   // solver: 2.2x at m = 4096, k = 256; 1.1x at k = m / 8, 0.64x at m / 5; 1.26x at m = 1024,
   // k = 128.
-  const bool fits = k >= 1 && 2 * (k + std::max<int64_t>(k / 2, 32)) <= m;
+  const bool fits = subspace_block(m, k) > 0;
   switch (e) {
     case Eigensolver::Full:
     case Eigensolver::TopK:

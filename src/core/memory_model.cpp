@@ -77,7 +77,7 @@ double eig_bytes(int64_t m, int64_t k, Eigensolver es, double elem) {
     // The subspace iteration first (cpu/subspace_eig.cpp), the index range after it where it
     // gives up: four m x l blocks and l x l rotations, its QR's tau and workspace (l x 64),
     // the Rayleigh-Ritz matrix in double and dsyevd's workspace.
-    const double l = double(k + std::max<int64_t>(k / 2, 32));
+    const double l = double(subspace_block(m, k));
     const double subspace = (4 * M * l + l * l + l + kNb * l) * elem +
                             (l * l + l + 1 + 6 * l + 2 * l * l) * 8 + (3 + 5 * l) * kIntBytes;
     return std::max(range, subspace);

@@ -32,7 +32,7 @@ EigKind eig_kind(Eigensolver es, int64_t s, int64_t k, bool host) {
 }
 
 double eig_flops(int64_t s, int64_t k, EigKind kind) {
-  const double d = double(s), l = double(k + std::max<int64_t>(k / 2, 32));
+  const double d = double(s), l = double(subspace_block(s, k));
   switch (kind) {
     case EigKind::Subspace:
       return 16 * d * d * l + 8 * d * l * l;

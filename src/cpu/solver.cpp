@@ -43,31 +43,30 @@ void top_eigenvectors(Matrix<T> s, int64_t k, Eigensolver es, Factors<T>* f) {
   const int64_t m = s.rows;
   std::vector<T> w(static_cast<size_t>(m));
   f->a = Matrix<T>(m, k);
-  if (use_subspace_eigensolver(es, m, k)) {
+  if (use_topk_eigensolver(es, m, k)) {  // only the top k: the trace gives the rest's sum
     double trace = 0, top = 0;
     for (int64_t i = 0; i < m; ++i) trace += double(s(i, i));
-    const cpu::SubspaceResult r = cpu::top_eigenpairs_subspace(s, k, &f->a, &f->spectrum);
-    if (r.converged) {
-      f->eigensolver = "subspace";
-      f->eigensolver_steps = r.iterations;
-      for (double v : f->spectrum) top += std::max(v, 0.0);
-      f->spectrum_rest = std::max(trace - top, 0.0);
-      return;
+    bool found = false;
+    if (use_subspace_eigensolver(es, m, k)) {
+      const cpu::SubspaceResult r = cpu::top_eigenpairs_subspace(s, k, &f->a, &f->spectrum);
+      found = r.converged;
+      if (found) {
+        f->eigensolver = "subspace";
+        f->eigensolver_steps = r.iterations;
+      } else {
+        f->eigensolver_note = "the subspace iteration did not reach its tolerance (" +
+                              std::to_string(r.residual) + " after " +
+                              std::to_string(r.iterations) + " steps): the index-range solver ran";
+        f->a = Matrix<T>(m, k);
+      }
     }
-    f->eigensolver_note = "the subspace iteration did not reach its tolerance (" +
-                          std::to_string(r.residual) + " after " + std::to_string(r.iterations) +
-                          " steps): the index-range solver ran";
-    f->a = Matrix<T>(m, k);
-    f->spectrum.clear();
-  }
-  if (use_topk_eigensolver(es, m, k)) {
-    f->eigensolver = "topk";
-    double trace = 0, top = 0;
-    for (int64_t i = 0; i < m; ++i) trace += double(s(i, i));
-    cpu::syev_range('L', m, s.ptr(), s.ld(), m - k + 1, m, w.data(), f->a.ptr(), f->a.ld());
-    for (int64_t j = 0; j < k / 2; ++j)  // ascending: reverse to descending
-      std::swap_ranges(&f->a(0, j), &f->a(0, j) + m, &f->a(0, k - 1 - j));
-    f->spectrum.assign(w.rend() - k, w.rend());  // w[k-1], ..., w[0]
+    if (!found) {
+      f->eigensolver = "topk";
+      cpu::syev_range('L', m, s.ptr(), s.ld(), m - k + 1, m, w.data(), f->a.ptr(), f->a.ld());
+      for (int64_t j = 0; j < k / 2; ++j)  // ascending: reverse to descending
+        std::swap_ranges(&f->a(0, j), &f->a(0, j) + m, &f->a(0, k - 1 - j));
+      f->spectrum.assign(w.rend() - k, w.rend());  // w[k-1], ..., w[0]
+    }
     for (double v : f->spectrum) top += std::max(v, 0.0);
     f->spectrum_rest = std::max(trace - top, 0.0);
     return;

@@ -57,12 +57,6 @@ void rayleigh_ritz(Matrix<T>& v, Matrix<T>& sv, Matrix<T>& scratch, std::vector<
 
 }  // namespace
 
-int64_t subspace_block(int64_t m, int64_t k) {
-  if (k < 1) return 0;
-  const int64_t l = k + std::max<int64_t>(k / 2, 32);
-  return 2 * l <= m ? l : 0;
-}
-
 template <typename T>
 SubspaceResult top_eigenpairs_subspace(const Matrix<T>& s, int64_t k, Matrix<T>* vectors,
                                        std::vector<double>* values) {

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "dalr/eigensolver.hpp"  // subspace_block
 #include "dalr/matrix.hpp"
 
 namespace dalr::cpu {
@@ -33,10 +34,6 @@ struct SubspaceResult {
   double tolerance = 0;  // what converged means, relative to |theta_max|
   int64_t block = 0;     // l
 };
-
-// l, the block size for k of m: k plus half of k, at least 32 more; 0 when the block would
-// be more than half of m (then the iteration gains nothing: use a dense solver).
-int64_t subspace_block(int64_t m, int64_t k);
 
 // Top k eigenpairs of s (lower triangle read): vectors (m x k) and values, both in
 // descending order of the eigenvalue. On converged == false the outputs are unspecified.
